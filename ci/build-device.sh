@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds, on a machine with Rust, everything the GPU host runs: release test executables and
+# criterion benches (CUDA kernels on), the `tandem` binary, the anchor scripts and test data,
+# into one git-ignored folder (default dist/device, under 64 MiB). Carry that folder to the GPU
+# host (no Rust, no network needed there) and run its run.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEST=${1:-dist/device}
+LIMIT_MIB=60
+
+rm -rf "$DEST"
+mkdir -p "$DEST/tests" "$DEST/benches" "$DEST/bin" "$DEST/anchors" "$DEST/data"
+
+copy_exes() { # kind folder
+    while IFS=$'\t' read -r pkg target path; do
+        name="${pkg//-/_}"
+        [ "$target" = "${pkg//-/_}" ] || [ "$target" = "$pkg" ] || name="${name}__${target//-/_}"
+        cp "$path" "$DEST/$2/$name"
+        strip --strip-unneeded "$DEST/$2/$name" 2>/dev/null || true
+    done
+}
+
+echo "build-device: test executables"
+cargo test --release --workspace --no-run --message-format=json 2>/dev/null | python3 ci/exes.py test | copy_exes test tests
+echo "build-device: benches"
+cargo bench --workspace --no-run --message-format=json 2>/dev/null | python3 ci/exes.py bench | copy_exes bench benches
+echo "build-device: tandem"
+cargo build --release -p harness
+cp target/release/tandem "$DEST/bin/" && strip --strip-unneeded "$DEST/bin/tandem" 2>/dev/null || true
+
+cp ci/run-device.sh "$DEST/run.sh"
+[ -d ci/anchors ] && cp -r ci/anchors/. "$DEST/anchors/"
+# Test data the executables read (fixtures); TANDEM_DATA points them here on the GPU host.
+for d in crates/*/tests/data; do
+    [ -d "$d" ] || continue
+    crate=$(basename "$(dirname "$(dirname "$d")")")
+    mkdir -p "$DEST/data/$crate" && cp -r "$d/." "$DEST/data/$crate/"
+done
+
+size=$(du -sm "$DEST" | cut -f1)
+ls -1 "$DEST/tests" "$DEST/benches"
+echo "build-device: $DEST is ${size} MiB"
+[ "$size" -le "$LIMIT_MIB" ] || { echo "build-device: over ${LIMIT_MIB} MiB: the device carry limit is 64 MiB" >&2; exit 1; }

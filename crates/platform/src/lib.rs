@@ -1,0 +1,34 @@
+//! What the host is and how tandem uses it.
+//!
+//! This crate is the one place that detects hardware (CPU features with the AMX permission,
+//! NUMA nodes), names memory tiers, owns the pinned CPU thread pool and aligned host buffers.
+//! Every other crate asks here instead of probing on its own. CUDA devices are the exception:
+//! they are detected by `cuda-kernels`, which owns the driver, and `engine::caps` joins both.
+
+pub mod cpu;
+pub mod mem;
+pub mod numa;
+pub mod pool;
+pub mod testing;
+
+pub use cpu::{cpu_caps, cpu_tier, CpuCaps, CpuTier};
+pub use mem::{HostBuf, MemTier};
+pub use numa::{numa_nodes, NumaNode};
+pub use pool::{pool, pool_threads};
+
+/// Errors of this crate: each names what was asked and what exists.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown memory tier `{0}`: expected gpu, pinned, pageable or numa:N")]
+    BadTier(String),
+    #[error("memory tier numa:{node} does not exist on this machine; nodes with memory: {have}")]
+    NoSuchNode { node: u32, have: String },
+    #[error("memory tier {0} cannot be allocated by the platform crate (it needs the CUDA driver)")]
+    NeedsCuda(MemTier),
+    #[error("allocation of {bytes} bytes on {tier} failed")]
+    Alloc { bytes: usize, tier: MemTier },
+    #[error("unknown CPU tier `{0}` in TANDEM_CPU_TIER: expected amx, avx512bf16, avx512, avx2 or scalar")]
+    BadCpuTier(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
