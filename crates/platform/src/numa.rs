@@ -54,6 +54,16 @@ pub fn numa_nodes() -> Vec<NumaNode> {
             });
         }
     }
+    if nodes.len() == 1 {
+        // One node is the whole machine; some virtual machines report a node size smaller
+        // than the memory they actually give (ballooned or hot-plugged memory), so trust
+        // /proc/meminfo there.
+        let (total, free) = meminfo();
+        if total > nodes[0].mem_total {
+            nodes[0].mem_total = total;
+            nodes[0].mem_free = free;
+        }
+    }
     if nodes.is_empty() {
         let (total, free) = meminfo();
         nodes.push(NumaNode {
