@@ -4,6 +4,7 @@
 pub mod caps;
 pub mod config;
 pub mod placement;
+pub mod plan;
 pub mod reference;
 pub mod weights;
 
@@ -27,6 +28,11 @@ impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         Error::Io { path: path.display().to_string(), source }
     }
+}
+
+/// Serializes a value through its `Display` (memory tiers print as `numa:1`, `pinned`, ...).
+pub(crate) fn ser_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

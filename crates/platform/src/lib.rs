@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod mem;
+pub mod membw;
 pub mod numa;
 pub mod pool;
 pub mod testing;
