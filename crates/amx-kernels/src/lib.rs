@@ -1,19 +1,50 @@
 //! CPU matrix kernels: AMX tile GEMM and attention, with AVX-512, AVX2 and scalar twins.
 //!
 //! Kernel entry points take slices and shapes, check them, and compute; they know nothing of
-//! models. Dispatch follows `platform::cpu_tier()`, so `TANDEM_CPU_TIER` forces a lower path.
+//! models. Dispatch follows `platform::cpu_tier()` (detected once, AMX only with the OS
+//! permission), so `TANDEM_CPU_TIER` forces a lower path; every entry also has an `_on(tier, …)`
+//! form and a `_ref` twin of the same signature.
+//!
+//! # bf16 GEMM
+//!
+//! ```ignore
+//! // At load, once per linear: W is the HF weight [n, k] (out_features × in_features).
+//! let w = PackedWeight::from_bf16(&w_hf, n, k)?;
+//! // LLaMA MLP: gate_proj rows then up_proj rows, [2·inter, k].
+//! let gu = PackedWeight::from_bf16_gate_up(&gate_up_hf, 2 * inter, k)?;
+//! // Per step: out[m, n] = epilogue(A[m, k] · Wᵀ), out f32 or bf16.
+//! gemm_bf16(&a, m, k, &w, &mut out, Epilogue::default())?;
+//! gemm_bf16(&x, m, k, &fc1, &mut h, Epilogue::bias_relu(&b1))?;                     // OPT FC1
+//! gemm_bf16(&h, m, ffn, &fc2, &mut x, Epilogue { bias: Some(&b2), residual: Residual::Output, ..Default::default() })?;
+//! gemm_bf16(&x, m, k, &gu, &mut act, Epilogue::silu_mul())?;                          // [m, inter]
+//! ```
+//!
+//! Threads: every kernel runs on `platform::pool()`, the pinned pool.
 
+pub mod gemm;
 pub mod tile;
+
+pub use gemm::{
+    gemm_bf16, gemm_bf16_on, gemm_bf16_ref, Activation, Epilogue, OutElem, PackedWeight, Residual,
+    WeightKind,
+};
 
 /// Shape and slice errors: every kernel checks its inputs and says which one is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("{what}: expected {expected} elements, got {got}")]
-    Len { what: &'static str, expected: usize, got: usize },
+    Len {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
     #[error("{0}")]
     Shape(String),
     #[error("this kernel needs {needed}, which this machine cannot run (best tier: {have})")]
-    Unsupported { needed: &'static str, have: platform::CpuTier },
+    Unsupported {
+        needed: &'static str,
+        have: platform::CpuTier,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -22,6 +53,10 @@ pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Resu
     if expected == got {
         Ok(())
     } else {
-        Err(Error::Len { what, expected, got })
+        Err(Error::Len {
+            what,
+            expected,
+            got,
+        })
     }
 }

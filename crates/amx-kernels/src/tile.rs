@@ -35,7 +35,10 @@ impl TileConfig {
         self.rows[t] = rows;
     }
     pub(crate) fn palette1() -> Self {
-        TileConfig { palette: 1, ..Default::default() }
+        TileConfig {
+            palette: 1,
+            ..Default::default()
+        }
     }
 }
 
@@ -57,7 +60,10 @@ pub fn tile_dot_bf16(a: &[bf16], b: &[bf16], c: &mut [f32]) -> Result<()> {
     check_len("tile_dot_bf16: C", TILE_M * TILE_N, c.len())?;
     let caps = platform::cpu_caps();
     if caps.best_tier() != platform::CpuTier::Amx {
-        return Err(Error::Unsupported { needed: "AMX-BF16", have: caps.best_tier() });
+        return Err(Error::Unsupported {
+            needed: "AMX-BF16",
+            have: caps.best_tier(),
+        });
     }
     let bp = pack_b_vnni(b);
     let mut cfg = TileConfig::palette1();
@@ -116,12 +122,16 @@ mod tests {
     const TOL_ABS: f32 = 1e-4;
 
     fn random_bf16(rng: &mut impl Rng, n: usize) -> Vec<bf16> {
-        (0..n).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect()
+        (0..n)
+            .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+            .collect()
     }
 
     #[test]
     fn vnni_packing_places_pairs() {
-        let b: Vec<bf16> = (0..TILE_K * TILE_N).map(|i| bf16::from_f32(i as f32)).collect();
+        let b: Vec<bf16> = (0..TILE_K * TILE_N)
+            .map(|i| bf16::from_f32(i as f32))
+            .collect();
         let p = pack_b_vnni(&b);
         // B[3][5] is the odd member of pair row 1, column 5.
         assert_eq!(p[TILE_N * 2 + 5 * 2 + 1], b[3 * TILE_N + 5]);
@@ -135,7 +145,9 @@ mod tests {
         let mut rng = rand::rngs::StdRng::from_entropy();
         let a = random_bf16(&mut rng, TILE_M * TILE_K);
         let b = random_bf16(&mut rng, TILE_K * TILE_N);
-        let init: Vec<f32> = (0..TILE_M * TILE_N).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let init: Vec<f32> = (0..TILE_M * TILE_N)
+            .map(|_| rng.gen_range(-1.0..1.0))
+            .collect();
         let mut c = init.clone();
         let mut r = init;
         tile_dot_bf16(&a, &b, &mut c).unwrap();

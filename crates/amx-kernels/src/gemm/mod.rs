@@ -1,0 +1,367 @@
+//! bf16 GEMM `C[M, N] = A[M, K] · Wᵀ` over a prepacked weight, f32 accumulation, fused
+//! epilogues, on the best CPU tier (AMX, AVX512-BF16, AVX-512F, AVX2, scalar).
+//!
+//! Work split (all tiers): the output is cut into blocks of `rows × cols` (rows up to
+//! [`M_BLOCK`], cols a whole number of packed 16-column blocks); the blocks are spread over the
+//! shared pinned pool. Each block's kernel writes raw f32 accumulators into a per-thread scratch
+//! (grown once, then reused: no allocation on the hot path), and the epilogue turns them into
+//! output. For small M (decode) a block spans all rows and the column blocks are cut so that
+//! every thread streams its own contiguous slice of the packed weight.
+
+/// Calls `$micro::<MR, NR>($args)` for runtime `mr`, `nr` in 1..=4.
+macro_rules! dispatch_micro {
+    ($micro:ident, $mr:expr, $nr:expr, ($($arg:expr),*)) => {
+        match ($mr, $nr) {
+            (1, 1) => $micro::<1, 1>($($arg),*),
+            (1, 2) => $micro::<1, 2>($($arg),*),
+            (1, 3) => $micro::<1, 3>($($arg),*),
+            (1, _) => $micro::<1, 4>($($arg),*),
+            (2, 1) => $micro::<2, 1>($($arg),*),
+            (2, 2) => $micro::<2, 2>($($arg),*),
+            (2, 3) => $micro::<2, 3>($($arg),*),
+            (2, _) => $micro::<2, 4>($($arg),*),
+            (3, 1) => $micro::<3, 1>($($arg),*),
+            (3, 2) => $micro::<3, 2>($($arg),*),
+            (3, 3) => $micro::<3, 3>($($arg),*),
+            (3, _) => $micro::<3, 4>($($arg),*),
+            (_, 1) => $micro::<4, 1>($($arg),*),
+            (_, 2) => $micro::<4, 2>($($arg),*),
+            (_, 3) => $micro::<4, 3>($($arg),*),
+            (_, _) => $micro::<4, 4>($($arg),*),
+        }
+    };
+}
+
+mod amx_bf16;
+mod avx2_bf16;
+mod avx512_bf16;
+mod avx512bf16_bf16;
+mod epilogue;
+mod pack;
+mod reference;
+mod scalar_bf16;
+
+use std::cell::RefCell;
+
+use half::bf16;
+use platform::CpuTier;
+use rayon::prelude::*;
+
+pub use epilogue::{Activation, Epilogue, OutElem, Residual};
+pub use pack::{PackedWeight, WeightKind, BLOCK_K, BLOCK_N};
+pub use reference::gemm_bf16_ref;
+
+use crate::{check_len, Error, Result};
+
+/// Rows of one work block when M is large: with [`N_BLOCK_MAX`] columns, the A panel and the B
+/// panel of one K chunk stay in L2 together.
+pub const M_BLOCK: usize = 128;
+/// Up to this many rows, one block spans all of M and the columns are split instead.
+pub const M_SMALL: usize = 64;
+/// Packed column blocks (of 16) per work block when M is large.
+pub const N_BLOCK_MAX: usize = 8;
+
+/// One tier's block kernel: raw f32 accumulators of rows `m0 .. m0 + rows` and packed column
+/// blocks `pb0 .. pb1`, into `c` (row stride `(pb1 - pb0) · 16`).
+///
+/// Safety contract (checked by [`gemm_bf16`] before any kernel runs): `a` holds `M × K` with
+/// `K = w.k()`, `m0 + rows ≤ M`, `pb0 < pb1 ≤ w.nblocks`, `c.len() ≥ rows · (pb1 - pb0) · 16`,
+/// and the tier is available on this CPU.
+pub(crate) type BlockKernel = unsafe fn(
+    a: &[bf16],
+    m0: usize,
+    rows: usize,
+    w: &PackedWeight,
+    pb0: usize,
+    pb1: usize,
+    c: &mut [f32],
+);
+
+fn kernel_for(tier: CpuTier) -> BlockKernel {
+    match tier {
+        CpuTier::Amx => amx_bf16::gemm_block_amx_bf16,
+        CpuTier::Avx512Bf16 => avx512bf16_bf16::gemm_block_avx512bf16_bf16,
+        CpuTier::Avx512 => avx512_bf16::gemm_block_avx512_bf16,
+        CpuTier::Avx2 => avx2_bf16::gemm_block_avx2_bf16,
+        CpuTier::Scalar => scalar_bf16::gemm_block_scalar_bf16,
+    }
+}
+
+/// `out[M, out_cols] = epilogue(A[M, K] · Wᵀ)` on the tier chosen by `platform::cpu_tier()`.
+///
+/// `a` is row-major `[m, k]`; `out` is row-major `[m, w.n()]` (or `[m, w.n() / 2]` with
+/// [`Activation::SiluMul`]), f32 or bf16. Shapes, lengths and the epilogue's operands are
+/// checked; a mismatch is an error naming it.
+pub fn gemm_bf16<O: OutElem>(
+    a: &[bf16],
+    m: usize,
+    k: usize,
+    w: &PackedWeight,
+    out: &mut [O],
+    ep: Epilogue,
+) -> Result<()> {
+    gemm_bf16_on(platform::cpu_tier(), a, m, k, w, out, ep)
+}
+
+/// [`gemm_bf16`] on an explicit tier (tests and benches); an error if this CPU cannot run it.
+pub fn gemm_bf16_on<O: OutElem>(
+    tier: CpuTier,
+    a: &[bf16],
+    m: usize,
+    k: usize,
+    w: &PackedWeight,
+    out: &mut [O],
+    ep: Epilogue,
+) -> Result<()> {
+    if !tier.available() {
+        return Err(Error::Unsupported {
+            needed: tier.name(),
+            have: platform::cpu_caps().best_tier(),
+        });
+    }
+    check_args(a, m, k, w, out.len(), &ep)?;
+    if m == 0 {
+        return Ok(());
+    }
+    run(kernel_for(tier), a, m, w, out, &ep);
+    Ok(())
+}
+
+/// Checks every operand of a GEMM call against the weight.
+pub(crate) fn check_args(
+    a: &[bf16],
+    m: usize,
+    k: usize,
+    w: &PackedWeight,
+    out_len: usize,
+    ep: &Epilogue,
+) -> Result<()> {
+    if k != w.k {
+        return Err(Error::Shape(format!(
+            "gemm: A has K = {k} columns but the weight has K = {}",
+            w.k
+        )));
+    }
+    let mk = m
+        .checked_mul(k)
+        .ok_or_else(|| Error::Shape(format!("gemm: M·K = {m}·{k} overflows")))?;
+    check_len("gemm: A[m, k]", mk, a.len())?;
+    match (ep.activation, w.kind) {
+        (Activation::SiluMul, WeightKind::Plain) => {
+            return Err(Error::Shape(
+                "gemm: SiLU·mul needs a fused gate/up weight (PackedWeight::from_bf16_gate_up)"
+                    .into(),
+            ))
+        }
+        (Activation::None | Activation::Relu, WeightKind::GateUp { .. }) => {
+            return Err(Error::Shape(
+                "gemm: a gate/up weight is only used with the SiLU·mul epilogue".into(),
+            ))
+        }
+        _ => {}
+    }
+    let mn = m * w.out_cols();
+    check_len("gemm: out[m, out_cols]", mn, out_len)?;
+    if let Some(b) = ep.bias {
+        check_len("gemm: bias[n]", w.n, b.len())?;
+    }
+    match ep.residual {
+        Residual::Bf16(r) => check_len("gemm: residual[m, out_cols]", mn, r.len())?,
+        Residual::F32(r) => check_len("gemm: residual[m, out_cols]", mn, r.len())?,
+        Residual::None | Residual::Output => {}
+    }
+    Ok(())
+}
+
+/// How the output is cut into blocks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    m: usize,
+    m_block: usize,
+    m_items: usize,
+    /// Packed column blocks per item (even: AMX takes them in pairs, gate/up needs pairs).
+    n_block: usize,
+    n_items: usize,
+    nblocks: usize,
+}
+
+impl Plan {
+    pub(crate) fn new(m: usize, nblocks: usize, threads: usize) -> Self {
+        let m_block = if m <= M_SMALL { m } else { M_BLOCK };
+        let m_items = m.div_ceil(m_block);
+        let pairs = nblocks.div_ceil(2);
+        // Enough items for every thread to have two (balance), no wider than N_BLOCK_MAX when
+        // the block is reused over many rows (L2), and whole pairs of blocks.
+        let want_items = (2 * threads).div_ceil(m_items).max(1);
+        let mut n_pairs = pairs.div_ceil(want_items).max(1);
+        if m > M_SMALL {
+            n_pairs = n_pairs.min(N_BLOCK_MAX / 2);
+        }
+        let n_block = 2 * n_pairs;
+        Plan {
+            m,
+            m_block,
+            m_items,
+            n_block,
+            n_items: nblocks.div_ceil(n_block),
+            nblocks,
+        }
+    }
+
+    pub(crate) fn items(&self) -> usize {
+        self.m_items * self.n_items
+    }
+
+    /// Item `i`: rows `m0 .. m0 + rows`, packed blocks `pb0 .. pb1`. Column-major over items
+    /// so that a thread's consecutive items share one weight panel.
+    pub(crate) fn item(&self, i: usize) -> (usize, usize, usize, usize) {
+        let (ni, mi) = (i / self.m_items, i % self.m_items);
+        let m0 = mi * self.m_block;
+        let pb0 = ni * self.n_block;
+        (
+            m0,
+            self.m_block.min(self.m - m0),
+            pb0,
+            (pb0 + self.n_block).min(self.nblocks),
+        )
+    }
+}
+
+/// Operands of one SIMD micro-kernel call: `mr` rows of A from `a` (row stride `k`), `nr`
+/// packed column blocks from `b` (block stride `bs` elements), accumulators to `c` (row stride
+/// `ldc`).
+pub(crate) struct Micro {
+    pub a: *const bf16,
+    pub k: usize,
+    pub b: *const bf16,
+    pub bs: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+}
+
+/// Rows per SIMD micro-kernel call.
+const SIMD_MR: usize = 4;
+
+/// A SIMD tier's block kernel: the block walked in micro-tiles of up to [`SIMD_MR`] rows ×
+/// `nr_max` packed column blocks, each handed to `micro(mr, nr, operands)`.
+///
+/// # Safety
+/// The [`BlockKernel`] contract, and `micro` must be runnable on this CPU.
+pub(crate) unsafe fn simd_block(
+    a: &[bf16],
+    m0: usize,
+    rows: usize,
+    w: &PackedWeight,
+    pb0: usize,
+    pb1: usize,
+    c: &mut [f32],
+    nr_max: usize,
+    micro: unsafe fn(usize, usize, &Micro),
+) {
+    let ldc = (pb1 - pb0) * BLOCK_N;
+    for nb0 in (pb0..pb1).step_by(nr_max) {
+        let nr = (pb1 - nb0).min(nr_max);
+        for r0 in (0..rows).step_by(SIMD_MR) {
+            let p = Micro {
+                a: a.as_ptr().add((m0 + r0) * w.k),
+                k: w.k,
+                b: w.block_ptr(nb0),
+                bs: w.kb * pack::TILE_ELEMS,
+                c: c.as_mut_ptr().add(r0 * ldc + (nb0 - pb0) * BLOCK_N),
+                ldc,
+            };
+            micro((rows - r0).min(SIMD_MR), nr, &p);
+        }
+    }
+}
+
+/// Bits of the bf16 pair `A[2p], A[2p+1]` of one row as a little-endian u32 (even element in
+/// the low half); past the end of an odd K, the missing element is zero.
+///
+/// # Safety
+/// `row` points at `k` readable bf16 and `2p < k`.
+#[inline(always)]
+pub(crate) unsafe fn a_pair_bits(row: *const bf16, k: usize, p: usize) -> u32 {
+    if 2 * p + 1 < k {
+        (row.add(2 * p) as *const u32).read_unaligned()
+    } else {
+        row.add(2 * p).read().to_bits() as u32
+    }
+}
+
+/// A pointer that several pool threads write through, each to its own rows × columns.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub *mut T);
+// SAFETY: the items of a plan are disjoint, so no element is written by two threads.
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    pub(crate) fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
+thread_local! {
+    /// Per-thread f32 accumulators of one block: grown on first use, then reused.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a per-thread scratch of at least `len` f32 (contents unspecified).
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
+
+fn run<O: OutElem>(
+    kernel: BlockKernel,
+    a: &[bf16],
+    m: usize,
+    w: &PackedWeight,
+    out: &mut [O],
+    ep: &Epilogue,
+) {
+    let plan = Plan::new(m, w.nblocks, platform::pool_threads());
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let gate_up = matches!(w.kind, WeightKind::GateUp { .. });
+    let out_cols = w.out_cols();
+    let body = |i: usize| {
+        let (m0, rows, pb0, pb1) = plan.item(i);
+        let ldc = (pb1 - pb0) * BLOCK_N;
+        with_scratch(rows * ldc, |c| {
+            // SAFETY: check_args validated A against the weight and M; the plan keeps
+            // m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · ldc elements; the tier was
+            // checked available by the caller.
+            unsafe { kernel(a, m0, rows, w, pb0, pb1, c) };
+            let (col0, cols) = if gate_up {
+                let c0 = pb0 / 2 * BLOCK_N;
+                (c0, (pb1 / 2 * BLOCK_N).min(out_cols) - c0)
+            } else {
+                (pb0 * BLOCK_N, (pb1 * BLOCK_N).min(out_cols) - pb0 * BLOCK_N)
+            };
+            let dst = epilogue::BlockDst {
+                out: out_ptr.get(),
+                out_cols,
+                m0,
+                col0,
+            };
+            // SAFETY: out holds M · out_cols (checked); this item owns rows m0.. × its columns.
+            unsafe { epilogue::apply(c, ldc, rows, cols, gate_up, w.n, ep, &dst) };
+        })
+    };
+    let items = plan.items();
+    if items == 1 {
+        body(0);
+    } else {
+        platform::pool().install(|| (0..items).into_par_iter().for_each(body));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,332 @@
+//! Every tier of the bf16 GEMM against the f64 reference, on fresh random inputs, odd shapes and
+//! every epilogue; outputs poisoned with NaN first so that an unwritten element fails.
+
+use half::bf16;
+use platform::CpuTier;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+/// Unit roundoff of f32.
+const U32: f64 = f32::EPSILON as f64 / 2.0;
+/// Rounding errors of a K-term f32 sum add like a random walk; this many times `sqrt(K)·u`
+/// of the sum of |terms| bounds them with a wide margin (the partial sums are far smaller than
+/// the sum of |terms| on random-sign data), yet a single lost product of typical size fails.
+const ACC_SIGMAS: f64 = 4.0;
+/// bf16 output: half an ulp of the value (8 significant bits), relative.
+const BF16_HALF_ULP: f64 = 1.0 / 256.0;
+/// Absolute floor for values that cancel to near zero.
+const ABS_FLOOR: f64 = 1e-6;
+
+fn random_bf16(rng: &mut impl Rng, n: usize) -> Vec<bf16> {
+    (0..n)
+        .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+        .collect()
+}
+
+/// Sum of |A[m, :]|·|W[row, :]| + |bias[row]|: the scale of the accumulation error.
+fn magnitude(a: &[bf16], k: usize, w: &[bf16], bias: Option<&[bf16]>, m: usize, row: usize) -> f64 {
+    let s: f64 = (0..k)
+        .map(|kk| (a[m * k + kk].to_f64() * w[row * k + kk].to_f64()).abs())
+        .sum();
+    s + bias.map_or(0.0, |b| b[row].to_f64().abs())
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Case {
+    Plain,
+    Bias,
+    BiasRelu,
+    ResidualBf16,
+    ResidualF32,
+    ResidualOutput,
+    SiluMul,
+}
+
+const CASES: [Case; 7] = [
+    Case::Plain,
+    Case::Bias,
+    Case::BiasRelu,
+    Case::ResidualBf16,
+    Case::ResidualF32,
+    Case::ResidualOutput,
+    Case::SiluMul,
+];
+
+/// Runs one (tier, shape, case, output type) against the reference; panics with the seed.
+fn check<O: OutElem + std::fmt::Debug>(
+    tier: CpuTier,
+    m: usize,
+    n: usize,
+    k: usize,
+    case: Case,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let gate_up = matches!(case, Case::SiluMul);
+    let n = if gate_up { n + n % 2 } else { n };
+    let a = random_bf16(&mut rng, m * k);
+    let wv = random_bf16(&mut rng, n * k);
+    let w = if gate_up {
+        PackedWeight::from_bf16_gate_up(&wv, n, k)
+    } else {
+        PackedWeight::from_bf16(&wv, n, k)
+    }
+    .unwrap();
+    let out_cols = w.out_cols();
+    let bias = random_bf16(&mut rng, n);
+    let res_bf16 = random_bf16(&mut rng, m * out_cols);
+    let res_f32: Vec<f32> = res_bf16.iter().map(|v| v.to_f32()).collect();
+    let bias_used =
+        matches!(case, Case::Bias | Case::BiasRelu | Case::SiluMul).then_some(&bias[..]);
+    let ep = Epilogue {
+        bias: bias_used,
+        activation: match case {
+            Case::BiasRelu => Activation::Relu,
+            Case::SiluMul => Activation::SiluMul,
+            _ => Activation::None,
+        },
+        residual: match case {
+            Case::ResidualBf16 => Residual::Bf16(&res_bf16),
+            Case::ResidualF32 => Residual::F32(&res_f32),
+            Case::ResidualOutput => Residual::Output,
+            _ => Residual::None,
+        },
+    };
+    let (mut out, mut want): (Vec<O>, Vec<f32>) = if matches!(case, Case::ResidualOutput) {
+        (
+            res_bf16.iter().map(|v| O::from_f32(v.to_f32())).collect(),
+            res_f32.clone(),
+        )
+    } else {
+        (
+            vec![O::from_f32(f32::NAN); m * out_cols],
+            vec![f32::NAN; m * out_cols],
+        )
+    };
+    gemm_bf16_on(tier, &a, m, k, &w, &mut out, ep).unwrap();
+    gemm_bf16_ref(&a, m, k, &w, &mut want, ep).unwrap();
+    let out_is_bf16 = std::mem::size_of::<O>() == 2;
+    let acc_tol = ACC_SIGMAS * (k as f64).sqrt() * U32;
+    for row in 0..m {
+        for col in 0..out_cols {
+            let idx = row * out_cols + col;
+            let (got, exp) = (out[idx].to_f32() as f64, want[idx] as f64);
+            let mut tol = ABS_FLOOR + 8.0 * U32 * exp.abs();
+            if gate_up {
+                let inter = n / 2;
+                let mg = magnitude(&a, k, &wv, bias_used, row, col);
+                let mu = magnitude(&a, k, &wv, bias_used, row, inter + col);
+                // d(silu(g)·u) ≤ |silu'(g)|·|u|·dg + |silu(g)|·du, |silu'| < 1.1, |silu(g)| ≤ |g|.
+                tol += acc_tol * (1.1 * mg * (mu + 1.0) + mu * (mg + 1.0));
+            } else {
+                tol += acc_tol * magnitude(&a, k, &wv, bias_used, row, col);
+            }
+            if out_is_bf16 {
+                tol += BF16_HALF_ULP * exp.abs();
+            }
+            assert!(
+                (got - exp).abs() <= tol,
+                "{tier} m={m} n={n} k={k} {case:?} out={}: [{row},{col}] got {got}, reference {exp}, tol {tol:.3e} (seed {seed})",
+                std::any::type_name::<O>()
+            );
+        }
+    }
+}
+
+/// Shapes (m, n, k): tile edges, M = 1, M past one work block, K chunks, K ≥ 8192.
+const SHAPES: [(usize, usize, usize); 9] = [
+    (1, 16, 32),
+    (1, 17, 33),
+    (3, 40, 95),
+    (16, 32, 64),
+    (33, 50, 70),
+    (31, 33, 2049),
+    (150, 48, 100),
+    (2, 20, 8195),
+    (4, 130, 256),
+];
+
+fn check_tier(tier: CpuTier) {
+    if !platform::testing::tier_or_skip(tier) {
+        return;
+    }
+    for &(m, n, k) in &SHAPES {
+        for case in CASES {
+            let seed: u64 = rand::random();
+            check::<f32>(tier, m, n, k, case, seed);
+            check::<bf16>(tier, m, n, k, case, seed);
+        }
+    }
+}
+
+#[test]
+fn amx_matches_reference() {
+    check_tier(CpuTier::Amx);
+}
+
+#[test]
+fn avx512bf16_matches_reference() {
+    check_tier(CpuTier::Avx512Bf16);
+}
+
+#[test]
+fn avx512_matches_reference() {
+    check_tier(CpuTier::Avx512);
+}
+
+#[test]
+fn avx2_matches_reference() {
+    check_tier(CpuTier::Avx2);
+}
+
+#[test]
+fn scalar_matches_reference() {
+    check_tier(CpuTier::Scalar);
+}
+
+#[test]
+fn plan_covers_every_block_once() {
+    for &(m, nblocks, threads) in &[
+        (1, 1, 16),
+        (1, 257, 16),
+        (64, 40, 2),
+        (65, 9, 16),
+        (2048, 896, 16),
+        (130, 3, 1),
+    ] {
+        let plan = Plan::new(m, nblocks, threads);
+        let mut seen = vec![0u8; m * nblocks];
+        for i in 0..plan.items() {
+            let (m0, rows, pb0, pb1) = plan.item(i);
+            assert!(
+                rows > 0 && pb0 < pb1 && pb1 <= nblocks && m0 + rows <= m,
+                "{plan:?} item {i}"
+            );
+            assert!(pb0 % 2 == 0, "items start on a pair of blocks");
+            for r in m0..m0 + rows {
+                for b in pb0..pb1 {
+                    seen[r * nblocks + b] += 1;
+                }
+            }
+        }
+        assert!(
+            seen.iter().all(|&s| s == 1),
+            "m={m} nblocks={nblocks}: {plan:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let (m, n, k) = (3, 20, 40);
+    let a = random_bf16(&mut rng, m * k);
+    let wv = random_bf16(&mut rng, n * k);
+    let w = PackedWeight::from_bf16(&wv, n, k).unwrap();
+    let gu = PackedWeight::from_bf16_gate_up(&wv, n, k).unwrap();
+    let mut out = vec![0f32; m * n];
+    let tier = platform::cpu_tier();
+    let e = |r: Result<()>| r.unwrap_err().to_string();
+    assert!(e(gemm_bf16_on(
+        tier,
+        &a,
+        m,
+        k + 1,
+        &w,
+        &mut out,
+        Epilogue::default()
+    ))
+    .contains("K = 41"));
+    assert!(e(gemm_bf16_on(
+        tier,
+        &a[1..],
+        m,
+        k,
+        &w,
+        &mut out,
+        Epilogue::default()
+    ))
+    .contains("A[m, k]"));
+    assert!(e(gemm_bf16_on(
+        tier,
+        &a,
+        m,
+        k,
+        &w,
+        &mut out[1..],
+        Epilogue::default()
+    ))
+    .contains("out[m, out_cols]"));
+    let short_bias = vec![bf16::ZERO; n - 1];
+    assert!(e(gemm_bf16_on(
+        tier,
+        &a,
+        m,
+        k,
+        &w,
+        &mut out,
+        Epilogue::bias(&short_bias)
+    ))
+    .contains("bias[n]"));
+    let short_res = vec![0f32; m * n - 1];
+    assert!(e(gemm_bf16_on(
+        tier,
+        &a,
+        m,
+        k,
+        &w,
+        &mut out,
+        Epilogue::residual(Residual::F32(&short_res))
+    ))
+    .contains("residual"));
+    assert!(e(gemm_bf16_on(
+        tier,
+        &a,
+        m,
+        k,
+        &w,
+        &mut out,
+        Epilogue::silu_mul()
+    ))
+    .contains("gate/up"));
+    assert!(e(gemm_bf16_on(
+        tier,
+        &a,
+        m,
+        k,
+        &gu,
+        &mut out[..m * n / 2],
+        Epilogue::default()
+    ))
+    .contains("gate/up"));
+    // The fused weight with SiLU·mul writes n/2 columns, not n.
+    assert!(e(gemm_bf16_on(
+        tier,
+        &a,
+        m,
+        k,
+        &gu,
+        &mut out,
+        Epilogue::silu_mul()
+    ))
+    .contains("out[m, out_cols]"));
+    if !CpuTier::Amx.available() {
+        assert!(matches!(
+            gemm_bf16_on(CpuTier::Amx, &a, m, k, &w, &mut out, Epilogue::default()),
+            Err(Error::Unsupported { .. })
+        ));
+    }
+    // M = 0 is a no-op, not an error.
+    gemm_bf16_on(
+        tier,
+        &[],
+        0,
+        k,
+        &w,
+        &mut [] as &mut [f32],
+        Epilogue::default(),
+    )
+    .unwrap();
+}
