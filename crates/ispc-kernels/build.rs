@@ -18,7 +18,9 @@ fn find_ispc() -> PathBuf {
     if let Some(p) = env::var_os("ISPC") {
         return PathBuf::from(p);
     }
-    let tc = env::var_os("TANDEM_TOOLCHAIN").map(PathBuf::from).unwrap_or_else(|| DEFAULT_TOOLCHAIN.into());
+    let tc = env::var_os("TANDEM_TOOLCHAIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| DEFAULT_TOOLCHAIN.into());
     let p = tc.join("bin/ispc");
     if p.exists() {
         return p;
@@ -85,7 +87,11 @@ fn main() {
             .arg(&hdr)
             .status()
             .unwrap_or_else(|e| panic!("ispc-kernels: could not run {}: {e}", ispc.display()));
-        assert!(status.success(), "ispc-kernels: ISPC failed on {}", src.display());
+        assert!(
+            status.success(),
+            "ispc-kernels: ISPC failed on {}",
+            src.display()
+        );
         // With several targets ISPC writes `stem.o` (the dispatcher) and `stem_<isa>.o`.
         objects.push(obj);
         for isa in TARGETS.split(',').map(|t| t.split('-').next().unwrap()) {
@@ -95,12 +101,18 @@ fn main() {
     }
     let mut ar = cc::Build::new();
     for o in &objects {
-        assert!(o.exists(), "ispc-kernels: ISPC did not write {}", o.display());
+        assert!(
+            o.exists(),
+            "ispc-kernels: ISPC did not write {}",
+            o.display()
+        );
         ar.object(o);
     }
     ar.compile("tandem_ispc");
 
-    let mut b = bindgen::Builder::default().layout_tests(false).allowlist_function("ispc_.*");
+    let mut b = bindgen::Builder::default()
+        .layout_tests(false)
+        .allowlist_function("ispc_.*");
     for h in &headers {
         b = b.header(h.to_str().unwrap());
     }

@@ -1,10 +1,22 @@
-//! CPU paged decode attention in ISPC (NEO's CPU half), and the small kernels that prove the
-//! chain. The ISPC objects are compiled for avx2 and avx512 targets with ISPC's own runtime
+//! CPU paged decode attention in ISPC (NEO's CPU half), the CPU KV cache it reads, and the
+//! small kernel that proves the chain. The ISPC objects are compiled for avx2 and avx512 targets with ISPC's own runtime
 //! dispatch; this crate wraps each export in a checked, safe function with a Rust twin.
 
 use half::bf16;
 
-#[allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code, clippy::all)]
+pub mod paged_decode;
+
+pub use paged_decode::{
+    paged_decode_bf16, paged_decode_bf16_ref, DecodeBatch, DecodeShape, BLOCK_SIZE,
+};
+
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code,
+    clippy::all
+)]
 mod sys {
     include!(concat!(env!("OUT_DIR"), "/ispc_sys.rs"));
 }
@@ -12,7 +24,11 @@ mod sys {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("{what}: expected {expected} elements, got {got}")]
-    Len { what: &'static str, expected: usize, got: usize },
+    Len {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -26,7 +42,11 @@ fn bits(x: &[bf16]) -> *const u16 {
 /// `Σ a[i]·b[i]` with f32 accumulation, in ISPC.
 pub fn dot_bf16(a: &[bf16], b: &[bf16]) -> Result<f32> {
     if a.len() != b.len() {
-        return Err(Error::Len { what: "dot_bf16: b", expected: a.len(), got: b.len() });
+        return Err(Error::Len {
+            what: "dot_bf16: b",
+            expected: a.len(),
+            got: b.len(),
+        });
     }
     // SAFETY: both slices hold a.len() bf16 values (u16-sized, same layout) and ISPC reads
     // exactly n elements of each.
@@ -36,9 +56,16 @@ pub fn dot_bf16(a: &[bf16], b: &[bf16]) -> Result<f32> {
 /// Reference twin of [`dot_bf16`], accumulated in f64.
 pub fn dot_bf16_ref(a: &[bf16], b: &[bf16]) -> Result<f32> {
     if a.len() != b.len() {
-        return Err(Error::Len { what: "dot_bf16_ref: b", expected: a.len(), got: b.len() });
+        return Err(Error::Len {
+            what: "dot_bf16_ref: b",
+            expected: a.len(),
+            got: b.len(),
+        });
     }
-    Ok(a.iter().zip(b).map(|(x, y)| x.to_f64() * y.to_f64()).sum::<f64>() as f32)
+    Ok(a.iter()
+        .zip(b)
+        .map(|(x, y)| x.to_f64() * y.to_f64())
+        .sum::<f64>() as f32)
 }
 
 #[cfg(test)]
@@ -54,12 +81,24 @@ mod tests {
     fn ispc_dot_matches_reference() {
         let mut rng = rand::rngs::StdRng::from_entropy();
         for n in [0usize, 1, 7, 16, 17, 1000, 10_001] {
-            let a: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
-            let b: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
+            let a: Vec<bf16> = (0..n)
+                .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+                .collect();
+            let b: Vec<bf16> = (0..n)
+                .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+                .collect();
             let got = dot_bf16(&a, &b).unwrap() as f64;
             let want = dot_bf16_ref(&a, &b).unwrap() as f64;
-            let scale: f64 = a.iter().zip(&b).map(|(x, y)| (x.to_f64() * y.to_f64()).abs()).sum::<f64>().max(1e-30);
-            assert!((got - want).abs() / scale <= TOL_REL, "n={n}: ispc {got} vs reference {want}");
+            let scale: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x.to_f64() * y.to_f64()).abs())
+                .sum::<f64>()
+                .max(1e-30);
+            assert!(
+                (got - want).abs() / scale <= TOL_REL,
+                "n={n}: ispc {got} vs reference {want}"
+            );
         }
     }
 

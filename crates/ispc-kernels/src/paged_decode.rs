@@ -1,0 +1,476 @@
+//! Paged decode attention on the CPU, bf16 KV with f32 accumulation: NEO's CPU half.
+//!
+//! For a batch of sequences, each with one new query token, this appends the token's K and V to
+//! its block (fused: the same parallel pass that reads the cache writes the slot first) and
+//! computes `softmax(q·Kᵀ·scale)·V` over the whole context. The ISPC kernel
+//! (`kernels/paged_decode.ispc`) does one segment of one sequence for one KV head; this module
+//! validates, plans the segments, runs them on the shared pinned pool and merges.
+//!
+//! Layouts (row-major, DESIGN.md):
+//! - `k_cache`, `v_cache`: `[num_blocks][num_kv_heads][16][head_dim]`;
+//! - `q`, `out`: `[batch][num_q_heads][head_dim]`; query head `h` reads KV head
+//!   `h / (num_q_heads / num_kv_heads)` (consecutive query heads share a KV head, as HF's
+//!   `repeat_kv` does);
+//! - `new_k`, `new_v`: `[batch][num_kv_heads][head_dim]`;
+//! - `block_tables`: `[batch][max_blocks]` `i32` block ids; `context_lens`: `[batch]` tokens
+//!   per sequence *including* the new one, which goes to token index `context_len - 1`.
+//!
+//! Work split: the unit is one (sequence, KV head, run of blocks). Every (sequence, KV head) is
+//! cut into segments of `S` blocks, with `S` chosen from the total number of (head, block) pairs
+//! so that each pool thread gets several segments; a short sequence is one segment that writes
+//! its output directly, a long one (a 100k-token context) is spread over all threads and its
+//! partial results `(Σ p·V, max, Σ p)` are merged by log-sum-exp. All query heads of a KV head
+//! are one segment's work, so K and V are read from DRAM once per KV head.
+//!
+//! Threads: rayon over `platform::pool()`, each task calling the single-threaded ISPC segment
+//! function, rather than ISPC `launch` tasks. One pinned pool then serves every CPU kernel of the
+//! process (AMX GEMMs, these attentions) without a second set of threads competing for the same
+//! cores, and the planning, merging and error handling stay in Rust; ISPC tasks would have
+//! needed an ISPCLaunch/ISPCSync runtime bridged onto the same pool anyway.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::{sys, Error, Result};
+
+/// Tokens per KV block.
+pub const BLOCK_SIZE: usize = 16;
+/// Largest head dimension the kernel takes (its f32 staging arrays are sized for it).
+pub const MAX_HEAD_DIM: usize = 256;
+/// Query heads one kernel pass handles; a larger group is split into passes (which re-read K/V).
+const MAX_GROUP_PASS: usize = 16;
+/// Fewest blocks in a segment of a cut sequence: below this the merge costs more than the
+/// parallelism gains.
+const MIN_SEGMENT_BLOCKS: usize = 8;
+/// Segments per pool thread that the split aims for, so that uneven segments still balance.
+const SEGMENTS_PER_THREAD: usize = 4;
+
+/// Head counts, head size and softmax scale of one attention layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DecodeShape {
+    pub num_q_heads: usize,
+    pub num_kv_heads: usize,
+    /// A multiple of 16, at most [`MAX_HEAD_DIM`] (64 and 128 are the model sizes).
+    pub head_dim: usize,
+    /// Multiplies q·k before the softmax, usually `1/sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+/// One decode step's inputs for a batch of sequences (layouts in the module header).
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeBatch<'a> {
+    pub q: &'a [bf16],
+    pub new_k: &'a [bf16],
+    pub new_v: &'a [bf16],
+    pub block_tables: &'a [i32],
+    /// Row length of `block_tables`.
+    pub max_blocks: usize,
+    pub context_lens: &'a [i32],
+}
+
+impl DecodeBatch<'_> {
+    pub fn batch(&self) -> usize {
+        self.context_lens.len()
+    }
+
+    /// Bytes of K and V the attention reads for this batch (the bench's throughput unit).
+    pub fn kv_bytes(&self, shape: &DecodeShape) -> usize {
+        let tokens: usize = self.context_lens.iter().map(|&l| l.max(0) as usize).sum();
+        2 * tokens * shape.num_kv_heads * shape.head_dim * std::mem::size_of::<bf16>()
+    }
+}
+
+/// What validation found: sizes every path needs.
+struct Checked {
+    batch: usize,
+    group: usize,
+    lens: Vec<usize>,
+}
+
+fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::Len {
+            what,
+            expected,
+            got,
+        })
+    }
+}
+
+/// Validates shapes, lengths and block tables. Besides bounds, the block that receives the new
+/// token must be read by no other sequence and appear once in its own table: otherwise the
+/// append would race with another segment's read.
+fn check(
+    shape: &DecodeShape,
+    b: &DecodeBatch,
+    k_cache: &[bf16],
+    v_cache: &[bf16],
+    out: &[bf16],
+) -> Result<Checked> {
+    let DecodeShape {
+        num_q_heads: qh,
+        num_kv_heads: kvh,
+        head_dim: d,
+        scale,
+    } = *shape;
+    if kvh == 0 || qh == 0 || qh % kvh != 0 {
+        return Err(Error::Invalid(format!(
+            "paged_decode: num_q_heads ({qh}) must be a positive multiple of num_kv_heads ({kvh})"
+        )));
+    }
+    if d == 0 || d % 16 != 0 || d > MAX_HEAD_DIM {
+        return Err(Error::Invalid(format!(
+            "paged_decode: head_dim {d} is not supported (a multiple of 16 up to {MAX_HEAD_DIM})"
+        )));
+    }
+    if !scale.is_finite() {
+        return Err(Error::Invalid(format!(
+            "paged_decode: scale {scale} is not finite"
+        )));
+    }
+    let block_elems = kvh * BLOCK_SIZE * d;
+    if k_cache.is_empty() || k_cache.len() % block_elems != 0 {
+        return Err(Error::Invalid(format!(
+            "paged_decode: k_cache holds {} elements, not a positive multiple of one block's {block_elems} \
+             (num_kv_heads {kvh} × 16 × head_dim {d})",
+            k_cache.len()
+        )));
+    }
+    check_len("paged_decode: v_cache", k_cache.len(), v_cache.len())?;
+    let num_blocks = k_cache.len() / block_elems;
+    let batch = b.batch();
+    check_len(
+        "paged_decode: q ([batch][num_q_heads][head_dim])",
+        batch * qh * d,
+        b.q.len(),
+    )?;
+    check_len(
+        "paged_decode: out ([batch][num_q_heads][head_dim])",
+        batch * qh * d,
+        out.len(),
+    )?;
+    check_len(
+        "paged_decode: new_k ([batch][num_kv_heads][head_dim])",
+        batch * kvh * d,
+        b.new_k.len(),
+    )?;
+    check_len(
+        "paged_decode: new_v ([batch][num_kv_heads][head_dim])",
+        batch * kvh * d,
+        b.new_v.len(),
+    )?;
+    check_len(
+        "paged_decode: block_tables ([batch][max_blocks])",
+        batch * b.max_blocks,
+        b.block_tables.len(),
+    )?;
+
+    let mut lens = Vec::with_capacity(batch);
+    for (i, &l) in b.context_lens.iter().enumerate() {
+        if l < 1 || l as usize > b.max_blocks * BLOCK_SIZE {
+            return Err(Error::Invalid(format!(
+                "paged_decode: sequence {i} has context length {l}; it must be in 1..={} (max_blocks {} × 16)",
+                b.max_blocks * BLOCK_SIZE,
+                b.max_blocks
+            )));
+        }
+        lens.push(l as usize);
+    }
+    let table = |i: usize| &b.block_tables[i * b.max_blocks..(i + 1) * b.max_blocks];
+    // (block receiving the append, its sequence), sorted by block.
+    let mut targets: Vec<(i32, usize)> = (0..batch)
+        .map(|i| (table(i)[(lens[i] - 1) / BLOCK_SIZE], i))
+        .collect();
+    targets.sort_unstable();
+    for w in targets.windows(2) {
+        if w[0].0 == w[1].0 {
+            return Err(Error::Invalid(format!(
+                "paged_decode: sequences {} and {} both append their new token into block {}",
+                w[0].1, w[1].1, w[0].0
+            )));
+        }
+    }
+    for (i, &len) in lens.iter().enumerate() {
+        let used = len.div_ceil(BLOCK_SIZE);
+        for (pos, &id) in table(i)[..used].iter().enumerate() {
+            if id < 0 || id as usize >= num_blocks {
+                return Err(Error::Invalid(format!(
+                    "paged_decode: sequence {i} block table entry {pos} is block {id}, outside the cache's 0..{num_blocks}"
+                )));
+            }
+            if let Ok(k) = targets.binary_search_by_key(&id, |t| t.0) {
+                let j = targets[k].1;
+                if !(j == i && pos == used - 1) {
+                    return Err(Error::Invalid(format!(
+                        "paged_decode: block {id} receives sequence {j}'s new token but is also read by \
+                         sequence {i} (table entry {pos})"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(Checked {
+        batch,
+        group: qh / kvh,
+        lens,
+    })
+}
+
+/// One unit of parallel work: blocks `b0 ..` of one sequence for one KV head.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    seq: usize,
+    kv: usize,
+    /// Index among the (sequence, head)'s segments, and their count.
+    seg: usize,
+    nseg: usize,
+    b0: usize,
+    ntok: usize,
+    /// First partial-result slot of this (sequence, head) when nseg > 1.
+    part: usize,
+}
+
+/// Blocks per segment for a batch: enough segments for every thread to take several, none
+/// shorter than [`MIN_SEGMENT_BLOCKS`].
+fn segment_blocks(lens: &[usize], num_kv_heads: usize, threads: usize) -> usize {
+    let total: usize = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).sum::<usize>() * num_kv_heads;
+    total
+        .div_ceil(threads.max(1) * SEGMENTS_PER_THREAD)
+        .max(MIN_SEGMENT_BLOCKS)
+}
+
+/// The segments of a batch, and the number of partial-result slots they need.
+fn plan(lens: &[usize], num_kv_heads: usize, seg_blocks: usize) -> (Vec<Segment>, usize) {
+    let mut segs = Vec::new();
+    let mut parts = 0;
+    for (seq, &len) in lens.iter().enumerate() {
+        let nb = len.div_ceil(BLOCK_SIZE);
+        let nseg = nb.div_ceil(seg_blocks);
+        for kv in 0..num_kv_heads {
+            for seg in 0..nseg {
+                let b0 = seg * seg_blocks;
+                let ntok = (len - b0 * BLOCK_SIZE).min(seg_blocks * BLOCK_SIZE);
+                segs.push(Segment {
+                    seq,
+                    kv,
+                    seg,
+                    nseg,
+                    b0,
+                    ntok,
+                    part: parts,
+                });
+            }
+            if nseg > 1 {
+                parts += nseg;
+            }
+        }
+    }
+    (segs, parts)
+}
+
+/// A raw pointer that may cross to pool threads; each use says why the accesses are disjoint.
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+// SAFETY: only used for buffers whose concurrent accesses are to disjoint elements (see uses).
+unsafe impl<T> Send for Shared<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// Through a method, so that closures capture the `Shared` and not its bare pointer field.
+    fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Paged decode attention with fused KV append, in ISPC on the shared pool. Appends each
+/// sequence's new K/V at token `context_len - 1`, then writes `out`.
+pub fn paged_decode_bf16(
+    shape: &DecodeShape,
+    batch: &DecodeBatch,
+    k_cache: &mut [bf16],
+    v_cache: &mut [bf16],
+    out: &mut [bf16],
+) -> Result<()> {
+    let c = check(shape, batch, k_cache, v_cache, out)?;
+    let s = segment_blocks(&c.lens, shape.num_kv_heads, platform::pool_threads());
+    run_checked(shape, batch, &c, s, k_cache, v_cache, out);
+    Ok(())
+}
+
+/// [`paged_decode_bf16`] with a forced segment length, so that tests can cut short sequences.
+#[cfg(test)]
+fn paged_decode_bf16_segmented(
+    shape: &DecodeShape,
+    batch: &DecodeBatch,
+    k_cache: &mut [bf16],
+    v_cache: &mut [bf16],
+    out: &mut [bf16],
+    seg_blocks: usize,
+) -> Result<()> {
+    let c = check(shape, batch, k_cache, v_cache, out)?;
+    run_checked(shape, batch, &c, seg_blocks.max(1), k_cache, v_cache, out);
+    Ok(())
+}
+
+fn run_checked(
+    shape: &DecodeShape,
+    b: &DecodeBatch,
+    c: &Checked,
+    seg_blocks: usize,
+    k_cache: &mut [bf16],
+    v_cache: &mut [bf16],
+    out: &mut [bf16],
+) {
+    let (qh, kvh, d, g) = (
+        shape.num_q_heads,
+        shape.num_kv_heads,
+        shape.head_dim,
+        c.group,
+    );
+    let (segs, parts) = plan(&c.lens, kvh, seg_blocks);
+    let mut part_o = vec![0f32; parts * g * d];
+    let mut part_ml = vec![0f32; parts * g * 2];
+    let kc = Shared(k_cache.as_mut_ptr() as *mut u16);
+    let vc = Shared(v_cache.as_mut_ptr() as *mut u16);
+    let o = Shared(out.as_mut_ptr() as *mut u16);
+    let po = Shared(part_o.as_mut_ptr());
+    let pml = Shared(part_ml.as_mut_ptr());
+    let block_stride = (kvh * BLOCK_SIZE * d) as i64;
+    let run_segment = |s: &Segment| {
+        let table = &b.block_tables[s.seq * b.max_blocks + s.b0..(s.seq + 1) * b.max_blocks];
+        let last = s.seg + 1 == s.nseg;
+        for h0 in (0..g).step_by(MAX_GROUP_PASS) {
+            let gp = (g - h0).min(MAX_GROUP_PASS);
+            let head = s.seq * qh + s.kv * g + h0;
+            let append_at = if last && h0 == 0 {
+                (s.ntok - 1) as i32
+            } else {
+                -1
+            };
+            let nk = (s.seq * kvh + s.kv) * d;
+            let (out_p, po_p, pml_p) = if s.nseg == 1 {
+                (
+                    o.ptr().wrapping_add(head * d),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            } else {
+                let slot = s.part + s.seg;
+                (
+                    std::ptr::null_mut(),
+                    po.ptr().wrapping_add((slot * g + h0) * d),
+                    pml.ptr().wrapping_add((slot * g + h0) * 2),
+                )
+            };
+            // SAFETY: `check` proved every block id of the sequence's used blocks in range, the
+            // shapes of q/new_k/new_v/out, head_dim ≤ MAX_HEAD_DIM and gp ≤ MAX_GROUP_PASS (the
+            // kernel's array sizes). Writes are disjoint between segments: a segment writes only
+            // its own (sequence, head range) of `out` or its own partial slot, and the append
+            // goes to this KV head's rows of the sequence's last block, which `check` proved no
+            // other sequence reads and which lies in this (the last) segment only, written
+            // before this segment reads it.
+            unsafe {
+                sys::ispc_paged_decode_segment_bf16(
+                    b.q.as_ptr().add(head * d) as *const u16,
+                    kc.ptr(),
+                    vc.ptr(),
+                    table.as_ptr(),
+                    s.ntok as i32,
+                    block_stride,
+                    (s.kv * BLOCK_SIZE * d) as i64,
+                    d as i32,
+                    gp as i32,
+                    shape.scale,
+                    b.new_k.as_ptr().add(nk) as *const u16,
+                    b.new_v.as_ptr().add(nk) as *const u16,
+                    append_at,
+                    out_p,
+                    po_p,
+                    pml_p,
+                );
+            }
+        }
+    };
+    let merges: Vec<&Segment> = segs.iter().filter(|s| s.nseg > 1 && s.seg == 0).collect();
+    platform::pool().install(|| {
+        segs.par_iter().for_each(run_segment);
+        merges.par_iter().for_each(|s| {
+            // SAFETY: slots s.part .. s.part + nseg were all written by the segments above, and
+            // this (sequence, KV head)'s g output rows are written by this merge only.
+            unsafe {
+                sys::ispc_paged_decode_merge_bf16(
+                    po.ptr().add(s.part * g * d),
+                    pml.ptr().add(s.part * g * 2),
+                    s.nseg as i32,
+                    g as i32,
+                    d as i32,
+                    o.ptr().add((s.seq * qh + s.kv * g) * d),
+                );
+            }
+        });
+    });
+}
+
+/// Reference twin of [`paged_decode_bf16`]: scalar, one sequence and head at a time, f64
+/// accumulation, the same validation and the same append.
+pub fn paged_decode_bf16_ref(
+    shape: &DecodeShape,
+    b: &DecodeBatch,
+    k_cache: &mut [bf16],
+    v_cache: &mut [bf16],
+    out: &mut [bf16],
+) -> Result<()> {
+    let c = check(shape, b, k_cache, v_cache, out)?;
+    let (qh, kvh, d, g) = (
+        shape.num_q_heads,
+        shape.num_kv_heads,
+        shape.head_dim,
+        c.group,
+    );
+    let row = |i: usize, t: usize, kv: usize| {
+        let id = b.block_tables[i * b.max_blocks + t / BLOCK_SIZE] as usize;
+        ((id * kvh + kv) * BLOCK_SIZE + t % BLOCK_SIZE) * d
+    };
+    for i in 0..c.batch {
+        let len = c.lens[i];
+        for kv in 0..kvh {
+            let r = row(i, len - 1, kv);
+            let n = (i * kvh + kv) * d;
+            k_cache[r..r + d].copy_from_slice(&b.new_k[n..n + d]);
+            v_cache[r..r + d].copy_from_slice(&b.new_v[n..n + d]);
+        }
+        for h in 0..qh {
+            let kv = h / g;
+            let q = &b.q[(i * qh + h) * d..][..d];
+            let scores: Vec<f64> = (0..len)
+                .map(|t| {
+                    let k = &k_cache[row(i, t, kv)..][..d];
+                    q.iter()
+                        .zip(k)
+                        .map(|(a, b)| a.to_f64() * b.to_f64())
+                        .sum::<f64>()
+                        * shape.scale as f64
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let p: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let l: f64 = p.iter().sum();
+            let mut acc = vec![0f64; d];
+            for (t, pt) in p.iter().enumerate() {
+                for (a, v) in acc.iter_mut().zip(&v_cache[row(i, t, kv)..][..d]) {
+                    *a += pt * v.to_f64();
+                }
+            }
+            for (o, a) in out[(i * qh + h) * d..][..d].iter_mut().zip(&acc) {
+                *o = bf16::from_f64(a / l);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,365 @@
+//! The ISPC path against the scalar twin on fresh random data. Slots that a correct kernel must
+//! not read (past the context, the new token's slot before the append, blocks outside the
+//! tables) hold NaN, and outputs start as NaN, so a stray read or a missed write fails.
+
+use super::*;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+/// Outputs are bf16: the kernel (f32) and the twin (f64) each round once, and results that sit
+/// on either side of a rounding boundary differ by one bf16 ulp, at most 2⁻⁷ of the value.
+const TOL_REL: f32 = 1.0 / 128.0;
+/// f32 sums of up to 10⁵ unit-scale terms (Σp·v with Σp = 1): rounding error grows like
+/// √n·2⁻²⁴ ≈ 2e-5; ten times that.
+const TOL_ABS: f32 = 2e-4;
+
+const NAN: bf16 = bf16::NAN;
+
+fn rng() -> (StdRng, u64) {
+    let seed: u64 = rand::random();
+    (StdRng::seed_from_u64(seed), seed)
+}
+
+fn fill(rng: &mut StdRng, n: usize, amp: f32) -> Vec<bf16> {
+    (0..n)
+        .map(|_| bf16::from_f32(rng.gen_range(-amp..amp)))
+        .collect()
+}
+
+/// A cache, tables and inputs for `lens`, block ids shuffled over a cache with spare blocks.
+struct Case {
+    shape: DecodeShape,
+    k: Vec<bf16>,
+    v: Vec<bf16>,
+    q: Vec<bf16>,
+    new_k: Vec<bf16>,
+    new_v: Vec<bf16>,
+    tables: Vec<i32>,
+    max_blocks: usize,
+    lens: Vec<i32>,
+}
+
+impl Case {
+    fn new(rng: &mut StdRng, shape: DecodeShape, lens: &[usize], q_amp: f32) -> Case {
+        let (kvh, d) = (shape.num_kv_heads, shape.head_dim);
+        let nbs: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).collect();
+        let max_blocks = nbs.iter().copied().max().unwrap_or(1) + 1;
+        let num_blocks = nbs.iter().sum::<usize>() + 3;
+        let mut ids: Vec<i32> = (0..num_blocks as i32).collect();
+        ids.shuffle(rng);
+        let block = kvh * BLOCK_SIZE * d;
+        let mut k = vec![NAN; num_blocks * block];
+        let mut v = vec![NAN; num_blocks * block];
+        // Unused table entries point outside the cache: reading one would be caught by bounds.
+        let mut tables = vec![i32::MAX; lens.len() * max_blocks];
+        let mut next = 0;
+        for (i, &len) in lens.iter().enumerate() {
+            for pos in 0..nbs[i] {
+                let id = ids[next];
+                next += 1;
+                tables[i * max_blocks + pos] = id;
+                for kv in 0..kvh {
+                    for slot in 0..BLOCK_SIZE {
+                        // Tokens before the new one hold data; the new one's slot and later stay NaN.
+                        if pos * BLOCK_SIZE + slot + 1 < len {
+                            let r = ((id as usize * kvh + kv) * BLOCK_SIZE + slot) * d;
+                            for j in 0..d {
+                                k[r + j] = bf16::from_f32(rng.gen_range(-1.0..1.0));
+                                v[r + j] = bf16::from_f32(rng.gen_range(-1.0..1.0));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let b = lens.len();
+        Case {
+            shape,
+            k,
+            v,
+            q: fill(rng, b * shape.num_q_heads * d, q_amp),
+            new_k: fill(rng, b * kvh * d, 1.0),
+            new_v: fill(rng, b * kvh * d, 1.0),
+            tables,
+            max_blocks,
+            lens: lens.iter().map(|&l| l as i32).collect(),
+        }
+    }
+
+    fn batch(&self) -> DecodeBatch<'_> {
+        DecodeBatch {
+            q: &self.q,
+            new_k: &self.new_k,
+            new_v: &self.new_v,
+            block_tables: &self.tables,
+            max_blocks: self.max_blocks,
+            context_lens: &self.lens,
+        }
+    }
+
+    /// Runs the ISPC path (`seg_blocks` forced, or chosen) and the twin on copies of the cache;
+    /// compares outputs within tolerance and caches bit for bit.
+    fn check(&self, seg_blocks: Option<usize>, seed: u64) {
+        let n_out = self.q.len();
+        let (mut k1, mut v1, mut o1) = (self.k.clone(), self.v.clone(), vec![NAN; n_out]);
+        let (mut k2, mut v2, mut o2) = (self.k.clone(), self.v.clone(), vec![NAN; n_out]);
+        match seg_blocks {
+            Some(s) => paged_decode_bf16_segmented(
+                &self.shape,
+                &self.batch(),
+                &mut k1,
+                &mut v1,
+                &mut o1,
+                s,
+            ),
+            None => paged_decode_bf16(&self.shape, &self.batch(), &mut k1, &mut v1, &mut o1),
+        }
+        .unwrap();
+        paged_decode_bf16_ref(&self.shape, &self.batch(), &mut k2, &mut v2, &mut o2).unwrap();
+        let ctx = format!(
+            "seed {seed}, {:?}, seg_blocks {seg_blocks:?}, batch {}",
+            self.shape,
+            self.lens.len()
+        );
+        let bits = |x: &[bf16]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(&k1) == bits(&k2) && bits(&v1) == bits(&v2),
+            "{ctx}: caches differ after the append"
+        );
+        let d = self.shape.head_dim;
+        for (i, (g, w)) in o1.iter().zip(&o2).enumerate() {
+            let (g, w) = (g.to_f32(), w.to_f32());
+            assert!(
+                (g - w).abs() <= TOL_REL * w.abs() + TOL_ABS,
+                "{ctx}: out[{}][{}] = {g}, reference {w} (sequence length {})",
+                i / d,
+                i % d,
+                self.lens[i / d / self.shape.num_q_heads]
+            );
+        }
+    }
+}
+
+fn shape(num_q_heads: usize, num_kv_heads: usize, head_dim: usize) -> DecodeShape {
+    DecodeShape {
+        num_q_heads,
+        num_kv_heads,
+        head_dim,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    }
+}
+
+#[test]
+fn single_token_sequences_return_the_new_value() {
+    let (mut r, seed) = rng();
+    for d in [64, 128] {
+        let c = Case::new(&mut r, shape(8, 2, d), &[1, 1, 1], 2.0);
+        c.check(None, seed);
+        // With one token the softmax weight is exactly 1: the output is the new V, bit for bit.
+        let (mut k, mut v, mut o) = (c.k.clone(), c.v.clone(), vec![NAN; c.q.len()]);
+        paged_decode_bf16(&c.shape, &c.batch(), &mut k, &mut v, &mut o).unwrap();
+        for i in 0..3 {
+            for h in 0..8 {
+                let want = &c.new_v[(i * 2 + h / 4) * d..][..d];
+                let got = &o[(i * 8 + h) * d..][..d];
+                assert!(
+                    want.iter()
+                        .zip(got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "seed {seed}: seq {i} head {h}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ragged_lengths_match_reference() {
+    let (mut r, seed) = rng();
+    for d in [64, 128] {
+        for (qh, kvh) in [(2, 2), (8, 2), (8, 1)] {
+            let mut lens: Vec<usize> = (0..5).map(|_| r.gen_range(1..300)).collect();
+            lens.extend([15, 16, 17, 33]);
+            let c = Case::new(&mut r, shape(qh, kvh, d), &lens, 2.0);
+            for s in [Some(1), Some(3), None] {
+                c.check(s, seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn long_sequence_is_split_across_threads() {
+    let (mut r, seed) = rng();
+    let len = 100_000 - 7;
+    let sh = shape(4, 1, 128);
+    let s = segment_blocks(&[len], 1, platform::pool_threads());
+    let (segs, _) = plan(&[len], 1, s);
+    assert!(
+        segs.len() > 1,
+        "a {len}-token sequence should be cut into segments, got {}",
+        segs.len()
+    );
+    Case::new(&mut r, sh, &[len, 40], 4.0).check(None, seed);
+}
+
+#[test]
+fn batch_of_512() {
+    let (mut r, seed) = rng();
+    let lens: Vec<usize> = (0..512).map(|_| r.gen_range(1..=80)).collect();
+    Case::new(&mut r, shape(8, 2, 64), &lens, 2.0).check(None, seed);
+}
+
+#[test]
+fn uneven_and_large_query_groups() {
+    let (mut r, seed) = rng();
+    // 7 heads per KV head (Qwen-like), and 20, more than one kernel pass takes.
+    for (qh, kvh) in [(14, 2), (20, 1)] {
+        let c = Case::new(&mut r, shape(qh, kvh, 64), &[1, 50, 129], 2.0);
+        c.check(Some(2), seed);
+        c.check(None, seed);
+    }
+}
+
+#[test]
+fn peaked_softmax_is_stable() {
+    let (mut r, seed) = rng();
+    // Scores of tens: exp without the running max would overflow f32.
+    let sh = DecodeShape {
+        scale: 4.0,
+        ..shape(4, 2, 128)
+    };
+    Case::new(&mut r, sh, &[300, 1000, 7], 4.0).check(Some(5), seed);
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let (mut r, _) = rng();
+    let c = Case::new(&mut r, shape(4, 2, 64), &[20, 40], 1.0);
+    let (mut k, mut v, mut o) = (c.k.clone(), c.v.clone(), vec![NAN; c.q.len()]);
+    let err =
+        |sh: &DecodeShape, b: &DecodeBatch, k: &mut [bf16], v: &mut [bf16], o: &mut [bf16]| {
+            let e1 = paged_decode_bf16(sh, b, k, v, o).unwrap_err().to_string();
+            let e2 = paged_decode_bf16_ref(sh, b, k, v, o)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(e1, e2);
+            e1
+        };
+    let b = c.batch();
+
+    let mut t = c.tables.clone();
+    t[1] = (c.k.len() / (2 * 16 * 64)) as i32;
+    let e = err(
+        &c.shape,
+        &DecodeBatch {
+            block_tables: &t,
+            ..b
+        },
+        &mut k,
+        &mut v,
+        &mut o,
+    );
+    assert!(e.contains("outside the cache"), "{e}");
+    t[1] = -1;
+    let e = err(
+        &c.shape,
+        &DecodeBatch {
+            block_tables: &t,
+            ..b
+        },
+        &mut k,
+        &mut v,
+        &mut o,
+    );
+    assert!(e.contains("block -1"), "{e}");
+
+    // Sequence 1 appends into a block that sequence 0 reads.
+    let mut t = c.tables.clone();
+    t[0] = t[c.max_blocks + 2];
+    let e = err(
+        &c.shape,
+        &DecodeBatch {
+            block_tables: &t,
+            ..b
+        },
+        &mut k,
+        &mut v,
+        &mut o,
+    );
+    assert!(e.contains("also read"), "{e}");
+
+    for l in [0, -3, (c.max_blocks * 16 + 1) as i32] {
+        let lens = [20, l];
+        let e = err(
+            &c.shape,
+            &DecodeBatch {
+                context_lens: &lens,
+                ..b
+            },
+            &mut k,
+            &mut v,
+            &mut o,
+        );
+        assert!(e.contains("context length"), "{e}");
+    }
+    let e = err(
+        &c.shape,
+        &DecodeBatch { q: &c.q[1..], ..b },
+        &mut k,
+        &mut v,
+        &mut o,
+    );
+    assert!(e.contains("q ("), "{e}");
+    let e = err(
+        &c.shape,
+        &DecodeBatch {
+            new_v: &c.new_v[..5],
+            ..b
+        },
+        &mut k,
+        &mut v,
+        &mut o,
+    );
+    assert!(e.contains("new_v"), "{e}");
+    let e = err(
+        &c.shape,
+        &DecodeBatch {
+            block_tables: &c.tables[1..],
+            ..b
+        },
+        &mut k,
+        &mut v,
+        &mut o,
+    );
+    assert!(e.contains("block_tables"), "{e}");
+    let e = err(&c.shape, &b, &mut k, &mut v[1..], &mut o);
+    assert!(e.contains("v_cache"), "{e}");
+    let e = err(&c.shape, &b, &mut k[1..], &mut v, &mut o);
+    assert!(e.contains("k_cache"), "{e}");
+    let e = err(&c.shape, &b, &mut k, &mut v, &mut o[2..]);
+    assert!(e.contains("out"), "{e}");
+    for sh in [
+        shape(3, 2, 64),
+        shape(4, 0, 64),
+        shape(4, 2, 72),
+        shape(4, 2, 512),
+    ] {
+        let e = err(&sh, &b, &mut k, &mut v, &mut o);
+        assert!(e.contains("num_q_heads") || e.contains("head_dim"), "{e}");
+    }
+    let e = err(
+        &DecodeShape {
+            scale: f32::NAN,
+            ..c.shape
+        },
+        &b,
+        &mut k,
+        &mut v,
+        &mut o,
+    );
+    assert!(e.contains("scale"), "{e}");
+    // Nothing was appended by the refused calls.
+    assert!(k.iter().zip(&c.k).all(|(a, b)| a.to_bits() == b.to_bits()));
+}
