@@ -3,6 +3,8 @@
 
 pub mod caps;
 pub mod config;
+pub mod exec;
+pub mod kv;
 pub mod placement;
 pub mod plan;
 pub mod reference;
@@ -18,6 +20,10 @@ pub enum Error {
     Weights(String),
     #[error("placement: {0}")]
     Placement(String),
+    #[error("input: {0}")]
+    Input(String),
+    #[error("kernel: {0}")]
+    Kernel(String),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error(transparent)]

@@ -1,0 +1,390 @@
+//! CPU sublayers and a full-CPU generation session (LIA policy (1,1,1,1,1,1)).
+//!
+//! Data between sublayers: the residual stream `x` is f32 `[tokens, hidden]`, updated in place
+//! by the S4 and S6 GEMM epilogues; GEMM inputs are bf16 (normed activations, attention output,
+//! MLP activation), as the AMX kernels take them. Linear weights are prepacked once at load
+//! (`amx_kernels::PackedWeight`); the attention of a decode step is the ISPC paged kernel over
+//! the host KV cache, which appends the new token's K/V itself.
+
+use amx_kernels::{gemm_bf16, Epilogue, PackedWeight, Residual};
+use half::bf16;
+use ispc_kernels::{paged_decode_bf16, DecodeBatch, DecodeShape};
+use rayon::prelude::*;
+
+use crate::config::{Family, ModelConfig, OPT_POSITION_OFFSET};
+use crate::kv::{BlockAllocator, HostKv, SeqKv};
+use crate::weights::{Tensor, Weights};
+use crate::{Error, Result};
+
+fn kerr(e: impl std::fmt::Display) -> Error {
+    Error::Kernel(e.to_string())
+}
+
+/// A layer's linears, prepacked for the CPU kernels.
+pub struct CpuLayer {
+    pub qkv: PackedWeight,
+    pub o: PackedWeight,
+    pub up: PackedWeight,
+    pub down: PackedWeight,
+}
+
+impl CpuLayer {
+    pub fn pack(cfg: &ModelConfig, lw: &crate::weights::LayerWeights) -> Result<Self> {
+        let p = |t: &Tensor| PackedWeight::from_bf16(&t.data, t.rows(), t.cols()).map_err(kerr);
+        let up = match cfg.family {
+            Family::Opt => p(&lw.up_w)?,
+            Family::Llama => PackedWeight::from_bf16_gate_up(&lw.up_w.data, lw.up_w.rows(), lw.up_w.cols()).map_err(kerr)?,
+        };
+        Ok(CpuLayer { qkv: p(&lw.qkv_w)?, o: p(&lw.o_w)?, up, down: p(&lw.down_w)? })
+    }
+}
+
+/// RoPE cos/sin per position, `[max_positions][head_dim / 2]`.
+pub struct RopeTable {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub half: usize,
+}
+
+impl RopeTable {
+    pub fn new(cfg: &ModelConfig) -> Self {
+        let inv = cfg.rope_inv_freq();
+        let half = inv.len();
+        let mut cos = vec![0f32; cfg.max_positions * half];
+        let mut sin = vec![0f32; cfg.max_positions * half];
+        for p in 0..cfg.max_positions {
+            for i in 0..half {
+                let (s, c) = (p as f64 * inv[i]).sin_cos();
+                cos[p * half + i] = c as f32;
+                sin[p * half + i] = s as f32;
+            }
+        }
+        RopeTable { cos, sin, half }
+    }
+
+    /// Rotates `heads` heads of one token row in place (HF's rotate-half convention).
+    fn apply(&self, row: &mut [f32], heads: usize, pos: usize) {
+        let (h2, d) = (self.half, 2 * self.half);
+        let (c, s) = (&self.cos[pos * h2..][..h2], &self.sin[pos * h2..][..h2]);
+        for h in 0..heads {
+            let x = &mut row[h * d..(h + 1) * d];
+            for i in 0..h2 {
+                let (a, b) = (x[i], x[i + h2]);
+                x[i] = a * c[i] - b * s[i];
+                x[i + h2] = b * c[i] + a * s[i];
+            }
+        }
+    }
+}
+
+/// The model, ready for the CPU: prepacked linears and the LM head.
+pub struct CpuModel<'w> {
+    pub w: &'w Weights,
+    pub layers: Vec<CpuLayer>,
+    pub head: PackedWeight,
+    pub rope: Option<RopeTable>,
+}
+
+impl<'w> CpuModel<'w> {
+    pub fn new(w: &'w Weights) -> Result<Self> {
+        let cfg = &w.config;
+        let layers = w.layers.iter().map(|l| CpuLayer::pack(cfg, l)).collect::<Result<Vec<_>>>()?;
+        let h = w.lm_head();
+        let head = PackedWeight::from_bf16(&h.data, h.rows(), h.cols()).map_err(kerr)?;
+        let rope = (cfg.family == Family::Llama).then(|| RopeTable::new(cfg));
+        Ok(CpuModel { w, layers, head, rope })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.w.config
+    }
+}
+
+/// LayerNorm or RMSNorm of each row of `x` into bf16.
+pub fn norm_bf16(cfg: &ModelConfig, x: &[f32], w: &Tensor, b: Option<&Tensor>, out: &mut [bf16]) {
+    let h = cfg.hidden;
+    let eps = cfg.norm_eps as f32;
+    platform::pool().install(|| {
+        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, xr)| {
+            let (mean, inv) = match cfg.family {
+                Family::Opt => {
+                    let mean = xr.iter().sum::<f32>() / h as f32;
+                    let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+                    (mean, 1.0 / (var + eps).sqrt())
+                }
+                Family::Llama => (0.0, 1.0 / (xr.iter().map(|v| v * v).sum::<f32>() / h as f32 + eps).sqrt()),
+            };
+            for i in 0..h {
+                let y = (xr[i] - mean) * inv * w.data[i].to_f32() + b.map_or(0.0, |b| b.data[i].to_f32());
+                o[i] = bf16::from_f32(y);
+            }
+        })
+    });
+}
+
+/// Embedding rows (+ OPT's learned positions) of `tokens` at `positions`, into f32.
+pub fn embed(w: &Weights, tokens: &[u32], positions: &[usize], x: &mut [f32]) -> Result<()> {
+    let h = w.config.hidden;
+    for (t, (&tok, &pos)) in tokens.iter().zip(positions).enumerate() {
+        if tok as usize >= w.config.vocab {
+            return Err(Error::Input(format!("token id {tok} is outside the vocabulary of {}", w.config.vocab)));
+        }
+        let row = &w.embed.data[tok as usize * h..][..h];
+        let xr = &mut x[t * h..(t + 1) * h];
+        for i in 0..h {
+            xr[i] = row[i].to_f32();
+        }
+        if let Some(p) = &w.positions {
+            let prow = &p.data[(pos + OPT_POSITION_OFFSET) * h..][..h];
+            for i in 0..h {
+                xr[i] += prow[i].to_f32();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// S1: norm, QKV projection (+bias), RoPE. Returns q `[T, heads·d]`, k, v `[T, kv_heads·d]`, bf16.
+pub fn s1_qkv(m: &CpuModel, l: usize, x: &[f32], positions: &[usize]) -> Result<(Vec<bf16>, Vec<bf16>, Vec<bf16>)> {
+    let cfg = m.config();
+    let lw = &m.w.layers[l];
+    let t = positions.len();
+    let mut a = vec![bf16::ZERO; t * cfg.hidden];
+    norm_bf16(cfg, x, &lw.attn_norm_w, lw.attn_norm_b.as_ref(), &mut a);
+    let w = cfg.qkv_dim();
+    let mut qkv = vec![0f32; t * w];
+    let ep = Epilogue { bias: lw.qkv_b.as_ref().map(|b| &b.data[..]), ..Default::default() };
+    gemm_bf16(&a, t, cfg.hidden, &m.layers[l].qkv, &mut qkv, ep).map_err(kerr)?;
+    let (qd, kd) = (cfg.q_dim(), cfg.kv_dim());
+    let mut q = vec![bf16::ZERO; t * qd];
+    let mut k = vec![bf16::ZERO; t * kd];
+    let mut v = vec![bf16::ZERO; t * kd];
+    platform::pool().install(|| {
+        qkv.par_chunks_mut(w)
+            .zip(q.par_chunks_mut(qd))
+            .zip(k.par_chunks_mut(kd).zip(v.par_chunks_mut(kd)))
+            .zip(positions.par_iter())
+            .for_each(|(((row, qr), (kr, vr)), &pos)| {
+                if let Some(rope) = &m.rope {
+                    rope.apply(&mut row[..qd], cfg.heads, pos);
+                    rope.apply(&mut row[qd..qd + kd], cfg.kv_heads, pos);
+                }
+                qr.iter_mut().zip(&row[..qd]).for_each(|(o, &x)| *o = bf16::from_f32(x));
+                kr.iter_mut().zip(&row[qd..qd + kd]).for_each(|(o, &x)| *o = bf16::from_f32(x));
+                vr.iter_mut().zip(&row[qd + kd..]).for_each(|(o, &x)| *o = bf16::from_f32(x));
+            })
+    });
+    Ok((q, k, v))
+}
+
+/// S2+S3 for a prefill: causal attention of each prompt over itself (GQA), bf16 in and out.
+/// `lens` are the prompts' lengths; rows of q/k/v are the prompts' tokens back to back.
+pub fn prefill_attention(cfg: &ModelConfig, q: &[bf16], k: &[bf16], v: &[bf16], lens: &[usize]) -> Vec<bf16> {
+    let (hq, hk, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
+    let group = hq / hk;
+    let scale = 1.0 / (d as f32).sqrt();
+    let total: usize = lens.iter().sum();
+    let mut out = vec![bf16::ZERO; total * hq * d];
+    let starts: Vec<usize> = lens.iter().scan(0, |s, &l| { let a = *s; *s += l; Some(a) }).collect();
+    // One task per (token, q head): rows are independent.
+    let tasks: Vec<(usize, usize, usize)> = lens
+        .iter()
+        .zip(&starts)
+        .flat_map(|(&len, &s0)| (0..len).map(move |t| (s0, t, len)))
+        .collect();
+    platform::pool().install(|| {
+        out.par_chunks_mut(hq * d).zip(tasks.par_iter()).for_each(|(orow, &(s0, t, _len))| {
+            let mut scores = vec![0f32; t + 1];
+            for h in 0..hq {
+                let kh = h / group;
+                let qv: Vec<f32> = q[((s0 + t) * hq + h) * d..][..d].iter().map(|x| x.to_f32()).collect();
+                let mut mx = f32::NEG_INFINITY;
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    let kr = &k[((s0 + j) * hk + kh) * d..][..d];
+                    *sc = qv.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+                    mx = mx.max(*sc);
+                }
+                let mut z = 0f32;
+                scores.iter_mut().for_each(|s| {
+                    *s = (*s - mx).exp();
+                    z += *s;
+                });
+                let mut acc = vec![0f32; d];
+                for (j, &p) in scores.iter().enumerate() {
+                    let vr = &v[((s0 + j) * hk + kh) * d..][..d];
+                    acc.iter_mut().zip(vr).for_each(|(a, b)| *a += p * b.to_f32());
+                }
+                orow[h * d..(h + 1) * d].iter_mut().zip(&acc).for_each(|(o, a)| *o = bf16::from_f32(a / z));
+            }
+        })
+    });
+    out
+}
+
+/// S4: output projection (+bias) added into the residual stream.
+pub fn s4_out(m: &CpuModel, l: usize, att: &[bf16], x: &mut [f32], tokens: usize) -> Result<()> {
+    let lw = &m.w.layers[l];
+    let ep = Epilogue { bias: lw.o_b.as_ref().map(|b| &b.data[..]), residual: Residual::Output, ..Default::default() };
+    gemm_bf16(att, tokens, m.config().q_dim(), &m.layers[l].o, x, ep).map_err(kerr)
+}
+
+/// S5 + S6: norm, FC1+ReLU or gate/up+SiLU·mul, FC2 or down (+bias) into the residual stream.
+pub fn s56_mlp(m: &CpuModel, l: usize, x: &mut [f32], tokens: usize) -> Result<()> {
+    let cfg = m.config();
+    let lw = &m.w.layers[l];
+    let mut a = vec![bf16::ZERO; tokens * cfg.hidden];
+    norm_bf16(cfg, x, &lw.mlp_norm_w, lw.mlp_norm_b.as_ref(), &mut a);
+    let mut act = vec![bf16::ZERO; tokens * cfg.ffn];
+    let ep = match cfg.family {
+        Family::Opt => Epilogue::bias_relu(&lw.up_b.as_ref().expect("OPT has FC1 bias").data),
+        Family::Llama => Epilogue::silu_mul(),
+    };
+    gemm_bf16(&a, tokens, cfg.hidden, &m.layers[l].up, &mut act, ep).map_err(kerr)?;
+    let ep = Epilogue { bias: lw.down_b.as_ref().map(|b| &b.data[..]), residual: Residual::Output, ..Default::default() };
+    gemm_bf16(&act, tokens, cfg.ffn, &m.layers[l].down, x, ep).map_err(kerr)
+}
+
+/// Final norm and LM head over the given rows of `x`: logits `[rows.len(), vocab]`.
+pub fn lm_head(m: &CpuModel, x: &[f32], rows: &[usize]) -> Result<Vec<f32>> {
+    let cfg = m.config();
+    let h = cfg.hidden;
+    let picked: Vec<f32> = rows.iter().flat_map(|&r| x[r * h..(r + 1) * h].iter().copied()).collect();
+    let mut a = vec![bf16::ZERO; rows.len() * h];
+    norm_bf16(cfg, &picked, &m.w.final_norm_w, m.w.final_norm_b.as_ref(), &mut a);
+    let mut logits = vec![0f32; rows.len() * cfg.vocab];
+    gemm_bf16(&a, rows.len(), h, &m.head, &mut logits, Epilogue::default()).map_err(kerr)?;
+    Ok(logits)
+}
+
+/// Index of the largest logit of each row (greedy decoding).
+pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
+    logits
+        .chunks(vocab)
+        .map(|r| r.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32)
+        .collect()
+}
+
+/// A batch of sequences generated entirely on the CPU, KV cache in host memory.
+pub struct CpuSession<'m, 'w> {
+    pub model: &'m CpuModel<'w>,
+    pub kv: HostKv,
+    pub alloc: BlockAllocator,
+    pub seqs: Vec<SeqKv>,
+}
+
+impl<'m, 'w> CpuSession<'m, 'w> {
+    /// A session with room for `max_tokens` tokens of KV in total (rounded up to blocks per
+    /// sequence by the caller's lengths), on a host tier.
+    pub fn new(model: &'m CpuModel<'w>, num_blocks: usize, tier: platform::MemTier) -> Result<Self> {
+        let c = model.config();
+        let kv = HostKv::new(c.layers, num_blocks, c.kv_heads, c.head_dim, tier)?;
+        Ok(CpuSession { model, kv, alloc: BlockAllocator::new(num_blocks), seqs: Vec::new() })
+    }
+
+    /// Prefills new sequences; returns the logits of each prompt's last token `[B, vocab]`.
+    pub fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let m = self.model;
+        let cfg = m.config();
+        if prompts.iter().any(|p| p.is_empty()) {
+            return Err(Error::Input("an empty prompt: every prompt needs at least one token".into()));
+        }
+        let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        if let Some(&l) = lens.iter().find(|&&l| l > cfg.max_positions) {
+            return Err(Error::Input(format!("a prompt of {l} tokens exceeds the model's {} positions", cfg.max_positions)));
+        }
+        let tokens: Vec<u32> = prompts.concat();
+        let positions: Vec<usize> = lens.iter().flat_map(|&l| 0..l).collect();
+        let first_seq = self.seqs.len();
+        for &l in &lens {
+            let mut s = SeqKv::default();
+            s.reserve(&mut self.alloc, l)?;
+            s.len = l;
+            self.seqs.push(s);
+        }
+        let t = tokens.len();
+        let mut x = vec![0f32; t * cfg.hidden];
+        embed(m.w, &tokens, &positions, &mut x)?;
+        let kd = cfg.kv_dim();
+        for l in 0..cfg.layers {
+            let (q, k, v) = s1_qkv(m, l, &x, &positions)?;
+            let mut row = 0;
+            for (i, &len) in lens.iter().enumerate() {
+                let seq = &self.seqs[first_seq + i];
+                for p in 0..len {
+                    self.kv.write_token(l, seq, p, &k[(row + p) * kd..][..kd], &v[(row + p) * kd..][..kd]);
+                }
+                row += len;
+            }
+            let att = prefill_attention(cfg, &q, &k, &v, &lens);
+            s4_out(m, l, &att, &mut x, t)?;
+            s56_mlp(m, l, &mut x, t)?;
+        }
+        let last: Vec<usize> = lens.iter().scan(0, |s, &l| { *s += l; Some(*s - 1) }).collect();
+        lm_head(m, &x, &last)
+    }
+
+    /// One decode step: one new token per sequence (in order); returns logits `[B, vocab]`.
+    pub fn decode(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let m = self.model;
+        let cfg = m.config();
+        let b = tokens.len();
+        if b != self.seqs.len() {
+            return Err(Error::Input(format!("{b} tokens for {} sequences", self.seqs.len())));
+        }
+        let positions: Vec<usize> = self.seqs.iter().map(|s| s.len).collect();
+        if let Some(&p) = positions.iter().find(|&&p| p >= cfg.max_positions) {
+            return Err(Error::Input(format!("position {p} is past the model's {} positions", cfg.max_positions)));
+        }
+        for s in &mut self.seqs {
+            s.reserve(&mut self.alloc, s.len + 1)?;
+            s.len += 1;
+        }
+        let max_blocks = self.seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(1);
+        let mut tables = vec![0i32; b * max_blocks];
+        for (i, s) in self.seqs.iter().enumerate() {
+            tables[i * max_blocks..i * max_blocks + s.blocks.len()].copy_from_slice(&s.blocks);
+        }
+        let ctx: Vec<i32> = self.seqs.iter().map(|s| s.len as i32).collect();
+        let shape = DecodeShape {
+            num_q_heads: cfg.heads,
+            num_kv_heads: cfg.kv_heads,
+            head_dim: cfg.head_dim,
+            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+        };
+        let mut x = vec![0f32; b * cfg.hidden];
+        embed(m.w, tokens, &positions, &mut x)?;
+        let mut att = vec![bf16::ZERO; b * cfg.q_dim()];
+        for l in 0..cfg.layers {
+            let (q, k, v) = s1_qkv(m, l, &x, &positions)?;
+            let batch = DecodeBatch { q: &q, new_k: &k, new_v: &v, block_tables: &tables, max_blocks, context_lens: &ctx };
+            paged_decode_bf16(&shape, &batch, &mut self.kv.k[l], &mut self.kv.v[l], &mut att).map_err(kerr)?;
+            s4_out(m, l, &att, &mut x, b)?;
+            s56_mlp(m, l, &mut x, b)?;
+        }
+        let rows: Vec<usize> = (0..b).collect();
+        lm_head(m, &x, &rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_table_matches_reference_rotation() {
+        let cfg = ModelConfig::preset("llama3-8b").unwrap();
+        let t = RopeTable::new(&ModelConfig { max_positions: 64, ..cfg.clone() });
+        let mut row: Vec<f32> = (0..cfg.head_dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut want = row.clone();
+        t.apply(&mut row, 1, 33);
+        crate::reference::rope(&cfg, &mut want, 1, &[33]);
+        for (a, b) in row.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn argmax_picks_largest() {
+        assert_eq!(argmax_rows(&[0.0, 3.0, 1.0, 5.0, -1.0, 2.0], 3), vec![1, 0]);
+    }
+}
