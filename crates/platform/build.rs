@@ -26,9 +26,14 @@ fn main() {
     bindings.write_to_file(&out).expect("write numa bindings");
 
     // Static first: the GPU host may have no libnuma.so.1.
-    let static_lib = ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"]
-        .iter()
-        .find(|d| PathBuf::from(d).join("libnuma.a").exists());
+    let static_lib = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/lib",
+    ]
+    .iter()
+    .find(|d| PathBuf::from(d).join("libnuma.a").exists());
     match static_lib {
         Some(dir) => {
             println!("cargo:rustc-link-search=native={dir}");

@@ -73,9 +73,16 @@ impl Gpu {
             return Err(Error::NoDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal)?;
-        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(crate::KERNELS_FATBIN.to_vec()))?;
+        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(
+            crate::KERNELS_FATBIN.to_vec(),
+        ))?;
         let stream = ctx.default_stream();
-        Ok(Arc::new(Gpu { ctx, stream, module, functions: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Gpu {
+            ctx,
+            stream,
+            module,
+            functions: Mutex::new(HashMap::new()),
+        }))
     }
 
     pub fn ctx(&self) -> &Arc<CudaContext> {

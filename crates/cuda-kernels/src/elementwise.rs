@@ -8,7 +8,9 @@ use crate::{check_len, Gpu, Result};
 const BLOCK: u32 = 256;
 
 fn grid_for(n: usize, gpu: &Gpu) -> Result<u32> {
-    let sms = gpu.ctx().attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let sms = gpu.ctx().attribute(
+        cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+    )?;
     // Enough blocks to fill every SM several times over; the grid-stride loop covers the rest.
     Ok((n.div_ceil(BLOCK as usize) as u32).clamp(1, sms as u32 * 16))
 }
@@ -21,7 +23,11 @@ pub fn axpy_bf16(gpu: &Gpu, a: f32, x: &CudaSlice<bf16>, y: &mut CudaSlice<bf16>
         return Ok(());
     }
     let f = gpu.function("axpy_bf16")?;
-    let cfg = LaunchConfig { grid_dim: (grid_for(x.len(), gpu)?, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig {
+        grid_dim: (grid_for(x.len(), gpu)?, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
     let mut b = gpu.stream().launch_builder(&f);
     b.arg(&n).arg(&a).arg(x).arg(y);
     // SAFETY: the kernel's signature is (int64 n, float a, const bf16* x, bf16* y); both
@@ -46,12 +52,18 @@ mod tests {
 
     #[test]
     fn gpu_axpy_matches_reference() {
-        let Some(gpu) = crate::gpu_or_skip() else { return };
+        let Some(gpu) = crate::gpu_or_skip() else {
+            return;
+        };
         let mut rng = rand::rngs::StdRng::from_entropy();
         for n in [1usize, 255, 256, 1 << 20, (1 << 20) + 3] {
             let a: f32 = rng.gen_range(-2.0..2.0);
-            let x: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
-            let y0: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
+            let x: Vec<bf16> = (0..n)
+                .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+                .collect();
+            let y0: Vec<bf16> = (0..n)
+                .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+                .collect();
             let s = gpu.stream();
             let dx = s.clone_htod(&x).unwrap();
             let mut dy = s.clone_htod(&y0).unwrap();
@@ -63,7 +75,10 @@ mod tests {
             // before the bf16 cast), so results agree to one bf16 ulp.
             for i in 0..n {
                 let (g, w) = (got[i].to_f32(), want[i].to_f32());
-                assert!((g - w).abs() <= w.abs() * 2f32.powi(-7) + 1e-6, "n={n} i={i}: gpu {g} vs ref {w}");
+                assert!(
+                    (g - w).abs() <= w.abs() * 2f32.powi(-7) + 1e-6,
+                    "n={n} i={i}: gpu {g} vs ref {w}"
+                );
             }
         }
     }

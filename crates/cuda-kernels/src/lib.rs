@@ -10,7 +10,8 @@ pub mod elementwise;
 pub use device::{devices, gpu_or_skip, DeviceInfo, Gpu};
 
 /// The nvcc-built fatbin (empty when the crate was built without the `cuda` feature).
-pub static KERNELS_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tandem_kernels.fatbin"));
+pub static KERNELS_FATBIN: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tandem_kernels.fatbin"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,7 +26,11 @@ pub enum Error {
     #[error("cuBLAS: {0}")]
     Cublas(#[from] cudarc::cublas::result::CublasError),
     #[error("{what}: expected {expected} elements, got {got}")]
-    Len { what: &'static str, expected: usize, got: usize },
+    Len {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
     #[error("{0}")]
     Shape(String),
 }
@@ -36,6 +41,10 @@ pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Resu
     if expected == got {
         Ok(())
     } else {
-        Err(Error::Len { what, expected, got })
+        Err(Error::Len {
+            what,
+            expected,
+            got,
+        })
     }
 }

@@ -51,7 +51,10 @@ impl Capabilities {
     pub fn detect() -> Self {
         let c = platform::cpu_caps();
         let (gpus, gpu_absent) = match cuda_kernels::devices() {
-            Ok(d) if d.is_empty() => (vec![], Some("the CUDA driver reports no devices".to_string())),
+            Ok(d) if d.is_empty() => (
+                vec![],
+                Some("the CUDA driver reports no devices".to_string()),
+            ),
             Ok(d) => (
                 d.into_iter()
                     .map(|d| GpuCaps {
@@ -84,7 +87,12 @@ impl Capabilities {
             cpu_tier: platform::cpu_tier().to_string(),
             numa_nodes: platform::numa_nodes()
                 .into_iter()
-                .map(|n| NodeCaps { id: n.id, mem_total: n.mem_total, mem_free: n.mem_free, cpus: n.cpus })
+                .map(|n| NodeCaps {
+                    id: n.id,
+                    mem_total: n.mem_total,
+                    mem_free: n.mem_free,
+                    cpus: n.cpus,
+                })
                 .collect(),
             gpus,
             gpu_absent,
@@ -129,13 +137,31 @@ impl fmt::Display for Capabilities {
                 Some(why) => writeln!(f, "         AMX permission: refused ({why})")?,
             }
         }
-        writeln!(f, "         kernel tier: {} (best here: {})", self.cpu_tier, self.best_cpu_tier)?;
+        writeln!(
+            f,
+            "         kernel tier: {} (best here: {})",
+            self.cpu_tier, self.best_cpu_tier
+        )?;
         for n in &self.numa_nodes {
-            let kind = if n.cpus.is_empty() { "memory only (CXL candidate)".to_string() } else { format!("{} CPUs", n.cpus.len()) };
-            writeln!(f, "NUMA     numa:{}  {:.1} GiB ({:.1} GiB free), {kind}", n.id, gib(n.mem_total), gib(n.mem_free))?;
+            let kind = if n.cpus.is_empty() {
+                "memory only (CXL candidate)".to_string()
+            } else {
+                format!("{} CPUs", n.cpus.len())
+            };
+            writeln!(
+                f,
+                "NUMA     numa:{}  {:.1} GiB ({:.1} GiB free), {kind}",
+                n.id,
+                gib(n.mem_total),
+                gib(n.mem_free)
+            )?;
         }
         if self.gpus.is_empty() {
-            writeln!(f, "GPU      none: {}", self.gpu_absent.as_deref().unwrap_or("unknown"))?;
+            writeln!(
+                f,
+                "GPU      none: {}",
+                self.gpu_absent.as_deref().unwrap_or("unknown")
+            )?;
         }
         for g in &self.gpus {
             writeln!(
@@ -150,7 +176,11 @@ impl fmt::Display for Capabilities {
                 gib(g.free_mem as u64)
             )?;
         }
-        write!(f, "kernels  GPU kernels built: {}", yes(self.gpu_kernels_built))
+        write!(
+            f,
+            "kernels  GPU kernels built: {}",
+            yes(self.gpu_kernels_built)
+        )
     }
 }
 
@@ -163,6 +193,9 @@ mod tests {
         assert!(!c.numa_nodes.is_empty());
         assert!(c.gpus.is_empty() == c.gpu_absent.is_some());
         let text = c.to_string();
-        assert!(text.contains("kernel tier") && text.contains("NUMA"), "{text}");
+        assert!(
+            text.contains("kernel tier") && text.contains("NUMA"),
+            "{text}"
+        );
     }
 }

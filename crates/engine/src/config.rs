@@ -49,8 +49,17 @@ pub struct ModelConfig {
 pub const OPT_POSITION_OFFSET: usize = 2;
 
 /// Presets for timing runs with dummy weights (shapes of the published checkpoints).
-pub const PRESETS: &[&str] =
-    &["opt-1.3b", "opt-6.7b", "opt-13b", "opt-30b", "opt-66b", "opt-175b", "llama2-7b", "llama3-8b", "llama3-70b"];
+pub const PRESETS: &[&str] = &[
+    "opt-1.3b",
+    "opt-6.7b",
+    "opt-13b",
+    "opt-30b",
+    "opt-66b",
+    "opt-175b",
+    "llama2-7b",
+    "llama3-8b",
+    "llama3-70b",
+];
 
 impl ModelConfig {
     fn opt(name: &str, hidden: usize, layers: usize, heads: usize) -> Self {
@@ -73,7 +82,16 @@ impl ModelConfig {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn llama(name: &str, hidden: usize, layers: usize, heads: usize, kv_heads: usize, ffn: usize, vocab: usize, theta: f64) -> Self {
+    fn llama(
+        name: &str,
+        hidden: usize,
+        layers: usize,
+        heads: usize,
+        kv_heads: usize,
+        ffn: usize,
+        vocab: usize,
+        theta: f64,
+    ) -> Self {
         ModelConfig {
             name: name.into(),
             family: Family::Llama,
@@ -115,7 +133,10 @@ impl ModelConfig {
             "llama3-8b" => l3(Self::llama(name, 4096, 32, 32, 8, 14336, 128256, 500000.0)),
             "llama3-70b" => l3(Self::llama(name, 8192, 80, 64, 8, 28672, 128256, 500000.0)),
             _ => {
-                return Err(Error::Config(format!("unknown model preset `{name}`; presets: {}", PRESETS.join(", "))))
+                return Err(Error::Config(format!(
+                    "unknown model preset `{name}`; presets: {}",
+                    PRESETS.join(", ")
+                )))
             }
         };
         c.validate()?;
@@ -125,30 +146,44 @@ impl ModelConfig {
     /// Reads an HF `config.json` (OPT or LLaMA families).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: not JSON: {e}", path.display())))?;
-        let name = path.parent().and_then(|p| p.file_name()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: not JSON: {e}", path.display())))?;
+        let name = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Self::from_json(&name, &v).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
     pub fn from_json(name: &str, v: &Value) -> Result<Self> {
         let model_type = v["model_type"].as_str().unwrap_or("");
         let uint = |k: &str| -> Result<usize> {
-            v[k].as_u64().map(|x| x as usize).ok_or_else(|| Error::Config(format!("`{k}` missing or not an integer")))
+            v[k].as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| Error::Config(format!("`{k}` missing or not an integer")))
         };
         let opt_uint = |k: &str| v[k].as_u64().map(|x| x as usize);
         let float = |k: &str, d: f64| v[k].as_f64().unwrap_or(d);
         let c = match model_type {
             "opt" => {
                 if v["do_layer_norm_before"].as_bool() == Some(false) {
-                    return Err(Error::Config("OPT with do_layer_norm_before=false (opt-350m) is not supported".into()));
+                    return Err(Error::Config(
+                        "OPT with do_layer_norm_before=false (opt-350m) is not supported".into(),
+                    ));
                 }
                 let hidden = uint("hidden_size")?;
                 if opt_uint("word_embed_proj_dim").is_some_and(|d| d != hidden) {
-                    return Err(Error::Config("OPT with word_embed_proj_dim != hidden_size (opt-350m) is not supported".into()));
+                    return Err(Error::Config(
+                        "OPT with word_embed_proj_dim != hidden_size (opt-350m) is not supported"
+                            .into(),
+                    ));
                 }
                 if let Some(act) = v["activation_function"].as_str() {
                     if act != "relu" {
-                        return Err(Error::Config(format!("OPT activation `{act}` is not supported (relu only)")));
+                        return Err(Error::Config(format!(
+                            "OPT activation `{act}` is not supported (relu only)"
+                        )));
                     }
                 }
                 let heads = uint("num_attention_heads")?;
@@ -172,24 +207,41 @@ impl ModelConfig {
             "llama" | "mistral" => {
                 if let Some(act) = v["hidden_act"].as_str() {
                     if act != "silu" {
-                        return Err(Error::Config(format!("LLaMA activation `{act}` is not supported (silu only)")));
+                        return Err(Error::Config(format!(
+                            "LLaMA activation `{act}` is not supported (silu only)"
+                        )));
                     }
                 }
                 let hidden = uint("hidden_size")?;
                 let heads = uint("num_attention_heads")?;
                 // transformers 5 moved rope_theta and the scaling into `rope_parameters`.
-                let rope = if v["rope_parameters"].is_object() { &v["rope_parameters"] } else { &v["rope_scaling"] };
-                let rope_theta = v["rope_theta"].as_f64().or(v["rope_parameters"]["rope_theta"].as_f64()).unwrap_or(10000.0);
+                let rope = if v["rope_parameters"].is_object() {
+                    &v["rope_parameters"]
+                } else {
+                    &v["rope_scaling"]
+                };
+                let rope_theta = v["rope_theta"]
+                    .as_f64()
+                    .or(v["rope_parameters"]["rope_theta"].as_f64())
+                    .unwrap_or(10000.0);
                 let rope_scaling = match rope {
                     Value::Null => None,
-                    s if s["rope_type"].as_str().or(s["type"].as_str()) == Some("llama3") => Some(Llama3RopeScaling {
-                        factor: s["factor"].as_f64().unwrap_or(8.0),
-                        low_freq_factor: s["low_freq_factor"].as_f64().unwrap_or(1.0),
-                        high_freq_factor: s["high_freq_factor"].as_f64().unwrap_or(4.0),
-                        original_max_position_embeddings: s["original_max_position_embeddings"].as_f64().unwrap_or(8192.0),
-                    }),
+                    s if s["rope_type"].as_str().or(s["type"].as_str()) == Some("llama3") => {
+                        Some(Llama3RopeScaling {
+                            factor: s["factor"].as_f64().unwrap_or(8.0),
+                            low_freq_factor: s["low_freq_factor"].as_f64().unwrap_or(1.0),
+                            high_freq_factor: s["high_freq_factor"].as_f64().unwrap_or(4.0),
+                            original_max_position_embeddings: s["original_max_position_embeddings"]
+                                .as_f64()
+                                .unwrap_or(8192.0),
+                        })
+                    }
                     s if s["rope_type"].as_str() == Some("default") => None,
-                    s => return Err(Error::Config(format!("rope_scaling {s} is not supported (llama3 or none)"))),
+                    s => {
+                        return Err(Error::Config(format!(
+                            "rope_scaling {s} is not supported (llama3 or none)"
+                        )))
+                    }
                 };
                 ModelConfig {
                     name: name.into(),
@@ -208,7 +260,11 @@ impl ModelConfig {
                     tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
                 }
             }
-            other => return Err(Error::Config(format!("model_type `{other}` is not supported (opt, llama)"))),
+            other => {
+                return Err(Error::Config(format!(
+                    "model_type `{other}` is not supported (opt, llama)"
+                )))
+            }
         };
         c.validate()?;
         Ok(c)
@@ -217,14 +273,25 @@ impl ModelConfig {
     /// Shape rules the kernels rely on.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("{}: {m}", self.name)));
-        if self.hidden == 0 || self.layers == 0 || self.heads == 0 || self.vocab == 0 || self.ffn == 0 {
+        if self.hidden == 0
+            || self.layers == 0
+            || self.heads == 0
+            || self.vocab == 0
+            || self.ffn == 0
+        {
             return bad("hidden, layers, heads, vocab and ffn must be positive".into());
         }
         if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
-            return bad(format!("{} heads is not a multiple of {} KV heads", self.heads, self.kv_heads));
+            return bad(format!(
+                "{} heads is not a multiple of {} KV heads",
+                self.heads, self.kv_heads
+            ));
         }
         if self.family == Family::Opt && self.q_dim() != self.hidden {
-            return bad(format!("hidden {} is not {} heads × head_dim {}", self.hidden, self.heads, self.head_dim));
+            return bad(format!(
+                "hidden {} is not {} heads × head_dim {}",
+                self.hidden, self.heads, self.head_dim
+            ));
         }
         if self.head_dim % 2 != 0 {
             return bad(format!("head_dim {} must be even", self.head_dim));
@@ -257,14 +324,22 @@ impl ModelConfig {
             Family::Opt => 2 * h * self.ffn,
             Family::Llama => 3 * h * self.ffn,
         };
-        let bias = if self.has_bias() { self.qkv_dim() + h + self.ffn + h + 4 * h } else { 2 * h };
+        let bias = if self.has_bias() {
+            self.qkv_dim() + h + self.ffn + h + 4 * h
+        } else {
+            2 * h
+        };
         attn + mlp + bias
     }
 
     /// Parameters of the whole model (embeddings and head counted once when tied).
     pub fn total_params(&self) -> usize {
         let emb = self.vocab * self.hidden;
-        let pos = if self.family == Family::Opt { (self.max_positions + OPT_POSITION_OFFSET) * self.hidden } else { 0 };
+        let pos = if self.family == Family::Opt {
+            (self.max_positions + OPT_POSITION_OFFSET) * self.hidden
+        } else {
+            0
+        };
         let head = if self.tie_word_embeddings { 0 } else { emb };
         emb + pos + head + self.layers * self.layer_params() + 2 * self.hidden
     }
@@ -291,7 +366,8 @@ impl ModelConfig {
                         } else if wavelen > low_wavelen {
                             f / s.factor
                         } else {
-                            let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                            let smooth = (s.original_max_position_embeddings / wavelen
+                                - s.low_freq_factor)
                                 / (s.high_freq_factor - s.low_freq_factor);
                             (1.0 - smooth) * f / s.factor + smooth * f
                         }
@@ -309,10 +385,19 @@ mod tests {
     #[test]
     fn presets_have_published_sizes() {
         // Parameter counts of the published checkpoints, within 3 %.
-        for (name, billions) in [("opt-30b", 30.0), ("opt-175b", 175.0), ("llama2-7b", 6.74), ("llama3-8b", 8.03), ("llama3-70b", 70.6)] {
+        for (name, billions) in [
+            ("opt-30b", 30.0),
+            ("opt-175b", 175.0),
+            ("llama2-7b", 6.74),
+            ("llama3-8b", 8.03),
+            ("llama3-70b", 70.6),
+        ] {
             let c = ModelConfig::preset(name).unwrap();
             let b = c.total_params() as f64 / 1e9;
-            assert!((b / billions - 1.0).abs() < 0.03, "{name}: {b:.2}B parameters");
+            assert!(
+                (b / billions - 1.0).abs() < 0.03,
+                "{name}: {b:.2}B parameters"
+            );
         }
         let e = ModelConfig::preset("gpt-5").unwrap_err().to_string();
         assert!(e.contains("gpt-5") && e.contains("opt-30b"), "{e}");
@@ -349,6 +434,9 @@ mod tests {
         bad["num_attention_heads"] = 7.into();
         assert!(ModelConfig::from_json("o", &bad).is_err());
         let gpt: Value = serde_json::from_str(r#"{"model_type":"gpt2"}"#).unwrap();
-        assert!(ModelConfig::from_json("g", &gpt).unwrap_err().to_string().contains("gpt2"));
+        assert!(ModelConfig::from_json("g", &gpt)
+            .unwrap_err()
+            .to_string()
+            .contains("gpt2"));
     }
 }

@@ -22,7 +22,10 @@ pub struct BlockAllocator {
 
 impl BlockAllocator {
     pub fn new(total: usize) -> Self {
-        BlockAllocator { free: (0..total as i32).rev().collect(), total }
+        BlockAllocator {
+            free: (0..total as i32).rev().collect(),
+            total,
+        }
     }
     pub fn available(&self) -> usize {
         self.free.len()
@@ -79,10 +82,26 @@ pub struct HostKv {
 }
 
 impl HostKv {
-    pub fn new(layers: usize, num_blocks: usize, kv_heads: usize, head_dim: usize, tier: MemTier) -> Result<Self> {
+    pub fn new(
+        layers: usize,
+        num_blocks: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        tier: MemTier,
+    ) -> Result<Self> {
         let n = num_blocks * kv_heads * BLOCK_TOKENS * head_dim;
-        let mk = || (0..layers).map(|_| HostBuf::zeroed(n, tier)).collect::<platform::Result<Vec<_>>>();
-        Ok(HostKv { k: mk()?, v: mk()?, num_blocks, kv_heads, head_dim })
+        let mk = || {
+            (0..layers)
+                .map(|_| HostBuf::zeroed(n, tier))
+                .collect::<platform::Result<Vec<_>>>()
+        };
+        Ok(HostKv {
+            k: mk()?,
+            v: mk()?,
+            num_blocks,
+            kv_heads,
+            head_dim,
+        })
     }
 
     /// Writes the K and V rows (`[kv_heads × head_dim]` each) of token `pos` of a sequence.

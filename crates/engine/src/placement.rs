@@ -50,7 +50,10 @@ impl FromStr for Policy {
     type Err = Error;
     /// `0`, `1`, `2` (LIA's presets), or six flags: `0,1,1,0,0,0`, `(0,1,1,0,0,0)` or `011000`.
     fn from_str(s: &str) -> Result<Self> {
-        let t: String = s.chars().filter(|c| !c.is_whitespace() && !"()[]".contains(*c)).collect();
+        let t: String = s
+            .chars()
+            .filter(|c| !c.is_whitespace() && !"()[]".contains(*c))
+            .collect();
         let p = match t.as_str() {
             "0" => Policy::FULL_GPU,
             "1" => Policy::FULL_CPU,
@@ -98,7 +101,11 @@ pub struct LayerOverride {
 impl FromStr for LayerOverride {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = |why: &str| Error::Placement(format!("layer policy `{s}`: {why}; expected [prefill@|decode@]A-B:POLICY, e.g. 24-47:1"));
+        let bad = |why: &str| {
+            Error::Placement(format!(
+                "layer policy `{s}`: {why}; expected [prefill@|decode@]A-B:POLICY, e.g. 24-47:1"
+            ))
+        };
         let (phase, rest) = match s.split_once('@') {
             Some(("prefill", r)) => (Phase::Prefill, r),
             Some(("decode", r)) => (Phase::Decode, r),
@@ -112,7 +119,12 @@ impl FromStr for LayerOverride {
         if last < first {
             return Err(bad("the range is empty"));
         }
-        Ok(LayerOverride { first, last, phase, policy: pol.parse()? })
+        Ok(LayerOverride {
+            first,
+            last,
+            phase,
+            policy: pol.parse()?,
+        })
     }
 }
 
@@ -135,7 +147,9 @@ impl LayerPlacement {
 /// Number of GPU-resident layers for a percentage: the first ⌊L·pct/100⌋ (LIA's rule).
 pub fn resident_layers(layers: usize, gpu_percentage: f64) -> Result<usize> {
     if !(0.0..=100.0).contains(&gpu_percentage) || gpu_percentage.is_nan() {
-        return Err(Error::Placement(format!("gpu percentage {gpu_percentage} is outside 0..=100")));
+        return Err(Error::Placement(format!(
+            "gpu percentage {gpu_percentage} is outside 0..=100"
+        )));
     }
     Ok(((layers as f64) * gpu_percentage / 100.0 + 1e-9).floor() as usize)
 }
@@ -149,8 +163,13 @@ pub fn layer_placements(
     overrides: &[LayerOverride],
 ) -> Result<Vec<LayerPlacement>> {
     let resident = resident_layers(layers, gpu_percentage)?;
-    let mut out: Vec<LayerPlacement> =
-        (0..layers).map(|l| LayerPlacement { gpu_resident: l < resident, prefill, decode }).collect();
+    let mut out: Vec<LayerPlacement> = (0..layers)
+        .map(|l| LayerPlacement {
+            gpu_resident: l < resident,
+            prefill,
+            decode,
+        })
+        .collect();
     for o in overrides {
         if o.last >= layers {
             return Err(Error::Placement(format!(
@@ -181,8 +200,14 @@ mod tests {
         assert_eq!("0".parse::<Policy>().unwrap(), Policy::FULL_GPU);
         assert_eq!("1".parse::<Policy>().unwrap(), Policy::FULL_CPU);
         assert_eq!("2".parse::<Policy>().unwrap(), Policy::ATTENTION_ON_CPU);
-        assert_eq!("(0,1,1,0,0,0)".parse::<Policy>().unwrap(), Policy::ATTENTION_ON_CPU);
-        assert_eq!("011000".parse::<Policy>().unwrap(), Policy::ATTENTION_ON_CPU);
+        assert_eq!(
+            "(0,1,1,0,0,0)".parse::<Policy>().unwrap(),
+            Policy::ATTENTION_ON_CPU
+        );
+        assert_eq!(
+            "011000".parse::<Policy>().unwrap(),
+            Policy::ATTENTION_ON_CPU
+        );
         assert_eq!(Policy::ATTENTION_ON_CPU.to_string(), "(0,1,1,0,0,0)");
     }
 
@@ -198,7 +223,8 @@ mod tests {
 
     #[test]
     fn layers_follow_percentage_and_overrides() {
-        let ov: Vec<LayerOverride> = vec!["24-47:1".parse().unwrap(), "decode@30:2".parse().unwrap()];
+        let ov: Vec<LayerOverride> =
+            vec!["24-47:1".parse().unwrap(), "decode@30:2".parse().unwrap()];
         let p = layer_placements(48, Policy::FULL_GPU, Policy::FULL_GPU, 50.0, &ov).unwrap();
         assert_eq!(p.iter().filter(|l| l.gpu_resident).count(), 24);
         assert!(p[23].gpu_resident && !p[24].gpu_resident);
@@ -209,7 +235,14 @@ mod tests {
         assert_eq!(resident_layers(48, 100.0).unwrap(), 48);
         assert_eq!(resident_layers(7, 50.0).unwrap(), 3);
         assert!(resident_layers(48, 101.0).is_err());
-        let e = layer_placements(48, Policy::FULL_GPU, Policy::FULL_GPU, 0.0, &["40-50:1".parse().unwrap()]).unwrap_err();
+        let e = layer_placements(
+            48,
+            Policy::FULL_GPU,
+            Policy::FULL_GPU,
+            0.0,
+            &["40-50:1".parse().unwrap()],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("48"), "{e}");
         assert!("x@1:1".parse::<LayerOverride>().is_err());
         assert!("5-3:1".parse::<LayerOverride>().is_err());

@@ -75,7 +75,11 @@ impl Plan {
     /// Memory per tier for a placement (no checks).
     pub fn memory(cfg: &ModelConfig, spec: &RunSpec, layers: &[LayerPlacement]) -> MemoryNeed {
         let layer_bytes = 2 * cfg.layer_params();
-        let kv_per_layer = spec.batch_size * (spec.input_tokens + spec.max_new_tokens).next_multiple_of(16) * 2 * cfg.kv_dim() * 2;
+        let kv_per_layer = spec.batch_size
+            * (spec.input_tokens + spec.max_new_tokens).next_multiple_of(16)
+            * 2
+            * cfg.kv_dim()
+            * 2;
         let emb = 2 * cfg.vocab * cfg.hidden;
         let mut m = MemoryNeed::default();
         let mut any_streamed = false;
@@ -105,13 +109,16 @@ impl Plan {
         } else if !cfg.tie_word_embeddings {
             m.host_weights += emb;
         }
-        let any_gpu = layers.iter().any(|l| l.gpu_resident || l.prefill.any_gpu() || l.decode.any_gpu());
+        let any_gpu = layers
+            .iter()
+            .any(|l| l.gpu_resident || l.prefill.any_gpu() || l.decode.any_gpu());
         if any_gpu {
             // Activations of the largest step: a prefill minibatch's tokens × the widest row
             // (gate/up or QKV), f32, a few buffers; logits only for each sequence's last token.
             let tokens = spec.batch_size.div_ceil(spec.num_minibatch.max(1)) * spec.input_tokens;
             let widest = (2 * cfg.ffn).max(cfg.qkv_dim());
-            m.gpu_workspace = 4 * tokens * widest * 4 + spec.batch_size * cfg.vocab * 4 + (256 << 20);
+            m.gpu_workspace =
+                4 * tokens * widest * 4 + spec.batch_size * cfg.vocab * 4 + (256 << 20);
         }
         m
     }
@@ -119,7 +126,9 @@ impl Plan {
     /// Builds and checks a plan against this machine.
     pub fn new(cfg: &ModelConfig, spec: RunSpec, caps: &Capabilities) -> Result<Plan> {
         if spec.batch_size == 0 || spec.input_tokens == 0 {
-            return Err(Error::Placement("batch size and input tokens must be at least 1".into()));
+            return Err(Error::Placement(
+                "batch size and input tokens must be at least 1".into(),
+            ));
         }
         if spec.num_minibatch == 0 || spec.num_minibatch > spec.batch_size {
             return Err(Error::Placement(format!(
@@ -142,8 +151,13 @@ impl Plan {
             ));
         }
         spec.weight_tier.check_host()?;
-        let layers =
-            layer_placements(cfg.layers, spec.prefill_policy, spec.decode_policy, spec.gpu_percentage, &spec.layer_overrides)?;
+        let layers = layer_placements(
+            cfg.layers,
+            spec.prefill_policy,
+            spec.decode_policy,
+            spec.gpu_percentage,
+            &spec.layer_overrides,
+        )?;
         let memory = Self::memory(cfg, &spec, &layers);
         let needs_gpu = memory.gpu_total() > 0 || spec.weight_tier == MemTier::Pinned;
         if needs_gpu && caps.gpus.is_empty() {
@@ -165,13 +179,17 @@ impl Plan {
             let free = (gpu.free_mem as f64 * GPU_USABLE) as usize;
             if memory.gpu_total() > free {
                 // What would fit: the largest percentage with the same policies.
-                let fit = (0..=100)
-                    .rev()
-                    .find(|&p| {
-                        layer_placements(cfg.layers, spec.prefill_policy, spec.decode_policy, p as f64, &spec.layer_overrides)
-                            .map(|l| Self::memory(cfg, &spec, &l).gpu_total() <= free)
-                            .unwrap_or(false)
-                    });
+                let fit = (0..=100).rev().find(|&p| {
+                    layer_placements(
+                        cfg.layers,
+                        spec.prefill_policy,
+                        spec.decode_policy,
+                        p as f64,
+                        &spec.layer_overrides,
+                    )
+                    .map(|l| Self::memory(cfg, &spec, &l).gpu_total() <= free)
+                    .unwrap_or(false)
+                });
                 let hint = match fit {
                     Some(p) => format!("--gpu-percentage {p} fits with these policies"),
                     None => "no GPU percentage fits with these policies: lower the batch or move attention to the CPU (policy 2)".into(),
@@ -189,7 +207,11 @@ impl Plan {
             }
         }
         let host_free: u64 = match spec.weight_tier {
-            MemTier::Numa(n) => caps.numa_nodes.iter().find(|x| x.id == n).map_or(0, |x| x.mem_free),
+            MemTier::Numa(n) => caps
+                .numa_nodes
+                .iter()
+                .find(|x| x.id == n)
+                .map_or(0, |x| x.mem_free),
             _ => caps.numa_nodes.iter().map(|x| x.mem_free).sum(),
         };
         let host_usable = (host_free as f64 * HOST_USABLE) as usize;
@@ -203,7 +225,11 @@ impl Plan {
                 gib(memory.host_kv)
             )));
         }
-        Ok(Plan { spec, layers, memory })
+        Ok(Plan {
+            spec,
+            layers,
+            memory,
+        })
     }
 }
 
@@ -214,7 +240,12 @@ mod tests {
 
     fn caps(gpu_gib: Option<usize>) -> Capabilities {
         let mut c = Capabilities::detect();
-        c.numa_nodes = vec![NodeCaps { id: 0, mem_total: 128 << 30, mem_free: 120 << 30, cpus: (0..16).collect() }];
+        c.numa_nodes = vec![NodeCaps {
+            id: 0,
+            mem_total: 128 << 30,
+            mem_free: 120 << 30,
+            cpus: (0..16).collect(),
+        }];
         c.gpus = gpu_gib
             .map(|g| GpuCaps {
                 ordinal: 0,
@@ -250,19 +281,29 @@ mod tests {
         let cfg = ModelConfig::preset("opt-1.3b").unwrap();
         let p = Plan::new(&cfg, spec("1", "1", 0.0, 1), &caps(None)).unwrap();
         assert_eq!(p.memory.gpu_total(), 0);
-        let e = Plan::new(&cfg, spec("0", "1", 0.0, 1), &caps(None)).unwrap_err().to_string();
-        assert!(e.contains("no GPU") && e.contains("--prefill-policy 1"), "{e}");
+        let e = Plan::new(&cfg, spec("0", "1", 0.0, 1), &caps(None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no GPU") && e.contains("--prefill-policy 1"),
+            "{e}"
+        );
     }
 
     #[test]
     fn too_small_gpu_says_what_fits() {
         // OPT-30B is ~60 GB of bf16 weights: all of it does not fit 40 GiB, half of it does.
         let cfg = ModelConfig::preset("opt-30b").unwrap();
-        let e = Plan::new(&cfg, spec("0", "0", 100.0, 1), &caps(Some(40))).unwrap_err().to_string();
+        let e = Plan::new(&cfg, spec("0", "0", 100.0, 1), &caps(Some(40)))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--gpu-percentage") && e.contains("fits"), "{e}");
         let p = Plan::new(&cfg, spec("0", "0", 50.0, 1), &caps(Some(40))).unwrap();
         assert_eq!(p.layers.iter().filter(|l| l.gpu_resident).count(), 24);
-        assert!(p.memory.gpu_staging > 0, "streamed layers need staging buffers");
+        assert!(
+            p.memory.gpu_staging > 0,
+            "streamed layers need staging buffers"
+        );
     }
 
     #[test]
@@ -270,12 +311,21 @@ mod tests {
         let cfg = ModelConfig::preset("opt-1.3b").unwrap();
         let mut s = spec("1", "1", 0.0, 4);
         s.weight_tier = MemTier::Numa(7);
-        assert!(Plan::new(&cfg, s, &caps(None)).unwrap_err().to_string().contains("numa:7"));
+        assert!(Plan::new(&cfg, s, &caps(None))
+            .unwrap_err()
+            .to_string()
+            .contains("numa:7"));
         let mut s = spec("1", "1", 0.0, 4);
         s.num_minibatch = 5;
-        assert!(Plan::new(&cfg, s, &caps(None)).unwrap_err().to_string().contains("minibatch"));
+        assert!(Plan::new(&cfg, s, &caps(None))
+            .unwrap_err()
+            .to_string()
+            .contains("minibatch"));
         let mut s = spec("1", "1", 0.0, 4);
         s.input_tokens = 4000;
-        assert!(Plan::new(&cfg, s, &caps(None)).unwrap_err().to_string().contains("positions"));
+        assert!(Plan::new(&cfg, s, &caps(None))
+            .unwrap_err()
+            .to_string()
+            .contains("positions"));
     }
 }

@@ -45,7 +45,8 @@ pub fn norm(cfg: &ModelConfig, x: &[f32], w: &Tensor, b: Option<&Tensor>) -> Vec
                 let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
                 let inv = 1.0 / (var + cfg.norm_eps).sqrt();
                 for i in 0..h {
-                    yr[i] = ((xr[i] as f64 - mean) * inv) as f32 * wf[i] + bf.as_ref().map_or(0.0, |b| b[i]);
+                    yr[i] = ((xr[i] as f64 - mean) * inv) as f32 * wf[i]
+                        + bf.as_ref().map_or(0.0, |b| b[i]);
                 }
             }
             Family::Llama => {
@@ -80,33 +81,45 @@ pub fn rope(cfg: &ModelConfig, x: &mut [f32], heads: usize, positions: &[usize])
 
 /// Causal attention of one sequence over its own `tokens` positions, GQA.
 /// `q: [tokens, heads, d]`, `k, v: [tokens, kv_heads, d]` → `[tokens, heads, d]`.
-pub fn causal_attention(cfg: &ModelConfig, q: &[f32], k: &[f32], v: &[f32], tokens: usize) -> Vec<f32> {
+pub fn causal_attention(
+    cfg: &ModelConfig,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    tokens: usize,
+) -> Vec<f32> {
     let (hq, hk, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
     let group = hq / hk;
     let scale = 1.0 / (d as f64).sqrt();
     let mut out = vec![0f32; tokens * hq * d];
-    out.par_chunks_mut(hq * d).enumerate().for_each(|(t, orow)| {
-        for h in 0..hq {
-            let kh = h / group;
-            let qv = &q[(t * hq + h) * d..][..d];
-            let scores: Vec<f64> = (0..=t)
-                .map(|j| {
-                    let kv = &k[(j * hk + kh) * d..][..d];
-                    qv.iter().zip(kv).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale
-                })
-                .collect();
-            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-            let z: f64 = e.iter().sum();
-            for i in 0..d {
-                let mut acc = 0f64;
-                for (j, ej) in e.iter().enumerate() {
-                    acc += ej * v[(j * hk + kh) * d + i] as f64;
+    out.par_chunks_mut(hq * d)
+        .enumerate()
+        .for_each(|(t, orow)| {
+            for h in 0..hq {
+                let kh = h / group;
+                let qv = &q[(t * hq + h) * d..][..d];
+                let scores: Vec<f64> = (0..=t)
+                    .map(|j| {
+                        let kv = &k[(j * hk + kh) * d..][..d];
+                        qv.iter()
+                            .zip(kv)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for i in 0..d {
+                    let mut acc = 0f64;
+                    for (j, ej) in e.iter().enumerate() {
+                        acc += ej * v[(j * hk + kh) * d + i] as f64;
+                    }
+                    orow[h * d + i] = (acc / z) as f32;
                 }
-                orow[h * d + i] = (acc / z) as f32;
             }
-        }
-    });
+        });
     out
 }
 
@@ -115,9 +128,15 @@ fn layer(cfg: &ModelConfig, lw: &LayerWeights, x: &mut [f32], tokens: usize) {
     let a = norm(cfg, x, &lw.attn_norm_w, lw.attn_norm_b.as_ref());
     let qkv = linear(&a, tokens, &lw.qkv_w, lw.qkv_b.as_ref());
     let w = cfg.qkv_dim();
-    let mut q: Vec<f32> = (0..tokens).flat_map(|t| qkv[t * w..t * w + qd].to_vec()).collect();
-    let mut k: Vec<f32> = (0..tokens).flat_map(|t| qkv[t * w + qd..t * w + qd + kd].to_vec()).collect();
-    let v: Vec<f32> = (0..tokens).flat_map(|t| qkv[t * w + qd + kd..(t + 1) * w].to_vec()).collect();
+    let mut q: Vec<f32> = (0..tokens)
+        .flat_map(|t| qkv[t * w..t * w + qd].to_vec())
+        .collect();
+    let mut k: Vec<f32> = (0..tokens)
+        .flat_map(|t| qkv[t * w + qd..t * w + qd + kd].to_vec())
+        .collect();
+    let v: Vec<f32> = (0..tokens)
+        .flat_map(|t| qkv[t * w + qd + kd..(t + 1) * w].to_vec())
+        .collect();
     if cfg.family == Family::Llama {
         let pos: Vec<usize> = (0..tokens).collect();
         rope(cfg, &mut q, cfg.heads, &pos);

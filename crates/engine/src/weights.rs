@@ -53,8 +53,26 @@ pub struct LayerWeights {
 
 impl LayerWeights {
     pub fn tensors(&self) -> impl Iterator<Item = &Tensor> {
-        [&self.attn_norm_w, &self.qkv_w, &self.o_w, &self.mlp_norm_w, &self.up_w, &self.down_w].into_iter().chain(
-            [&self.attn_norm_b, &self.qkv_b, &self.o_b, &self.mlp_norm_b, &self.up_b, &self.down_b].into_iter().flatten(),
+        [
+            &self.attn_norm_w,
+            &self.qkv_w,
+            &self.o_w,
+            &self.mlp_norm_w,
+            &self.up_w,
+            &self.down_w,
+        ]
+        .into_iter()
+        .chain(
+            [
+                &self.attn_norm_b,
+                &self.qkv_b,
+                &self.o_b,
+                &self.mlp_norm_b,
+                &self.up_b,
+                &self.down_b,
+            ]
+            .into_iter()
+            .flatten(),
         )
     }
     pub fn bytes(&self) -> usize {
@@ -94,50 +112,76 @@ impl Weights {
 /// fill is parallel and reproducible for a given seed.
 fn fill_random(out: &mut [bf16], seed: u64, scale: f32) {
     const CHUNK: usize = 1 << 16;
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, chunk)| {
-        let mut s = seed ^ (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-        for x in chunk {
-            // xorshift64*
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            let u = (r >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-            *x = bf16::from_f32((2.0 * u - 1.0) * scale);
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(ci, chunk)| {
+            let mut s =
+                seed ^ (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+            for x in chunk {
+                // xorshift64*
+                s ^= s >> 12;
+                s ^= s << 25;
+                s ^= s >> 27;
+                let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
+                let u = (r >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+                *x = bf16::from_f32((2.0 * u - 1.0) * scale);
+            }
+        });
 }
 
 fn dummy(shape: &[usize], tier: MemTier, seed: u64, scale: f32) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let mut data = HostBuf::<bf16>::zeroed(n, tier)?;
     fill_random(&mut data, seed, scale);
-    Ok(Tensor { data, shape: shape.to_vec() })
+    Ok(Tensor {
+        data,
+        shape: shape.to_vec(),
+    })
 }
 
 fn constant(shape: &[usize], tier: MemTier, v: f32) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let mut data = HostBuf::<bf16>::zeroed(n, tier)?;
     data.fill(bf16::from_f32(v));
-    Ok(Tensor { data, shape: shape.to_vec() })
+    Ok(Tensor {
+        data,
+        shape: shape.to_vec(),
+    })
 }
 
 impl Weights {
     /// Random weights of the right shapes, as LIA does for timing runs: uniform with the scale
     /// of a 0.02-std init, norms at one, biases small. Generated in parallel on the CPU pool;
     /// `progress` is told after each layer.
-    pub fn dummy(config: &ModelConfig, tier: MemTier, seed: u64, progress: &(dyn Fn(usize) + Sync)) -> Result<Self> {
+    pub fn dummy(
+        config: &ModelConfig,
+        tier: MemTier,
+        seed: u64,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<Self> {
         let c = config;
         let h = c.hidden;
         let w = 0.035; // uniform(-a, a) with a = 0.02·√3
         let opt = c.family == Family::Opt;
-        let bias = |n: usize, s: u64| -> Result<Option<Tensor>> { opt.then(|| dummy(&[n], tier, s, 0.01)).transpose() };
-        let norm_b = |s: u64| -> Result<Option<Tensor>> { opt.then(|| dummy(&[h], tier, s, 0.01)).transpose() };
+        let bias = |n: usize, s: u64| -> Result<Option<Tensor>> {
+            opt.then(|| dummy(&[n], tier, s, 0.01)).transpose()
+        };
+        let norm_b = |s: u64| -> Result<Option<Tensor>> {
+            opt.then(|| dummy(&[h], tier, s, 0.01)).transpose()
+        };
         let up_rows = if opt { c.ffn } else { 2 * c.ffn };
         platform::pool().install(|| {
             let embed = dummy(&[c.vocab, h], tier, seed, w)?;
-            let positions =
-                opt.then(|| dummy(&[c.max_positions + OPT_POSITION_OFFSET, h], tier, seed + 1, w)).transpose()?;
+            let positions = opt
+                .then(|| {
+                    dummy(
+                        &[c.max_positions + OPT_POSITION_OFFSET, h],
+                        tier,
+                        seed + 1,
+                        w,
+                    )
+                })
+                .transpose()?;
             let mut layers = Vec::with_capacity(c.layers);
             for l in 0..c.layers {
                 let s = seed + 100 + 20 * l as u64;
@@ -164,7 +208,9 @@ impl Weights {
                 layers,
                 final_norm_w: constant(&[h], tier, 1.0)?,
                 final_norm_b: norm_b(seed + 2)?,
-                lm_head: (!c.tie_word_embeddings).then(|| dummy(&[c.vocab, h], tier, seed + 3, w)).transpose()?,
+                lm_head: (!c.tie_word_embeddings)
+                    .then(|| dummy(&[c.vocab, h], tier, seed + 3, w))
+                    .transpose()?,
             })
         })
     }
@@ -183,13 +229,17 @@ impl Checkpoint {
     fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| Error::Weights(format!("{}: not JSON: {e}", index_path.display())))?;
-            let map = v["weight_map"]
-                .as_object()
-                .ok_or_else(|| Error::Weights(format!("{}: no weight_map", index_path.display())))?;
-            let mut f: Vec<String> = map.values().filter_map(|x| x.as_str().map(String::from)).collect();
+            let map = v["weight_map"].as_object().ok_or_else(|| {
+                Error::Weights(format!("{}: no weight_map", index_path.display()))
+            })?;
+            let mut f: Vec<String> = map
+                .values()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect();
             f.sort();
             f.dedup();
             f.into_iter().map(|n| dir.join(n)).collect()
@@ -226,10 +276,16 @@ impl Checkpoint {
 
     /// Reads `name` as bf16 with the expected shape.
     fn read(&self, name: &str, shape: &[usize], tier: MemTier) -> Result<Tensor> {
-        let &i = self.index.get(name).ok_or_else(|| Error::Weights(format!("tensor `{name}` not in the checkpoint")))?;
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::Weights(format!("tensor `{name}` not in the checkpoint")))?;
         let (path, map) = &self.maps[i];
-        let st = safetensors::SafeTensors::deserialize(map).map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
-        let view = st.tensor(name).map_err(|e| Error::Weights(format!("{}: {name}: {e}", path.display())))?;
+        let st = safetensors::SafeTensors::deserialize(map)
+            .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| Error::Weights(format!("{}: {name}: {e}", path.display())))?;
         if view.shape() != shape {
             return Err(Error::Weights(format!(
                 "{}: `{name}` has shape {:?}, the config implies {:?}",
@@ -243,7 +299,10 @@ impl Checkpoint {
         let bytes = view.data();
         use safetensors::Dtype;
         match view.dtype() {
-            Dtype::BF16 => data.par_iter_mut().zip(bytes.par_chunks_exact(2)).for_each(|(o, b)| *o = bf16::from_le_bytes([b[0], b[1]])),
+            Dtype::BF16 => data
+                .par_iter_mut()
+                .zip(bytes.par_chunks_exact(2))
+                .for_each(|(o, b)| *o = bf16::from_le_bytes([b[0], b[1]])),
             Dtype::F16 => data
                 .par_iter_mut()
                 .zip(bytes.par_chunks_exact(2))
@@ -251,15 +310,28 @@ impl Checkpoint {
             Dtype::F32 => data
                 .par_iter_mut()
                 .zip(bytes.par_chunks_exact(4))
-                .for_each(|(o, b)| *o = bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-            d => return Err(Error::Weights(format!("{}: `{name}` has dtype {d:?}; bf16, f16 or f32 expected", path.display()))),
+                .for_each(|(o, b)| {
+                    *o = bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                }),
+            d => {
+                return Err(Error::Weights(format!(
+                    "{}: `{name}` has dtype {d:?}; bf16, f16 or f32 expected",
+                    path.display()
+                )))
+            }
         }
-        Ok(Tensor { data, shape: shape.to_vec() })
+        Ok(Tensor {
+            data,
+            shape: shape.to_vec(),
+        })
     }
 
     /// Reads tensors and stacks their rows into one (QKV, gate/up fusion).
     fn read_stacked(&self, names: &[(String, Vec<usize>)], tier: MemTier) -> Result<Tensor> {
-        let parts: Vec<Tensor> = names.iter().map(|(n, s)| self.read(n, s, tier)).collect::<Result<_>>()?;
+        let parts: Vec<Tensor> = names
+            .iter()
+            .map(|(n, s)| self.read(n, s, tier))
+            .collect::<Result<_>>()?;
         let cols = parts[0].cols();
         let rows: usize = parts.iter().map(Tensor::rows).sum();
         let mut data = HostBuf::<bf16>::zeroed(rows * cols, tier)?;
@@ -286,14 +358,20 @@ impl Weights {
                 let p = ["model.decoder.", "decoder."]
                     .into_iter()
                     .find(|p| ck.has(&format!("{p}embed_tokens.weight")))
-                    .ok_or_else(|| Error::Weights("no OPT embed_tokens.weight in the checkpoint".into()))?;
+                    .ok_or_else(|| {
+                        Error::Weights("no OPT embed_tokens.weight in the checkpoint".into())
+                    })?;
                 let t = |n: &str, s: &[usize]| ck.read(&format!("{p}{n}"), s, tier);
                 let mut layers = Vec::new();
                 for l in 0..c.layers {
                     let q = |n: &str| format!("{p}layers.{l}.{n}");
                     let qkv = |suffix: &str, cols: &[usize]| {
-                        let parts = ["q_proj", "k_proj", "v_proj"]
-                            .map(|x| (q(&format!("self_attn.{x}.{suffix}")), [&[h][..], cols].concat()));
+                        let parts = ["q_proj", "k_proj", "v_proj"].map(|x| {
+                            (
+                                q(&format!("self_attn.{x}.{suffix}")),
+                                [&[h][..], cols].concat(),
+                            )
+                        });
                         ck.read_stacked(&parts, tier)
                     };
                     let lt = |n: &str, s: &[usize]| ck.read(&q(n), s, tier);
@@ -321,7 +399,10 @@ impl Weights {
                 Ok(Weights {
                     config: c.clone(),
                     embed: t("embed_tokens.weight", &[c.vocab, h])?,
-                    positions: Some(t("embed_positions.weight", &[c.max_positions + OPT_POSITION_OFFSET, h])?),
+                    positions: Some(t(
+                        "embed_positions.weight",
+                        &[c.max_positions + OPT_POSITION_OFFSET, h],
+                    )?),
                     layers,
                     final_norm_w: t("final_layer_norm.weight", &[h])?,
                     final_norm_b: Some(t("final_layer_norm.bias", &[h])?),
@@ -333,9 +414,14 @@ impl Weights {
                 for l in 0..c.layers {
                     let q = |n: &str| format!("model.layers.{l}.{n}");
                     let lt = |n: &str, s: &[usize]| ck.read(&q(n), s, tier);
-                    let qkv = [("q_proj", c.q_dim()), ("k_proj", c.kv_dim()), ("v_proj", c.kv_dim())]
-                        .map(|(x, rows)| (q(&format!("self_attn.{x}.weight")), vec![rows, h]));
-                    let gate_up = ["gate_proj", "up_proj"].map(|x| (q(&format!("mlp.{x}.weight")), vec![c.ffn, h]));
+                    let qkv = [
+                        ("q_proj", c.q_dim()),
+                        ("k_proj", c.kv_dim()),
+                        ("v_proj", c.kv_dim()),
+                    ]
+                    .map(|(x, rows)| (q(&format!("self_attn.{x}.weight")), vec![rows, h]));
+                    let gate_up = ["gate_proj", "up_proj"]
+                        .map(|x| (q(&format!("mlp.{x}.weight")), vec![c.ffn, h]));
                     layers.push(LayerWeights {
                         attn_norm_w: lt("input_layernorm.weight", &[h])?,
                         attn_norm_b: None,

@@ -14,7 +14,9 @@ const REF_TOL: f32 = 1e-4;
 pub fn data_dir(name: &str) -> PathBuf {
     match std::env::var_os("TANDEM_DATA") {
         Some(d) => PathBuf::from(d).join("engine").join(name),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name),
     }
 }
 
@@ -27,8 +29,16 @@ pub fn fixture_logits(name: &str) -> Vec<(Vec<u32>, Vec<f32>)> {
         .map_while(|i| {
             let ids = st.tensor(&format!("ids{i}")).ok()?;
             let logits = st.tensor(&format!("logits{i}")).ok()?;
-            let ids: Vec<u32> = ids.data().chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32).collect();
-            let logits: Vec<f32> = logits.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let ids: Vec<u32> = ids
+                .data()
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32)
+                .collect();
+            let logits: Vec<f32> = logits
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
             Some((ids, logits))
         })
         .collect()
@@ -37,13 +47,24 @@ pub fn fixture_logits(name: &str) -> Vec<(Vec<u32>, Vec<f32>)> {
 fn check_reference(name: &str) {
     let w = Weights::load(&data_dir(name), MemTier::Pageable, &|_| {}).unwrap();
     let prompts = fixture_logits(name);
-    assert!(prompts.len() >= 3, "{name}: fixture has {} prompts", prompts.len());
+    assert!(
+        prompts.len() >= 3,
+        "{name}: fixture has {} prompts",
+        prompts.len()
+    );
     for (ids, want) in prompts {
         let got = engine::reference::forward(&w, &ids);
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let err = got.iter().zip(&want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
-        assert!(err <= REF_TOL * scale.max(1.0), "{name} len {}: max abs err {err} (scale {scale})", ids.len());
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+        assert!(
+            err <= REF_TOL * scale.max(1.0),
+            "{name} len {}: max abs err {err} (scale {scale})",
+            ids.len()
+        );
     }
 }
 
@@ -59,8 +80,14 @@ fn reference_matches_hf_llama_gqa() {
 
 #[test]
 fn missing_checkpoint_is_a_clear_error() {
-    let e = Weights::load(&data_dir("no-such-model"), MemTier::Pageable, &|_| {}).err().unwrap().to_string();
-    assert!(e.contains("no-such-model") && e.contains("config.json"), "{e}");
+    let e = Weights::load(&data_dir("no-such-model"), MemTier::Pageable, &|_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("no-such-model") && e.contains("config.json"),
+        "{e}"
+    );
 }
 
 /// The CPU engine rounds activations, Q and the KV cache to bf16 (8 bits of mantissa) before
@@ -71,7 +98,12 @@ const ENGINE_TOL: f32 = 0.04;
 
 fn max_err(got: &[f32], want: &[f32]) -> (f32, f32) {
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
-    (got.iter().zip(want).fold(0f32, |m, (g, w)| m.max((g - w).abs())), scale)
+    (
+        got.iter()
+            .zip(want)
+            .fold(0f32, |m, (g, w)| m.max((g - w).abs())),
+        scale,
+    )
 }
 
 /// Prefill the first half of every fixture prompt as one batch, then decode the rest token by
@@ -82,36 +114,63 @@ fn check_cpu_session(name: &str) {
     let model = engine::exec::cpu::CpuModel::new(&w).unwrap();
     let prompts = fixture_logits(name);
     let mut s = engine::exec::cpu::CpuSession::new(&model, 64, MemTier::Pageable).unwrap();
-    let cut: Vec<usize> = prompts.iter().map(|(ids, _)| ids.len().div_ceil(2)).collect();
-    let heads: Vec<Vec<u32>> = prompts.iter().zip(&cut).map(|((ids, _), &c)| ids[..c].to_vec()).collect();
+    let cut: Vec<usize> = prompts
+        .iter()
+        .map(|(ids, _)| ids.len().div_ceil(2))
+        .collect();
+    let heads: Vec<Vec<u32>> = prompts
+        .iter()
+        .zip(&cut)
+        .map(|((ids, _), &c)| ids[..c].to_vec())
+        .collect();
     let logits = s.prefill(&heads).unwrap();
     let mut worst = 0f32;
     for (i, ((_, want), &c)) in prompts.iter().zip(&cut).enumerate() {
-        let (e, scale) = max_err(&logits[i * vocab..(i + 1) * vocab], &want[(c - 1) * vocab..c * vocab]);
-        assert!(e <= ENGINE_TOL * scale, "{name} prefill of prompt {i} ({c} tokens): max abs err {e} (scale {scale})");
+        let (e, scale) = max_err(
+            &logits[i * vocab..(i + 1) * vocab],
+            &want[(c - 1) * vocab..c * vocab],
+        );
+        assert!(
+            e <= ENGINE_TOL * scale,
+            "{name} prefill of prompt {i} ({c} tokens): max abs err {e} (scale {scale})"
+        );
         worst = worst.max(e / scale);
     }
     // Sequences whose fixture ids run out go on with their own greedy tokens, unchecked, so
     // that the batch stays ragged to the end.
-    let steps = prompts.iter().zip(&cut).map(|((ids, _), &c)| ids.len() - c).max().unwrap();
+    let steps = prompts
+        .iter()
+        .zip(&cut)
+        .map(|((ids, _), &c)| ids.len() - c)
+        .max()
+        .unwrap();
     let mut prev = logits;
     for step in 0..steps {
         let greedy = engine::exec::cpu::argmax_rows(&prev, vocab);
-        let toks: Vec<u32> =
-            prompts.iter().zip(&cut).enumerate().map(|(i, ((ids, _), &c))| ids.get(c + step).copied().unwrap_or(greedy[i])).collect();
+        let toks: Vec<u32> = prompts
+            .iter()
+            .zip(&cut)
+            .enumerate()
+            .map(|(i, ((ids, _), &c))| ids.get(c + step).copied().unwrap_or(greedy[i]))
+            .collect();
         let logits = s.decode(&toks).unwrap();
         for (i, ((ids, want), &c)) in prompts.iter().zip(&cut).enumerate() {
             let pos = c + step;
             if pos >= ids.len() {
                 continue;
             }
-            let (e, scale) = max_err(&logits[i * vocab..(i + 1) * vocab], &want[pos * vocab..(pos + 1) * vocab]);
+            let (e, scale) = max_err(
+                &logits[i * vocab..(i + 1) * vocab],
+                &want[pos * vocab..(pos + 1) * vocab],
+            );
             assert!(e <= ENGINE_TOL * scale, "{name} decode step {step}, prompt {i}, position {pos}: max abs err {e} (scale {scale})");
             worst = worst.max(e / scale);
         }
         prev = logits;
     }
-    eprintln!("{name}: worst relative logit error {worst:.4} over prefill and {steps} decode steps");
+    eprintln!(
+        "{name}: worst relative logit error {worst:.4} over prefill and {steps} decode steps"
+    );
 }
 
 #[test]

@@ -1,9 +1,26 @@
 //! `tandem`: the command line.
 
-use clap::{Parser, Subcommand};
+mod probe;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use engine::bench::{BenchResult, Roofline};
+use engine::caps::Capabilities;
+use engine::config::ModelConfig;
+use engine::placement::{LayerOverride, Policy};
+use engine::plan::{Plan, RunSpec};
+use engine::weights::Weights;
+use indicatif::{ProgressBar, ProgressStyle};
+use platform::MemTier;
 
 #[derive(Parser)]
-#[command(name = "tandem", version, about = "One LLM on one GPU host, with the CPU as a full partner (LIA + NEO).")]
+#[command(
+    name = "tandem",
+    version,
+    about = "One LLM on one GPU host, with the CPU as a full partner (LIA + NEO)."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -17,19 +34,309 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the machine's ceilings (DRAM, PCIe, HBM, CPU and GPU GEMM) and save a profile.
+    Probe {
+        /// Where to save the profile (default: ~/.cache/tandem/profile.json).
+        #[arg(long)]
+        profile: Option<PathBuf>,
+    },
+    /// Offline generation benchmark with LIA's flags: prefill then greedy decode.
+    Bench(BenchArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Model: a preset (opt-1.3b ... opt-175b, llama2-7b, llama3-8b, llama3-70b; dummy weights)
+    /// or a folder with an HF config.json and safetensors. Default: sized to this machine.
+    #[arg(short = 'm', long)]
+    model: Option<String>,
+    #[arg(long, default_value_t = 32)]
+    input_tokens: usize,
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 3)]
+    num_iter: usize,
+    #[arg(long, default_value_t = 1)]
+    num_warmup: usize,
+    /// Print every decode step's latency.
+    #[arg(long)]
+    token_latency: bool,
+    /// 0 (full GPU), 1 (full CPU), 2 (attention on CPU) or six 0/1 flags, S1..S6, 1 = CPU.
+    #[arg(long)]
+    prefill_policy: Option<String>,
+    #[arg(long, alias = "decode-policy")]
+    decoding_policy: Option<String>,
+    /// Percentage of layers (the first ones) whose weights stay on the GPU.
+    #[arg(long)]
+    gpu_percentage: Option<f64>,
+    #[arg(long, default_value_t = 1)]
+    num_minibatch: usize,
+    /// Keep host weights in pinned memory (for PCIe streaming).
+    #[arg(long)]
+    pin_weight: bool,
+    /// Where non-resident weights live: pageable, pinned or numa:N.
+    #[arg(long, default_value = "pageable")]
+    weights_tier: String,
+    /// LIA's CXL switch: weights on the NUMA node given by --cxl-node.
+    #[arg(long)]
+    enable_cxl: bool,
+    #[arg(long)]
+    cxl_node: Option<u32>,
+    /// Per-layer override, repeatable: [prefill@|decode@]A-B:POLICY, e.g. 24-47:1.
+    #[arg(long)]
+    layer_policy: Vec<String>,
+    /// Seed of the synthetic prompts and dummy weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to write the JSON result (must not exist). Default: results/bench-<model>-<time>.json.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Measured ceilings for the roofline (from `tandem probe`).
+    #[arg(long)]
+    profile: Option<PathBuf>,
+}
+
+fn default_model(caps: &Capabilities) -> &'static str {
+    // Without a GPU executor every run is full-CPU: a model that decodes at a few tokens per
+    // second on a small machine.
+    let _ = caps;
+    "opt-1.3b"
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:24} [{bar:40}] {pos}/{len} {elapsed}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn load_weights(model: &str, tier: MemTier, seed: u64) -> anyhow::Result<Weights> {
+    let path = Path::new(model);
+    if path.join("config.json").exists() {
+        let cfg = ModelConfig::from_file(&path.join("config.json"))?;
+        let pb = bar(cfg.layers as u64, "loading weights");
+        let w = Weights::load(path, tier, &|l| pb.set_position(l as u64))?;
+        pb.finish();
+        return Ok(w);
+    }
+    if path.exists() {
+        bail!("{model}: a folder without config.json; expected an HF checkpoint folder or a preset name");
+    }
+    let cfg = ModelConfig::preset(model)?;
+    let pb = bar(cfg.layers as u64, "dummy weights");
+    let w = Weights::dummy(&cfg, tier, seed, &|l| pb.set_position(l as u64))?;
+    pb.finish();
+    Ok(w)
+}
+
+fn model_config(model: &str) -> anyhow::Result<ModelConfig> {
+    let path = Path::new(model);
+    if path.join("config.json").exists() {
+        Ok(ModelConfig::from_file(&path.join("config.json"))?)
+    } else {
+        Ok(ModelConfig::preset(model)?)
+    }
+}
+
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let caps = Capabilities::detect();
+    let model = a
+        .model
+        .clone()
+        .unwrap_or_else(|| default_model(&caps).to_string());
+    let cfg = model_config(&model)?;
+    // Defaults: full CPU (the placements this build executes).
+    let pol = |s: &Option<String>, d: &str| -> anyhow::Result<Policy> {
+        Ok(s.as_deref().unwrap_or(d).parse()?)
+    };
+    let d = "1";
+    let mut tier: MemTier = a.weights_tier.parse()?;
+    if a.enable_cxl {
+        let node = a.cxl_node.context("--enable-cxl needs --cxl-node N (the CXL memory's NUMA node; `tandem info` lists them)")?;
+        tier = MemTier::Numa(node);
+    }
+    if a.pin_weight && tier == MemTier::Pageable {
+        tier = MemTier::Pinned;
+    }
+    let spec = RunSpec {
+        batch_size: a.batch_size,
+        input_tokens: a.input_tokens,
+        max_new_tokens: a.max_new_tokens,
+        prefill_policy: pol(&a.prefill_policy, d)?,
+        decode_policy: pol(&a.decoding_policy, d)?,
+        gpu_percentage: a.gpu_percentage.unwrap_or(0.0),
+        num_minibatch: a.num_minibatch,
+        pin_weight: a.pin_weight,
+        weight_tier: tier,
+        layer_overrides: a
+            .layer_policy
+            .iter()
+            .map(|s| s.parse::<LayerOverride>())
+            .collect::<Result<_, _>>()?,
+    };
+    if spec.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    let plan = Plan::new(&cfg, spec, &caps)?;
+    let full_cpu = plan
+        .layers
+        .iter()
+        .all(|l| !l.gpu_resident && !l.prefill.any_gpu() && !l.decode.any_gpu());
+    if !full_cpu {
+        bail!(
+            "this build executes full-CPU placements only (--prefill-policy 1 --decoding-policy 1 --gpu-percentage 0); \
+             the placement asked for runs sublayers on the GPU"
+        );
+    }
+    let s = &plan.spec;
+    println!(
+        "model {} ({:.2} B parameters), batch {}, input {}, output {}",
+        cfg.name,
+        cfg.total_params() as f64 / 1e9,
+        s.batch_size,
+        s.input_tokens,
+        s.max_new_tokens
+    );
+    let resident = plan.layers.iter().filter(|l| l.gpu_resident).count();
+    println!(
+        "placement: prefill {} decode {}, {resident}/{} layers GPU-resident, weights tier {}, CPU tier {} on {} threads",
+        s.prefill_policy,
+        s.decode_policy,
+        cfg.layers,
+        s.weight_tier,
+        platform::cpu_tier(),
+        platform::pool_threads()
+    );
+    let w = load_weights(&model, s.weight_tier, a.seed)?;
+    let pb = bar((a.num_warmup + a.num_iter) as u64, "iterations");
+    let r = engine::bench::run_cpu(&plan, &w, a.num_iter, a.num_warmup, a.seed, &|i| {
+        pb.set_position(i as u64)
+    })?;
+    pb.finish();
+
+    let profile_path = a.profile.clone().unwrap_or_else(probe::default_path);
+    let dram = match probe::load(&profile_path) {
+        Some(p) => p.dram_read_bytes_s,
+        None => {
+            eprintln!(
+                "no profile at {} (run `tandem probe`); measuring DRAM read bandwidth now",
+                profile_path.display()
+            );
+            platform::membw::read_bandwidth(1 << 30, 3)
+        }
+    };
+    let roof = Roofline::decode(&plan, &cfg, dram, 0.0, 0.0);
+    report(&r, &roof, a.token_latency);
+    let out = a.json.clone().unwrap_or_else(|| {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        PathBuf::from("results").join(format!(
+            "bench-{}-b{}-i{}-o{}-{ts}.json",
+            cfg.name, s.batch_size, s.input_tokens, s.max_new_tokens
+        ))
+    });
+    write_new(
+        &out,
+        &serde_json::json!({ "model": cfg, "plan": plan, "result": r, "roofline": roof, "caps": caps }),
+    )?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Writes a new file; an existing one is never overwritten.
+fn write_new(path: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "{} (results are never overwritten; pick another --json path)",
+                path.display()
+            )
+        })?;
+    serde_json::to_writer_pretty(f, v)?;
+    Ok(())
+}
+
+fn report(r: &BenchResult, roof: &Roofline, per_token: bool) {
+    let ms = |x: f64| x * 1e3;
+    println!();
+    println!(
+        "first-token latency   {:10.2} ms  (± {:.2})",
+        ms(r.first_token.mean),
+        ms(r.first_token.stdev)
+    );
+    println!(
+        "next-token latency    {:10.2} ms mean, P50 {:.2}, P90 {:.2}, P99 {:.2} ms",
+        ms(r.next_token.mean),
+        ms(r.next_token.p50),
+        ms(r.next_token.p90),
+        ms(r.next_token.p99)
+    );
+    let spread = engine::bench::Stats::of(&r.throughput_samples);
+    println!(
+        "throughput            {:10.2} tokens/s (± {:.2}), decode alone {:.2} tokens/s",
+        r.throughput_tok_s, spread.stdev, r.decode_tok_s
+    );
+    if roof.step_bound_s > 0.0 && roof.step_bound_s.is_finite() {
+        println!(
+            "roofline              decode step ≥ {:.2} ms: {:.2} GB host weights + {:.3} GB host KV at {:.1} GB/s DRAM → {:.0} % of roofline",
+            ms(roof.step_bound_s),
+            roof.host_weight_bytes as f64 / 1e9,
+            roof.host_kv_bytes as f64 / 1e9,
+            roof.dram_read_bytes_s / 1e9,
+            100.0 * roof.step_bound_s / r.next_token.mean
+        );
+    }
+    if per_token {
+        let steps: Vec<String> = r
+            .next_token_samples
+            .iter()
+            .map(|x| format!("{:.2}", ms(*x)))
+            .collect();
+        println!("decode steps (ms)     {}", steps.join(" "));
+    }
+}
+
+fn main() {
     let cli = Cli::parse();
-    match cli.cmd {
+    let r = match cli.cmd {
         Cmd::Info { json } => {
-            let caps = engine::caps::Capabilities::detect();
+            let caps = Capabilities::detect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&caps)?);
+                println!("{}", serde_json::to_string_pretty(&caps).unwrap());
             } else {
                 println!("{caps}");
             }
+            Ok(())
         }
+        Cmd::Probe { profile } => (|| {
+            let p = probe::run()?;
+            probe::print(&p);
+            let path = profile.unwrap_or_else(probe::default_path);
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            std::fs::write(&path, serde_json::to_string_pretty(&p)?)?;
+            println!("profile saved to {}", path.display());
+            Ok(())
+        })(),
+        Cmd::Bench(a) => bench(a),
+    };
+    if let Err(e) = r {
+        eprintln!("tandem: {e:#}");
+        std::process::exit(2);
     }
-    Ok(())
 }

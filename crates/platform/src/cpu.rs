@@ -28,8 +28,13 @@ pub enum CpuTier {
 }
 
 impl CpuTier {
-    pub const ALL: [CpuTier; 5] =
-        [CpuTier::Scalar, CpuTier::Avx2, CpuTier::Avx512, CpuTier::Avx512Bf16, CpuTier::Amx];
+    pub const ALL: [CpuTier; 5] = [
+        CpuTier::Scalar,
+        CpuTier::Avx2,
+        CpuTier::Avx512,
+        CpuTier::Avx512Bf16,
+        CpuTier::Amx,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -107,7 +112,9 @@ impl CpuCaps {
 
     fn detect() -> Self {
         let mut c = CpuCaps {
-            logical_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            logical_cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             physical_cores: crate::pool::physical_core_ids().len().max(1),
             model_name: read_model_name().unwrap_or_default(),
             ..Default::default()
@@ -153,16 +160,32 @@ fn request_amx_permission() -> Result<(), String> {
     const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_ulong = 18;
     // SAFETY: arch_prctl with these codes only reads/sets the process's XSAVE permission mask.
-    let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
-        return Err(format!("arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) refused: {err}"));
+        return Err(format!(
+            "arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) refused: {err}"
+        ));
     }
     let mut mask: u64 = 0;
     // SAFETY: the kernel writes one u64 through the pointer we pass.
-    let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &mut mask as *mut u64) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_GET_XCOMP_PERM,
+            &mut mask as *mut u64,
+        )
+    };
     if rc != 0 || mask & (1 << XFEATURE_XTILEDATA) == 0 {
-        return Err(format!("tile data state not in the permitted mask ({mask:#x})"));
+        return Err(format!(
+            "tile data state not in the permitted mask ({mask:#x})"
+        ));
     }
     Ok(())
 }

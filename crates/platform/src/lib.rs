@@ -24,7 +24,9 @@ pub enum Error {
     BadTier(String),
     #[error("memory tier numa:{node} does not exist on this machine; nodes with memory: {have}")]
     NoSuchNode { node: u32, have: String },
-    #[error("memory tier {0} cannot be allocated by the platform crate (it needs the CUDA driver)")]
+    #[error(
+        "memory tier {0} cannot be allocated by the platform crate (it needs the CUDA driver)"
+    )]
     NeedsCuda(MemTier),
     #[error("allocation of {bytes} bytes on {tier} failed")]
     Alloc { bytes: usize, tier: MemTier },

@@ -64,8 +64,16 @@ impl MemTier {
                 let have = nodes
                     .iter()
                     .map(|n| {
-                        let kind = if n.is_memory_only() { ", memory only" } else { "" };
-                        format!("numa:{} ({:.1} GiB{kind})", n.id, n.mem_total as f64 / (1u64 << 30) as f64)
+                        let kind = if n.is_memory_only() {
+                            ", memory only"
+                        } else {
+                            ""
+                        };
+                        format!(
+                            "numa:{} ({:.1} GiB{kind})",
+                            n.id,
+                            n.mem_total as f64 / (1u64 << 30) as f64
+                        )
                     })
                     .collect::<Vec<_>>()
                     .join(", ");
@@ -105,18 +113,36 @@ impl<T: Copy> HostBuf<T> {
     ///
     /// All-zero bytes must be a valid `T` (true for the integer and float types used here).
     pub fn zeroed(len: usize, tier: MemTier) -> Result<Self> {
-        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or(Error::Alloc { bytes: usize::MAX, tier })?;
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or(Error::Alloc {
+                bytes: usize::MAX,
+                tier,
+            })?;
         if bytes == 0 {
-            return Ok(Self { ptr: NonNull::dangling(), len, tier, backing: Backing::Empty, _own: PhantomData });
+            return Ok(Self {
+                ptr: NonNull::dangling(),
+                len,
+                tier,
+                backing: Backing::Empty,
+                _own: PhantomData,
+            });
         }
         assert!(std::mem::align_of::<T>() <= ALIGN);
         match tier {
             MemTier::Pageable => {
-                let layout = std::alloc::Layout::from_size_align(bytes, ALIGN).map_err(|_| Error::Alloc { bytes, tier })?;
+                let layout = std::alloc::Layout::from_size_align(bytes, ALIGN)
+                    .map_err(|_| Error::Alloc { bytes, tier })?;
                 // SAFETY: layout has non-zero size.
                 let p = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
                 let ptr = NonNull::new(p).ok_or(Error::Alloc { bytes, tier })?;
-                Ok(Self { ptr, len, tier, backing: Backing::Std(layout), _own: PhantomData })
+                Ok(Self {
+                    ptr,
+                    len,
+                    tier,
+                    backing: Backing::Std(layout),
+                    _own: PhantomData,
+                })
             }
             MemTier::Numa(node) => {
                 tier.check_host()?;
@@ -133,7 +159,13 @@ impl<T: Copy> HostBuf<T> {
                 // SAFETY: fresh mapping of `bytes` bytes; anonymous pages read as zero already, but
                 // writing them here makes the placement happen now instead of on the hot path.
                 unsafe { std::ptr::write_bytes(ptr.as_ptr() as *mut u8, 0, bytes) };
-                Ok(Self { ptr, len, tier, backing: Backing::Numa(bytes), _own: PhantomData })
+                Ok(Self {
+                    ptr,
+                    len,
+                    tier,
+                    backing: Backing::Numa(bytes),
+                    _own: PhantomData,
+                })
             }
             MemTier::Gpu | MemTier::Pinned => Err(Error::NeedsCuda(tier)),
         }
@@ -183,9 +215,13 @@ impl<T: Copy> Drop for HostBuf<T> {
     fn drop(&mut self) {
         match self.backing {
             // SAFETY: allocated with exactly this layout in `zeroed`.
-            Backing::Std(layout) => unsafe { std::alloc::dealloc(self.ptr.as_ptr() as *mut u8, layout) },
+            Backing::Std(layout) => unsafe {
+                std::alloc::dealloc(self.ptr.as_ptr() as *mut u8, layout)
+            },
             // SAFETY: allocated by numa_alloc_onnode with this size.
-            Backing::Numa(bytes) => unsafe { sys::numa_free(self.ptr.as_ptr() as *mut libc::c_void, bytes) },
+            Backing::Numa(bytes) => unsafe {
+                sys::numa_free(self.ptr.as_ptr() as *mut libc::c_void, bytes)
+            },
             Backing::Empty => {}
         }
     }
@@ -193,7 +229,13 @@ impl<T: Copy> Drop for HostBuf<T> {
 
 impl<T: Copy + fmt::Debug> fmt::Debug for HostBuf<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HostBuf<{}>[{}] on {}", std::any::type_name::<T>(), self.len, self.tier)
+        write!(
+            f,
+            "HostBuf<{}>[{}] on {}",
+            std::any::type_name::<T>(),
+            self.len,
+            self.tier
+        )
     }
 }
 
@@ -228,6 +270,9 @@ mod tests {
             assert_eq!(b.tier(), tier);
         }
         assert!(HostBuf::<f32>::zeroed(4, MemTier::Pinned).is_err());
-        assert_eq!(HostBuf::<f32>::zeroed(0, MemTier::Pageable).unwrap().len(), 0);
+        assert_eq!(
+            HostBuf::<f32>::zeroed(0, MemTier::Pageable).unwrap().len(),
+            0
+        );
     }
 }

@@ -7,7 +7,10 @@ use rayon::prelude::*;
 /// Reads every byte of `buf` once on the shared pool; returns a value that depends on all of
 /// them (so the reads cannot be optimized away).
 pub fn parallel_read(buf: &[u64]) -> u64 {
-    let chunk = buf.len().div_ceil(crate::pool_threads().max(1) * 4).max(1 << 12);
+    let chunk = buf
+        .len()
+        .div_ceil(crate::pool_threads().max(1) * 4)
+        .max(1 << 12);
     crate::pool().install(|| {
         buf.par_chunks(chunk)
             .map(|c| {
@@ -20,7 +23,9 @@ pub fn parallel_read(buf: &[u64]) -> u64 {
                         acc[i] = acc[i].wrapping_add(v[i]);
                     }
                 }
-                it.remainder().iter().fold(acc.iter().fold(0u64, |a, &b| a ^ b), |a, &b| a ^ b)
+                it.remainder()
+                    .iter()
+                    .fold(acc.iter().fold(0u64, |a, &b| a ^ b), |a, &b| a ^ b)
             })
             .reduce(|| 0, |a, b| a ^ b)
     })
@@ -29,9 +34,14 @@ pub fn parallel_read(buf: &[u64]) -> u64 {
 /// Copies `src` into `dst` on the shared pool (read + write traffic).
 pub fn parallel_copy(dst: &mut [u64], src: &[u64]) {
     assert_eq!(dst.len(), src.len());
-    let chunk = src.len().div_ceil(crate::pool_threads().max(1) * 4).max(1 << 12);
+    let chunk = src
+        .len()
+        .div_ceil(crate::pool_threads().max(1) * 4)
+        .max(1 << 12);
     crate::pool().install(|| {
-        dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s));
     });
 }
 
@@ -39,7 +49,11 @@ pub fn parallel_copy(dst: &mut [u64], src: &[u64]) {
 /// last-level cache, or this measures the cache).
 pub fn read_bandwidth(bytes: usize, reps: usize) -> f64 {
     let mut buf = vec![0u64; bytes / 8];
-    crate::pool().install(|| buf.par_iter_mut().enumerate().for_each(|(i, x)| *x = i as u64));
+    crate::pool().install(|| {
+        buf.par_iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = i as u64)
+    });
     let mut best = f64::MAX;
     let mut sink = 0u64;
     for _ in 0..reps.max(1) {

@@ -3,7 +3,12 @@
 //! A CXL memory expander shows up as a node with memory and no CPUs; LIA's CXL tier is such a
 //! node named by number (`numa:N`).
 
-#[allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code
+)]
 pub(crate) mod sys {
     include!(concat!(env!("OUT_DIR"), "/numa_sys.rs"));
 }
@@ -70,7 +75,10 @@ pub fn numa_nodes() -> Vec<NumaNode> {
             id: 0,
             mem_total: total,
             mem_free: free,
-            cpus: (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect(),
+            cpus: (0..std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1))
+                .collect(),
         });
     }
     nodes

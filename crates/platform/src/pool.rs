@@ -10,7 +10,12 @@ use std::sync::OnceLock;
 pub fn physical_core_ids() -> Vec<usize> {
     let allowed: Vec<usize> = core_affinity::get_core_ids()
         .map(|ids| ids.into_iter().map(|c| c.id).collect())
-        .unwrap_or_else(|| (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect());
+        .unwrap_or_else(|| {
+            (0..std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1))
+                .collect()
+        });
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for &cpu in &allowed {
@@ -47,7 +52,9 @@ pub fn pool() -> &'static rayon::ThreadPool {
             .thread_name(|i| format!("tandem-cpu-{i}"))
             .start_handler(move |i| {
                 if !pin.is_empty() {
-                    core_affinity::set_for_current(core_affinity::CoreId { id: pin[i % pin.len()] });
+                    core_affinity::set_for_current(core_affinity::CoreId {
+                        id: pin[i % pin.len()],
+                    });
                 }
             })
             .build()

@@ -30,7 +30,9 @@ pub fn amx_or_skip() -> bool {
     let why = if !c.amx_tile {
         "this CPU has no AMX (CPUID leaf 7 EDX bit 24 clear)".to_string()
     } else {
-        c.amx_refused.clone().unwrap_or_else(|| "AMX permission not granted".into())
+        c.amx_refused
+            .clone()
+            .unwrap_or_else(|| "AMX permission not granted".into())
     };
     skip_unless(c.best_tier() == crate::CpuTier::Amx, "amx", &why)
 }
@@ -40,5 +42,9 @@ pub fn tier_or_skip(tier: crate::CpuTier) -> bool {
     if tier == crate::CpuTier::Amx {
         return amx_or_skip();
     }
-    skip_unless(tier.available(), tier.name(), &format!("this CPU lacks the {tier} instructions"))
+    skip_unless(
+        tier.available(),
+        tier.name(),
+        &format!("this CPU lacks the {tier} instructions"),
+    )
 }

@@ -33,9 +33,17 @@ impl CpuLayer {
         let p = |t: &Tensor| PackedWeight::from_bf16(&t.data, t.rows(), t.cols()).map_err(kerr);
         let up = match cfg.family {
             Family::Opt => p(&lw.up_w)?,
-            Family::Llama => PackedWeight::from_bf16_gate_up(&lw.up_w.data, lw.up_w.rows(), lw.up_w.cols()).map_err(kerr)?,
+            Family::Llama => {
+                PackedWeight::from_bf16_gate_up(&lw.up_w.data, lw.up_w.rows(), lw.up_w.cols())
+                    .map_err(kerr)?
+            }
         };
-        Ok(CpuLayer { qkv: p(&lw.qkv_w)?, o: p(&lw.o_w)?, up, down: p(&lw.down_w)? })
+        Ok(CpuLayer {
+            qkv: p(&lw.qkv_w)?,
+            o: p(&lw.o_w)?,
+            up,
+            down: p(&lw.down_w)?,
+        })
     }
 }
 
@@ -88,11 +96,20 @@ pub struct CpuModel<'w> {
 impl<'w> CpuModel<'w> {
     pub fn new(w: &'w Weights) -> Result<Self> {
         let cfg = &w.config;
-        let layers = w.layers.iter().map(|l| CpuLayer::pack(cfg, l)).collect::<Result<Vec<_>>>()?;
+        let layers = w
+            .layers
+            .iter()
+            .map(|l| CpuLayer::pack(cfg, l))
+            .collect::<Result<Vec<_>>>()?;
         let h = w.lm_head();
         let head = PackedWeight::from_bf16(&h.data, h.rows(), h.cols()).map_err(kerr)?;
         let rope = (cfg.family == Family::Llama).then(|| RopeTable::new(cfg));
-        Ok(CpuModel { w, layers, head, rope })
+        Ok(CpuModel {
+            w,
+            layers,
+            head,
+            rope,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -105,20 +122,27 @@ pub fn norm_bf16(cfg: &ModelConfig, x: &[f32], w: &Tensor, b: Option<&Tensor>, o
     let h = cfg.hidden;
     let eps = cfg.norm_eps as f32;
     platform::pool().install(|| {
-        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, xr)| {
-            let (mean, inv) = match cfg.family {
-                Family::Opt => {
-                    let mean = xr.iter().sum::<f32>() / h as f32;
-                    let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
-                    (mean, 1.0 / (var + eps).sqrt())
+        out.par_chunks_mut(h)
+            .zip(x.par_chunks(h))
+            .for_each(|(o, xr)| {
+                let (mean, inv) = match cfg.family {
+                    Family::Opt => {
+                        let mean = xr.iter().sum::<f32>() / h as f32;
+                        let var =
+                            xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+                        (mean, 1.0 / (var + eps).sqrt())
+                    }
+                    Family::Llama => (
+                        0.0,
+                        1.0 / (xr.iter().map(|v| v * v).sum::<f32>() / h as f32 + eps).sqrt(),
+                    ),
+                };
+                for i in 0..h {
+                    let y = (xr[i] - mean) * inv * w.data[i].to_f32()
+                        + b.map_or(0.0, |b| b.data[i].to_f32());
+                    o[i] = bf16::from_f32(y);
                 }
-                Family::Llama => (0.0, 1.0 / (xr.iter().map(|v| v * v).sum::<f32>() / h as f32 + eps).sqrt()),
-            };
-            for i in 0..h {
-                let y = (xr[i] - mean) * inv * w.data[i].to_f32() + b.map_or(0.0, |b| b.data[i].to_f32());
-                o[i] = bf16::from_f32(y);
-            }
-        })
+            })
     });
 }
 
@@ -127,7 +151,10 @@ pub fn embed(w: &Weights, tokens: &[u32], positions: &[usize], x: &mut [f32]) ->
     let h = w.config.hidden;
     for (t, (&tok, &pos)) in tokens.iter().zip(positions).enumerate() {
         if tok as usize >= w.config.vocab {
-            return Err(Error::Input(format!("token id {tok} is outside the vocabulary of {}", w.config.vocab)));
+            return Err(Error::Input(format!(
+                "token id {tok} is outside the vocabulary of {}",
+                w.config.vocab
+            )));
         }
         let row = &w.embed.data[tok as usize * h..][..h];
         let xr = &mut x[t * h..(t + 1) * h];
@@ -145,7 +172,12 @@ pub fn embed(w: &Weights, tokens: &[u32], positions: &[usize], x: &mut [f32]) ->
 }
 
 /// S1: norm, QKV projection (+bias), RoPE. Returns q `[T, heads·d]`, k, v `[T, kv_heads·d]`, bf16.
-pub fn s1_qkv(m: &CpuModel, l: usize, x: &[f32], positions: &[usize]) -> Result<(Vec<bf16>, Vec<bf16>, Vec<bf16>)> {
+pub fn s1_qkv(
+    m: &CpuModel,
+    l: usize,
+    x: &[f32],
+    positions: &[usize],
+) -> Result<(Vec<bf16>, Vec<bf16>, Vec<bf16>)> {
     let cfg = m.config();
     let lw = &m.w.layers[l];
     let t = positions.len();
@@ -153,7 +185,10 @@ pub fn s1_qkv(m: &CpuModel, l: usize, x: &[f32], positions: &[usize]) -> Result<
     norm_bf16(cfg, x, &lw.attn_norm_w, lw.attn_norm_b.as_ref(), &mut a);
     let w = cfg.qkv_dim();
     let mut qkv = vec![0f32; t * w];
-    let ep = Epilogue { bias: lw.qkv_b.as_ref().map(|b| &b.data[..]), ..Default::default() };
+    let ep = Epilogue {
+        bias: lw.qkv_b.as_ref().map(|b| &b.data[..]),
+        ..Default::default()
+    };
     gemm_bf16(&a, t, cfg.hidden, &m.layers[l].qkv, &mut qkv, ep).map_err(kerr)?;
     let (qd, kd) = (cfg.q_dim(), cfg.kv_dim());
     let mut q = vec![bf16::ZERO; t * qd];
@@ -169,9 +204,15 @@ pub fn s1_qkv(m: &CpuModel, l: usize, x: &[f32], positions: &[usize]) -> Result<
                     rope.apply(&mut row[..qd], cfg.heads, pos);
                     rope.apply(&mut row[qd..qd + kd], cfg.kv_heads, pos);
                 }
-                qr.iter_mut().zip(&row[..qd]).for_each(|(o, &x)| *o = bf16::from_f32(x));
-                kr.iter_mut().zip(&row[qd..qd + kd]).for_each(|(o, &x)| *o = bf16::from_f32(x));
-                vr.iter_mut().zip(&row[qd + kd..]).for_each(|(o, &x)| *o = bf16::from_f32(x));
+                qr.iter_mut()
+                    .zip(&row[..qd])
+                    .for_each(|(o, &x)| *o = bf16::from_f32(x));
+                kr.iter_mut()
+                    .zip(&row[qd..qd + kd])
+                    .for_each(|(o, &x)| *o = bf16::from_f32(x));
+                vr.iter_mut()
+                    .zip(&row[qd + kd..])
+                    .for_each(|(o, &x)| *o = bf16::from_f32(x));
             })
     });
     Ok((q, k, v))
@@ -179,13 +220,26 @@ pub fn s1_qkv(m: &CpuModel, l: usize, x: &[f32], positions: &[usize]) -> Result<
 
 /// S2+S3 for a prefill: causal attention of each prompt over itself (GQA), bf16 in and out.
 /// `lens` are the prompts' lengths; rows of q/k/v are the prompts' tokens back to back.
-pub fn prefill_attention(cfg: &ModelConfig, q: &[bf16], k: &[bf16], v: &[bf16], lens: &[usize]) -> Vec<bf16> {
+pub fn prefill_attention(
+    cfg: &ModelConfig,
+    q: &[bf16],
+    k: &[bf16],
+    v: &[bf16],
+    lens: &[usize],
+) -> Vec<bf16> {
     let (hq, hk, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
     let group = hq / hk;
     let scale = 1.0 / (d as f32).sqrt();
     let total: usize = lens.iter().sum();
     let mut out = vec![bf16::ZERO; total * hq * d];
-    let starts: Vec<usize> = lens.iter().scan(0, |s, &l| { let a = *s; *s += l; Some(a) }).collect();
+    let starts: Vec<usize> = lens
+        .iter()
+        .scan(0, |s, &l| {
+            let a = *s;
+            *s += l;
+            Some(a)
+        })
+        .collect();
     // One task per (token, q head): rows are independent.
     let tasks: Vec<(usize, usize, usize)> = lens
         .iter()
@@ -193,30 +247,40 @@ pub fn prefill_attention(cfg: &ModelConfig, q: &[bf16], k: &[bf16], v: &[bf16], 
         .flat_map(|(&len, &s0)| (0..len).map(move |t| (s0, t, len)))
         .collect();
     platform::pool().install(|| {
-        out.par_chunks_mut(hq * d).zip(tasks.par_iter()).for_each(|(orow, &(s0, t, _len))| {
-            let mut scores = vec![0f32; t + 1];
-            for h in 0..hq {
-                let kh = h / group;
-                let qv: Vec<f32> = q[((s0 + t) * hq + h) * d..][..d].iter().map(|x| x.to_f32()).collect();
-                let mut mx = f32::NEG_INFINITY;
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    let kr = &k[((s0 + j) * hk + kh) * d..][..d];
-                    *sc = qv.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
-                    mx = mx.max(*sc);
+        out.par_chunks_mut(hq * d)
+            .zip(tasks.par_iter())
+            .for_each(|(orow, &(s0, t, _len))| {
+                let mut scores = vec![0f32; t + 1];
+                for h in 0..hq {
+                    let kh = h / group;
+                    let qv: Vec<f32> = q[((s0 + t) * hq + h) * d..][..d]
+                        .iter()
+                        .map(|x| x.to_f32())
+                        .collect();
+                    let mut mx = f32::NEG_INFINITY;
+                    for (j, sc) in scores.iter_mut().enumerate() {
+                        let kr = &k[((s0 + j) * hk + kh) * d..][..d];
+                        *sc = qv.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+                        mx = mx.max(*sc);
+                    }
+                    let mut z = 0f32;
+                    scores.iter_mut().for_each(|s| {
+                        *s = (*s - mx).exp();
+                        z += *s;
+                    });
+                    let mut acc = vec![0f32; d];
+                    for (j, &p) in scores.iter().enumerate() {
+                        let vr = &v[((s0 + j) * hk + kh) * d..][..d];
+                        acc.iter_mut()
+                            .zip(vr)
+                            .for_each(|(a, b)| *a += p * b.to_f32());
+                    }
+                    orow[h * d..(h + 1) * d]
+                        .iter_mut()
+                        .zip(&acc)
+                        .for_each(|(o, a)| *o = bf16::from_f32(a / z));
                 }
-                let mut z = 0f32;
-                scores.iter_mut().for_each(|s| {
-                    *s = (*s - mx).exp();
-                    z += *s;
-                });
-                let mut acc = vec![0f32; d];
-                for (j, &p) in scores.iter().enumerate() {
-                    let vr = &v[((s0 + j) * hk + kh) * d..][..d];
-                    acc.iter_mut().zip(vr).for_each(|(a, b)| *a += p * b.to_f32());
-                }
-                orow[h * d..(h + 1) * d].iter_mut().zip(&acc).for_each(|(o, a)| *o = bf16::from_f32(a / z));
-            }
-        })
+            })
     });
     out
 }
@@ -224,7 +288,11 @@ pub fn prefill_attention(cfg: &ModelConfig, q: &[bf16], k: &[bf16], v: &[bf16], 
 /// S4: output projection (+bias) added into the residual stream.
 pub fn s4_out(m: &CpuModel, l: usize, att: &[bf16], x: &mut [f32], tokens: usize) -> Result<()> {
     let lw = &m.w.layers[l];
-    let ep = Epilogue { bias: lw.o_b.as_ref().map(|b| &b.data[..]), residual: Residual::Output, ..Default::default() };
+    let ep = Epilogue {
+        bias: lw.o_b.as_ref().map(|b| &b.data[..]),
+        residual: Residual::Output,
+        ..Default::default()
+    };
     gemm_bf16(att, tokens, m.config().q_dim(), &m.layers[l].o, x, ep).map_err(kerr)
 }
 
@@ -240,7 +308,11 @@ pub fn s56_mlp(m: &CpuModel, l: usize, x: &mut [f32], tokens: usize) -> Result<(
         Family::Llama => Epilogue::silu_mul(),
     };
     gemm_bf16(&a, tokens, cfg.hidden, &m.layers[l].up, &mut act, ep).map_err(kerr)?;
-    let ep = Epilogue { bias: lw.down_b.as_ref().map(|b| &b.data[..]), residual: Residual::Output, ..Default::default() };
+    let ep = Epilogue {
+        bias: lw.down_b.as_ref().map(|b| &b.data[..]),
+        residual: Residual::Output,
+        ..Default::default()
+    };
     gemm_bf16(&act, tokens, cfg.ffn, &m.layers[l].down, x, ep).map_err(kerr)
 }
 
@@ -248,9 +320,18 @@ pub fn s56_mlp(m: &CpuModel, l: usize, x: &mut [f32], tokens: usize) -> Result<(
 pub fn lm_head(m: &CpuModel, x: &[f32], rows: &[usize]) -> Result<Vec<f32>> {
     let cfg = m.config();
     let h = cfg.hidden;
-    let picked: Vec<f32> = rows.iter().flat_map(|&r| x[r * h..(r + 1) * h].iter().copied()).collect();
+    let picked: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| x[r * h..(r + 1) * h].iter().copied())
+        .collect();
     let mut a = vec![bf16::ZERO; rows.len() * h];
-    norm_bf16(cfg, &picked, &m.w.final_norm_w, m.w.final_norm_b.as_ref(), &mut a);
+    norm_bf16(
+        cfg,
+        &picked,
+        &m.w.final_norm_w,
+        m.w.final_norm_b.as_ref(),
+        &mut a,
+    );
     let mut logits = vec![0f32; rows.len() * cfg.vocab];
     gemm_bf16(&a, rows.len(), h, &m.head, &mut logits, Epilogue::default()).map_err(kerr)?;
     Ok(logits)
@@ -260,7 +341,18 @@ pub fn lm_head(m: &CpuModel, x: &[f32], rows: &[usize]) -> Result<Vec<f32>> {
 pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
     logits
         .chunks(vocab)
-        .map(|r| r.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| {
+                    if v > b.1 {
+                        (i, v)
+                    } else {
+                        b
+                    }
+                })
+                .0 as u32
+        })
         .collect()
 }
 
@@ -275,10 +367,19 @@ pub struct CpuSession<'m, 'w> {
 impl<'m, 'w> CpuSession<'m, 'w> {
     /// A session with room for `max_tokens` tokens of KV in total (rounded up to blocks per
     /// sequence by the caller's lengths), on a host tier.
-    pub fn new(model: &'m CpuModel<'w>, num_blocks: usize, tier: platform::MemTier) -> Result<Self> {
+    pub fn new(
+        model: &'m CpuModel<'w>,
+        num_blocks: usize,
+        tier: platform::MemTier,
+    ) -> Result<Self> {
         let c = model.config();
         let kv = HostKv::new(c.layers, num_blocks, c.kv_heads, c.head_dim, tier)?;
-        Ok(CpuSession { model, kv, alloc: BlockAllocator::new(num_blocks), seqs: Vec::new() })
+        Ok(CpuSession {
+            model,
+            kv,
+            alloc: BlockAllocator::new(num_blocks),
+            seqs: Vec::new(),
+        })
     }
 
     /// Prefills new sequences; returns the logits of each prompt's last token `[B, vocab]`.
@@ -286,11 +387,16 @@ impl<'m, 'w> CpuSession<'m, 'w> {
         let m = self.model;
         let cfg = m.config();
         if prompts.iter().any(|p| p.is_empty()) {
-            return Err(Error::Input("an empty prompt: every prompt needs at least one token".into()));
+            return Err(Error::Input(
+                "an empty prompt: every prompt needs at least one token".into(),
+            ));
         }
         let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
         if let Some(&l) = lens.iter().find(|&&l| l > cfg.max_positions) {
-            return Err(Error::Input(format!("a prompt of {l} tokens exceeds the model's {} positions", cfg.max_positions)));
+            return Err(Error::Input(format!(
+                "a prompt of {l} tokens exceeds the model's {} positions",
+                cfg.max_positions
+            )));
         }
         let tokens: Vec<u32> = prompts.concat();
         let positions: Vec<usize> = lens.iter().flat_map(|&l| 0..l).collect();
@@ -311,7 +417,13 @@ impl<'m, 'w> CpuSession<'m, 'w> {
             for (i, &len) in lens.iter().enumerate() {
                 let seq = &self.seqs[first_seq + i];
                 for p in 0..len {
-                    self.kv.write_token(l, seq, p, &k[(row + p) * kd..][..kd], &v[(row + p) * kd..][..kd]);
+                    self.kv.write_token(
+                        l,
+                        seq,
+                        p,
+                        &k[(row + p) * kd..][..kd],
+                        &v[(row + p) * kd..][..kd],
+                    );
                 }
                 row += len;
             }
@@ -319,7 +431,13 @@ impl<'m, 'w> CpuSession<'m, 'w> {
             s4_out(m, l, &att, &mut x, t)?;
             s56_mlp(m, l, &mut x, t)?;
         }
-        let last: Vec<usize> = lens.iter().scan(0, |s, &l| { *s += l; Some(*s - 1) }).collect();
+        let last: Vec<usize> = lens
+            .iter()
+            .scan(0, |s, &l| {
+                *s += l;
+                Some(*s - 1)
+            })
+            .collect();
         lm_head(m, &x, &last)
     }
 
@@ -329,11 +447,17 @@ impl<'m, 'w> CpuSession<'m, 'w> {
         let cfg = m.config();
         let b = tokens.len();
         if b != self.seqs.len() {
-            return Err(Error::Input(format!("{b} tokens for {} sequences", self.seqs.len())));
+            return Err(Error::Input(format!(
+                "{b} tokens for {} sequences",
+                self.seqs.len()
+            )));
         }
         let positions: Vec<usize> = self.seqs.iter().map(|s| s.len).collect();
         if let Some(&p) = positions.iter().find(|&&p| p >= cfg.max_positions) {
-            return Err(Error::Input(format!("position {p} is past the model's {} positions", cfg.max_positions)));
+            return Err(Error::Input(format!(
+                "position {p} is past the model's {} positions",
+                cfg.max_positions
+            )));
         }
         for s in &mut self.seqs {
             s.reserve(&mut self.alloc, s.len + 1)?;
@@ -356,8 +480,22 @@ impl<'m, 'w> CpuSession<'m, 'w> {
         let mut att = vec![bf16::ZERO; b * cfg.q_dim()];
         for l in 0..cfg.layers {
             let (q, k, v) = s1_qkv(m, l, &x, &positions)?;
-            let batch = DecodeBatch { q: &q, new_k: &k, new_v: &v, block_tables: &tables, max_blocks, context_lens: &ctx };
-            paged_decode_bf16(&shape, &batch, &mut self.kv.k[l], &mut self.kv.v[l], &mut att).map_err(kerr)?;
+            let batch = DecodeBatch {
+                q: &q,
+                new_k: &k,
+                new_v: &v,
+                block_tables: &tables,
+                max_blocks,
+                context_lens: &ctx,
+            };
+            paged_decode_bf16(
+                &shape,
+                &batch,
+                &mut self.kv.k[l],
+                &mut self.kv.v[l],
+                &mut att,
+            )
+            .map_err(kerr)?;
             s4_out(m, l, &att, &mut x, b)?;
             s56_mlp(m, l, &mut x, b)?;
         }
@@ -373,7 +511,10 @@ mod tests {
     #[test]
     fn rope_table_matches_reference_rotation() {
         let cfg = ModelConfig::preset("llama3-8b").unwrap();
-        let t = RopeTable::new(&ModelConfig { max_positions: 64, ..cfg.clone() });
+        let t = RopeTable::new(&ModelConfig {
+            max_positions: 64,
+            ..cfg.clone()
+        });
         let mut row: Vec<f32> = (0..cfg.head_dim).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut want = row.clone();
         t.apply(&mut row, 1, 33);

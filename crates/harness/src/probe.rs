@@ -1,0 +1,155 @@
+//! `tandem probe`: the machine's measured ceilings, saved as a profile that `bench` and `sweep`
+//! use for rooflines.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use half::bf16;
+use serde::{Deserialize, Serialize};
+
+/// Measured ceilings, bytes/s and FLOP/s; 0 where the part is absent.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Profile {
+    pub host: String,
+    pub cpu_tier: String,
+    pub threads: usize,
+    pub dram_read_bytes_s: f64,
+    pub dram_copy_bytes_s: f64,
+    pub cpu_gemm_bf16_flop_s: f64,
+    pub pcie_h2d_pinned_bytes_s: f64,
+    pub pcie_d2h_pinned_bytes_s: f64,
+    pub pcie_h2d_pageable_bytes_s: f64,
+    pub hbm_copy_bytes_s: f64,
+    pub gpu_gemm_bf16_flop_s: f64,
+    pub notes: Vec<String>,
+}
+
+pub fn default_path() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("tandem").join("profile.json")
+}
+
+pub fn load(path: &Path) -> Option<Profile> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn best_of<F: FnMut()>(reps: usize, mut f: F) -> f64 {
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+/// Bytes for bandwidth probes: past any last-level cache (servers have up to ~0.5 GB), but at
+/// most a quarter of free memory.
+fn probe_bytes() -> usize {
+    let free: u64 = platform::numa_nodes().iter().map(|n| n.mem_free).sum();
+    (2usize << 30).min((free / 4) as usize).max(64 << 20)
+}
+
+pub fn run() -> anyhow::Result<Profile> {
+    let mut p = Profile {
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        cpu_tier: platform::cpu_tier().to_string(),
+        threads: platform::pool_threads(),
+        ..Default::default()
+    };
+    let bytes = probe_bytes();
+    eprintln!(
+        "probe: DRAM read over {:.1} GiB on {} threads",
+        bytes as f64 / (1u64 << 30) as f64,
+        p.threads
+    );
+    p.dram_read_bytes_s = platform::membw::read_bandwidth(bytes, 5);
+    let src: Vec<u64> = vec![1; bytes / 16];
+    let mut dst: Vec<u64> = vec![0; bytes / 16];
+    platform::membw::parallel_copy(&mut dst, &src); // first touch
+    let t = best_of(5, || platform::membw::parallel_copy(&mut dst, &src));
+    p.dram_copy_bytes_s = 2.0 * (src.len() * 8) as f64 / t;
+    drop((src, dst));
+
+    let (m, n, k) = (2048usize, 4096usize, 4096usize);
+    eprintln!("probe: CPU bf16 GEMM {m}x{n}x{k} ({})", p.cpu_tier);
+    let w: Vec<bf16> = (0..n * k)
+        .map(|i| bf16::from_f32(((i % 251) as f32 - 125.0) / 1000.0))
+        .collect();
+    let a: Vec<bf16> = (0..m * k)
+        .map(|i| bf16::from_f32(((i % 113) as f32 - 56.0) / 100.0))
+        .collect();
+    let pw = amx_kernels::PackedWeight::from_bf16(&w, n, k)?;
+    let mut c = vec![0f32; m * n];
+    amx_kernels::gemm_bf16(&a, m, k, &pw, &mut c, Default::default())?;
+    let t = best_of(3, || {
+        amx_kernels::gemm_bf16(&a, m, k, &pw, &mut c, Default::default()).unwrap()
+    });
+    p.cpu_gemm_bf16_flop_s = 2.0 * (m * n * k) as f64 / t;
+
+    gpu_probe(&mut p);
+    Ok(p)
+}
+
+fn gpu_probe(p: &mut Profile) {
+    match engine::caps::Capabilities::detect().gpus.first() {
+        None => p
+            .notes
+            .push("no GPU: PCIe, HBM and GPU GEMM not measured".into()),
+        Some(g) => p.notes.push(format!(
+            "GPU {} present; GPU probes come with the GPU executor",
+            g.name
+        )),
+    }
+}
+
+pub fn print(p: &Profile) {
+    let gbs = |x: f64| {
+        if x > 0.0 {
+            format!("{:8.1} GB/s", x / 1e9)
+        } else {
+            "       —".into()
+        }
+    };
+    let tfs = |x: f64| {
+        if x > 0.0 {
+            format!("{:8.2} TFLOP/s", x / 1e12)
+        } else {
+            "       —".into()
+        }
+    };
+    println!(
+        "DRAM read ({} threads)    {}",
+        p.threads,
+        gbs(p.dram_read_bytes_s)
+    );
+    println!("DRAM copy (read+write)    {}", gbs(p.dram_copy_bytes_s));
+    println!(
+        "CPU GEMM bf16 ({:10}) {}",
+        p.cpu_tier,
+        tfs(p.cpu_gemm_bf16_flop_s)
+    );
+    println!(
+        "PCIe H2D pinned           {}",
+        gbs(p.pcie_h2d_pinned_bytes_s)
+    );
+    println!(
+        "PCIe D2H pinned           {}",
+        gbs(p.pcie_d2h_pinned_bytes_s)
+    );
+    println!(
+        "PCIe H2D pageable         {}",
+        gbs(p.pcie_h2d_pageable_bytes_s)
+    );
+    println!("HBM copy (read+write)     {}", gbs(p.hbm_copy_bytes_s));
+    println!("GPU GEMM bf16             {}", tfs(p.gpu_gemm_bf16_flop_s));
+    for n in &p.notes {
+        println!("note: {n}");
+    }
+}
