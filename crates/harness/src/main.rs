@@ -145,6 +145,9 @@ fn model_config(model: &str) -> anyhow::Result<ModelConfig> {
 }
 
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    if let Some(p) = a.json.as_ref().filter(|p| p.exists()) {
+        bail!("{} exists; results are never overwritten: pick another --json path", p.display());
+    }
     let caps = Capabilities::detect();
     let model = a
         .model
