@@ -24,17 +24,29 @@ fn find_nvcc() -> Option<PathBuf> {
     if let Some(p) = env::var_os("NVCC") {
         return Some(PathBuf::from(p));
     }
-    let tc = env::var_os("TANDEM_TOOLCHAIN").map(PathBuf::from).unwrap_or_else(|| DEFAULT_TOOLCHAIN.into());
-    let candidates = [tc.join("bin/nvcc"), PathBuf::from("/usr/local/cuda/bin/nvcc")];
+    let tc = env::var_os("TANDEM_TOOLCHAIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| DEFAULT_TOOLCHAIN.into());
+    let candidates = [
+        tc.join("bin/nvcc"),
+        PathBuf::from("/usr/local/cuda/bin/nvcc"),
+    ];
     if let Some(p) = candidates.into_iter().find(|p| p.exists()) {
         return Some(p);
     }
-    let ok = Command::new("nvcc").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("nvcc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     ok.then(|| PathBuf::from("nvcc"))
 }
 
 fn cu_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).expect("kernels/ folder").flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("kernels/ folder")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -68,9 +80,14 @@ fn main() {
              with `--no-default-features`."
         )
     };
-    let v = Command::new(&nvcc).arg("--version").output().expect("run nvcc --version");
+    let v = Command::new(&nvcc)
+        .arg("--version")
+        .output()
+        .expect("run nvcc --version");
     let vs = String::from_utf8_lossy(&v.stdout);
-    if !vs.contains(&format!("release {REQUIRED_VERSION},")) && env::var_os("TANDEM_ANY_NVCC").is_none() {
+    if !vs.contains(&format!("release {REQUIRED_VERSION},"))
+        && env::var_os("TANDEM_ANY_NVCC").is_none()
+    {
         panic!(
             "cuda-kernels: {} is not CUDA {REQUIRED_VERSION} ({}); the GPU host's driver is CUDA \
              {REQUIRED_VERSION} and rejects newer code. Run `sudo bash ci/setup.sh`, or set \
@@ -83,20 +100,38 @@ fn main() {
     let kdir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("kernels");
     let mut files = Vec::new();
     cu_files(&kdir, &mut files);
-    let unity: String = files.iter().map(|f| format!("#include \"{}\"\n", f.display())).collect();
+    let unity: String = files
+        .iter()
+        .map(|f| format!("#include \"{}\"\n", f.display()))
+        .collect();
     let unity_path = out.join("tandem_kernels.cu");
     std::fs::write(&unity_path, unity).unwrap();
 
     let mut cmd = Command::new(&nvcc);
     cmd.arg("-fatbin")
-        .args(["-O3", "-std=c++17", "--threads", "0", "-lineinfo", "-Xcudafe", "--diag_suppress=177"])
+        .args([
+            "-O3",
+            "-std=c++17",
+            "--threads",
+            "0",
+            "-lineinfo",
+            "-Xcudafe",
+            "--diag_suppress=177",
+        ])
         .arg("-I")
         .arg(&kdir);
     for sm in SM_ARCHS {
         cmd.arg(format!("-gencode=arch=compute_{sm},code=sm_{sm}"));
     }
-    cmd.arg(format!("-gencode=arch=compute_{PTX_ARCH},code=compute_{PTX_ARCH}"));
+    cmd.arg(format!(
+        "-gencode=arch=compute_{PTX_ARCH},code=compute_{PTX_ARCH}"
+    ));
     cmd.arg(&unity_path).arg("-o").arg(&fatbin);
-    let status = cmd.status().unwrap_or_else(|e| panic!("cuda-kernels: could not run {}: {e}", nvcc.display()));
-    assert!(status.success(), "cuda-kernels: nvcc failed on kernels/ (see the errors above)");
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cuda-kernels: could not run {}: {e}", nvcc.display()));
+    assert!(
+        status.success(),
+        "cuda-kernels: nvcc failed on kernels/ (see the errors above)"
+    );
 }
