@@ -57,6 +57,7 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    sms: u32,
 }
 
 impl Gpu {
@@ -77,16 +78,44 @@ impl Gpu {
             crate::KERNELS_FATBIN.to_vec(),
         ))?;
         let stream = ctx.default_stream();
+<<<<<<< HEAD
+=======
+        let sms = ctx.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )?;
+>>>>>>> cuda
         Ok(Arc::new(Gpu {
             ctx,
             stream,
             module,
             functions: Mutex::new(HashMap::new()),
+<<<<<<< HEAD
+=======
+            sms: sms.max(1) as u32,
+>>>>>>> cuda
         }))
     }
 
     pub fn ctx(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+
+    /// Streaming multiprocessors of the device (grid sizing).
+    pub fn sms(&self) -> u32 {
+        self.sms
+    }
+
+    /// A new non-default stream of this device (copy streams, sub-batch streams).
+    pub fn new_stream(&self) -> Result<Arc<CudaStream>> {
+        Ok(self.ctx.new_stream()?)
+    }
+
+    /// An event that records time (for benches and profiling); plain ordering events can use
+    /// `ctx().new_event(None)`.
+    pub fn timing_event(&self) -> Result<cudarc::driver::CudaEvent> {
+        Ok(self
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?)
     }
 
     /// The stream launches use unless given another.
@@ -103,6 +132,19 @@ impl Gpu {
         let func = self.module.load_function(name)?;
         f.insert(name, func.clone());
         Ok(func)
+    }
+
+    /// Like [`Gpu::function`], with the kernel's dynamic shared memory limit raised to `bytes`
+    /// (needed above 48 KiB); the attribute is set on every call, which is cheap.
+    pub fn function_with_smem(&self, name: &'static str, bytes: u32) -> Result<CudaFunction> {
+        let f = self.function(name)?;
+        if bytes > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )?;
+        }
+        Ok(f)
     }
 }
 

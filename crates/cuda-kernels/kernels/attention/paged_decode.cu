@@ -1,0 +1,230 @@
+// Paged decode attention (one new query token per sequence), flash-decoding style.
+//
+// Layouts (DESIGN.md):
+//   q        [B][Hq][D]  bf16, row b starts at q + b * q_stride
+//   k_cache  [num_blocks][Hkv][16][D] bf16, v_cache the same
+//   block_tables [B][bt_stride] i32, context_lens [B] i32 (>= 1)
+//   out      [B][Hq][D]  bf16, row b starts at out + b * out_stride
+// GQA: q head h reads kv head h / G, G = Hq / Hkv.
+//
+// Grid (num_splits, Hkv * head_groups, B), 128 threads = 4 warps. A block owns one kv head of
+// one sequence, `split_pages` pages of its context, and MAXG of the G q heads that share that
+// kv head (head_groups = ceil(G / MAXG)), so each K/V page is read once for all of them.
+//
+// Lane mapping: a page of one kv head is 16 * D contiguous bf16; a warp reads it as 16-byte
+// chunks, lane l taking chunks l, l + 32, ...: LPT = D / 8 lanes cover one token row, so lane
+// l holds dims d0 = (l % LPT) * 8 .. +8 of tokens j * (32 / LPT) + l / LPT, j < NJ = 16 / (32 / LPT).
+// All NJ loads of a page are issued before the first use. Each lane keeps q[g][d0 .. d0 + 8]
+// (pre-scaled by softmax_scale * log2 e) in registers for its MAXG heads.
+//
+// Phase 1: scores s[g][t] = q_g . k_t into shared memory (-inf past the context end); the dot
+// is reduced over the LPT lanes of a token with xor shuffles. Softmax statistics per head
+// (max m, sum l of exp2(s - m)) and p = exp2(s - m) in place. Phase 2: lane accumulates
+// p[g][t] * v_t[d0 .. d0 + 8] over its tokens; shuffles over the lanes with the same d0, then
+// shared memory over the 4 warps. With one split the block writes out = acc / l directly;
+// otherwise it writes acc (f32, unnormalised) and (m, l) per split, and
+// paged_decode_reduce_bf16 merges the splits: out = sum_s acc_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
+#include "common.cuh"
+#include <math_constants.h>
+
+namespace paged_decode {
+constexpr int BLOCK = 16;
+constexpr int WARPS = 4;
+
+template <int D, int MAXG>
+__device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t q_stride,
+                                    const __nv_bfloat16* __restrict__ k_cache,
+                                    const __nv_bfloat16* __restrict__ v_cache, const int* __restrict__ block_tables,
+                                    int bt_stride, const int* __restrict__ context_lens, int Hq, int Hkv,
+                                    int head_groups, float scale_log2, int split_pages, int num_splits,
+                                    float* __restrict__ part_acc, float* __restrict__ part_ml,
+                                    __nv_bfloat16* __restrict__ out, int64_t out_stride) {
+    constexpr int LPT = D / 8;         // lanes per token row
+    constexpr int TPL = 32 / LPT;      // token rows per warp-wide load
+    constexpr int NJ = BLOCK / TPL;    // loads per lane per page
+    extern __shared__ float smem[];
+    const int slots = split_pages * BLOCK;
+    float* scores = smem;                        // [MAXG][slots]
+    float* red = smem + MAXG * slots;            // [WARPS][MAXG][D]
+    __shared__ float sm_m[MAXG], sm_l[MAXG];
+
+    const int b = blockIdx.z, split = blockIdx.x;
+    const int kvh = blockIdx.y / head_groups, hg = blockIdx.y % head_groups;
+    const int G = Hq / Hkv;
+    const int head0 = kvh * G + hg * MAXG;
+    const int gcount = min(MAXG, G - hg * MAXG);
+    const int ctx = context_lens[b];
+    const int n_pages = (ctx + BLOCK - 1) / BLOCK;
+    const int page_begin = split * split_pages;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+    if (page_begin >= n_pages) {  // this split lies past the context: an empty partial
+        if (threadIdx.x < gcount) {
+            float* ml = part_ml + (((int64_t)b * Hq + head0 + threadIdx.x) * num_splits + split) * 2;
+            ml[0] = -CUDART_INF_F;
+            ml[1] = 0.f;
+        }
+        return;
+    }
+    const int page_end = min(page_begin + split_pages, n_pages);
+    const int tok_begin = page_begin * BLOCK;
+    const int n_slots = (page_end - page_begin) * BLOCK;
+    const int d0 = (lane % LPT) * 8, tsub = lane / LPT;
+    const int* table = block_tables + (int64_t)b * bt_stride;
+
+    float qf[MAXG][8];
+#pragma unroll
+    for (int g = 0; g < MAXG; ++g) {
+        if (g < gcount) {
+            tandem::unpack8(tandem::load8(q + b * q_stride + (int64_t)(head0 + g) * D + d0), qf[g]);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) qf[g][i] *= scale_log2;
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) qf[g][i] = 0.f;
+        }
+    }
+
+    // Phase 1: scores.
+    for (int p = page_begin + warp; p < page_end; p += WARPS) {
+        const __nv_bfloat16* base = k_cache + ((int64_t)table[p] * Hkv + kvh) * BLOCK * D;
+        tandem::bf16x8 kv[NJ];
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) kv[j] = tandem::load8(base + (j * TPL + tsub) * D + d0);
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) {
+            float kf[8];
+            tandem::unpack8(kv[j], kf);
+            const int t = p * BLOCK + j * TPL + tsub;
+#pragma unroll
+            for (int g = 0; g < MAXG; ++g) {
+                float s = 0.f;
+#pragma unroll
+                for (int i = 0; i < 8; ++i) s += qf[g][i] * kf[i];
+#pragma unroll
+                for (int o = LPT / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                if (lane % LPT == 0 && g < gcount) scores[g * slots + (t - tok_begin)] = t < ctx ? s : -CUDART_INF_F;
+            }
+        }
+    }
+    __syncthreads();
+
+    // Softmax statistics, one warp per head.
+    for (int g = warp; g < gcount; g += WARPS) {
+        float* sg = scores + g * slots;
+        float m = -CUDART_INF_F;
+        for (int i = lane; i < n_slots; i += 32) m = fmaxf(m, sg[i]);
+        m = tandem::warp_max(m);
+        float l = 0.f;
+        for (int i = lane; i < n_slots; i += 32) {
+            const float e = exp2f(sg[i] - m);
+            sg[i] = e;
+            l += e;
+        }
+        l = tandem::warp_sum(l);
+        if (lane == 0) {
+            sm_m[g] = m;
+            sm_l[g] = l;
+        }
+    }
+    __syncthreads();
+
+    // Phase 2: p . V.
+    float acc[MAXG][8];
+#pragma unroll
+    for (int g = 0; g < MAXG; ++g)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[g][i] = 0.f;
+    for (int p = page_begin + warp; p < page_end; p += WARPS) {
+        const __nv_bfloat16* base = v_cache + ((int64_t)table[p] * Hkv + kvh) * BLOCK * D;
+        tandem::bf16x8 kv[NJ];
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) kv[j] = tandem::load8(base + (j * TPL + tsub) * D + d0);
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) {
+            const int t = p * BLOCK + j * TPL + tsub;
+            if (t < ctx) {  // stale cache rows past the end may hold anything, NaN included
+                float vf[8];
+                tandem::unpack8(kv[j], vf);
+#pragma unroll
+                for (int g = 0; g < MAXG; ++g) {
+                    const float w = g < gcount ? scores[g * slots + (t - tok_begin)] : 0.f;
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) acc[g][i] += w * vf[i];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < MAXG; ++g)
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+            for (int o = LPT; o < 32; o <<= 1) acc[g][i] += __shfl_xor_sync(0xffffffffu, acc[g][i], o);
+    if (tsub == 0) {
+#pragma unroll
+        for (int g = 0; g < MAXG; ++g)
+#pragma unroll
+            for (int i = 0; i < 8; ++i) red[(warp * MAXG + g) * D + d0 + i] = acc[g][i];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < gcount * D; e += blockDim.x) {
+        const int g = e / D, d = e % D;
+        float a = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) a += red[(w * MAXG + g) * D + d];
+        if (num_splits == 1) {
+            out[b * out_stride + (int64_t)(head0 + g) * D + d] = tandem::to_bf16(a / sm_l[g]);
+        } else {
+            const int64_t row = ((int64_t)b * Hq + head0 + g) * num_splits + split;
+            part_acc[row * D + d] = a;
+            if (d == 0) {
+                part_ml[row * 2] = sm_m[g];
+                part_ml[row * 2 + 1] = sm_l[g];
+            }
+        }
+    }
+}
+}  // namespace paged_decode
+
+#define PAGED_DECODE(D, MAXG)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(128) paged_decode_bf16_d##D##_g##MAXG(                        \
+        const __nv_bfloat16* q, int64_t q_stride, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, \
+        const int* block_tables, int bt_stride, const int* context_lens, int Hq, int Hkv, int head_groups,      \
+        float scale_log2, int split_pages, int num_splits, float* part_acc, float* part_ml,                    \
+        __nv_bfloat16* out, int64_t out_stride) {                                                              \
+        paged_decode::run<D, MAXG>(q, q_stride, k_cache, v_cache, block_tables, bt_stride, context_lens, Hq,   \
+                                   Hkv, head_groups, scale_log2, split_pages, num_splits, part_acc, part_ml,   \
+                                   out, out_stride);                                                           \
+    }
+PAGED_DECODE(64, 1)
+PAGED_DECODE(64, 2)
+PAGED_DECODE(64, 4)
+PAGED_DECODE(64, 8)
+PAGED_DECODE(128, 1)
+PAGED_DECODE(128, 2)
+PAGED_DECODE(128, 4)
+PAGED_DECODE(128, 8)
+
+// Merges the splits of paged_decode_bf16_*: grid (Hq, B), D threads.
+extern "C" __global__ void paged_decode_reduce_bf16(int Hq, int D, int num_splits, const float* __restrict__ part_acc,
+                                                    const float* __restrict__ part_ml,
+                                                    __nv_bfloat16* __restrict__ out, int64_t out_stride) {
+    const int h = blockIdx.x, b = blockIdx.y;
+    const int64_t row0 = ((int64_t)b * Hq + h) * num_splits;
+    float M = -CUDART_INF_F;
+    for (int s = 0; s < num_splits; ++s)
+        if (part_ml[(row0 + s) * 2 + 1] > 0.f) M = fmaxf(M, part_ml[(row0 + s) * 2]);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float a = 0.f, L = 0.f;
+        for (int s = 0; s < num_splits; ++s) {
+            const float l = part_ml[(row0 + s) * 2 + 1];
+            if (l > 0.f) {  // empty splits wrote no acc
+                const float w = exp2f(part_ml[(row0 + s) * 2] - M);
+                a += part_acc[(row0 + s) * D + d] * w;
+                L += l * w;
+            }
+        }
+        out[b * out_stride + (int64_t)h * D + d] = tandem::to_bf16(a / L);
+    }
+}

@@ -1,0 +1,33 @@
+// KV append into the paged cache.
+//
+// Cache layout (DESIGN.md), per layer, K and V alike:
+//   cache[num_blocks][num_kv_heads][BLOCK = 16][D]   bf16
+// Token t of the batch goes to slot s = slots[t]: block s / 16, offset s % 16. Its new K (and
+// V) for kv head h are D contiguous elements at k + t * k_stride + h * D (so the k part of a
+// packed QKV row works with its offset and the row stride). A negative slot skips the token
+// (padding). One 16-byte chunk per thread when D and every stride allow it (D is 64 or 128
+// and the launcher checks the strides), grid-stride loop.
+#include "common.cuh"
+
+namespace kv_append {
+constexpr int BLOCK = 16;
+}
+
+extern "C" __global__ void kv_append_bf16(int64_t tokens, int heads, int D, const __nv_bfloat16* __restrict__ k,
+                                          int64_t k_stride, const __nv_bfloat16* __restrict__ v, int64_t v_stride,
+                                          const int* __restrict__ slots, __nv_bfloat16* __restrict__ k_cache,
+                                          __nv_bfloat16* __restrict__ v_cache) {
+    const int d8 = D / 8;
+    const int64_t n = tokens * heads * d8;
+    for (int64_t i = tandem::gtid(); i < n; i += tandem::gstride()) {
+        const int c = (int)(i % d8) * 8;
+        const int64_t th = i / d8;
+        const int h = (int)(th % heads);
+        const int64_t t = th / heads;
+        const int s = slots[t];
+        if (s < 0) continue;
+        const int64_t dst = (((int64_t)(s / kv_append::BLOCK) * heads + h) * kv_append::BLOCK + s % kv_append::BLOCK) * D + c;
+        tandem::store8(k_cache + dst, tandem::load8(k + t * k_stride + (int64_t)h * D + c));
+        tandem::store8(v_cache + dst, tandem::load8(v + t * v_stride + (int64_t)h * D + c));
+    }
+}

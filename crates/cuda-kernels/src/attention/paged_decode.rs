@@ -1,0 +1,450 @@
+//! Paged decode attention: one query token per sequence against its KV blocks
+//! (`kernels/attention/paged_decode.cu`, whose header gives the layouts and the work split).
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+use super::{gqa_group, LOG2E};
+use crate::kv::{KvShape, BLOCK_TOKENS};
+use crate::position::HeadRows;
+use crate::{check_len, shape_err, DeviceIds, Error, Gpu, Result};
+
+/// The sequences of a decode step: `block_tables` is `[seqs, table_width]` (row b lists the
+/// blocks of sequence b in order; entries past its context are never read and may be
+/// anything), `context_lens[b]` counts the tokens in cache including the new one (>= 1).
+pub struct DecodeSeqs<'a, Ids: ?Sized = DeviceIds> {
+    pub block_tables: &'a Ids,
+    pub table_width: usize,
+    pub context_lens: &'a Ids,
+}
+
+/// Blocks (pages) per split are capped so the scores fit shared memory: 32 pages x 16 tokens
+/// x 8 heads x 4 bytes = 16 KiB, plus 16 KiB for the cross-warp reduction.
+const MAX_SPLIT_PAGES: usize = 32;
+/// Fewer pages per split than this makes the merge cost more than the parallelism gains.
+const MIN_SPLIT_PAGES: usize = 4;
+/// Blocks to aim for per SM when choosing the number of splits.
+const BLOCKS_PER_SM: usize = 8;
+const THREADS: u32 = 128;
+const WARPS: usize = 4;
+
+fn check(
+    what: &'static str,
+    q: HeadRows,
+    q_len: usize,
+    cache: KvShape,
+    k_len: usize,
+    v_len: usize,
+    tables: &[i32],
+    width: usize,
+    lens: &[i32],
+    out_len: usize,
+) -> Result<usize> {
+    cache.check(what, k_len, v_len)?;
+    let g = gqa_group(what, q, cache.kv_heads, cache.head_dim)?;
+    q.check(what, q_len)?;
+    let seqs = q.tokens;
+    check_len(what, seqs, lens.len())?;
+    check_len(what, seqs * width, tables.len())?;
+    check_len(what, seqs * q.heads * q.head_dim, out_len)?;
+    for (b, &ctx) in lens.iter().enumerate() {
+        if ctx < 1 || ctx as usize > width * BLOCK_TOKENS {
+            return Err(Error::IdRange {
+                what: "paged decode: context length",
+                id: ctx as i64,
+                bound: (width * BLOCK_TOKENS + 1) as i64,
+            });
+        }
+        for &blk in &tables[b * width..][..(ctx as usize).div_ceil(BLOCK_TOKENS)] {
+            if blk < 0 || blk as usize >= cache.num_blocks {
+                return Err(Error::IdRange {
+                    what: "paged decode: block table entry",
+                    id: blk as i64,
+                    bound: cache.num_blocks as i64,
+                });
+            }
+        }
+    }
+    Ok(g)
+}
+
+/// `out[b, h] = softmax(scale · q[b, h] · K_bᵀ) · V_b` over the context of sequence b, for the
+/// q rows of `q` (`q.tokens` sequences, `q.heads` heads); `out` is packed `[seqs, q_heads,
+/// head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_decode_bf16(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    q: &impl DevicePtr<bf16>,
+    q_rows: HeadRows,
+    cache: KvShape,
+    k_cache: &impl DevicePtr<bf16>,
+    v_cache: &impl DevicePtr<bf16>,
+    seqs: DecodeSeqs<'_>,
+    scale: f32,
+    out: &mut impl DevicePtrMut<bf16>,
+) -> Result<()> {
+    let what = "paged_decode_bf16";
+    let g = check(
+        what,
+        q_rows,
+        q.len(),
+        cache,
+        k_cache.len(),
+        v_cache.len(),
+        seqs.block_tables.host(),
+        seqs.table_width,
+        seqs.context_lens.host(),
+        out.len(),
+    )?;
+    let b = q_rows.tokens;
+    if b == 0 {
+        return Ok(());
+    }
+    if b > 65535 {
+        return Err(shape_err(format!(
+            "{what}: {b} sequences, at most 65535 per launch"
+        )));
+    }
+    let (d, hq, hkv) = (cache.head_dim, q_rows.heads, cache.kv_heads);
+    let (pq, _gq) = q.device_ptr(stream);
+    if pq % 16 != 0 || q_rows.token_stride % 8 != 0 {
+        return Err(shape_err(format!(
+            "{what}: q must start 16-byte aligned with a token stride of 8 elements"
+        )));
+    }
+    let maxg = g.next_power_of_two().min(8);
+    let groups = g.div_ceil(maxg);
+    let max_pages = (seqs.context_lens.max() as usize).div_ceil(BLOCK_TOKENS);
+    let base = b * hkv * groups;
+    let want_splits = (BLOCKS_PER_SM * gpu.sms() as usize).div_ceil(base);
+    let split_pages = max_pages
+        .div_ceil(want_splits)
+        .clamp(MIN_SPLIT_PAGES, MAX_SPLIT_PAGES);
+    let num_splits = max_pages.div_ceil(split_pages);
+    let smem = (maxg * split_pages * BLOCK_TOKENS + WARPS * maxg * d) * 4;
+
+    let name: &'static str = match (d, maxg) {
+        (64, 1) => "paged_decode_bf16_d64_g1",
+        (64, 2) => "paged_decode_bf16_d64_g2",
+        (64, 4) => "paged_decode_bf16_d64_g4",
+        (64, _) => "paged_decode_bf16_d64_g8",
+        (_, 1) => "paged_decode_bf16_d128_g1",
+        (_, 2) => "paged_decode_bf16_d128_g2",
+        (_, 4) => "paged_decode_bf16_d128_g4",
+        _ => "paged_decode_bf16_d128_g8",
+    };
+    let f = gpu.function_with_smem(name, smem as u32)?;
+    // Partials only when the context is split; a one-element placeholder otherwise.
+    let parts = if num_splits > 1 {
+        b * hq * num_splits
+    } else {
+        1
+    };
+    // SAFETY: uninitialized scratch; the kernel writes every partial the reduce reads (an
+    // empty split writes its (m, l) and the reduce skips its acc).
+    let mut part_acc = unsafe { stream.alloc::<f32>(parts * d) }?;
+    // SAFETY: as above.
+    let mut part_ml = unsafe { stream.alloc::<f32>(parts * 2) }?;
+    let (pk, _gk) = k_cache.device_ptr(stream);
+    let (pv, _gv) = v_cache.device_ptr(stream);
+    let (pt, _gt) = seqs.block_tables.dev().device_ptr(stream);
+    let (pl, _gl) = seqs.context_lens.dev().device_ptr(stream);
+    let (pa, _ga) = part_acc.device_ptr_mut(stream);
+    let (pm, _gm) = part_ml.device_ptr_mut(stream);
+    let (po, _go) = out.device_ptr_mut(stream);
+    let q_stride = q_rows.token_stride as i64;
+    let out_stride = (hq * d) as i64;
+    let (width, hq_i, hkv_i, groups_i) = (
+        seqs.table_width as i32,
+        hq as i32,
+        hkv as i32,
+        groups as i32,
+    );
+    let scale_log2 = scale * LOG2E;
+    let (sp, ns) = (split_pages as i32, num_splits as i32);
+    let cfg = LaunchConfig {
+        grid_dim: (num_splits as u32, (hkv * groups) as u32, b as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let mut lb = stream.launch_builder(&f);
+    lb.arg(&pq)
+        .arg(&q_stride)
+        .arg(&pk)
+        .arg(&pv)
+        .arg(&pt)
+        .arg(&width)
+        .arg(&pl);
+    lb.arg(&hq_i)
+        .arg(&hkv_i)
+        .arg(&groups_i)
+        .arg(&scale_log2)
+        .arg(&sp)
+        .arg(&ns);
+    lb.arg(&pa).arg(&pm).arg(&po).arg(&out_stride);
+    // SAFETY: arguments in the kernel's order and types; q covers every row and out holds
+    // seqs*Hq*D (checked); every block id the kernel reads (pages below each context length)
+    // is inside the cache and every context fits its table row (checked on the host copies);
+    // the partial buffers hold seqs*Hq*num_splits rows when num_splits > 1.
+    unsafe { lb.launch(cfg) }?;
+    if num_splits > 1 {
+        let f = gpu.function("paged_decode_reduce_bf16")?;
+        let (d_i, ns) = (d as i32, num_splits as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (hq as u32, b as u32, 1),
+            block_dim: (d as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut lb = stream.launch_builder(&f);
+        lb.arg(&hq_i)
+            .arg(&d_i)
+            .arg(&ns)
+            .arg(&pa)
+            .arg(&pm)
+            .arg(&po)
+            .arg(&out_stride);
+        // SAFETY: (Hq, D, num_splits, part_acc, part_ml, out, out_stride); the partials were
+        // written by the launch above on this stream, out holds seqs*Hq*D.
+        unsafe { lb.launch(cfg) }?;
+    }
+    Ok(())
+}
+
+/// Reference twin of [`paged_decode_bf16`] on host slices, f64 softmax and sums.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_decode_bf16_ref(
+    q: &[bf16],
+    q_rows: HeadRows,
+    cache: KvShape,
+    k_cache: &[bf16],
+    v_cache: &[bf16],
+    seqs: DecodeSeqs<'_, [i32]>,
+    scale: f32,
+    out: &mut [bf16],
+) -> Result<()> {
+    let g = check(
+        "paged_decode_bf16_ref",
+        q_rows,
+        q.len(),
+        cache,
+        k_cache.len(),
+        v_cache.len(),
+        seqs.block_tables,
+        seqs.table_width,
+        seqs.context_lens,
+        out.len(),
+    )?;
+    let d = cache.head_dim;
+    for b in 0..q_rows.tokens {
+        let ctx = seqs.context_lens[b] as usize;
+        let table = &seqs.block_tables[b * seqs.table_width..];
+        for h in 0..q_rows.heads {
+            let qv = &q[b * q_rows.token_stride + h * d..][..d];
+            let kvh = h / g;
+            let slot =
+                |t: usize| table[t / BLOCK_TOKENS] as usize * BLOCK_TOKENS + t % BLOCK_TOKENS;
+            let s: Vec<f64> = (0..ctx)
+                .map(|t| {
+                    let k = &k_cache[cache.index(slot(t), kvh, 0)..][..d];
+                    qv.iter()
+                        .zip(k)
+                        .map(|(a, b)| a.to_f32() as f64 * b.to_f32() as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let p: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let l: f64 = p.iter().sum();
+            for i in 0..d {
+                let acc: f64 = (0..ctx)
+                    .map(|t| p[t] * v_cache[cache.index(slot(t), kvh, i)].to_f32() as f64)
+                    .sum();
+                out[(b * q_rows.heads + h) * d + i] = bf16::from_f64(acc / l);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use rand::seq::SliceRandom;
+    use rand::Rng;
+
+    /// Outputs are convex combinations of V in [-1, 1]: one bf16 step of values below 1 is at
+    /// most 2^-8, and the f32 scores, exp2 and sums differ from f64 by ~1e-5.
+    const DECODE_ATOL: f32 = 1.0 / 256.0 + 1e-4;
+
+    fn case(
+        gpu: &Gpu,
+        rng: &mut rand::rngs::StdRng,
+        seed: u64,
+        lens: &[i32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) {
+        let s = gpu.stream();
+        let b = lens.len();
+        let width = lens
+            .iter()
+            .map(|&l| (l as usize).div_ceil(BLOCK_TOKENS))
+            .max()
+            .unwrap()
+            + 1;
+        let num_blocks = lens
+            .iter()
+            .map(|&l| (l as usize).div_ceil(BLOCK_TOKENS))
+            .sum::<usize>()
+            + 3;
+        let cache = KvShape {
+            num_blocks,
+            kv_heads: hkv,
+            head_dim: d,
+        };
+        let mut ids: Vec<i32> = (0..num_blocks as i32).collect();
+        ids.shuffle(rng);
+        let mut tables = vec![0i32; b * width];
+        let mut next = 0;
+        for (i, &l) in lens.iter().enumerate() {
+            for p in 0..(l as usize).div_ceil(BLOCK_TOKENS) {
+                tables[i * width + p] = ids[next];
+                next += 1;
+            }
+            // Entries past the context are never read: fill them with junk.
+            for p in (l as usize).div_ceil(BLOCK_TOKENS)..width {
+                tables[i * width + p] = -7;
+            }
+        }
+        let mut kc = rand_bf16(rng, cache.elems(), -1.0, 1.0);
+        let mut vc = rand_bf16(rng, cache.elems(), -1.0, 1.0);
+        // Poison the cache slot just past sequence 0's end (inside its last block): it must be
+        // masked, not multiplied by a zero weight.
+        let l = lens[0] as usize;
+        if l % BLOCK_TOKENS != 0 {
+            let slot = tables[l / BLOCK_TOKENS] as usize * BLOCK_TOKENS + l % BLOCK_TOKENS;
+            kc[cache.index(slot, 0, 0)] = bf16::NAN;
+            vc[cache.index(slot, 0, 0)] = bf16::INFINITY;
+        }
+        let q = rand_bf16(rng, b * hq * d, -1.0, 1.0);
+        let rows = HeadRows::packed(b, hq, d);
+        let scale = 1.0 / (d as f32).sqrt() * 4.0; // sharper than usual: tests the max tracking
+        let (dq, dk, dv) = (
+            s.clone_htod(&q).unwrap(),
+            s.clone_htod(&kc).unwrap(),
+            s.clone_htod(&vc).unwrap(),
+        );
+        let (dt, dl) = (
+            DeviceIds::upload(s, &tables).unwrap(),
+            DeviceIds::upload(s, lens).unwrap(),
+        );
+        let mut dout = s.clone_htod(&poisoned(b * hq * d)).unwrap();
+        let seqs = DecodeSeqs {
+            block_tables: &dt,
+            table_width: width,
+            context_lens: &dl,
+        };
+        paged_decode_bf16(gpu, s, &dq, rows, cache, &dk, &dv, seqs, scale, &mut dout).unwrap();
+        let mut want = vec![bf16::ZERO; b * hq * d];
+        let seqs = DecodeSeqs {
+            block_tables: &tables[..],
+            table_width: width,
+            context_lens: lens,
+        };
+        paged_decode_bf16_ref(&q, rows, cache, &kc, &vc, seqs, scale, &mut want).unwrap();
+        let what = format!("paged decode lens {lens:?} hq {hq} hkv {hkv} d {d}");
+        assert_close(
+            &what,
+            seed,
+            &s.clone_dtoh(&dout).unwrap(),
+            &want,
+            DECODE_ATOL,
+            0.0,
+        );
+    }
+
+    #[test]
+    fn gpu_paged_decode_matches_reference() {
+        let Some(gpu) = crate::gpu_or_skip() else {
+            return;
+        };
+        let (mut rng, seed) = rng();
+        // One token; odd lengths; GQA 1, 3 (not a power of two), 4, 8 and 16 (two head groups).
+        case(&gpu, &mut rng, seed, &[1], 1, 1, 64);
+        case(&gpu, &mut rng, seed, &[17, 5, 33], 12, 4, 64);
+        case(&gpu, &mut rng, seed, &[100, 1, 16, 250], 32, 8, 128);
+        case(&gpu, &mut rng, seed, &[300, 77], 16, 2, 128);
+        case(&gpu, &mut rng, seed, &[129, 31], 32, 2, 64);
+        // Long contexts split across blocks (flash-decoding with the merge pass).
+        let long: Vec<i32> = (0..3).map(|_| rng.gen_range(3000..9000)).collect();
+        case(&gpu, &mut rng, seed, &long, 32, 8, 128);
+        case(&gpu, &mut rng, seed, &[20_000], 8, 8, 64);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let cache = KvShape {
+            num_blocks: 2,
+            kv_heads: 1,
+            head_dim: 64,
+        };
+        let kc = vec![bf16::ZERO; cache.elems()];
+        let q = vec![bf16::ZERO; 64];
+        let mut out = vec![bf16::ZERO; 64];
+        let rows = HeadRows::packed(1, 1, 64);
+        let run = |tables: &[i32], lens: &[i32], out: &mut [bf16]| {
+            let seqs = DecodeSeqs {
+                block_tables: tables,
+                table_width: 2,
+                context_lens: lens,
+            };
+            paged_decode_bf16_ref(&q, rows, cache, &kc, &kc, seqs, 1.0, out)
+                .map_err(|e| e.to_string())
+        };
+        assert!(run(&[0, 1], &[20], &mut out).is_ok());
+        assert!(run(&[0, 2], &[20], &mut out)
+            .unwrap_err()
+            .contains("block table"));
+        assert!(run(&[0, 1], &[0], &mut out)
+            .unwrap_err()
+            .contains("context length"));
+        assert!(run(&[0, 1], &[33], &mut out)
+            .unwrap_err()
+            .contains("context length"));
+        assert!(run(&[0, 1], &[3], &mut out[..10]).is_err());
+        let rows3 = HeadRows::packed(1, 3, 64);
+        let seqs = DecodeSeqs {
+            block_tables: &[0, 1][..],
+            table_width: 2,
+            context_lens: &[3][..],
+        };
+        let kc2 = vec![
+            bf16::ZERO;
+            KvShape {
+                kv_heads: 2,
+                ..cache
+            }
+            .elems()
+        ];
+        let e = paged_decode_bf16_ref(
+            &[bf16::ZERO; 192],
+            rows3,
+            KvShape {
+                kv_heads: 2,
+                ..cache
+            },
+            &kc2,
+            &kc2,
+            seqs,
+            1.0,
+            &mut [bf16::ZERO; 192],
+        );
+        assert!(e.unwrap_err().to_string().contains("multiple"));
+    }
+}
