@@ -57,8 +57,6 @@ pub enum Error {
         expected: usize,
         got: usize,
     },
-<<<<<<< HEAD
-=======
     #[error("{what}: needs at least {need} elements, got {got}")]
     TooShort {
         what: &'static str,
@@ -71,7 +69,6 @@ pub enum Error {
         id: i64,
         bound: i64,
     },
->>>>>>> cuda
     #[error("{0}")]
     Shape(String),
 }
@@ -87,8 +84,6 @@ pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Resu
             expected,
             got,
         })
-<<<<<<< HEAD
-=======
     }
 }
 
@@ -125,6 +120,5 @@ pub(crate) fn grid_stride(gpu: &Gpu, n: usize) -> cudarc::driver::LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (ELEMENTWISE_BLOCK, 1, 1),
         shared_mem_bytes: 0,
->>>>>>> cuda
     }
 }
