@@ -78,21 +78,15 @@ impl Gpu {
             crate::KERNELS_FATBIN.to_vec(),
         ))?;
         let stream = ctx.default_stream();
-<<<<<<< HEAD
-=======
         let sms = ctx.attribute(
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
->>>>>>> cuda
         Ok(Arc::new(Gpu {
             ctx,
             stream,
             module,
             functions: Mutex::new(HashMap::new()),
-<<<<<<< HEAD
-=======
             sms: sms.max(1) as u32,
->>>>>>> cuda
         }))
     }
 

@@ -9,12 +9,6 @@ use crate::{
 };
 
 fn grid_for(n: usize, gpu: &Gpu) -> Result<u32> {
-<<<<<<< HEAD
-    let sms = gpu.ctx().attribute(
-        cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-    )?;
-=======
->>>>>>> cuda
     // Enough blocks to fill every SM several times over; the grid-stride loop covers the rest.
     Ok((n.div_ceil(ELEMENTWISE_BLOCK as usize) as u32).clamp(1, gpu.sms() * 16))
 }
@@ -29,11 +23,7 @@ pub fn axpy_bf16(gpu: &Gpu, a: f32, x: &CudaSlice<bf16>, y: &mut CudaSlice<bf16>
     let f = gpu.function("axpy_bf16")?;
     let cfg = LaunchConfig {
         grid_dim: (grid_for(x.len(), gpu)?, 1, 1),
-<<<<<<< HEAD
-        block_dim: (BLOCK, 1, 1),
-=======
         block_dim: (ELEMENTWISE_BLOCK, 1, 1),
->>>>>>> cuda
         shared_mem_bytes: 0,
     };
     let mut b = gpu.stream().launch_builder(&f);
@@ -288,23 +278,11 @@ mod tests {
         let Some(gpu) = crate::gpu_or_skip() else {
             return;
         };
-<<<<<<< HEAD
-        let mut rng = rand::rngs::StdRng::from_entropy();
-        for n in [1usize, 255, 256, 1 << 20, (1 << 20) + 3] {
-            let a: f32 = rng.gen_range(-2.0..2.0);
-            let x: Vec<bf16> = (0..n)
-                .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
-                .collect();
-            let y0: Vec<bf16> = (0..n)
-                .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
-                .collect();
-=======
         let (mut rng, seed) = rng();
         for n in [1usize, 255, 256, 1 << 20, (1 << 20) + 3] {
             let a: f32 = rand::Rng::gen_range(&mut rng, -2.0..2.0);
             let x = rand_bf16(&mut rng, n, -1.0, 1.0);
             let y0 = rand_bf16(&mut rng, n, -1.0, 1.0);
->>>>>>> cuda
             let s = gpu.stream();
             let dx = s.clone_htod(&x).unwrap();
             let mut dy = s.clone_htod(&y0).unwrap();
@@ -314,13 +292,6 @@ mod tests {
             axpy_bf16_ref(a, &x, &mut want).unwrap();
             // Same f32 expression on both sides (fma contraction may differ by one rounding
             // before the bf16 cast), so results agree to one bf16 ulp.
-<<<<<<< HEAD
-            for i in 0..n {
-                let (g, w) = (got[i].to_f32(), want[i].to_f32());
-                assert!(
-                    (g - w).abs() <= w.abs() * 2f32.powi(-7) + 1e-6,
-                    "n={n} i={i}: gpu {g} vs ref {w}"
-=======
             assert_close("axpy", seed, &got, &want, 1e-6, BF16_ULP);
         }
     }
@@ -376,7 +347,6 @@ mod tests {
                     &wantb[1..],
                     0.0,
                     0.0,
->>>>>>> cuda
                 );
             }
         }
