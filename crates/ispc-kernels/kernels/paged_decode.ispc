@@ -28,6 +28,49 @@
 #define MAX_D 256
 #define MAX_G 16
 
+// Sums of 16 vectors, one per token, transposed into 16/programCount vectors of per-token sums
+// (token t in lane t % programCount of vector t / programCount). Each level folds pairs of
+// vectors: the lower and upper halves of every token's lane group are added, and the two
+// vectors' tokens are packed into one. 15 folds of two permutes and an add each, instead of 16
+// separate cross-lane reductions. Every index is a compile-time constant after unrolling.
+static inline float fold(float x, float y, uniform int s) {
+    int h = s / 2;
+    int k = programIndex / h;
+    int o = programIndex % h;
+    uniform int per = programCount / s;
+    int src = (k < per ? 0 : programCount) + (k % per) * s + o;
+    return shuffle(x, y, src) + shuffle(x, y, src + h);
+}
+
+static inline void reduce16(float r[BLOCK]) {
+    uniform int cnt = BLOCK;
+    #pragma unroll
+    for (uniform int s = programCount; s >= 2; s /= 2) {
+        #pragma unroll
+        for (uniform int i = 0; i < cnt / 2; i++) {
+            r[i] = fold(r[2 * i], r[2 * i + 1], s);
+        }
+        cnt /= 2;
+    }
+}
+
+// Widens rows 0..valid-1 of one block's head (bf16, contiguous) into `stage`; rows valid..15
+// become 0 so that a partial block computes on zeros, never on stale or unwritten slots.
+static inline void stage_rows(uniform float stage[], uniform const uint16 src[], uniform int valid, uniform int d) {
+    foreach (i = 0 ... valid * d) {
+        stage[i] = bf16_to_f32(src[i]);
+    }
+    foreach (i = valid * d ... BLOCK * d) {
+        stage[i] = 0.0f;
+    }
+}
+
+static inline void prefetch_rows(uniform const uint16 src[], uniform int d) {
+    for (uniform int i = 0; i < BLOCK * d; i += 32) {
+        prefetch_l2(&src[i]);
+    }
+}
+
 export void ispc_paged_decode_segment_bf16(
     uniform const uint16 q[],
     uniform uint16 k_cache[], uniform uint16 v_cache[],
@@ -67,32 +110,46 @@ export void ispc_paged_decode_segment_bf16(
     for (uniform int b = 0; b < nblocks; b++) {
         uniform int valid = min(BLOCK, ntok - b * BLOCK);
         uniform int64 base = (uniform int64)blocks[b] * block_stride + head_off;
-
-        // QKᵀ: scores of the block's valid tokens for every head of the group.
-        foreach (i = 0 ... valid * d) {
-            stage[i] = bf16_to_f32(k_cache[base + i]);
+        if (b + 1 < nblocks) {
+            uniform int64 next = (uniform int64)blocks[b + 1] * block_stride + head_off;
+            prefetch_rows(k_cache + next, d);
+            prefetch_rows(v_cache + next, d);
         }
-        for (uniform int t = 0; t < valid; t++) {
-            for (uniform int h = 0; h < g; h++) {
-                float s = 0.0f;
-                foreach (j = 0 ... d) {
-                    s += qs[h * d + j] * stage[t * d + j];
+
+        // QKᵀ: 16 per-token accumulators over head_dim, folded into per-token scores.
+        stage_rows(stage, k_cache + base, valid, d);
+        for (uniform int h = 0; h < g; h++) {
+            float r[BLOCK];
+            #pragma unroll
+            for (uniform int t = 0; t < BLOCK; t++) {
+                r[t] = 0.0f;
+            }
+            for (uniform int j = 0; j < d; j += programCount) {
+                float qv = qs[h * d + j + programIndex];
+                #pragma unroll
+                for (uniform int t = 0; t < BLOCK; t++) {
+                    r[t] += qv * stage[t * d + j + programIndex];
                 }
-                p[h][t] = reduce_add(s);
+            }
+            reduce16(r);
+            #pragma unroll
+            for (uniform int v = 0; v < BLOCK / programCount; v++) {
+                uniform int t0 = v * programCount;
+                p[h][t0 + programIndex] = (t0 + programIndex < valid) ? r[v] : -floatbits(0x7f800000);
             }
         }
 
-        // Online softmax over the block.
+        // Online softmax over the block; masked tokens have score -inf, weight 0.
         for (uniform int h = 0; h < g; h++) {
             float mx = -floatbits(0x7f800000);
-            foreach (t = 0 ... valid) {
+            foreach (t = 0 ... BLOCK) {
                 mx = max(mx, p[h][t]);
             }
             uniform float m_new = max(m[h], reduce_max(mx));
             alpha[h] = (m[h] == -floatbits(0x7f800000)) ? 0.0f : exp(m[h] - m_new);
             float sum = 0.0f;
-            foreach (t = 0 ... valid) {
-                float e = exp(p[h][t] - m_new);
+            foreach (t = 0 ... BLOCK) {
+                float e = (t < valid) ? exp(p[h][t] - m_new) : 0.0f;
                 p[h][t] = e;
                 sum += e;
             }
@@ -100,17 +157,16 @@ export void ispc_paged_decode_segment_bf16(
             m[h] = m_new;
         }
 
-        // PV.
-        foreach (i = 0 ... valid * d) {
-            stage[i] = bf16_to_f32(v_cache[base + i]);
-        }
-        foreach (j = 0 ... d) {
+        // PV: lanes over head_dim, the 16 weights broadcast.
+        stage_rows(stage, v_cache + base, valid, d);
+        for (uniform int j = 0; j < d; j += programCount) {
             for (uniform int h = 0; h < g; h++) {
-                float a = acc[h * d + j] * alpha[h];
-                for (uniform int t = 0; t < valid; t++) {
-                    a += p[h][t] * stage[t * d + j];
+                float a = acc[h * d + j + programIndex] * alpha[h];
+                #pragma unroll
+                for (uniform int t = 0; t < BLOCK; t++) {
+                    a += p[h][t] * stage[t * d + j + programIndex];
                 }
-                acc[h * d + j] = a;
+                acc[h * d + j + programIndex] = a;
             }
         }
     }

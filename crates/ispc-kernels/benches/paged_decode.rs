@@ -1,0 +1,172 @@
+//! Paged decode attention on the shared CPU pool, over batch × context, beside a plain parallel
+//! read of the same number of bytes on the same pool (the DRAM ceiling this kernel is held to).
+//!
+//! Shapes are LLaMA-3-8B's attention (32 query heads, 8 KV heads, head_dim 128): one token of
+//! one layer's K and V is 4 KiB. Cases of 1 GiB and more measure DRAM on the GPU host (its L3 is
+//! 300 MB); the smaller ones measure the caches. Thread scaling: run with `TANDEM_THREADS=n`.
+//! `Throughput` is bytes of KV read per call.
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use half::bf16;
+use ispc_kernels::{paged_decode_bf16, DecodeBatch, DecodeShape, BLOCK_SIZE};
+use rayon::prelude::*;
+use std::time::Duration;
+
+const SHAPE: DecodeShape = DecodeShape {
+    num_q_heads: 32,
+    num_kv_heads: 8,
+    head_dim: 128,
+    scale: 0.088_388_35,
+};
+
+/// (name, context lengths).
+fn cases() -> Vec<(String, Vec<usize>)> {
+    let mut v: Vec<(String, Vec<usize>)> = [
+        (1, 4096),
+        (16, 1024),
+        (256, 1024),
+        (64, 4096),
+        (16, 16384),
+        (2, 131072),
+    ]
+    .into_iter()
+    .map(|(b, ctx)| (format!("b{b}_ctx{}k", ctx / 1024), vec![ctx; b]))
+    .collect();
+    // Ragged: 512 sequences of 1 to 1023 tokens (0.5 GiB on average), a fixed spread.
+    v.push((
+        "b512_ragged1k".into(),
+        (0..512).map(|i| 1 + (i * 389) % 1023).collect(),
+    ));
+    v
+}
+
+/// Values in (-1, 1) from a hash of the index, filled in parallel (a 1 GiB cache from a
+/// sequential generator would take longer than its benchmark).
+fn fill(buf: &mut [bf16], salt: u64) {
+    platform::pool().install(|| {
+        buf.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let mut x = (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt;
+                for e in chunk {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *e = bf16::from_f32((x >> 40) as f32 / (1u64 << 23) as f32 - 1.0);
+                }
+            })
+    });
+}
+
+struct Data {
+    k: platform::HostBuf<bf16>,
+    v: platform::HostBuf<bf16>,
+    q: Vec<bf16>,
+    new_k: Vec<bf16>,
+    new_v: Vec<bf16>,
+    tables: Vec<i32>,
+    max_blocks: usize,
+    lens: Vec<i32>,
+}
+
+impl Data {
+    fn new(lens: &[usize]) -> Data {
+        let (qh, kvh, d) = (SHAPE.num_q_heads, SHAPE.num_kv_heads, SHAPE.head_dim);
+        let nbs: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).collect();
+        let max_blocks = *nbs.iter().max().unwrap();
+        let num_blocks: usize = nbs.iter().sum();
+        let elems = num_blocks * kvh * BLOCK_SIZE * d;
+        let mut k = platform::HostBuf::zeroed(elems, platform::MemTier::Pageable).unwrap();
+        let mut v = platform::HostBuf::zeroed(elems, platform::MemTier::Pageable).unwrap();
+        fill(&mut k, 1);
+        fill(&mut v, 2);
+        // Blocks of a sequence are scattered: interleave the sequences' blocks in the cache.
+        let mut tables = vec![0i32; lens.len() * max_blocks];
+        let mut next = 0;
+        for pos in 0..max_blocks {
+            for (i, &nb) in nbs.iter().enumerate() {
+                if pos < nb {
+                    tables[i * max_blocks + pos] = next;
+                    next += 1;
+                }
+            }
+        }
+        let b = lens.len();
+        let mut q = vec![bf16::ZERO; b * qh * d];
+        let mut new_k = vec![bf16::ZERO; b * kvh * d];
+        let mut new_v = new_k.clone();
+        fill(&mut q, 3);
+        fill(&mut new_k, 4);
+        fill(&mut new_v, 5);
+        Data {
+            k,
+            v,
+            q,
+            new_k,
+            new_v,
+            tables,
+            max_blocks,
+            lens: lens.iter().map(|&l| l as i32).collect(),
+        }
+    }
+}
+
+/// Sums the buffer as u64 words on the shared pool: the plain parallel read of the same bytes.
+fn read_all(bufs: [&[bf16]; 2]) -> u64 {
+    platform::pool().install(|| {
+        bufs.iter()
+            .map(|b| {
+                // SAFETY: HostBuf is 4 KiB aligned and any bit pattern is a valid u64.
+                let (_, words, _) = unsafe { b.align_to::<u64>() };
+                words
+                    .par_chunks(1 << 15)
+                    .map(|c| c.iter().fold(0u64, |a, &w| a.wrapping_add(w)))
+                    .sum::<u64>()
+            })
+            .sum()
+    })
+}
+
+/// Short runs: ten flat samples, so a 1 GiB case on one thread still ends in seconds.
+fn settings(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>) {
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+}
+
+fn bench(c: &mut Criterion) {
+    let threads = platform::pool_threads();
+    for (name, lens) in cases() {
+        let mut d = Data::new(&lens);
+        let batch = DecodeBatch {
+            q: &d.q,
+            new_k: &d.new_k,
+            new_v: &d.new_v,
+            block_tables: &d.tables,
+            max_blocks: d.max_blocks,
+            context_lens: &d.lens,
+        };
+        let bytes = batch.kv_bytes(&SHAPE) as u64;
+        let id = format!("{name}_t{threads}");
+        let mut out = vec![bf16::ZERO; d.q.len()];
+        let mut g = c.benchmark_group("cpu_paged_decode_bf16");
+        settings(&mut g);
+        g.throughput(Throughput::Bytes(bytes));
+        g.bench_function(&id, |b| {
+            b.iter(|| paged_decode_bf16(&SHAPE, &batch, &mut d.k, &mut d.v, &mut out).unwrap())
+        });
+        g.finish();
+
+        // The same cache bytes (exactly the KV read above, plus the unused tail of last blocks).
+        let (k, v) = (&d.k[..], &d.v[..]);
+        let mut g = c.benchmark_group("cpu_read_bf16");
+        settings(&mut g);
+        g.throughput(Throughput::Bytes(((k.len() + v.len()) * 2) as u64));
+        g.bench_function(&id, |b| b.iter(|| read_all([k, v])));
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
