@@ -4,10 +4,9 @@
 
 use serde::Serialize;
 
-use crate::exec::cpu::{argmax_rows, CpuModel, CpuSession};
+use crate::exec::cpu::{argmax_rows, CpuSession};
 use crate::kv::BLOCK_TOKENS;
 use crate::plan::Plan;
-use crate::weights::Weights;
 use crate::{Error, Result};
 
 /// Summary of a set of samples, seconds.
@@ -86,62 +85,83 @@ pub fn synthetic_prompts(batch: usize, len: usize, vocab: usize, seed: u64) -> V
         .collect()
 }
 
-/// Runs a plan whose layers all run on the CPU. `progress(i)` is called after each iteration.
-pub fn run_cpu(
+/// A batch generator the bench drives: prefill returns each sequence's first generated token,
+/// decode the next ones (all on the host, so a step's time includes its synchronization).
+pub trait Generator {
+    fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<u32>>;
+    fn decode(&mut self, tokens: &[u32]) -> Result<Vec<u32>>;
+}
+
+impl Generator for CpuSession<'_> {
+    fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<u32>> {
+        let vocab = self.model.config().vocab;
+        Ok(argmax_rows(&CpuSession::prefill(self, prompts)?, vocab))
+    }
+    fn decode(&mut self, tokens: &[u32]) -> Result<Vec<u32>> {
+        let vocab = self.model.config().vocab;
+        Ok(argmax_rows(&CpuSession::decode(self, tokens)?, vocab))
+    }
+}
+
+impl Generator for crate::exec::gpu::GpuSession<'_> {
+    fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<u32>> {
+        Ok(crate::exec::gpu::GpuSession::prefill(self, prompts, false)?.0)
+    }
+    fn decode(&mut self, tokens: &[u32]) -> Result<Vec<u32>> {
+        Ok(crate::exec::gpu::GpuSession::decode(self, tokens, false)?.0)
+    }
+}
+
+/// KV blocks a plan's batch needs.
+pub fn kv_blocks(plan: &Plan) -> usize {
+    let s = &plan.spec;
+    s.batch_size * (s.input_tokens + s.max_new_tokens).div_ceil(BLOCK_TOKENS)
+}
+
+/// Runs `iters` timed iterations (after `warmup` untimed ones), each on a fresh session from
+/// `session`: synthetic prompts, prefill, then greedy decode to `max_new_tokens`.
+pub fn run(
     plan: &Plan,
-    w: &Weights,
+    vocab: usize,
     iters: usize,
     warmup: usize,
     seed: u64,
+    session: &mut dyn FnMut(&mut dyn FnMut(&mut dyn Generator) -> Result<()>) -> Result<()>,
     progress: &dyn Fn(usize),
 ) -> Result<BenchResult> {
     let s = &plan.spec;
-    if plan
-        .layers
-        .iter()
-        .any(|l| l.gpu_resident || l.prefill.any_gpu() || l.decode.any_gpu())
-    {
-        return Err(Error::Placement("run_cpu takes full-CPU plans only".into()));
-    }
     if iters == 0 {
         return Err(Error::Input("--num-iter must be at least 1".into()));
     }
-    let model = CpuModel::new(w)?;
-    let blocks_per_seq = (s.input_tokens + s.max_new_tokens).div_ceil(BLOCK_TOKENS);
     let mut ttft = Vec::new();
     let mut steps = Vec::new();
     let mut e2e = Vec::new();
     let mut thr = Vec::new();
     let mut sample = Vec::new();
     for it in 0..warmup + iters {
-        let prompts = synthetic_prompts(
-            s.batch_size,
-            s.input_tokens,
-            w.config.vocab,
-            seed + it as u64,
-        );
-        let mut session = CpuSession::new(&model, s.batch_size * blocks_per_seq, s.weight_tier)?;
-        let t0 = std::time::Instant::now();
-        let logits = session.prefill(&prompts)?;
-        let mut toks = argmax_rows(&logits, w.config.vocab);
-        let t_first = t0.elapsed().as_secs_f64();
-        let mut out = vec![toks[0]];
-        let mut iter_steps = Vec::new();
-        for _ in 1..s.max_new_tokens {
-            let t = std::time::Instant::now();
-            let logits = session.decode(&toks)?;
-            toks = argmax_rows(&logits, w.config.vocab);
-            iter_steps.push(t.elapsed().as_secs_f64());
-            out.push(toks[0]);
-        }
-        let total = t0.elapsed().as_secs_f64();
-        if it >= warmup {
-            ttft.push(t_first);
-            steps.extend(iter_steps);
-            e2e.push(total);
-            thr.push((s.batch_size * s.max_new_tokens) as f64 / total);
-            sample = out;
-        }
+        let prompts = synthetic_prompts(s.batch_size, s.input_tokens, vocab, seed + it as u64);
+        session(&mut |g: &mut dyn Generator| {
+            let t0 = std::time::Instant::now();
+            let mut toks = g.prefill(&prompts)?;
+            let t_first = t0.elapsed().as_secs_f64();
+            let mut out = vec![toks[0]];
+            let mut iter_steps = Vec::new();
+            for _ in 1..s.max_new_tokens {
+                let t = std::time::Instant::now();
+                toks = g.decode(&toks)?;
+                iter_steps.push(t.elapsed().as_secs_f64());
+                out.push(toks[0]);
+            }
+            let total = t0.elapsed().as_secs_f64();
+            if it >= warmup {
+                ttft.push(t_first);
+                steps.extend(iter_steps);
+                e2e.push(total);
+                thr.push((s.batch_size * s.max_new_tokens) as f64 / total);
+                sample = out;
+            }
+            Ok(())
+        })?;
         progress(it + 1);
     }
     let next_token = Stats::of(&steps);

@@ -23,6 +23,13 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// A tensor of no elements (what remains where a weight was moved into a packed copy).
+    pub fn empty() -> Self {
+        Tensor {
+            data: HostBuf::zeroed(0, MemTier::Pageable).expect("empty buffer"),
+            shape: vec![0],
+        }
+    }
     pub fn rows(&self) -> usize {
         self.shape[0]
     }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use engine::placement::Policy;
 use engine::weights::Weights;
 use platform::MemTier;
 
@@ -106,14 +107,41 @@ fn max_err(got: &[f32], want: &[f32]) -> (f32, f32) {
     )
 }
 
+/// What the fixture check drives: prefill a batch, then decode one token per sequence; both
+/// return logits `[B, vocab]`.
+trait Engine {
+    fn prefill(&mut self, prompts: &[Vec<u32>]) -> Vec<f32>;
+    fn decode(&mut self, tokens: &[u32]) -> Vec<f32>;
+}
+
+impl Engine for engine::exec::cpu::CpuSession<'_> {
+    fn prefill(&mut self, prompts: &[Vec<u32>]) -> Vec<f32> {
+        engine::exec::cpu::CpuSession::prefill(self, prompts).unwrap()
+    }
+    fn decode(&mut self, tokens: &[u32]) -> Vec<f32> {
+        engine::exec::cpu::CpuSession::decode(self, tokens).unwrap()
+    }
+}
+
+impl Engine for engine::exec::gpu::GpuSession<'_> {
+    fn prefill(&mut self, prompts: &[Vec<u32>]) -> Vec<f32> {
+        engine::exec::gpu::GpuSession::prefill(self, prompts, true)
+            .unwrap()
+            .1
+            .unwrap()
+    }
+    fn decode(&mut self, tokens: &[u32]) -> Vec<f32> {
+        engine::exec::gpu::GpuSession::decode(self, tokens, true)
+            .unwrap()
+            .1
+            .unwrap()
+    }
+}
+
 /// Prefill the first half of every fixture prompt as one batch, then decode the rest token by
 /// token (teacher-forced with the fixture's ids), checking each step's logits against HF's.
-fn check_cpu_session(name: &str) {
-    let w = Weights::load(&data_dir(name), MemTier::Pageable, &|_| {}).unwrap();
-    let vocab = w.config.vocab;
-    let model = engine::exec::cpu::CpuModel::new(&w).unwrap();
+fn check_session(name: &str, what: &str, vocab: usize, s: &mut dyn Engine) {
     let prompts = fixture_logits(name);
-    let mut s = engine::exec::cpu::CpuSession::new(&model, 64, MemTier::Pageable).unwrap();
     let cut: Vec<usize> = prompts
         .iter()
         .map(|(ids, _)| ids.len().div_ceil(2))
@@ -123,7 +151,7 @@ fn check_cpu_session(name: &str) {
         .zip(&cut)
         .map(|((ids, _), &c)| ids[..c].to_vec())
         .collect();
-    let logits = s.prefill(&heads).unwrap();
+    let logits = s.prefill(&heads);
     let mut worst = 0f32;
     for (i, ((_, want), &c)) in prompts.iter().zip(&cut).enumerate() {
         let (e, scale) = max_err(
@@ -132,7 +160,7 @@ fn check_cpu_session(name: &str) {
         );
         assert!(
             e <= ENGINE_TOL * scale,
-            "{name} prefill of prompt {i} ({c} tokens): max abs err {e} (scale {scale})"
+            "{name} {what}: prefill of prompt {i} ({c} tokens): max abs err {e} (scale {scale})"
         );
         worst = worst.max(e / scale);
     }
@@ -153,7 +181,7 @@ fn check_cpu_session(name: &str) {
             .enumerate()
             .map(|(i, ((ids, _), &c))| ids.get(c + step).copied().unwrap_or(greedy[i]))
             .collect();
-        let logits = s.decode(&toks).unwrap();
+        let logits = s.decode(&toks);
         for (i, ((ids, want), &c)) in prompts.iter().zip(&cut).enumerate() {
             let pos = c + step;
             if pos >= ids.len() {
@@ -163,14 +191,58 @@ fn check_cpu_session(name: &str) {
                 &logits[i * vocab..(i + 1) * vocab],
                 &want[pos * vocab..(pos + 1) * vocab],
             );
-            assert!(e <= ENGINE_TOL * scale, "{name} decode step {step}, prompt {i}, position {pos}: max abs err {e} (scale {scale})");
+            assert!(e <= ENGINE_TOL * scale, "{name} {what}: decode step {step}, prompt {i}, position {pos}: max abs err {e} (scale {scale})");
             worst = worst.max(e / scale);
         }
         prev = logits;
     }
-    eprintln!(
-        "{name}: worst relative logit error {worst:.4} over prefill and {steps} decode steps"
-    );
+    eprintln!("{name} {what}: worst relative logit error {worst:.4} over prefill and {steps} decode steps");
+}
+
+fn check_cpu_session(name: &str) {
+    let w = Weights::load(&data_dir(name), MemTier::Pageable, &|_| {}).unwrap();
+    let vocab = w.config.vocab;
+    let model = engine::exec::cpu::CpuModel::new(w).unwrap();
+    let mut s = engine::exec::cpu::CpuSession::new(&model, 64, MemTier::Pageable).unwrap();
+    check_session(name, "cpu", vocab, &mut s);
+}
+
+/// Full GPU, with 0 %, 50 % and 100 % of the layers resident (the others streamed from pinned
+/// or pageable host memory).
+fn check_gpu_sessions(name: &str) {
+    let Some(gpu) = cuda_kernels::gpu_or_skip() else {
+        return;
+    };
+    for (pct, pin) in [(100.0, false), (50.0, true), (0.0, false)] {
+        let w = Weights::load(&data_dir(name), MemTier::Pageable, &|_| {}).unwrap();
+        let vocab = w.config.vocab;
+        let p = engine::placement::layer_placements(
+            w.config.layers,
+            Policy::FULL_GPU,
+            Policy::FULL_GPU,
+            pct,
+            &[],
+        )
+        .unwrap();
+        let mut model = engine::exec::gpu::GpuModel::new(gpu.clone(), w, &p, pin).unwrap();
+        let mut s = engine::exec::gpu::GpuSession::new(&mut model, 64).unwrap();
+        check_session(
+            name,
+            &format!("gpu {pct}% resident, pinned {pin}"),
+            vocab,
+            &mut s,
+        );
+    }
+}
+
+#[test]
+fn gpu_engine_matches_hf_opt() {
+    check_gpu_sessions("tiny-opt");
+}
+
+#[test]
+fn gpu_engine_matches_hf_llama_gqa() {
+    check_gpu_sessions("tiny-llama-gqa");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use engine::bench::{BenchResult, Roofline};
+use engine::bench::{BenchResult, Generator, Roofline};
 use engine::caps::Capabilities;
 use engine::config::ModelConfig;
 use engine::placement::{LayerOverride, Policy};
@@ -99,10 +99,12 @@ struct BenchArgs {
 }
 
 fn default_model(caps: &Capabilities) -> &'static str {
-    // Without a GPU executor every run is full-CPU: a model that decodes at a few tokens per
-    // second on a small machine.
-    let _ = caps;
-    "opt-1.3b"
+    // With a GPU: LLaMA-3-8B (16 GB of bf16) resident on it if it fits with room for KV;
+    // otherwise a model that decodes at a few tokens per second on a small CPU machine.
+    match caps.gpus.first() {
+        Some(g) if g.free_mem > 24 << 30 => "llama3-8b",
+        _ => "opt-1.3b",
+    }
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -146,7 +148,10 @@ fn model_config(model: &str) -> anyhow::Result<ModelConfig> {
 
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if let Some(p) = a.json.as_ref().filter(|p| p.exists()) {
-        bail!("{} exists; results are never overwritten: pick another --json path", p.display());
+        bail!(
+            "{} exists; results are never overwritten: pick another --json path",
+            p.display()
+        );
     }
     let caps = Capabilities::detect();
     let model = a
@@ -154,11 +159,12 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| default_model(&caps).to_string());
     let cfg = model_config(&model)?;
-    // Defaults: full CPU (the placements this build executes).
+    // Defaults: full GPU with every layer resident when there is a GPU, full CPU otherwise.
     let pol = |s: &Option<String>, d: &str| -> anyhow::Result<Policy> {
         Ok(s.as_deref().unwrap_or(d).parse()?)
     };
-    let d = "1";
+    let no_gpu = caps.gpus.is_empty();
+    let d = if no_gpu { "1" } else { "0" };
     let mut tier: MemTier = a.weights_tier.parse()?;
     if a.enable_cxl {
         let node = a.cxl_node.context("--enable-cxl needs --cxl-node N (the CXL memory's NUMA node; `tandem info` lists them)")?;
@@ -173,7 +179,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         max_new_tokens: a.max_new_tokens,
         prefill_policy: pol(&a.prefill_policy, d)?,
         decode_policy: pol(&a.decoding_policy, d)?,
-        gpu_percentage: a.gpu_percentage.unwrap_or(0.0),
+        gpu_percentage: a.gpu_percentage.unwrap_or(if no_gpu { 0.0 } else { 100.0 }),
         num_minibatch: a.num_minibatch,
         pin_weight: a.pin_weight,
         weight_tier: tier,
@@ -191,10 +197,17 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         .layers
         .iter()
         .all(|l| !l.gpu_resident && !l.prefill.any_gpu() && !l.decode.any_gpu());
-    if !full_cpu {
+    let full_gpu = plan
+        .layers
+        .iter()
+        .all(|l| !l.prefill.any_cpu() && !l.decode.any_cpu());
+    if !full_cpu && !full_gpu {
         bail!(
-            "this build executes full-CPU placements only (--prefill-policy 1 --decoding-policy 1 --gpu-percentage 0); \
-             the placement asked for runs sublayers on the GPU"
+            "this build executes full-CPU placements (policies 1, 0 % resident) and full-GPU ones \
+             (policies 0, any percentage, non-resident layers streamed over PCIe); mixed placements \
+             such as prefill {} / decode {} are not executed yet",
+            plan.spec.prefill_policy,
+            plan.spec.decode_policy
         );
     }
     let s = &plan.spec;
@@ -216,25 +229,84 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         platform::cpu_tier(),
         platform::pool_threads()
     );
-    let w = load_weights(&model, s.weight_tier, a.seed)?;
+    // Pinned host memory is made by the GPU executor (page-locking needs the driver).
+    let host_tier = if s.weight_tier == MemTier::Pinned {
+        MemTier::Pageable
+    } else {
+        s.weight_tier
+    };
+    let w = load_weights(&model, host_tier, a.seed)?;
     let pb = bar((a.num_warmup + a.num_iter) as u64, "iterations");
-    let r = engine::bench::run_cpu(&plan, &w, a.num_iter, a.num_warmup, a.seed, &|i| {
-        pb.set_position(i as u64)
-    })?;
+    let progress = |i: usize| pb.set_position(i as u64);
+    let blocks = engine::bench::kv_blocks(&plan);
+    let vocab = cfg.vocab;
+    let r = if full_cpu {
+        let model = engine::exec::cpu::CpuModel::new(w)?;
+        let mut session = |f: &mut dyn FnMut(&mut dyn Generator) -> engine::Result<()>| {
+            let mut s = engine::exec::cpu::CpuSession::new(&model, blocks, host_tier)?;
+            f(&mut s)
+        };
+        engine::bench::run(
+            &plan,
+            vocab,
+            a.num_iter,
+            a.num_warmup,
+            a.seed,
+            &mut session,
+            &progress,
+        )?
+    } else {
+        let gpu = cuda_kernels::Gpu::new(0)?;
+        let pin = s.weight_tier == MemTier::Pinned;
+        let mut model = engine::exec::gpu::GpuModel::new(gpu, w, &plan.layers, pin)?;
+        let mut session = |f: &mut dyn FnMut(&mut dyn Generator) -> engine::Result<()>| {
+            let mut s = engine::exec::gpu::GpuSession::new(&mut model, blocks)?;
+            f(&mut s)
+        };
+        engine::bench::run(
+            &plan,
+            vocab,
+            a.num_iter,
+            a.num_warmup,
+            a.seed,
+            &mut session,
+            &progress,
+        )?
+    };
     pb.finish();
 
     let profile_path = a.profile.clone().unwrap_or_else(probe::default_path);
-    let dram = match probe::load(&profile_path) {
-        Some(p) => p.dram_read_bytes_s,
+    let profile = match probe::load(&profile_path) {
+        Some(p) => p,
         None => {
             eprintln!(
-                "no profile at {} (run `tandem probe`); measuring DRAM read bandwidth now",
+                "no profile at {} (run `tandem probe`); measuring the bandwidths the roofline needs now",
                 profile_path.display()
             );
-            platform::membw::read_bandwidth(1 << 30, 3)
+            let mut p = probe::Profile {
+                dram_read_bytes_s: platform::membw::read_bandwidth(1 << 30, 3),
+                ..Default::default()
+            };
+            if !full_cpu {
+                if let Ok(gpu) = cuda_kernels::Gpu::new(0) {
+                    probe::gpu_ceilings(&gpu, &mut p)?;
+                }
+            }
+            p
         }
     };
-    let roof = Roofline::decode(&plan, &cfg, dram, 0.0, 0.0);
+    let pcie = if s.weight_tier == MemTier::Pinned {
+        profile.pcie_h2d_pinned_bytes_s
+    } else {
+        profile.pcie_h2d_pageable_bytes_s
+    };
+    let roof = Roofline::decode(
+        &plan,
+        &cfg,
+        profile.dram_read_bytes_s,
+        profile.hbm_copy_bytes_s,
+        pcie,
+    );
     report(&r, &roof, a.token_latency);
     let out = a.json.clone().unwrap_or_else(|| {
         let ts = std::time::SystemTime::now()
@@ -294,12 +366,35 @@ fn report(r: &BenchResult, roof: &Roofline, per_token: bool) {
         r.throughput_tok_s, spread.stdev, r.decode_tok_s
     );
     if roof.step_bound_s > 0.0 && roof.step_bound_s.is_finite() {
+        let gb = |b: usize| b as f64 / 1e9;
+        let mut parts = Vec::new();
+        if roof.host_weight_bytes + roof.host_kv_bytes > 0 {
+            parts.push(format!(
+                "host {:.2} GB weights + {:.3} GB KV at {:.1} GB/s DRAM",
+                gb(roof.host_weight_bytes),
+                gb(roof.host_kv_bytes),
+                roof.dram_read_bytes_s / 1e9
+            ));
+        }
+        if roof.gpu_weight_bytes + roof.gpu_kv_bytes > 0 {
+            parts.push(format!(
+                "GPU {:.2} GB weights + {:.3} GB KV at {:.0} GB/s HBM",
+                gb(roof.gpu_weight_bytes),
+                gb(roof.gpu_kv_bytes),
+                roof.hbm_bytes_s / 1e9
+            ));
+        }
+        if roof.pcie_bytes > 0 {
+            parts.push(format!(
+                "PCIe {:.2} GB at {:.1} GB/s",
+                gb(roof.pcie_bytes),
+                roof.pcie_bytes_s / 1e9
+            ));
+        }
         println!(
-            "roofline              decode step ≥ {:.2} ms: {:.2} GB host weights + {:.3} GB host KV at {:.1} GB/s DRAM → {:.0} % of roofline",
+            "roofline              decode step ≥ {:.2} ms ({}) → {:.0} % of roofline",
             ms(roof.step_bound_s),
-            roof.host_weight_bytes as f64 / 1e9,
-            roof.host_kv_bytes as f64 / 1e9,
-            roof.dram_read_bytes_s / 1e9,
+            parts.join("; "),
             100.0 * roof.step_bound_s / r.next_token.mean
         );
     }

@@ -98,15 +98,77 @@ pub fn run() -> anyhow::Result<Profile> {
 }
 
 fn gpu_probe(p: &mut Profile) {
-    match engine::caps::Capabilities::detect().gpus.first() {
-        None => p
+    match cuda_kernels::Gpu::new(0) {
+        Err(e) => p
             .notes
-            .push("no GPU: PCIe, HBM and GPU GEMM not measured".into()),
-        Some(g) => p.notes.push(format!(
-            "GPU {} present; GPU probes come with the GPU executor",
-            g.name
-        )),
+            .push(format!("no GPU ({e}): PCIe, HBM and GPU GEMM not measured")),
+        Ok(gpu) => {
+            if let Err(e) = gpu_ceilings(&gpu, p) {
+                p.notes.push(format!("GPU probe failed: {e}"));
+            }
+        }
     }
+}
+
+/// Times `f` (queued on `stream`) with CUDA events, best of `reps`, seconds.
+fn time_gpu(
+    gpu: &cuda_kernels::Gpu,
+    stream: &cudarc::driver::CudaStream,
+    reps: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    f()?; // warm-up
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let (a, b) = (gpu.timing_event()?, gpu.timing_event()?);
+        a.record(stream)?;
+        f()?;
+        b.record(stream)?;
+        b.synchronize()?;
+        best = best.min(a.elapsed_ms(&b)? as f64 / 1e3);
+    }
+    Ok(best)
+}
+
+/// HBM copy, PCIe both ways (pinned, and pageable host to device), cuBLAS bf16 GEMM.
+pub fn gpu_ceilings(
+    gpu: &std::sync::Arc<cuda_kernels::Gpu>,
+    p: &mut Profile,
+) -> anyhow::Result<()> {
+    use cuda_kernels::transfer::{copy_blocks_d2h, copy_blocks_h2d, PinnedBuf};
+    let s = gpu.new_stream()?;
+    let n = (1usize << 30) / 2; // 1 GiB of bf16
+    eprintln!("probe: HBM copy, PCIe H2D/D2H (pinned, pageable) over 1 GiB");
+    let src = s.alloc_zeros::<bf16>(n)?;
+    let mut dst = s.alloc_zeros::<bf16>(n)?;
+    let t = time_gpu(gpu, &s, 5, || Ok(s.memcpy_dtod(&src, &mut dst)?))?;
+    p.hbm_copy_bytes_s = 2.0 * (n * 2) as f64 / t;
+    let mut pinned = PinnedBuf::<bf16>::alloc(gpu, n)?;
+    let t = time_gpu(gpu, &s, 5, || {
+        Ok(copy_blocks_h2d(&s, &pinned, &mut dst, n, &[(0, 0)])?)
+    })?;
+    p.pcie_h2d_pinned_bytes_s = (n * 2) as f64 / t;
+    let t = time_gpu(gpu, &s, 5, || {
+        Ok(copy_blocks_d2h(&s, &src, &mut pinned, n, &[(0, 0)])?)
+    })?;
+    p.pcie_d2h_pinned_bytes_s = (n * 2) as f64 / t;
+    let pageable = vec![bf16::ZERO; n];
+    let t = time_gpu(gpu, &s, 3, || Ok(s.memcpy_htod(&pageable, &mut dst)?))?;
+    p.pcie_h2d_pageable_bytes_s = (n * 2) as f64 / t;
+    drop((src, dst, pinned, pageable));
+
+    let m = 8192usize;
+    eprintln!("probe: cuBLAS bf16 GEMM {m}x{m}x{m}");
+    let blas = cuda_kernels::gemm::Blas::new(gpu, s.clone())?;
+    let x = s.alloc_zeros::<bf16>(m * m)?;
+    let w = s.alloc_zeros::<bf16>(m * m)?;
+    let mut y = s.alloc_zeros::<bf16>(m * m)?;
+    let ep = cuda_kernels::gemm::Epilogue::None;
+    let t = time_gpu(gpu, &s, 5, || {
+        Ok(blas.linear_bf16(m, m, m, &x, &w, ep, false, &mut y)?)
+    })?;
+    p.gpu_gemm_bf16_flop_s = 2.0 * (m * m * m) as f64 / t;
+    Ok(())
 }
 
 pub fn print(p: &Profile) {

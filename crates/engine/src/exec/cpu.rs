@@ -85,25 +85,31 @@ impl RopeTable {
     }
 }
 
-/// The model, ready for the CPU: prepacked linears and the LM head.
-pub struct CpuModel<'w> {
-    pub w: &'w Weights,
+/// The model, ready for the CPU: prepacked linears and the LM head. It owns the weights; the
+/// linears' unpacked copies are freed once packed, so host memory holds each weight once.
+pub struct CpuModel {
+    pub w: Weights,
     pub layers: Vec<CpuLayer>,
     pub head: PackedWeight,
     pub rope: Option<RopeTable>,
 }
 
-impl<'w> CpuModel<'w> {
-    pub fn new(w: &'w Weights) -> Result<Self> {
-        let cfg = &w.config;
-        let layers = w
-            .layers
-            .iter()
-            .map(|l| CpuLayer::pack(cfg, l))
-            .collect::<Result<Vec<_>>>()?;
+impl CpuModel {
+    pub fn new(mut w: Weights) -> Result<Self> {
+        let cfg = w.config.clone();
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for lw in &mut w.layers {
+            layers.push(CpuLayer::pack(&cfg, lw)?);
+            for t in [&mut lw.qkv_w, &mut lw.o_w, &mut lw.up_w, &mut lw.down_w] {
+                *t = Tensor::empty();
+            }
+        }
         let h = w.lm_head();
         let head = PackedWeight::from_bf16(&h.data, h.rows(), h.cols()).map_err(kerr)?;
-        let rope = (cfg.family == Family::Llama).then(|| RopeTable::new(cfg));
+        if let Some(t) = w.lm_head.as_mut() {
+            *t = Tensor::empty();
+        }
+        let rope = (cfg.family == Family::Llama).then(|| RopeTable::new(&cfg));
         Ok(CpuModel {
             w,
             layers,
@@ -357,21 +363,17 @@ pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
 }
 
 /// A batch of sequences generated entirely on the CPU, KV cache in host memory.
-pub struct CpuSession<'m, 'w> {
-    pub model: &'m CpuModel<'w>,
+pub struct CpuSession<'m> {
+    pub model: &'m CpuModel,
     pub kv: HostKv,
     pub alloc: BlockAllocator,
     pub seqs: Vec<SeqKv>,
 }
 
-impl<'m, 'w> CpuSession<'m, 'w> {
+impl<'m> CpuSession<'m> {
     /// A session with room for `max_tokens` tokens of KV in total (rounded up to blocks per
     /// sequence by the caller's lengths), on a host tier.
-    pub fn new(
-        model: &'m CpuModel<'w>,
-        num_blocks: usize,
-        tier: platform::MemTier,
-    ) -> Result<Self> {
+    pub fn new(model: &'m CpuModel, num_blocks: usize, tier: platform::MemTier) -> Result<Self> {
         let c = model.config();
         let kv = HostKv::new(c.layers, num_blocks, c.kv_heads, c.head_dim, tier)?;
         Ok(CpuSession {
@@ -409,7 +411,7 @@ impl<'m, 'w> CpuSession<'m, 'w> {
         }
         let t = tokens.len();
         let mut x = vec![0f32; t * cfg.hidden];
-        embed(m.w, &tokens, &positions, &mut x)?;
+        embed(&m.w, &tokens, &positions, &mut x)?;
         let kd = cfg.kv_dim();
         for l in 0..cfg.layers {
             let (q, k, v) = s1_qkv(m, l, &x, &positions)?;
@@ -476,7 +478,7 @@ impl<'m, 'w> CpuSession<'m, 'w> {
             scale: 1.0 / (cfg.head_dim as f32).sqrt(),
         };
         let mut x = vec![0f32; b * cfg.hidden];
-        embed(m.w, tokens, &positions, &mut x)?;
+        embed(&m.w, tokens, &positions, &mut x)?;
         let mut att = vec![bf16::ZERO; b * cfg.q_dim()];
         for l in 0..cfg.layers {
             let (q, k, v) = s1_qkv(m, l, &x, &positions)?;

@@ -1,4 +1,5 @@
-//! Executors: the sublayers of DESIGN.md run on the CPU (`cpu`) or the GPU, over the paged KV
-//! cache. `cpu` holds the CPU sublayers and a whole-CPU session (LIA policy 1).
+//! Executors: the sublayers of DESIGN.md run on the CPU (`cpu`) or the GPU (`gpu`), over the
+//! paged KV cache.
 
 pub mod cpu;
+pub mod gpu;
