@@ -19,6 +19,12 @@
 //! gemm_bf16(&x, m, k, &gu, &mut act, Epilogue::silu_mul())?;                          // [m, inter]
 //! ```
 //!
+//! # int8 GEMM
+//!
+//! The same call shape with a weight quantized at load, per output channel, and activations
+//! quantized per row on each call: `PackedWeightI8::from_bf16(&w_hf, n, k)?` (or
+//! `from_bf16_gate_up`), then `gemm_int8(&a, m, k, &w8, &mut out, epilogue)?`.
+//!
 //! Threads: every kernel runs on `platform::pool()`, the pinned pool.
 
 pub mod gemm;
