@@ -41,6 +41,7 @@
 
 pub mod attention;
 pub mod gemm;
+mod simd;
 pub mod tile;
 
 pub use attention::{

@@ -11,31 +11,7 @@ use half::bf16;
 
 use super::KEY_BLOCK;
 
-/// `e^x` for 16 lanes: `2^n · 2^f` with `n = round(x·log2 e)`, `|f| ≤ 1/2`, `2^f` by its
-/// degree-6 Taylor polynomial (error below 2e-7 relative); `-inf` gives 0.
-#[inline]
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn exp512(x: __m512) -> __m512 {
-    let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
-    let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-    let f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(std::f32::consts::LN_2));
-    // e^f, |f| ≤ ln2/2, Horner.
-    const C: [f32; 7] = [
-        1.0,
-        1.0,
-        0.5,
-        1.0 / 6.0,
-        1.0 / 24.0,
-        1.0 / 120.0,
-        1.0 / 720.0,
-    ];
-    let mut p = _mm512_set1_ps(C[6]);
-    for &c in C[..6].iter().rev() {
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
-    }
-    _mm512_scalef_ps(p, n)
-}
+pub(crate) use crate::simd::exp512;
 
 /// Running state of up to 16 rows.
 pub(crate) struct RowState {

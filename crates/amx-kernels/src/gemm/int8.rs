@@ -131,7 +131,7 @@ pub fn gemm_int8_on<O: OutElem>(
                 })
         });
         let qa = QuantA { q, kpad, scales };
-        run(m, &shape, out, &ep, |m0, rows, pb0, pb1, c| {
+        run(tier, m, &shape, out, &ep, |m0, rows, pb0, pb1, c| {
             // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
             // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
             // elements; kernel_for checked the tier.

@@ -135,7 +135,7 @@ pub fn gemm_bf16_on<O: OutElem>(
     // SAFETY: check_args validated A against the weight and M; the plan keeps m0 + rows ≤ M and
     // pb0 < pb1 ≤ nblocks; run hands over rows · (pb1 - pb0) · 16 accumulators; the tier was
     // checked available above.
-    run(m, &shape, out, &ep, |m0, rows, pb0, pb1, c| unsafe {
+    run(tier, m, &shape, out, &ep, |m0, rows, pb0, pb1, c| unsafe {
         kernel(a, m0, rows, w, pb0, pb1, c)
     });
     Ok(())
@@ -356,6 +356,7 @@ impl WeightShape {
 /// epilogue of each block into `out`. `kernel` must fill `acc` (`rows × (pb1 - pb0)·16` f32)
 /// with the block's accumulators.
 pub(crate) fn run<O: OutElem>(
+    tier: CpuTier,
     m: usize,
     w: &WeightShape,
     out: &mut [O],
@@ -383,8 +384,9 @@ pub(crate) fn run<O: OutElem>(
                 m0,
                 col0,
             };
-            // SAFETY: out holds M · out_cols (checked); this item owns rows m0.. × its columns.
-            unsafe { epilogue::apply(c, ldc, rows, cols, gate_up, w.n, ep, &dst) };
+            // SAFETY: out holds M · out_cols (checked); this item owns rows m0.. × its columns;
+            // the tier is available (checked by the caller).
+            unsafe { epilogue::apply_on(tier, c, ldc, rows, cols, gate_up, w.n, ep, &dst) };
         })
     };
     let items = plan.items();
