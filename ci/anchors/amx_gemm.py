@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Anchor for the CPU GEMM benches: torch (oneDNN, AMX in bf16) on the same shapes and
 epilogues as crates/amx-kernels/benches/gemm.rs, 16 threads, printed side by side with our
-criterion results when their folder is given.
+criterion results (bf16 and int8) when their folder is given.
 
-    python3 anchors/amx_gemm.py [CRITERION_DIR] [--int8]
+    python3 anchors/amx_gemm.py [CRITERION_DIR]
 
 Ours: median of the criterion samples. Torch: median of timed repetitions after warm-up.
+GB/s is the bf16 weight (N·K·2 bytes) over the time: the weight-streaming rate at small M.
 """
 import glob
 import json
@@ -56,17 +57,14 @@ def ours(crit, group, name, m):
 
 def main():
     crit = next((a for a in sys.argv[1:] if not a.startswith("--")), None)
-    group = "cpu_gemm_int8" if "--int8" in sys.argv else "cpu_gemm_bf16"
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, oneDNN bf16; ours: {group}")
-    dram = ours(crit, "cpu_dram_read", "u64", "")
-    if dram is None and crit:
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, oneDNN bf16")
+    if crit:
         hits = glob.glob(os.path.join(crit, "cpu_dram_read", "u64", "new", "estimates.json"))
         if hits:
             dram = json.load(open(hits[0]))["median"]["point_estimate"] * 1e-9
-    if dram:
-        print(f"DRAM read (ours, 2 GiB, pool): {2**31 / dram / 1e9:.1f} GB/s")
-    hdr = f"{'shape':20} {'M':>5} {'ours ms':>9} {'torch ms':>9} {'ours/torch':>10} {'ours TF/s':>9} {'torch TF/s':>10} {'ours GB/s':>9} {'torch GB/s':>10}"
-    print(hdr)
+            print(f"DRAM read (ours, 2 GiB, pool): {2**31 / dram / 1e9:.1f} GB/s")
+    print(f"{'shape':18} {'M':>5} | {'ms bf16':>8} {'ms int8':>8} {'ms torch':>8} | {'TF bf16':>7} {'TF int8':>7} {'TF torch':>8} "
+          f"| {'bf16/torch':>10} {'int8/torch':>10} {'int8/bf16':>9} | {'GB/s bf16':>9} {'GB/s torch':>10}")
     for name, n, k, kind in SHAPES:
         w = torch.randn(n, k, dtype=torch.bfloat16)
         b = torch.randn(n, dtype=torch.bfloat16)
@@ -87,13 +85,13 @@ def main():
                 fn = lambda: h.add_(F.linear(x, w, b))
             with torch.no_grad():
                 tt = timeit(fn)
-            to = ours(crit, group, name, m)
+            tb, ti = ours(crit, "cpu_gemm_bf16", name, m), ours(crit, "cpu_gemm_int8", name, m)
             flop = 2 * m * n * k
-            cells = [f"{name:20} {m:5d}", f"{to * 1e3:9.3f}" if to else f"{'-':>9}", f"{tt * 1e3:9.3f}",
-                     f"{tt / to:10.2f}" if to else f"{'-':>10}",
-                     f"{flop / to / 1e12:9.2f}" if to else f"{'-':>9}", f"{flop / tt / 1e12:10.2f}",
-                     f"{wbytes / to / 1e9:9.1f}" if to else f"{'-':>9}", f"{wbytes / tt / 1e9:10.1f}"]
-            print(" ".join(cells), flush=True)
+            f = lambda t, fmt, v: (fmt % v) if t else "-"
+            print(f"{name:18} {m:5d} | {f(tb, '%8.3f', (tb or 0) * 1e3):>8} {f(ti, '%8.3f', (ti or 0) * 1e3):>8} {tt * 1e3:8.3f} | "
+                  f"{f(tb, '%7.2f', flop / (tb or 1) / 1e12):>7} {f(ti, '%7.2f', flop / (ti or 1) / 1e12):>7} {flop / tt / 1e12:8.2f} | "
+                  f"{f(tb, '%10.2f', tt / (tb or 1)):>10} {f(ti, '%10.2f', tt / (ti or 1)):>10} {f(tb and ti, '%9.2f', (tb or 1) / (ti or 1)):>9} | "
+                  f"{f(tb, '%9.1f', wbytes / (tb or 1) / 1e9):>9} {wbytes / tt / 1e9:10.1f}", flush=True)
         del w
 
 

@@ -1,5 +1,5 @@
 //! GEMM benches on the pool (`TANDEM_THREADS` sets its size): the linears of LLaMA-3-8B and
-//! OPT-30B at M ∈ {1, 8, 32, 128, 512, 2048}, bf16 activations and output, the epilogue each
+//! OPT-30B at M ∈ {1, 8, 32, 128, 512, 2048}, bf16 and int8 weights, bf16 activations and output, the epilogue each
 //! linear has in a model. Throughput: FLOP (2·M·N·K, printed as elem/s) for M > 8, bytes of
 //! packed weight for M ≤ 8 (the weight-streaming regime). `cpu_dram_read` measures the read
 //! bandwidth ceiling in the same run.
@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use amx_kernels::{gemm_bf16, Activation, Epilogue, PackedWeight, Residual};
+use amx_kernels::{
+    gemm_bf16, gemm_int8, Activation, Epilogue, PackedWeight, PackedWeightI8, Residual,
+};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
@@ -51,8 +53,11 @@ pub fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
     v
 }
 
-fn configure(c: &mut Criterion) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
-    let mut g = c.benchmark_group("cpu_gemm_bf16");
+fn configure<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
@@ -60,28 +65,49 @@ fn configure(c: &mut Criterion) -> criterion::BenchmarkGroup<'_, criterion::meas
     g
 }
 
-fn bench_gemm_bf16(c: &mut Criterion) {
-    let mut g = configure(c);
+/// Which GEMM a bench group runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Dtype {
+    Bf16,
+    Int8,
+}
+
+fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
+    let mut g = configure(
+        c,
+        if dtype == Dtype::Bf16 {
+            "cpu_gemm_bf16"
+        } else {
+            "cpu_gemm_int8"
+        },
+    );
     let mmax = *MS.iter().max().unwrap();
     for (i, &(name, n, k, kind)) in SHAPES.iter().enumerate() {
         let wv = random_bf16(n * k, i as u64);
-        let w = match kind {
-            Kind::SiluMul => PackedWeight::from_bf16_gate_up(&wv, n, k),
-            _ => PackedWeight::from_bf16(&wv, n, k),
-        }
-        .unwrap();
-        drop(wv);
-        let out_cols = if matches!(kind, Kind::SiluMul) {
-            n / 2
-        } else {
-            n
+        let gate_up = matches!(kind, Kind::SiluMul);
+        let (wb, wq) = match (dtype, gate_up) {
+            (Dtype::Bf16, false) => (Some(PackedWeight::from_bf16(&wv, n, k).unwrap()), None),
+            (Dtype::Bf16, true) => (
+                Some(PackedWeight::from_bf16_gate_up(&wv, n, k).unwrap()),
+                None,
+            ),
+            (Dtype::Int8, false) => (None, Some(PackedWeightI8::from_bf16(&wv, n, k).unwrap())),
+            (Dtype::Int8, true) => (
+                None,
+                Some(PackedWeightI8::from_bf16_gate_up(&wv, n, k).unwrap()),
+            ),
         };
+        drop(wv);
+        let packed_bytes = wb
+            .as_ref()
+            .map_or_else(|| wq.as_ref().unwrap().packed_bytes(), |w| w.packed_bytes());
+        let out_cols = if gate_up { n / 2 } else { n };
         let a = random_bf16(mmax * k, 100 + i as u64);
         let bias = random_bf16(n, 200 + i as u64);
         let mut out = random_bf16(mmax * out_cols, 300 + i as u64);
         for &m in &MS {
             g.throughput(if m <= 8 {
-                Throughput::Bytes(w.packed_bytes() as u64)
+                Throughput::Bytes(packed_bytes as u64)
             } else {
                 Throughput::Elements(2 * (m * n * k) as u64)
             });
@@ -99,11 +125,24 @@ fn bench_gemm_bf16(c: &mut Criterion) {
                 },
             };
             g.bench_with_input(BenchmarkId::new(name, m), &m, |b, &m| {
-                b.iter(|| gemm_bf16(&a[..m * k], m, k, &w, &mut out[..m * out_cols], ep).unwrap())
+                let (a, out) = (&a[..m * k], &mut out[..m * out_cols]);
+                match (&wb, &wq) {
+                    (Some(w), _) => b.iter(|| gemm_bf16(a, m, k, w, out, ep).unwrap()),
+                    (_, Some(w)) => b.iter(|| gemm_int8(a, m, k, w, out, ep).unwrap()),
+                    _ => unreachable!(),
+                }
             });
         }
     }
     g.finish();
+}
+
+fn bench_gemm_bf16(c: &mut Criterion) {
+    bench_gemm(c, Dtype::Bf16);
+}
+
+fn bench_gemm_int8(c: &mut Criterion) {
+    bench_gemm(c, Dtype::Int8);
 }
 
 /// Read bandwidth of the pool over 2 GiB (far past any L3): the ceiling of the M ≤ 8 cases.
@@ -115,11 +154,7 @@ fn bench_dram_read(c: &mut Criterion) {
             .enumerate()
             .for_each(|(i, ch)| ch.iter_mut().for_each(|x| *x = i as u64));
     });
-    let mut g = c.benchmark_group("cpu_dram_read");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1));
-    g.sampling_mode(SamplingMode::Flat);
+    let mut g = configure(c, "cpu_dram_read");
     g.throughput(Throughput::Bytes((words * 8) as u64));
     g.bench_function("u64", |b| {
         b.iter(|| {
@@ -141,5 +176,5 @@ fn bench_dram_read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_dram_read, bench_gemm_bf16);
+criterion_group!(benches, bench_dram_read, bench_gemm_bf16, bench_gemm_int8);
 criterion_main!(benches);

@@ -49,7 +49,8 @@ pub use attention::{
     attention_prefill_bf16, attention_prefill_bf16_on, attention_prefill_bf16_ref, AttnShape,
 };
 pub use gemm::{
-    gemm_bf16, gemm_bf16_on, gemm_bf16_ref, Activation, Epilogue, OutElem, PackedWeight, Residual,
+    gemm_bf16, gemm_bf16_on, gemm_bf16_ref, gemm_int8, gemm_int8_on, gemm_int8_ref,
+    quantize_row_int8, Activation, Epilogue, OutElem, PackedWeight, PackedWeightI8, Residual,
     WeightKind,
 };
 

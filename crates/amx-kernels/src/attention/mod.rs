@@ -15,9 +15,11 @@
 //! q_len` keys sees keys `0 ..= k_len - q_len + i` (plain prefill has `q_len = k_len`).
 //!
 //! Work items: (sequence, kv head, up to 16 rows), a row being one (query token, q head of the
-//! kv head's group) pair, so that the heads of a GQA group share every K/V load. For the AMX
-//! and AVX512-BF16 tiers K and V are first repacked per (sequence, kv head) into the tile
-//! layouts (see [`packed_kv`]) in a buffer of the calling thread, grown once and reused.
+//! kv head's group) pair, so that the heads of a GQA group share every K/V load. For prefill
+//! on the AMX and AVX512-BF16 tiers K and V are first repacked per (sequence, kv head) into the
+//! tile layouts (see [`packed_kv`]) in a buffer of the calling thread, grown once and reused.
+//! Decode (one query per sequence, each key read by one row group) runs the AVX-512 kernel on
+//! the raw layout on those tiers: the repacking would cost more than it saves.
 
 mod amx_bf16;
 mod avx512_bf16;
@@ -395,8 +397,15 @@ fn attend<O: OutElem>(
         });
     }
     let nseq = check_args(q, k, v, queries, cu_k, shape, out.len())?;
-    let kernel = kernel_for(tier);
-    let needs_packing = matches!(tier, CpuTier::Amx | CpuTier::Avx512Bf16);
+    // Decode reads each key once per row of its group: repacking would cost more than the
+    // tiles save, so the tiers that repack take the AVX-512 kernel on the raw layout there.
+    let decode = matches!(queries, Queries::OnePerSeq);
+    let needs_packing = matches!(tier, CpuTier::Amx | CpuTier::Avx512Bf16) && !decode;
+    let kernel = if decode && tier >= CpuTier::Avx512 {
+        kernel_for(CpuTier::Avx512)
+    } else {
+        kernel_for(tier)
+    };
     PACKED.with(|buf| {
         let mut buf = buf.borrow_mut();
         let mut ctx = Ctx {

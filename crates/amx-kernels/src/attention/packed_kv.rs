@@ -83,17 +83,27 @@ pub(crate) fn pack<'a>(
         parts.par_iter_mut().for_each(|(s, kvh, dst)| {
             let (k0, klen) = (cu_k[*s], cu_k[*s + 1] - cu_k[*s]);
             let base = |j: usize| (j < klen).then(|| ((k0 + j) * hk + *kvh) * d);
+            let zeros = [bf16::ZERO; super::MAX_HEAD_DIM];
             for (kb, blk) in dst.chunks_exact_mut(block_elems).enumerate() {
                 let (kt, vt) = blk.split_at_mut(d * KEY_BLOCK);
                 for n in 0..KEY_BLOCK {
-                    let src = base(kb * KEY_BLOCK + n);
                     let (half, nn, i, e) = (n / 16, n % 16, n / 2, n % 2);
-                    for dim in 0..d {
-                        let (dc, p, de) = (dim / 32, (dim % 32) / 2, dim % 2);
-                        kt[(dc * 2 + half) * TILE + p * 32 + nn * 2 + de] =
-                            src.map_or(bf16::ZERO, |b| k[b + dim]);
-                        let (dj, c) = (dim / 16, dim % 16);
-                        vt[dj * TILE + i * 32 + c * 2 + e] = src.map_or(bf16::ZERO, |b| v[b + dim]);
+                    let (krow, vrow) = match base(kb * KEY_BLOCK + n) {
+                        Some(b) => (&k[b..b + d], &v[b..b + d]),
+                        None => (&zeros[..d], &zeros[..d]),
+                    };
+                    for dc in 0..d / 32 {
+                        let t = &mut kt[(dc * 2 + half) * TILE + nn * 2..];
+                        for p in 0..16 {
+                            t[p * 32] = krow[dc * 32 + 2 * p];
+                            t[p * 32 + 1] = krow[dc * 32 + 2 * p + 1];
+                        }
+                    }
+                    for dj in 0..d / 16 {
+                        let t = &mut vt[dj * TILE + i * 32 + e..];
+                        for c in 0..16 {
+                            t[c * 2] = vrow[dj * 16 + c];
+                        }
                     }
                 }
             }
