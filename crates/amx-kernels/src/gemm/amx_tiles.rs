@@ -44,6 +44,35 @@ pub fn kc_tiles() -> usize {
     })
 }
 
+/// Whether A is copied into a contiguous tile panel first; `TANDEM_AMX_PACK_A=1` (a tuning
+/// knob).
+pub fn pack_a() -> bool {
+    static PACK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PACK.get_or_init(|| std::env::var("TANDEM_AMX_PACK_A").is_ok_and(|v| v == "1"))
+}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u8; 64]);
+
+thread_local! {
+    /// This thread's packed A panel (grown once, reused).
+    static APACK: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This thread's A panel buffer of at least `bytes` bytes. The pointer stays valid until the
+/// next call on this thread (the buffer only grows).
+fn apack(bytes: usize) -> *mut u8 {
+    APACK.with(|b| {
+        let mut b = b.borrow_mut();
+        let lines = bytes.div_ceil(64);
+        if b.len() < lines {
+            b.resize(lines, Line([0; 64]));
+        }
+        b.as_mut_ptr() as *mut u8
+    })
+}
+
 /// Bytes of one tile row, and of one B tile.
 const ROW: usize = 64;
 const TILE_BYTES: usize = 16 * ROW;
@@ -90,7 +119,15 @@ macro_rules! k_steps_asm {
     ($name:ident, $dot:literal) => {
         /// `steps` K steps of the 2 × 2 micro-kernel on tmm0–3 (see the header for the tiles).
         #[inline(always)]
-        unsafe fn $name(a0: *const u8, a1: *const u8, lda_bytes: usize, b0: *const u8, b1: *const u8, steps: usize) {
+        unsafe fn $name(
+            a0: *const u8,
+            a1: *const u8,
+            lda_bytes: usize,
+            a_step: usize,
+            b0: *const u8,
+            b1: *const u8,
+            steps: usize,
+        ) {
     asm!(
         "2:",
         "tileloadd tmm4, [{a0} + {lda}*1]",
@@ -101,8 +138,8 @@ macro_rules! k_steps_asm {
         concat!($dot, " tmm1, tmm4, tmm7"),
         concat!($dot, " tmm2, tmm5, tmm6"),
         concat!($dot, " tmm3, tmm5, tmm7"),
-        "add {a0}, 64",
-        "add {a1}, 64",
+        "add {a0}, {astep}",
+        "add {a1}, {astep}",
         "add {b0}, 1024",
         "add {b1}, 1024",
         "dec {n}",
@@ -113,6 +150,7 @@ macro_rules! k_steps_asm {
         b1 = inout(reg) b1 => _,
         n = inout(reg) steps => _,
         lda = in(reg) lda_bytes,
+        astep = in(reg) a_step,
         bs = in(reg) 64usize,
         options(nostack, readonly),
             );
@@ -157,6 +195,7 @@ pub(crate) unsafe fn gemm_block_amx<const INT8: bool>(
     let mut tail = TailTiles([[0u8; ROW]; 32]);
     let mut configured = None;
     let kc = kc_tiles();
+    let pack = pack_a();
     for kc0 in (0..kb).step_by(kc) {
         let kc1 = (kc0 + kc).min(kb);
         let has_tail = op.tail_bytes != 0 && kc1 == kb;
@@ -172,8 +211,26 @@ pub(crate) unsafe fn gemm_block_amx<const INT8: bool>(
                 configured = Some((r0, r1));
             }
             let arow0 = op.a.add(mp * lda_bytes);
-            let a0 = arow0.add(kc0 * ROW);
-            let a1 = if r1 > 0 { a0.add(16 * lda_bytes) } else { a0 };
+            // A straight from its rows, or (TANDEM_AMX_PACK_A) first copied tile by tile into a
+            // contiguous panel: 2 KiB per K step, no cache-set conflicts between the 16 rows of
+            // one tile load when the row stride is a multiple of 4 KiB.
+            let (a0, a_lda, a_step) = if pack && steps > 0 {
+                let dst = apack(steps * 2 * TILE_BYTES);
+                for s in 0..steps {
+                    for r in 0..r0 + r1 {
+                        let src = arow0.add(r * lda_bytes + (kc0 + s) * ROW);
+                        std::ptr::copy_nonoverlapping(
+                            src,
+                            dst.add(s * 2 * TILE_BYTES + r * ROW),
+                            ROW,
+                        );
+                    }
+                }
+                (dst as *const u8, ROW, 2 * TILE_BYTES)
+            } else {
+                (arow0.add(kc0 * ROW), lda_bytes, ROW)
+            };
+            let a1 = if r1 > 0 { a0.add(16 * a_lda) } else { a0 };
             if has_tail {
                 for (r, t) in tail.0.iter_mut().enumerate().take(r0 + r1) {
                     let src = arow0.add(r * lda_bytes + kfull * ROW);
@@ -210,11 +267,11 @@ pub(crate) unsafe fn gemm_block_amx<const INT8: bool>(
                     }
                 }
                 if steps > 0 {
-                    k_steps(a0, a1, lda_bytes, b0, b1, steps);
+                    k_steps(a0, a1, a_lda, a_step, b0, b1, steps);
                 }
                 if has_tail {
                     let (bt0, bt1) = (b0.add(steps * TILE_BYTES), b1.add(steps * TILE_BYTES));
-                    k_steps(t0, t1, ROW, bt0, bt1, 1);
+                    k_steps(t0, t1, ROW, ROW, bt0, bt1, 1);
                 }
                 store_c0(c00, ldc_bytes);
                 if two {
