@@ -19,13 +19,38 @@
 //! gemm_bf16(&x, m, k, &gu, &mut act, Epilogue::silu_mul())?;                          // [m, inter]
 //! ```
 //!
+//! # int8 GEMM
+//!
+//! The same call shape with a weight quantized at load, per output channel, and activations
+//! quantized per row on each call: `PackedWeightI8::from_bf16(&w_hf, n, k)?` (or
+//! `from_bf16_gate_up`), then `gemm_int8(&a, m, k, &w8, &mut out, epilogue)?`.
+//!
+//! # Attention
+//!
+//! Causal flash attention for prefill over packed variable-length sequences (flash-attn's
+//! varlen layout: `q [total_q, heads, head_dim]`, `k`, `v [total_k, kv_heads, head_dim]`,
+//! `cu_seqlens`), and a decode-shaped entry with one query per sequence:
+//!
+//! ```ignore
+//! let shape = AttnShape { num_heads: 32, num_kv_heads: 8, head_dim: 128 };
+//! attention_prefill_bf16(&q, &k, &v, &cu_q, &cu_k, shape, 1.0 / 128f32.sqrt(), &mut out)?;
+//! attention_decode_bf16(&q1, &k, &v, &cu_k, shape, 1.0 / 128f32.sqrt(), &mut out1)?;
+//! ```
+//!
 //! Threads: every kernel runs on `platform::pool()`, the pinned pool.
 
+pub mod attention;
 pub mod gemm;
+mod simd;
 pub mod tile;
 
+pub use attention::{
+    attention_decode_bf16, attention_decode_bf16_on, attention_decode_bf16_ref,
+    attention_prefill_bf16, attention_prefill_bf16_on, attention_prefill_bf16_ref, AttnShape,
+};
 pub use gemm::{
-    gemm_bf16, gemm_bf16_on, gemm_bf16_ref, Activation, Epilogue, OutElem, PackedWeight, Residual,
+    gemm_bf16, gemm_bf16_on, gemm_bf16_ref, gemm_int8, gemm_int8_on, gemm_int8_ref,
+    quantize_row_int8, Activation, Epilogue, OutElem, PackedWeight, PackedWeightI8, Residual,
     WeightKind,
 };
 

@@ -5,7 +5,12 @@
 //! Order: `x = acc + bias`, then the activation (ReLU, or SiLU(gate)·up over a fused gate/up
 //! weight), then `+ residual`, then conversion to the output type.
 
+use std::arch::x86_64::*;
+
 use half::bf16;
+use platform::CpuTier;
+
+use crate::simd::{exp512, lanes, load_bf16x16, store_bf16x16};
 
 /// The activation after bias.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,12 +119,107 @@ pub(crate) struct BlockDst<O> {
     pub col0: usize,
 }
 
+/// [`apply`] on AVX-512 when the kernel tier has it, else scalar.
+///
+/// # Safety
+/// As [`apply`]; `tier` is available on this CPU.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn apply_on<O: OutElem>(
+    tier: CpuTier,
+    acc: &[f32],
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    gate_up: bool,
+    n: usize,
+    ep: &Epilogue,
+    dst: &BlockDst<O>,
+) {
+    if tier >= CpuTier::Avx512 {
+        apply_avx512(acc, ldc, rows, cols, gate_up, n, ep, dst)
+    } else {
+        apply(acc, ldc, rows, cols, gate_up, n, ep, dst)
+    }
+}
+
+/// [`apply`] 16 columns at a time on AVX-512 (SiLU through a polynomial `e^x`).
+///
+/// # Safety
+/// As [`apply`]; AVX-512F/BW/VL are available; `acc` rows hold whole packed blocks (so full
+/// 16-lane loads of the accumulators stay inside).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn apply_avx512<O: OutElem>(
+    acc: &[f32],
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    gate_up: bool,
+    n: usize,
+    ep: &Epilogue,
+    dst: &BlockDst<O>,
+) {
+    let out_bf16 = std::mem::size_of::<O>() == 2;
+    let one = _mm512_set1_ps(1.0);
+    for r in 0..rows {
+        let m = dst.m0 + r;
+        let arow = acc.as_ptr().add(r * ldc);
+        for c0 in (0..cols).step_by(16) {
+            let mask = lanes(cols - c0);
+            let col = dst.col0 + c0;
+            let bias = |off: usize| {
+                ep.bias.map_or(_mm512_setzero_ps(), |b| {
+                    load_bf16x16(b.as_ptr().add(off), mask)
+                })
+            };
+            let mut x = if gate_up {
+                // Output columns c0.. are packed blocks 2j (gate) and 2j + 1 (up), j = c0 / 16.
+                let g = _mm512_add_ps(_mm512_loadu_ps(arow.add(2 * c0)), bias(col));
+                let u = _mm512_add_ps(_mm512_loadu_ps(arow.add(2 * c0 + 16)), bias(n / 2 + col));
+                let sig = _mm512_div_ps(
+                    one,
+                    _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), g))),
+                );
+                _mm512_mul_ps(_mm512_mul_ps(g, sig), u)
+            } else {
+                let x = _mm512_add_ps(_mm512_loadu_ps(arow.add(c0)), bias(col));
+                if ep.activation == Activation::Relu {
+                    _mm512_max_ps(x, _mm512_setzero_ps())
+                } else {
+                    x
+                }
+            };
+            let idx = m * dst.out_cols + col;
+            let slot = dst.out.add(idx);
+            x = match ep.residual {
+                Residual::None => x,
+                Residual::Bf16(res) => _mm512_add_ps(x, load_bf16x16(res.as_ptr().add(idx), mask)),
+                Residual::F32(res) => {
+                    _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(idx)))
+                }
+                Residual::Output if out_bf16 => {
+                    _mm512_add_ps(x, load_bf16x16(slot as *const bf16, mask))
+                }
+                Residual::Output => {
+                    _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, slot as *const f32))
+                }
+            };
+            if out_bf16 {
+                store_bf16x16(slot as *mut bf16, mask, x);
+            } else {
+                _mm512_mask_storeu_ps(slot as *mut f32, mask, x);
+            }
+        }
+    }
+}
+
 /// Applies `ep` to `rows` rows of raw accumulators `acc` (row stride `ldc`, columns in packed
 /// order starting at packed block `pb0`) and writes them to `dst`.
 ///
 /// # Safety
 /// `dst.out` must be valid for `[M, out_cols]` and no other thread may touch rows
 /// `m0..m0+rows` × the columns this block covers.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn apply<O: OutElem>(
     acc: &[f32],
     ldc: usize,

@@ -33,13 +33,18 @@ macro_rules! dispatch_micro {
 }
 
 mod amx_bf16;
+mod amx_tiles;
 mod avx2_bf16;
 mod avx512_bf16;
 mod avx512bf16_bf16;
+mod avx512vnni_int8;
 mod epilogue;
+mod int8;
 mod pack;
+mod pack_int8;
 mod reference;
 mod scalar_bf16;
+mod scalar_int8;
 
 use std::cell::RefCell;
 
@@ -48,8 +53,10 @@ use platform::CpuTier;
 use rayon::prelude::*;
 
 pub use epilogue::{Activation, Epilogue, OutElem, Residual};
+pub use int8::{gemm_int8, gemm_int8_on};
 pub use pack::{PackedWeight, WeightKind, BLOCK_K, BLOCK_N};
-pub use reference::gemm_bf16_ref;
+pub use pack_int8::{quantize_row_int8, PackedWeightI8, BLOCK_K_INT8};
+pub use reference::{gemm_bf16_ref, gemm_int8_ref};
 
 use crate::{check_len, Error, Result};
 
@@ -119,11 +126,18 @@ pub fn gemm_bf16_on<O: OutElem>(
             have: platform::cpu_caps().best_tier(),
         });
     }
-    check_args(a, m, k, w, out.len(), &ep)?;
+    let shape = w.shape();
+    check_args(a, m, k, &shape, out.len(), &ep)?;
     if m == 0 {
         return Ok(());
     }
-    run(kernel_for(tier), a, m, w, out, &ep);
+    let kernel = kernel_for(tier);
+    // SAFETY: check_args validated A against the weight and M; the plan keeps m0 + rows ≤ M and
+    // pb0 < pb1 ≤ nblocks; run hands over rows · (pb1 - pb0) · 16 accumulators; the tier was
+    // checked available above.
+    run(tier, m, &shape, out, &ep, |m0, rows, pb0, pb1, c| unsafe {
+        kernel(a, m0, rows, w, pb0, pb1, c)
+    });
     Ok(())
 }
 
@@ -132,7 +146,7 @@ pub(crate) fn check_args(
     a: &[bf16],
     m: usize,
     k: usize,
-    w: &PackedWeight,
+    w: &WeightShape,
     out_len: usize,
     ep: &Epilogue,
 ) -> Result<()> {
@@ -319,13 +333,35 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
     })
 }
 
-fn run<O: OutElem>(
-    kernel: BlockKernel,
-    a: &[bf16],
+/// What the driver and the argument checks need to know of a packed weight.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WeightShape {
+    pub n: usize,
+    pub k: usize,
+    pub kind: WeightKind,
+    pub nblocks: usize,
+}
+
+impl WeightShape {
+    /// Output columns of a product with this weight.
+    pub(crate) fn out_cols(&self) -> usize {
+        match self.kind {
+            WeightKind::Plain => self.n,
+            WeightKind::GateUp { inter } => inter,
+        }
+    }
+}
+
+/// Runs `kernel(m0, rows, pb0, pb1, acc)` for every block of the plan on the pool, then the
+/// epilogue of each block into `out`. `kernel` must fill `acc` (`rows × (pb1 - pb0)·16` f32)
+/// with the block's accumulators.
+pub(crate) fn run<O: OutElem>(
+    tier: CpuTier,
     m: usize,
-    w: &PackedWeight,
+    w: &WeightShape,
     out: &mut [O],
     ep: &Epilogue,
+    kernel: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
 ) {
     let plan = Plan::new(m, w.nblocks, platform::pool_threads());
     let out_ptr = SharedMut(out.as_mut_ptr());
@@ -335,10 +371,7 @@ fn run<O: OutElem>(
         let (m0, rows, pb0, pb1) = plan.item(i);
         let ldc = (pb1 - pb0) * BLOCK_N;
         with_scratch(rows * ldc, |c| {
-            // SAFETY: check_args validated A against the weight and M; the plan keeps
-            // m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · ldc elements; the tier was
-            // checked available by the caller.
-            unsafe { kernel(a, m0, rows, w, pb0, pb1, c) };
+            kernel(m0, rows, pb0, pb1, c);
             let (col0, cols) = if gate_up {
                 let c0 = pb0 / 2 * BLOCK_N;
                 (c0, (pb1 / 2 * BLOCK_N).min(out_cols) - c0)
@@ -351,8 +384,9 @@ fn run<O: OutElem>(
                 m0,
                 col0,
             };
-            // SAFETY: out holds M · out_cols (checked); this item owns rows m0.. × its columns.
-            unsafe { epilogue::apply(c, ldc, rows, cols, gate_up, w.n, ep, &dst) };
+            // SAFETY: out holds M · out_cols (checked); this item owns rows m0.. × its columns;
+            // the tier is available (checked by the caller).
+            unsafe { epilogue::apply_on(tier, c, ldc, rows, cols, gate_up, w.n, ep, &dst) };
         })
     };
     let items = plan.items();

@@ -63,50 +63,65 @@ pub struct PackedWeight {
     pub(crate) tiles: Vec<Tile>,
 }
 
-impl PackedWeight {
-    /// Packs `w`, row-major `[n, k]` (an HF linear weight), for `C = A · Wᵀ`.
-    pub fn from_bf16(w: &[bf16], n: usize, k: usize) -> Result<Self> {
-        check_shape(w, n, k)?;
-        let nblocks = n.div_ceil(BLOCK_N);
-        Ok(Self::pack(w, n, k, WeightKind::Plain, nblocks, |nb, c| {
-            let row = nb * BLOCK_N + c;
-            (row < n).then_some(row)
-        }))
-    }
-
-    /// Packs a fused gate/up weight `[2·inter, k]` (gate rows first, then up) for the SiLU·mul
-    /// epilogue: the product then has `inter` output columns, `silu(gate) · up`.
-    pub fn from_bf16_gate_up(w: &[bf16], n: usize, k: usize) -> Result<Self> {
-        check_shape(w, n, k)?;
+impl WeightKind {
+    /// The kind and the packed block count of a weight of `n` rows.
+    pub(crate) fn layout(gate_up: bool, n: usize) -> Result<(WeightKind, usize)> {
+        if !gate_up {
+            return Ok((WeightKind::Plain, n.div_ceil(BLOCK_N)));
+        }
         if n % 2 != 0 {
             return Err(Error::Shape(format!(
                 "gate/up weight: N = {n} must be even (gate rows, then as many up rows)"
             )));
         }
-        let inter = n / 2;
-        let nblocks = 2 * inter.div_ceil(BLOCK_N);
-        Ok(Self::pack(
-            w,
-            n,
-            k,
-            WeightKind::GateUp { inter },
-            nblocks,
-            |nb, c| {
-                let col = (nb / 2) * BLOCK_N + c;
-                (col < inter).then_some(col + (nb % 2) * inter)
-            },
+        Ok((
+            WeightKind::GateUp { inter: n / 2 },
+            2 * (n / 2).div_ceil(BLOCK_N),
         ))
     }
 
-    /// `row_of(nb, c)`: the row of `w` that packed block `nb`, column `c` holds, if any.
-    fn pack(
-        w: &[bf16],
-        n: usize,
-        k: usize,
-        kind: WeightKind,
-        nblocks: usize,
-        row_of: impl Fn(usize, usize) -> Option<usize> + Sync,
-    ) -> Self {
+    /// The weight row that packed block `nb`, column `c` holds, if any (`n` rows in all).
+    pub(crate) fn row_of(self, n: usize, nb: usize, c: usize) -> Option<usize> {
+        match self {
+            WeightKind::Plain => Some(nb * BLOCK_N + c).filter(|&r| r < n),
+            WeightKind::GateUp { inter } => {
+                let col = (nb / 2) * BLOCK_N + c;
+                (col < inter).then_some(col + (nb % 2) * inter)
+            }
+        }
+    }
+
+    /// Packed block and column of weight row `row`.
+    pub(crate) fn block_of(self, row: usize) -> (usize, usize) {
+        match self {
+            WeightKind::Plain => (row / BLOCK_N, row % BLOCK_N),
+            WeightKind::GateUp { inter } => {
+                let (half, r) = if row < inter {
+                    (0, row)
+                } else {
+                    (1, row - inter)
+                };
+                (2 * (r / BLOCK_N) + half, r % BLOCK_N)
+            }
+        }
+    }
+}
+
+impl PackedWeight {
+    /// Packs `w`, row-major `[n, k]` (an HF linear weight), for `C = A · Wᵀ`.
+    pub fn from_bf16(w: &[bf16], n: usize, k: usize) -> Result<Self> {
+        Self::pack(w, n, k, false)
+    }
+
+    /// Packs a fused gate/up weight `[2·inter, k]` (gate rows first, then up) for the SiLU·mul
+    /// epilogue: the product then has `inter` output columns, `silu(gate) · up`.
+    pub fn from_bf16_gate_up(w: &[bf16], n: usize, k: usize) -> Result<Self> {
+        Self::pack(w, n, k, true)
+    }
+
+    fn pack(w: &[bf16], n: usize, k: usize, gate_up: bool) -> Result<Self> {
+        check_shape(w, n, k)?;
+        let (kind, nblocks) = WeightKind::layout(gate_up, n)?;
         let kb = k.div_ceil(BLOCK_K);
         let mut tiles = vec![Tile::ZERO; nblocks * kb];
         // Packed on the shared pool so that the pages are first touched by the threads that
@@ -117,22 +132,23 @@ impl PackedWeight {
                 .enumerate()
                 .for_each(|(nb, col_tiles)| {
                     for c in 0..BLOCK_N {
-                        let Some(row) = row_of(nb, c) else { continue };
-                        let src = &w[row * k..(row + 1) * k];
-                        for (kk, &v) in src.iter().enumerate() {
+                        let Some(row) = kind.row_of(n, nb, c) else {
+                            continue;
+                        };
+                        for (kk, &v) in w[row * k..(row + 1) * k].iter().enumerate() {
                             col_tiles[kk / BLOCK_K].0[tile_offset(kk % BLOCK_K, c)] = v;
                         }
                     }
                 })
         });
-        PackedWeight {
+        Ok(PackedWeight {
             n,
             k,
             kind,
             kb,
             nblocks,
             tiles,
-        }
+        })
     }
 
     /// Rows of the original weight (output features before any SiLU·mul).
@@ -156,17 +172,7 @@ impl PackedWeight {
 
     /// `W[row][col]` read back from the packed tiles (for references and tests).
     pub fn get(&self, row: usize, col: usize) -> bf16 {
-        let (nb, c) = match self.kind {
-            WeightKind::Plain => (row / BLOCK_N, row % BLOCK_N),
-            WeightKind::GateUp { inter } => {
-                let (half, r) = if row < inter {
-                    (0, row)
-                } else {
-                    (1, row - inter)
-                };
-                (2 * (r / BLOCK_N) + half, r % BLOCK_N)
-            }
-        };
+        let (nb, c) = self.kind.block_of(row);
         self.tiles[nb * self.kb + col / BLOCK_K].0[tile_offset(col % BLOCK_K, c)]
     }
 
@@ -176,11 +182,12 @@ impl PackedWeight {
         self.tiles[nb * self.kb..].as_ptr() as *const bf16
     }
 
-    /// Output columns of a product with this weight.
-    pub(crate) fn out_cols(&self) -> usize {
-        match self.kind {
-            WeightKind::Plain => self.n,
-            WeightKind::GateUp { inter } => inter,
+    pub(crate) fn shape(&self) -> super::WeightShape {
+        super::WeightShape {
+            n: self.n,
+            k: self.k,
+            kind: self.kind,
+            nblocks: self.nblocks,
         }
     }
 }
@@ -191,7 +198,7 @@ pub(crate) fn tile_offset(kk: usize, c: usize) -> usize {
     (kk / 2) * (2 * BLOCK_N) + c * 2 + (kk % 2)
 }
 
-fn check_shape(w: &[bf16], n: usize, k: usize) -> Result<()> {
+pub(crate) fn check_shape(w: &[bf16], n: usize, k: usize) -> Result<()> {
     if n == 0 || k == 0 {
         return Err(Error::Shape(format!(
             "weight shape [{n}, {k}]: both dimensions must be positive"

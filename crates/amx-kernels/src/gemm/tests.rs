@@ -14,6 +14,9 @@ const U32: f64 = f32::EPSILON as f64 / 2.0;
 /// of the sum of |terms| bounds them with a wide margin (the partial sums are far smaller than
 /// the sum of |terms| on random-sign data), yet a single lost product of typical size fails.
 const ACC_SIGMAS: f64 = 4.0;
+/// int8: the integer sums are exact; dequantization rounds three times (i32 → f32, the
+/// product of the two scales, the product with the sum).
+const INT8_DEQUANT_ROUNDINGS: f64 = 4.0;
 /// bf16 output: half an ulp of the value (8 significant bits), relative.
 const BF16_HALF_ULP: f64 = 1.0 / 256.0;
 /// Absolute floor for values that cancel to near zero.
@@ -26,9 +29,9 @@ fn random_bf16(rng: &mut impl Rng, n: usize) -> Vec<bf16> {
 }
 
 /// Sum of |A[m, :]|·|W[row, :]| + |bias[row]|: the scale of the accumulation error.
-fn magnitude(a: &[bf16], k: usize, w: &[bf16], bias: Option<&[bf16]>, m: usize, row: usize) -> f64 {
+fn magnitude(a: &[f64], k: usize, w: &[f64], bias: Option<&[bf16]>, m: usize, row: usize) -> f64 {
     let s: f64 = (0..k)
-        .map(|kk| (a[m * k + kk].to_f64() * w[row * k + kk].to_f64()).abs())
+        .map(|kk| (a[m * k + kk] * w[row * k + kk]).abs())
         .sum();
     s + bias.map_or(0.0, |b| b[row].to_f64().abs())
 }
@@ -54,8 +57,33 @@ const CASES: [Case; 7] = [
     Case::SiluMul,
 ];
 
-/// Runs one (tier, shape, case, output type) against the reference; panics with the seed.
+/// Which GEMM a check runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Dtype {
+    Bf16,
+    Int8,
+}
+
+/// The operands a kernel multiplies, as f64: bf16 values, or dequantized int8 values.
+fn as_multiplied(dtype: Dtype, x: &[bf16], rows: usize, k: usize) -> Vec<f64> {
+    match dtype {
+        Dtype::Bf16 => x.iter().map(|v| v.to_f64()).collect(),
+        Dtype::Int8 => {
+            let mut q = vec![0i8; k];
+            let mut out = Vec::with_capacity(rows * k);
+            for r in 0..rows {
+                let s = quantize_row_int8(&x[r * k..(r + 1) * k], &mut q) as f64;
+                out.extend(q.iter().map(|&v| v as f64 * s));
+            }
+            out
+        }
+    }
+}
+
+/// Runs one (dtype, tier, shape, case, output type) against the reference; panics with the seed.
+#[allow(clippy::too_many_arguments)]
 fn check<O: OutElem + std::fmt::Debug>(
+    dtype: Dtype,
     tier: CpuTier,
     m: usize,
     n: usize,
@@ -74,7 +102,7 @@ fn check<O: OutElem + std::fmt::Debug>(
         PackedWeight::from_bf16(&wv, n, k)
     }
     .unwrap();
-    let out_cols = w.out_cols();
+    let out_cols = w.shape().out_cols();
     let bias = random_bf16(&mut rng, n);
     let res_bf16 = random_bf16(&mut rng, m * out_cols);
     let res_f32: Vec<f32> = res_bf16.iter().map(|v| v.to_f32()).collect();
@@ -105,10 +133,35 @@ fn check<O: OutElem + std::fmt::Debug>(
             vec![f32::NAN; m * out_cols],
         )
     };
-    gemm_bf16_on(tier, &a, m, k, &w, &mut out, ep).unwrap();
-    gemm_bf16_ref(&a, m, k, &w, &mut want, ep).unwrap();
+    let acc_tol = match dtype {
+        Dtype::Bf16 => {
+            let w = if gate_up {
+                PackedWeight::from_bf16_gate_up(&wv, n, k)
+            } else {
+                PackedWeight::from_bf16(&wv, n, k)
+            };
+            let w = w.unwrap();
+            gemm_bf16_on(tier, &a, m, k, &w, &mut out, ep).unwrap();
+            gemm_bf16_ref(&a, m, k, &w, &mut want, ep).unwrap();
+            ACC_SIGMAS * (k as f64).sqrt() * U32
+        }
+        Dtype::Int8 => {
+            let w = if gate_up {
+                PackedWeightI8::from_bf16_gate_up(&wv, n, k)
+            } else {
+                PackedWeightI8::from_bf16(&wv, n, k)
+            };
+            let w = w.unwrap();
+            gemm_int8_on(tier, &a, m, k, &w, &mut out, ep).unwrap();
+            gemm_int8_ref(&a, m, k, &w, &mut want, ep).unwrap();
+            INT8_DEQUANT_ROUNDINGS * U32
+        }
+    };
+    let (a, wv) = (
+        as_multiplied(dtype, &a, m, k),
+        as_multiplied(dtype, &wv, n, k),
+    );
     let out_is_bf16 = std::mem::size_of::<O>() == 2;
-    let acc_tol = ACC_SIGMAS * (k as f64).sqrt() * U32;
     for row in 0..m {
         for col in 0..out_cols {
             let idx = row * out_cols + col;
@@ -128,7 +181,7 @@ fn check<O: OutElem + std::fmt::Debug>(
             }
             assert!(
                 (got - exp).abs() <= tol,
-                "{tier} m={m} n={n} k={k} {case:?} out={}: [{row},{col}] got {got}, reference {exp}, tol {tol:.3e} (seed {seed})",
+                "{dtype:?} {tier} m={m} n={n} k={k} {case:?} out={}: [{row},{col}] got {got}, reference {exp}, tol {tol:.3e} (seed {seed})",
                 std::any::type_name::<O>()
             );
         }
@@ -148,42 +201,67 @@ const SHAPES: [(usize, usize, usize); 9] = [
     (4, 130, 256),
 ];
 
-fn check_tier(tier: CpuTier) {
+fn check_tier(dtype: Dtype, tier: CpuTier) {
     if !platform::testing::tier_or_skip(tier) {
         return;
     }
     for &(m, n, k) in &SHAPES {
         for case in CASES {
             let seed: u64 = rand::random();
-            check::<f32>(tier, m, n, k, case, seed);
-            check::<bf16>(tier, m, n, k, case, seed);
+            check::<f32>(dtype, tier, m, n, k, case, seed);
+            check::<bf16>(dtype, tier, m, n, k, case, seed);
         }
     }
 }
 
 #[test]
-fn amx_matches_reference() {
-    check_tier(CpuTier::Amx);
+fn amx_bf16_matches_reference() {
+    check_tier(Dtype::Bf16, CpuTier::Amx);
 }
 
 #[test]
-fn avx512bf16_matches_reference() {
-    check_tier(CpuTier::Avx512Bf16);
+fn amx_int8_matches_reference() {
+    check_tier(Dtype::Int8, CpuTier::Amx);
 }
 
 #[test]
-fn avx512_matches_reference() {
-    check_tier(CpuTier::Avx512);
+fn avx512bf16_bf16_matches_reference() {
+    check_tier(Dtype::Bf16, CpuTier::Avx512Bf16);
 }
 
 #[test]
-fn avx2_matches_reference() {
-    check_tier(CpuTier::Avx2);
+fn avx512bf16_int8_matches_reference() {
+    check_tier(Dtype::Int8, CpuTier::Avx512Bf16);
 }
 
 #[test]
-fn scalar_matches_reference() {
-    check_tier(CpuTier::Scalar);
+fn avx512_bf16_matches_reference() {
+    check_tier(Dtype::Bf16, CpuTier::Avx512);
+}
+
+#[test]
+fn avx512_int8_matches_reference() {
+    check_tier(Dtype::Int8, CpuTier::Avx512);
+}
+
+#[test]
+fn avx2_bf16_matches_reference() {
+    check_tier(Dtype::Bf16, CpuTier::Avx2);
+}
+
+#[test]
+fn avx2_int8_matches_reference() {
+    check_tier(Dtype::Int8, CpuTier::Avx2);
+}
+
+#[test]
+fn scalar_bf16_matches_reference() {
+    check_tier(Dtype::Bf16, CpuTier::Scalar);
+}
+
+#[test]
+fn scalar_int8_matches_reference() {
+    check_tier(Dtype::Int8, CpuTier::Scalar);
 }
 
 #[test]
@@ -329,4 +407,36 @@ fn bad_arguments_are_errors() {
         Epilogue::default(),
     )
     .unwrap();
+}
+
+/// The int8 GEMM against the exact bf16 product: the difference is the quantization error,
+/// bounded by Σ_k (|a|·δw + |w|·δa + δa·δw) with δ half a quantization step of each operand.
+#[test]
+fn int8_stays_within_quantization_error_of_bf16() {
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (m, n, k) = (5, 40, 300);
+    let a = random_bf16(&mut rng, m * k);
+    let wv = random_bf16(&mut rng, n * k);
+    let w = PackedWeightI8::from_bf16(&wv, n, k).unwrap();
+    let mut out = vec![f32::NAN; m * n];
+    gemm_int8(&a, m, k, &w, &mut out, Epilogue::default()).unwrap();
+    let step = |x: &[bf16]| x.iter().fold(0f64, |s, v| s.max(v.to_f64().abs())) / 127.0 / 2.0;
+    for r in 0..m {
+        let da = step(&a[r * k..(r + 1) * k]);
+        for c in 0..n {
+            let dw = step(&wv[c * k..(c + 1) * k]);
+            let (mut exact, mut bound) = (0f64, 1e-5);
+            for kk in 0..k {
+                let (x, y) = (a[r * k + kk].to_f64(), wv[c * k + kk].to_f64());
+                exact += x * y;
+                bound += x.abs() * dw + y.abs() * da + da * dw;
+            }
+            let got = out[r * n + c] as f64;
+            assert!(
+                (got - exact).abs() <= bound,
+                "[{r},{c}] int8 {got} vs exact {exact}, bound {bound} (seed {seed})"
+            );
+        }
+    }
 }

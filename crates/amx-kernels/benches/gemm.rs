@@ -1,0 +1,180 @@
+//! GEMM benches on the pool (`TANDEM_THREADS` sets its size): the linears of LLaMA-3-8B and
+//! OPT-30B at M ∈ {1, 8, 32, 128, 512, 2048}, bf16 and int8 weights, bf16 activations and output, the epilogue each
+//! linear has in a model. Throughput: FLOP (2·M·N·K, printed as elem/s) for M > 8, bytes of
+//! packed weight for M ≤ 8 (the weight-streaming regime). `cpu_dram_read` measures the read
+//! bandwidth ceiling in the same run.
+//!
+//! `cargo bench -p amx-kernels --bench gemm -- <filter>`; `TANDEM_CPU_TIER` picks a lower tier.
+
+use std::time::Duration;
+
+use amx_kernels::{
+    gemm_bf16, gemm_int8, Activation, Epilogue, PackedWeight, PackedWeightI8, Residual,
+};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use half::bf16;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+const MS: [usize; 6] = [1, 8, 32, 128, 512, 2048];
+
+/// (model.linear, N, K, epilogue kind)
+#[derive(Clone, Copy)]
+enum Kind {
+    Plain,
+    SiluMul,
+    BiasRelu,
+    BiasResidual,
+}
+
+const SHAPES: [(&str, usize, usize, Kind); 6] = [
+    ("llama3-8b.qkv", 6144, 4096, Kind::Plain),
+    ("llama3-8b.o", 4096, 4096, Kind::Plain),
+    ("llama3-8b.gate_up", 2 * 14336, 4096, Kind::SiluMul),
+    ("llama3-8b.down", 4096, 14336, Kind::Plain),
+    ("opt-30b.fc1", 28672, 7168, Kind::BiasRelu),
+    ("opt-30b.fc2", 7168, 28672, Kind::BiasResidual),
+];
+
+/// Random bf16 in [-1, 1), filled on the pool (hundreds of MB per weight).
+pub fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
+    let mut v = vec![bf16::ZERO; n];
+    platform::pool().install(|| {
+        v.par_chunks_mut(1 << 16).enumerate().for_each(|(i, c)| {
+            let mut rng =
+                SmallRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            c.iter_mut()
+                .for_each(|x| *x = bf16::from_f32(rng.gen_range(-1.0..1.0)));
+        })
+    });
+    v
+}
+
+fn configure<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    g.sampling_mode(SamplingMode::Flat);
+    g
+}
+
+/// Which GEMM a bench group runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Dtype {
+    Bf16,
+    Int8,
+}
+
+fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
+    let mut g = configure(
+        c,
+        if dtype == Dtype::Bf16 {
+            "cpu_gemm_bf16"
+        } else {
+            "cpu_gemm_int8"
+        },
+    );
+    let mmax = *MS.iter().max().unwrap();
+    for (i, &(name, n, k, kind)) in SHAPES.iter().enumerate() {
+        let wv = random_bf16(n * k, i as u64);
+        let gate_up = matches!(kind, Kind::SiluMul);
+        let (wb, wq) = match (dtype, gate_up) {
+            (Dtype::Bf16, false) => (Some(PackedWeight::from_bf16(&wv, n, k).unwrap()), None),
+            (Dtype::Bf16, true) => (
+                Some(PackedWeight::from_bf16_gate_up(&wv, n, k).unwrap()),
+                None,
+            ),
+            (Dtype::Int8, false) => (None, Some(PackedWeightI8::from_bf16(&wv, n, k).unwrap())),
+            (Dtype::Int8, true) => (
+                None,
+                Some(PackedWeightI8::from_bf16_gate_up(&wv, n, k).unwrap()),
+            ),
+        };
+        drop(wv);
+        let packed_bytes = wb
+            .as_ref()
+            .map_or_else(|| wq.as_ref().unwrap().packed_bytes(), |w| w.packed_bytes());
+        let out_cols = if gate_up { n / 2 } else { n };
+        let a = random_bf16(mmax * k, 100 + i as u64);
+        let bias = random_bf16(n, 200 + i as u64);
+        let mut out = random_bf16(mmax * out_cols, 300 + i as u64);
+        for &m in &MS {
+            g.throughput(if m <= 8 {
+                Throughput::Bytes(packed_bytes as u64)
+            } else {
+                Throughput::Elements(2 * (m * n * k) as u64)
+            });
+            let ep = match kind {
+                Kind::Plain => Epilogue::default(),
+                Kind::SiluMul => Epilogue {
+                    activation: Activation::SiluMul,
+                    ..Default::default()
+                },
+                Kind::BiasRelu => Epilogue::bias_relu(&bias),
+                Kind::BiasResidual => Epilogue {
+                    bias: Some(&bias),
+                    residual: Residual::Output,
+                    ..Default::default()
+                },
+            };
+            g.bench_with_input(BenchmarkId::new(name, m), &m, |b, &m| {
+                let (a, out) = (&a[..m * k], &mut out[..m * out_cols]);
+                match (&wb, &wq) {
+                    (Some(w), _) => b.iter(|| gemm_bf16(a, m, k, w, out, ep).unwrap()),
+                    (_, Some(w)) => b.iter(|| gemm_int8(a, m, k, w, out, ep).unwrap()),
+                    _ => unreachable!(),
+                }
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_gemm_bf16(c: &mut Criterion) {
+    bench_gemm(c, Dtype::Bf16);
+}
+
+fn bench_gemm_int8(c: &mut Criterion) {
+    bench_gemm(c, Dtype::Int8);
+}
+
+/// Read bandwidth of the pool over 2 GiB (far past any L3): the ceiling of the M ≤ 8 cases.
+fn bench_dram_read(c: &mut Criterion) {
+    let words = (2usize << 30) / 8;
+    let mut buf = vec![0u64; words];
+    platform::pool().install(|| {
+        buf.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(i, ch)| ch.iter_mut().for_each(|x| *x = i as u64));
+    });
+    let mut g = configure(c, "cpu_dram_read");
+    g.throughput(Throughput::Bytes((words * 8) as u64));
+    g.bench_function("u64", |b| {
+        b.iter(|| {
+            platform::pool().install(|| {
+                buf.par_chunks(1 << 18)
+                    .map(|ch| {
+                        let mut s = [0u64; 8];
+                        for v in ch.chunks_exact(8) {
+                            for j in 0..8 {
+                                s[j] = s[j].wrapping_add(v[j]);
+                            }
+                        }
+                        s.iter().fold(0u64, |x, y| x ^ y)
+                    })
+                    .reduce(|| 0, |x, y| x ^ y)
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_dram_read, bench_gemm_bf16, bench_gemm_int8);
+criterion_main!(benches);

@@ -1,0 +1,176 @@
+//! int8 GEMM: `C = epilogue((s_a[m] · s_w[n]) · Σ_k qa[m][k] · qw[n][k])` with the weight
+//! quantized per output channel at load ([`PackedWeightI8`]) and the activations quantized per
+//! row on each call ([`quantize_row_int8`]), integer accumulation in i32, then the same fused
+//! epilogues as the bf16 GEMM.
+//!
+//! Tiers: AMX (`tdpbssd`, needs AMX-INT8), AVX-512 VNNI (`vpdpbusd`, on the avx512 and
+//! avx512bf16 tiers when the CPU has VNNI), scalar (everything else). The quantized
+//! activations live in a buffer of the calling thread, rows padded with zeros to whole 64-deep
+//! tiles, grown once and reused.
+
+use std::cell::RefCell;
+
+use half::bf16;
+use platform::CpuTier;
+use rayon::prelude::*;
+
+use super::amx_tiles::{gemm_block_amx, AmxOperands};
+use super::pack::BLOCK_N;
+use super::pack_int8::{quantize_row_int8, PackedWeightI8, BLOCK_K_INT8};
+use super::{avx512vnni_int8, check_args, run, scalar_int8, Epilogue, OutElem};
+use crate::{Error, Result};
+
+/// Quantized activations handed to a block kernel.
+pub(crate) struct QuantA<'a> {
+    /// `[M][kpad]` int8, zero-padded past K.
+    pub q: &'a [i8],
+    pub kpad: usize,
+    /// `[M]` per-row scales.
+    pub scales: &'a [f32],
+}
+
+/// One int8 tier's block kernel: i32 accumulators of rows `m0 .. m0 + rows` × packed blocks
+/// `pb0 .. pb1` into `c` (as i32 bits, row stride `(pb1 - pb0) · 16`).
+pub(crate) type BlockKernelI8 = unsafe fn(
+    a: &QuantA,
+    m0: usize,
+    rows: usize,
+    w: &PackedWeightI8,
+    pb0: usize,
+    pb1: usize,
+    c: &mut [f32],
+);
+
+/// Which int8 kernel a tier runs, or an error when this CPU cannot run that tier.
+fn kernel_for(tier: CpuTier) -> Result<BlockKernelI8> {
+    let caps = platform::cpu_caps();
+    if !tier.available() {
+        return Err(Error::Unsupported {
+            needed: tier.name(),
+            have: caps.best_tier(),
+        });
+    }
+    Ok(match tier {
+        CpuTier::Amx if caps.amx_int8_usable() => gemm_block_amx_int8,
+        CpuTier::Amx => {
+            return Err(Error::Unsupported {
+                needed: "AMX-INT8",
+                have: caps.best_tier(),
+            })
+        }
+        CpuTier::Avx512Bf16 | CpuTier::Avx512 if caps.avx512_vnni => {
+            avx512vnni_int8::gemm_block_avx512vnni_int8
+        }
+        _ => scalar_int8::gemm_block_scalar_int8,
+    })
+}
+
+/// The tier [`gemm_int8`] uses: `platform::cpu_tier()`, lowered to the VNNI twin where AMX
+/// lacks INT8.
+fn default_tier() -> CpuTier {
+    let t = platform::cpu_tier();
+    if t == CpuTier::Amx && !platform::cpu_caps().amx_int8_usable() {
+        CpuTier::Avx512Bf16
+    } else {
+        t
+    }
+}
+
+/// `out[M, out_cols] = epilogue(dequant(quant(A) · quant(W)ᵀ))` on the best tier. Operands as in
+/// [`gemm_bf16`](super::gemm_bf16).
+pub fn gemm_int8<O: OutElem>(
+    a: &[bf16],
+    m: usize,
+    k: usize,
+    w: &PackedWeightI8,
+    out: &mut [O],
+    ep: Epilogue,
+) -> Result<()> {
+    gemm_int8_on(default_tier(), a, m, k, w, out, ep)
+}
+
+thread_local! {
+    /// The calling thread's quantized activations and their scales.
+    static QUANT: RefCell<(Vec<i8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// [`gemm_int8`] on an explicit tier (tests and benches).
+pub fn gemm_int8_on<O: OutElem>(
+    tier: CpuTier,
+    a: &[bf16],
+    m: usize,
+    k: usize,
+    w: &PackedWeightI8,
+    out: &mut [O],
+    ep: Epilogue,
+) -> Result<()> {
+    let kernel = kernel_for(tier)?;
+    let shape = w.shape();
+    check_args(a, m, k, &shape, out.len(), &ep)?;
+    if m == 0 {
+        return Ok(());
+    }
+    let kpad = w.kb * BLOCK_K_INT8;
+    QUANT.with(|qbuf| {
+        let mut qbuf = qbuf.borrow_mut();
+        let (q, scales) = &mut *qbuf;
+        if q.len() < m * kpad {
+            q.resize(m * kpad, 0);
+        }
+        if scales.len() < m {
+            scales.resize(m, 0.0);
+        }
+        let (q, scales) = (&mut q[..m * kpad], &mut scales[..m]);
+        platform::pool().install(|| {
+            q.par_chunks_mut(kpad)
+                .zip(scales.par_iter_mut())
+                .enumerate()
+                .for_each(|(r, (qr, s))| {
+                    *s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
+                    qr[k..].fill(0);
+                })
+        });
+        let qa = QuantA { q, kpad, scales };
+        run(tier, m, &shape, out, &ep, |m0, rows, pb0, pb1, c| {
+            // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
+            // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
+            // elements; kernel_for checked the tier.
+            unsafe { kernel(&qa, m0, rows, w, pb0, pb1, c) };
+            dequantize(c, rows, pb0, pb1, &qa.scales[m0..m0 + rows], &w.scales);
+        });
+    });
+    Ok(())
+}
+
+/// i32 accumulators (stored as bits in `c`) to f32 with the row and column scales.
+fn dequantize(c: &mut [f32], rows: usize, pb0: usize, pb1: usize, sa: &[f32], sw: &[f32]) {
+    let ldc = (pb1 - pb0) * BLOCK_N;
+    let sw = &sw[pb0 * BLOCK_N..pb1 * BLOCK_N];
+    for (r, row) in c.chunks_exact_mut(ldc).take(rows).enumerate() {
+        for (x, &s) in row.iter_mut().zip(sw) {
+            *x = x.to_bits() as i32 as f32 * (sa[r] * s);
+        }
+    }
+}
+
+/// AMX tier: the shared tile kernel with `tdpbssd`; A is the padded quantized copy, so no
+/// tail step is needed.
+unsafe fn gemm_block_amx_int8(
+    a: &QuantA,
+    m0: usize,
+    rows: usize,
+    w: &PackedWeightI8,
+    pb0: usize,
+    pb1: usize,
+    c: &mut [f32],
+) {
+    let op = AmxOperands {
+        a: a.q.as_ptr().add(m0 * a.kpad) as *const u8,
+        lda: a.kpad,
+        tail_bytes: 0,
+        b: w.block_ptr(0) as *const u8,
+        b_stride: w.kb * 1024,
+        kb: w.kb,
+    };
+    gemm_block_amx::<true>(&op, rows, pb0, pb1, c);
+}
