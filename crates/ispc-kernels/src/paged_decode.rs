@@ -120,9 +120,9 @@ fn check(
             "paged_decode: num_q_heads ({qh}) must be a positive multiple of num_kv_heads ({kvh})"
         )));
     }
-    if d == 0 || d % 16 != 0 || d > MAX_HEAD_DIM {
+    if d == 0 || d % 32 != 0 || d > MAX_HEAD_DIM {
         return Err(Error::Invalid(format!(
-            "paged_decode: head_dim {d} is not supported (a multiple of 16 up to {MAX_HEAD_DIM})"
+            "paged_decode: head_dim {d} is not supported (a multiple of 32 up to {MAX_HEAD_DIM})"
         )));
     }
     if !scale.is_finite() {
