@@ -22,6 +22,14 @@
 
 #include "bf16.isph"
 
+// build.rs compiles this file twice: for every target with ISPC's dispatch (plain names), and
+// for avx2 alone with NAME_SUFFIX=_avx2, so that a lower tier can be forced (TANDEM_CPU_TIER).
+#ifndef NAME_SUFFIX
+#define NAME_SUFFIX
+#endif
+#define PASTE2(a, b) a##b
+#define PASTE(a, b) PASTE2(a, b)
+
 #define BLOCK 16
 // Largest head_dim and query group this kernel takes; the wrapper enforces both and splits a
 // larger query group into passes of MAX_G heads.
@@ -93,7 +101,7 @@ static inline pair pack_bf16(float lo, float hi) {
     return (pair)f32_to_bf16(lo) | ((pair)f32_to_bf16(hi) << 16);
 }
 
-export void ispc_paged_decode_segment_bf16(
+export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
     uniform const uint16 q[],
     uniform uint16 k_cache[], uniform uint16 v_cache[],
     uniform const int32 blocks[], uniform int32 ntok,
@@ -273,7 +281,7 @@ export void ispc_paged_decode_segment_bf16(
 // Merges the nseg partial results of one (sequence, KV head) by log-sum-exp and writes the
 // normalised output. part_o [nseg][g][d] in the chunked even|odd order above, part_ml
 // [nseg][g][2], out [g][d] bf16.
-export void ispc_paged_decode_merge_bf16(
+export void PASTE(ispc_paged_decode_merge_bf16, NAME_SUFFIX)(
     uniform const float part_o[], uniform const float part_ml[], uniform int32 nseg,
     uniform int32 g, uniform int32 d, uniform uint16 out[])
 {
