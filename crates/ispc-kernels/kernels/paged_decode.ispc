@@ -13,12 +13,24 @@
 //   part_o, part_ml   [g][d], [g][2]: unnormalised Σ p·V and (max score m, Σ p) of the
 //                     segment, for the merge when the sequence was cut into several segments
 //
-// Per block of 16 tokens: the block's K rows of this head (16·d contiguous bf16, 4 KiB for
-// d = 128) are widened once into an f32 staging array in L1, then every query head reads them
-// from there, so all g heads share one pass over DRAM. Scores go through an online softmax
-// (running max m, running sum l, accumulator rescaled by exp(m_old - m_new)); then V is staged
-// the same way and accumulated. Lanes run over head_dim in both products: QKᵀ reduces across
-// lanes once per (token, head); PV is a plain lane-wise FMA with the probability broadcast.
+//   part_o's f32 rows, like every f32 copy of a row here, hold each chunk of 2W values
+//   (W = programCount) as [W even elements][W odd elements]; see `pair` below.
+//
+// Per block of 16 tokens (W = 16 on avx512, 8 on avx2; d = 128, g query heads):
+//   - K: the block's 16 rows of this head (16·d contiguous bf16, one 4 KiB page for d = 128)
+//     are widened once into `stage` (f32, L1); every query head then reads them from there, so
+//     the g heads share one pass over DRAM;
+//   - QKᵀ, per head: 16 vector accumulators r[t] (registers), one per token, each summing
+//     q·k over the row's chunks with lanes over head_dim; `reduce16` folds the 16 into
+//     16/W vectors of per-token scores (15 two-permute-and-add folds, no per-token horizontal
+//     sums);
+//   - online softmax per head: running max m, running sum l, accumulator rescaled by
+//     exp(m_old - m_new); tokens past the sequence's end get weight 0;
+//   - PV: V is widened in registers, 8 tokens × (even, odd) = 16 vectors per chunk, and every
+//     head accumulates p[t]·v[t] into its f32 accumulator (`acc`, L1) with p broadcast;
+//   - the next-but-one block's K and V lines are prefetched to L2, spread over the loops.
+// Registers (avx512, 32 zmm): QKᵀ holds r[0..15] plus the two q halves; PV holds 16 widened V
+// vectors, two accumulators and broadcasts.
 
 #include "bf16.isph"
 

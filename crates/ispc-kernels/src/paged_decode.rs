@@ -27,6 +27,10 @@
 //! process (AMX GEMMs, these attentions) without a second set of threads competing for the same
 //! cores, and the planning, merging and error handling stay in Rust; ISPC tasks would have
 //! needed an ISPCLaunch/ISPCSync runtime bridged onto the same pool anyway.
+//!
+//! Code paths, from `platform::cpu_tier()` (lowered by `TANDEM_CPU_TIER`): avx512 and above
+//! run ISPC's dispatched build (avx512skx-x16 where the CPU has it), `avx2` forces the
+//! avx2-i32x8 build, `scalar` runs the reference twin.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -50,7 +54,8 @@ const SEGMENTS_PER_THREAD: usize = 4;
 pub struct DecodeShape {
     pub num_q_heads: usize,
     pub num_kv_heads: usize,
-    /// A multiple of 16, at most [`MAX_HEAD_DIM`] (64 and 128 are the model sizes).
+    /// A multiple of 32 (one avx512 vector of bf16 pairs), at most [`MAX_HEAD_DIM`]; 64 and 128
+    /// are the model sizes.
     pub head_dim: usize,
     /// Multiplies q·k before the softmax, usually `1/sqrt(head_dim)`.
     pub scale: f32,
