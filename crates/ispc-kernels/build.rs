@@ -11,6 +11,9 @@ use std::process::Command;
 
 /// ISPC targets, one object each plus the dispatcher.
 const TARGETS: &str = "avx2-i32x8,avx512skx-x16";
+/// Kernels also compiled for avx2 alone, their exports suffixed `_avx2` (`NAME_SUFFIX`), so that
+/// `TANDEM_CPU_TIER=avx2` can force that path on a machine whose dispatch would pick avx512.
+const FORCED_AVX2: &[&str] = &["paged_decode"];
 const MIN_VERSION: (u32, u32) = (1, 23);
 const DEFAULT_TOOLCHAIN: &str = "/opt/tandem/toolchain";
 
@@ -71,33 +74,44 @@ fn main() {
 
     let mut objects = Vec::new();
     let mut headers = Vec::new();
-    for src in &sources {
-        let stem = src.file_stem().unwrap().to_str().unwrap().to_string();
-        let obj = out.join(format!("{stem}.o"));
-        let hdr = out.join(format!("{stem}_ispc.h"));
+    let compile = |src: &Path, obj: &Path, hdr: &Path, targets: &str, defines: &[&str]| {
         let status = Command::new(&ispc)
             .arg(src)
             .args(["-O3", "--pic", "--addressing=64", "--woff"])
-            .arg(format!("--target={TARGETS}"))
+            .arg(format!("--target={targets}"))
+            .args(defines)
             .arg("-I")
             .arg("kernels")
             .arg("-o")
-            .arg(&obj)
+            .arg(obj)
             .arg("-h")
-            .arg(&hdr)
+            .arg(hdr)
             .status()
             .unwrap_or_else(|e| panic!("ispc-kernels: could not run {}: {e}", ispc.display()));
         assert!(
             status.success(),
-            "ispc-kernels: ISPC failed on {}",
+            "ispc-kernels: ISPC failed on {} ({targets})",
             src.display()
         );
+    };
+    for src in &sources {
+        let stem = src.file_stem().unwrap().to_str().unwrap().to_string();
+        let obj = out.join(format!("{stem}.o"));
+        let hdr = out.join(format!("{stem}_ispc.h"));
+        compile(src, &obj, &hdr, TARGETS, &[]);
         // With several targets ISPC writes `stem.o` (the dispatcher) and `stem_<isa>.o`.
         objects.push(obj);
         for isa in TARGETS.split(',').map(|t| t.split('-').next().unwrap()) {
             objects.push(out.join(format!("{stem}_{isa}.o")));
         }
         headers.push(hdr);
+        if FORCED_AVX2.contains(&stem.as_str()) {
+            let obj = out.join(format!("{stem}_only_avx2.o"));
+            let hdr = out.join(format!("{stem}_only_avx2_ispc.h"));
+            compile(src, &obj, &hdr, "avx2-i32x8", &["-DNAME_SUFFIX=_avx2"]);
+            objects.push(obj);
+            headers.push(hdr);
+        }
     }
     let mut ar = cc::Build::new();
     for o in &objects {

@@ -13,14 +13,34 @@
 //   part_o, part_ml   [g][d], [g][2]: unnormalised Σ p·V and (max score m, Σ p) of the
 //                     segment, for the merge when the sequence was cut into several segments
 //
-// Per block of 16 tokens: the block's K rows of this head (16·d contiguous bf16, 4 KiB for
-// d = 128) are widened once into an f32 staging array in L1, then every query head reads them
-// from there, so all g heads share one pass over DRAM. Scores go through an online softmax
-// (running max m, running sum l, accumulator rescaled by exp(m_old - m_new)); then V is staged
-// the same way and accumulated. Lanes run over head_dim in both products: QKᵀ reduces across
-// lanes once per (token, head); PV is a plain lane-wise FMA with the probability broadcast.
+//   part_o's f32 rows, like every f32 copy of a row here, hold each chunk of 2W values
+//   (W = programCount) as [W even elements][W odd elements]; see `pair` below.
+//
+// Per block of 16 tokens (W = 16 on avx512, 8 on avx2; d = 128, g query heads):
+//   - K: the block's 16 rows of this head (16·d contiguous bf16, one 4 KiB page for d = 128)
+//     are widened once into `stage` (f32, L1); every query head then reads them from there, so
+//     the g heads share one pass over DRAM;
+//   - QKᵀ, per head: 16 vector accumulators r[t] (registers), one per token, each summing
+//     q·k over the row's chunks with lanes over head_dim; `reduce16` folds the 16 into
+//     16/W vectors of per-token scores (15 two-permute-and-add folds, no per-token horizontal
+//     sums);
+//   - online softmax per head: running max m, running sum l, accumulator rescaled by
+//     exp(m_old - m_new); tokens past the sequence's end get weight 0;
+//   - PV: V is widened in registers, 8 tokens × (even, odd) = 16 vectors per chunk, and every
+//     head accumulates p[t]·v[t] into its f32 accumulator (`acc`, L1) with p broadcast;
+//   - the next-but-one block's K and V lines are prefetched to L2, spread over the loops.
+// Registers (avx512, 32 zmm): QKᵀ holds r[0..15] plus the two q halves; PV holds 16 widened V
+// vectors, two accumulators and broadcasts.
 
 #include "bf16.isph"
+
+// build.rs compiles this file twice: for every target with ISPC's dispatch (plain names), and
+// for avx2 alone with NAME_SUFFIX=_avx2, so that a lower tier can be forced (TANDEM_CPU_TIER).
+#ifndef NAME_SUFFIX
+#define NAME_SUFFIX
+#endif
+#define PASTE2(a, b) a##b
+#define PASTE(a, b) PASTE2(a, b)
 
 #define BLOCK 16
 // Largest head_dim and query group this kernel takes; the wrapper enforces both and splits a
@@ -42,36 +62,58 @@ static inline float fold(float x, float y, uniform int s) {
     return shuffle(x, y, src) + shuffle(x, y, src + h);
 }
 
+// Written out level by level: as a loop, the compiler kept r[] on the stack.
 static inline void reduce16(float r[BLOCK]) {
-    uniform int cnt = BLOCK;
-    #pragma unroll
-    for (uniform int s = programCount; s >= 2; s /= 2) {
-        #pragma unroll
-        for (uniform int i = 0; i < cnt / 2; i++) {
-            r[i] = fold(r[2 * i], r[2 * i + 1], s);
-        }
-        cnt /= 2;
-    }
+#if TARGET_WIDTH == 16
+    r[0] = fold(r[0], r[1], 16);
+    r[1] = fold(r[2], r[3], 16);
+    r[2] = fold(r[4], r[5], 16);
+    r[3] = fold(r[6], r[7], 16);
+    r[4] = fold(r[8], r[9], 16);
+    r[5] = fold(r[10], r[11], 16);
+    r[6] = fold(r[12], r[13], 16);
+    r[7] = fold(r[14], r[15], 16);
+    r[0] = fold(r[0], r[1], 8);
+    r[1] = fold(r[2], r[3], 8);
+    r[2] = fold(r[4], r[5], 8);
+    r[3] = fold(r[6], r[7], 8);
+    r[0] = fold(r[0], r[1], 4);
+    r[1] = fold(r[2], r[3], 4);
+    r[0] = fold(r[0], r[1], 2);
+#elif TARGET_WIDTH == 8
+    r[0] = fold(r[0], r[1], 8);
+    r[1] = fold(r[2], r[3], 8);
+    r[2] = fold(r[4], r[5], 8);
+    r[3] = fold(r[6], r[7], 8);
+    r[4] = fold(r[8], r[9], 8);
+    r[5] = fold(r[10], r[11], 8);
+    r[6] = fold(r[12], r[13], 8);
+    r[7] = fold(r[14], r[15], 8);
+    r[0] = fold(r[0], r[1], 4);
+    r[1] = fold(r[2], r[3], 4);
+    r[2] = fold(r[4], r[5], 4);
+    r[3] = fold(r[6], r[7], 4);
+    r[0] = fold(r[0], r[1], 2);
+    r[1] = fold(r[2], r[3], 2);
+#else
+#error "paged_decode.ispc: reduce16 is written for 8- and 16-wide targets"
+#endif
 }
 
-// Widens rows 0..valid-1 of one block's head (bf16, contiguous) into `stage`; rows valid..15
-// become 0 so that a partial block computes on zeros, never on stale or unwritten slots.
-static inline void stage_rows(uniform float stage[], uniform const uint16 src[], uniform int valid, uniform int d) {
-    foreach (i = 0 ... valid * d) {
-        stage[i] = bf16_to_f32(src[i]);
-    }
-    foreach (i = valid * d ... BLOCK * d) {
-        stage[i] = 0.0f;
-    }
+typedef unsigned int32 pair;
+
+// A 32-bit word holds two adjacent bf16 values; each widens to f32 with one shift or one mask.
+// Rows are therefore processed in chunks of 2·programCount values read as programCount words,
+// and every f32 copy of a row (staged K, q, the accumulators, the partial results) keeps a
+// chunk as [even elements][odd elements]. Dot products do not care about the order, and the
+// output is re-interleaved when it is packed back into bf16 pairs.
+static inline float lo_f32(pair w) { return floatbits(w << 16); }
+static inline float hi_f32(pair w) { return floatbits(w & 0xffff0000); }
+static inline pair pack_bf16(float lo, float hi) {
+    return (pair)f32_to_bf16(lo) | ((pair)f32_to_bf16(hi) << 16);
 }
 
-static inline void prefetch_rows(uniform const uint16 src[], uniform int d) {
-    for (uniform int i = 0; i < BLOCK * d; i += 32) {
-        prefetch_l2(&src[i]);
-    }
-}
-
-export void ispc_paged_decode_segment_bf16(
+export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
     uniform const uint16 q[],
     uniform uint16 k_cache[], uniform uint16 v_cache[],
     uniform const int32 blocks[], uniform int32 ntok,
@@ -90,15 +132,23 @@ export void ispc_paged_decode_segment_bf16(
         }
     }
 
+    uniform const int W = programCount;
+    uniform const int nc = d / (2 * W); // chunks per row
+    uniform const int hw = d / 2;       // words per row
     uniform float qs[MAX_G * MAX_D];
     uniform float acc[MAX_G * MAX_D];
     uniform float m[MAX_G];
     uniform float l[MAX_G];
-    foreach (i = 0 ... g * d) {
-        qs[i] = bf16_to_f32(q[i]) * scale;
-        acc[i] = 0.0f;
-    }
+    uniform const pair * uniform q32 = (uniform const pair * uniform)q;
     for (uniform int h = 0; h < g; h++) {
+        for (uniform int c = 0; c < nc; c++) {
+            pair w = q32[h * hw + c * W + programIndex];
+            uniform int o = h * d + c * 2 * W;
+            qs[o + programIndex] = lo_f32(w) * scale;
+            qs[o + W + programIndex] = hi_f32(w) * scale;
+            acc[o + programIndex] = 0.0f;
+            acc[o + W + programIndex] = 0.0f;
+        }
         m[h] = -floatbits(0x7f800000);
         l[h] = 0.0f;
     }
@@ -106,29 +156,54 @@ export void ispc_paged_decode_segment_bf16(
     uniform float stage[BLOCK * MAX_D];
     uniform float p[MAX_G][BLOCK];
     uniform float alpha[MAX_G];
-    uniform int nblocks = (ntok + BLOCK - 1) / BLOCK;
+    uniform const int nblocks = (ntok + BLOCK - 1) / BLOCK;
     for (uniform int b = 0; b < nblocks; b++) {
-        uniform int valid = min(BLOCK, ntok - b * BLOCK);
-        uniform int64 base = (uniform int64)blocks[b] * block_stride + head_off;
-        if (b + 1 < nblocks) {
-            uniform int64 next = (uniform int64)blocks[b + 1] * block_stride + head_off;
-            prefetch_rows(k_cache + next, d);
-            prefetch_rows(v_cache + next, d);
+        uniform const int valid = min(BLOCK, ntok - b * BLOCK);
+        uniform const int64 base = (uniform int64)blocks[b] * block_stride + head_off;
+        uniform const pair * uniform k32 = (uniform const pair * uniform)(k_cache + base);
+        uniform const pair * uniform v32 = (uniform const pair * uniform)(v_cache + base);
+        // Software prefetch two blocks ahead, spread over this block's loops: each block of a
+        // head is one 4 KiB page (d = 128) at an unrelated address, where the hardware
+        // prefetcher would start cold.
+        uniform const bool pf = b + 2 < nblocks;
+        uniform const int64 ahead = pf ? (uniform int64)blocks[b + 2] * block_stride + head_off : base;
+        uniform const int8 * uniform kn = (uniform const int8 * uniform)(k_cache + ahead);
+        uniform const int8 * uniform vn = (uniform const int8 * uniform)(v_cache + ahead);
+
+        // K widened once into `stage` ([t][chunk][even|odd][W]); rows past `valid` are zeros,
+        // never the slots' contents (unwritten, or another step's).
+        for (uniform int t = 0; t < BLOCK; t++) {
+            for (uniform int c = 0; c < nc; c++) {
+                pair w = 0;
+                if (t < valid) {
+                    w = k32[t * hw + c * W + programIndex];
+                }
+                uniform int o = t * d + c * 2 * W;
+                stage[o + programIndex] = lo_f32(w);
+                stage[o + W + programIndex] = hi_f32(w);
+            }
+            if (pf) {
+                for (uniform int x = 0; x < 2 * d; x += 64) {
+                    prefetch_l2(kn + t * 2 * d + x);
+                }
+            }
         }
 
         // QKᵀ: 16 per-token accumulators over head_dim, folded into per-token scores.
-        stage_rows(stage, k_cache + base, valid, d);
         for (uniform int h = 0; h < g; h++) {
             float r[BLOCK];
             #pragma unroll
             for (uniform int t = 0; t < BLOCK; t++) {
                 r[t] = 0.0f;
             }
-            for (uniform int j = 0; j < d; j += programCount) {
-                float qv = qs[h * d + j + programIndex];
+            for (uniform int c = 0; c < nc; c++) {
+                uniform int o = c * 2 * W;
+                float qe = qs[h * d + o + programIndex];
+                float qo = qs[h * d + o + W + programIndex];
                 #pragma unroll
                 for (uniform int t = 0; t < BLOCK; t++) {
-                    r[t] += qv * stage[t * d + j + programIndex];
+                    r[t] += qe * stage[t * d + o + programIndex];
+                    r[t] += qo * stage[t * d + o + W + programIndex];
                 }
             }
             reduce16(r);
@@ -157,25 +232,51 @@ export void ispc_paged_decode_segment_bf16(
             m[h] = m_new;
         }
 
-        // PV: lanes over head_dim, the 16 weights broadcast.
-        stage_rows(stage, v_cache + base, valid, d);
-        for (uniform int j = 0; j < d; j += programCount) {
-            for (uniform int h = 0; h < g; h++) {
-                float a = acc[h * d + j + programIndex] * alpha[h];
+        // PV: lanes over head_dim, V widened in registers (8 tokens at a time, even and odd
+        // halves: 16 registers), the weights broadcast; every head of the group reuses them.
+        for (uniform int c = 0; c < nc; c++) {
+            for (uniform int t0 = 0; t0 < BLOCK; t0 += 8) {
+                float ve[8];
+                float vo[8];
                 #pragma unroll
-                for (uniform int t = 0; t < BLOCK; t++) {
-                    a += p[h][t] * stage[t * d + j + programIndex];
+                for (uniform int i = 0; i < 8; i++) {
+                    pair w = 0;
+                    if (t0 + i < valid) {
+                        w = v32[(t0 + i) * hw + c * W + programIndex];
+                    }
+                    ve[i] = lo_f32(w);
+                    vo[i] = hi_f32(w);
                 }
-                acc[h * d + j + programIndex] = a;
+                for (uniform int h = 0; h < g; h++) {
+                    uniform int o = h * d + c * 2 * W;
+                    uniform float sc = (t0 == 0) ? alpha[h] : 1.0f;
+                    float ae = acc[o + programIndex] * sc;
+                    float ao = acc[o + W + programIndex] * sc;
+                    #pragma unroll
+                    for (uniform int i = 0; i < 8; i++) {
+                        ae += p[h][t0 + i] * ve[i];
+                        ao += p[h][t0 + i] * vo[i];
+                    }
+                    acc[o + programIndex] = ae;
+                    acc[o + W + programIndex] = ao;
+                }
+                if (pf) {
+                    for (uniform int i = 0; i < 8; i++) {
+                        prefetch_l2(vn + (t0 + i) * 2 * d + c * 4 * W);
+                    }
+                }
             }
         }
     }
 
     if (out != NULL) {
+        uniform pair * uniform o32 = (uniform pair * uniform)out;
         for (uniform int h = 0; h < g; h++) {
             uniform float inv = 1.0f / l[h];
-            foreach (j = 0 ... d) {
-                out[h * d + j] = f32_to_bf16(acc[h * d + j] * inv);
+            for (uniform int c = 0; c < nc; c++) {
+                uniform int o = h * d + c * 2 * W;
+                o32[h * hw + c * W + programIndex] =
+                    pack_bf16(acc[o + programIndex] * inv, acc[o + W + programIndex] * inv);
             }
         }
     } else {
@@ -190,11 +291,14 @@ export void ispc_paged_decode_segment_bf16(
 }
 
 // Merges the nseg partial results of one (sequence, KV head) by log-sum-exp and writes the
-// normalised output. part_o [nseg][g][d], part_ml [nseg][g][2], out [g][d] bf16.
-export void ispc_paged_decode_merge_bf16(
+// normalised output. part_o [nseg][g][d] in the chunked even|odd order above, part_ml
+// [nseg][g][2], out [g][d] bf16.
+export void PASTE(ispc_paged_decode_merge_bf16, NAME_SUFFIX)(
     uniform const float part_o[], uniform const float part_ml[], uniform int32 nseg,
     uniform int32 g, uniform int32 d, uniform uint16 out[])
 {
+    uniform const int W = programCount;
+    uniform pair * uniform o32 = (uniform pair * uniform)out;
     for (uniform int h = 0; h < g; h++) {
         uniform float mx = -floatbits(0x7f800000);
         for (uniform int s = 0; s < nseg; s++) {
@@ -205,12 +309,16 @@ export void ispc_paged_decode_merge_bf16(
             l += exp(part_ml[(s * g + h) * 2] - mx) * part_ml[(s * g + h) * 2 + 1];
         }
         uniform float inv = 1.0f / l;
-        foreach (j = 0 ... d) {
-            float a = 0.0f;
+        for (uniform int c = 0; c < d / (2 * W); c++) {
+            float ae = 0.0f;
+            float ao = 0.0f;
             for (uniform int s = 0; s < nseg; s++) {
-                a += exp(part_ml[(s * g + h) * 2] - mx) * part_o[(s * g + h) * d + j];
+                uniform float w = exp(part_ml[(s * g + h) * 2] - mx);
+                uniform int o = (s * g + h) * d + c * 2 * W;
+                ae += w * part_o[o + programIndex];
+                ao += w * part_o[o + W + programIndex];
             }
-            out[h * d + j] = f32_to_bf16(a * inv);
+            o32[h * d / 2 + c * W + programIndex] = pack_bf16(ae * inv, ao * inv);
         }
     }
 }

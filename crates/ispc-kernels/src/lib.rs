@@ -4,7 +4,10 @@
 
 use half::bf16;
 
+pub mod kv;
 pub mod paged_decode;
+
+pub use kv::{BatchTables, CpuKvCache, HostRegion, KvCacheConfig, SeqId};
 
 pub use paged_decode::{
     paged_decode_bf16, paged_decode_bf16_ref, DecodeBatch, DecodeShape, BLOCK_SIZE,

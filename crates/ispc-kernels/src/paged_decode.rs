@@ -27,6 +27,10 @@
 //! process (AMX GEMMs, these attentions) without a second set of threads competing for the same
 //! cores, and the planning, merging and error handling stay in Rust; ISPC tasks would have
 //! needed an ISPCLaunch/ISPCSync runtime bridged onto the same pool anyway.
+//!
+//! Code paths, from `platform::cpu_tier()` (lowered by `TANDEM_CPU_TIER`): avx512 and above
+//! run ISPC's dispatched build (avx512skx-x16 where the CPU has it), `avx2` forces the
+//! avx2-i32x8 build, `scalar` runs the reference twin.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -50,7 +54,8 @@ const SEGMENTS_PER_THREAD: usize = 4;
 pub struct DecodeShape {
     pub num_q_heads: usize,
     pub num_kv_heads: usize,
-    /// A multiple of 16, at most [`MAX_HEAD_DIM`] (64 and 128 are the model sizes).
+    /// A multiple of 32 (one avx512 vector of bf16 pairs), at most [`MAX_HEAD_DIM`]; 64 and 128
+    /// are the model sizes.
     pub head_dim: usize,
     /// Multiplies q·k before the softmax, usually `1/sqrt(head_dim)`.
     pub scale: f32,
@@ -120,9 +125,9 @@ fn check(
             "paged_decode: num_q_heads ({qh}) must be a positive multiple of num_kv_heads ({kvh})"
         )));
     }
-    if d == 0 || d % 16 != 0 || d > MAX_HEAD_DIM {
+    if d == 0 || d % 32 != 0 || d > MAX_HEAD_DIM {
         return Err(Error::Invalid(format!(
-            "paged_decode: head_dim {d} is not supported (a multiple of 16 up to {MAX_HEAD_DIM})"
+            "paged_decode: head_dim {d} is not supported (a multiple of 32 up to {MAX_HEAD_DIM})"
         )));
     }
     if !scale.is_finite() {
@@ -285,6 +290,60 @@ impl<T> Shared<T> {
     }
 }
 
+/// Which code runs: ISPC with its own dispatch (avx512 here), ISPC's avx2 build forced, or the
+/// scalar twin where the CPU has neither. Chosen from `platform::cpu_tier()`, which
+/// `TANDEM_CPU_TIER` lowers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Ispc,
+    IspcAvx2,
+    Scalar,
+}
+
+type SegmentFn = unsafe extern "C" fn(
+    *const u16,
+    *mut u16,
+    *mut u16,
+    *const i32,
+    i32,
+    i64,
+    i64,
+    i32,
+    i32,
+    f32,
+    *const u16,
+    *const u16,
+    i32,
+    *mut u16,
+    *mut f32,
+    *mut f32,
+);
+type MergeFn = unsafe extern "C" fn(*const f32, *const f32, i32, i32, i32, *mut u16);
+
+impl Path {
+    fn current() -> Path {
+        match platform::cpu_tier() {
+            t if t >= platform::CpuTier::Avx512 => Path::Ispc,
+            platform::CpuTier::Avx2 => Path::IspcAvx2,
+            _ => Path::Scalar,
+        }
+    }
+
+    fn kernels(self) -> Option<(SegmentFn, MergeFn)> {
+        match self {
+            Path::Ispc => Some((
+                sys::ispc_paged_decode_segment_bf16,
+                sys::ispc_paged_decode_merge_bf16,
+            )),
+            Path::IspcAvx2 => Some((
+                sys::ispc_paged_decode_segment_bf16_avx2,
+                sys::ispc_paged_decode_merge_bf16_avx2,
+            )),
+            Path::Scalar => None,
+        }
+    }
+}
+
 /// Paged decode attention with fused KV append, in ISPC on the shared pool. Appends each
 /// sequence's new K/V at token `context_len - 1`, then writes `out`.
 pub fn paged_decode_bf16(
@@ -296,34 +355,43 @@ pub fn paged_decode_bf16(
 ) -> Result<()> {
     let c = check(shape, batch, k_cache, v_cache, out)?;
     let s = segment_blocks(&c.lens, shape.num_kv_heads, platform::pool_threads());
-    run_checked(shape, batch, &c, s, k_cache, v_cache, out);
+    run_checked(shape, batch, &c, s, Path::current(), k_cache, v_cache, out);
     Ok(())
 }
 
-/// [`paged_decode_bf16`] with a forced segment length, so that tests can cut short sequences.
+/// [`paged_decode_bf16`] with a forced segment length and code path, for tests.
 #[cfg(test)]
-fn paged_decode_bf16_segmented(
+#[allow(clippy::too_many_arguments)]
+fn paged_decode_bf16_with(
     shape: &DecodeShape,
     batch: &DecodeBatch,
     k_cache: &mut [bf16],
     v_cache: &mut [bf16],
     out: &mut [bf16],
-    seg_blocks: usize,
+    seg_blocks: Option<usize>,
+    path: Path,
 ) -> Result<()> {
     let c = check(shape, batch, k_cache, v_cache, out)?;
-    run_checked(shape, batch, &c, seg_blocks.max(1), k_cache, v_cache, out);
+    let s = seg_blocks
+        .unwrap_or_else(|| segment_blocks(&c.lens, shape.num_kv_heads, platform::pool_threads()));
+    run_checked(shape, batch, &c, s.max(1), path, k_cache, v_cache, out);
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_checked(
     shape: &DecodeShape,
     b: &DecodeBatch,
     c: &Checked,
     seg_blocks: usize,
+    path: Path,
     k_cache: &mut [bf16],
     v_cache: &mut [bf16],
     out: &mut [bf16],
 ) {
+    let Some((segment_fn, merge_fn)) = path.kernels() else {
+        return reference_checked(shape, b, c, k_cache, v_cache, out);
+    };
     let (qh, kvh, d, g) = (
         shape.num_q_heads,
         shape.num_kv_heads,
@@ -373,7 +441,7 @@ fn run_checked(
             // other sequence reads and which lies in this (the last) segment only, written
             // before this segment reads it.
             unsafe {
-                sys::ispc_paged_decode_segment_bf16(
+                segment_fn(
                     b.q.as_ptr().add(head * d) as *const u16,
                     kc.ptr(),
                     vc.ptr(),
@@ -401,7 +469,7 @@ fn run_checked(
             // SAFETY: slots s.part .. s.part + nseg were all written by the segments above, and
             // this (sequence, KV head)'s g output rows are written by this merge only.
             unsafe {
-                sys::ispc_paged_decode_merge_bf16(
+                merge_fn(
                     po.ptr().add(s.part * g * d),
                     pml.ptr().add(s.part * g * 2),
                     s.nseg as i32,
@@ -424,6 +492,18 @@ pub fn paged_decode_bf16_ref(
     out: &mut [bf16],
 ) -> Result<()> {
     let c = check(shape, b, k_cache, v_cache, out)?;
+    reference_checked(shape, b, &c, k_cache, v_cache, out);
+    Ok(())
+}
+
+fn reference_checked(
+    shape: &DecodeShape,
+    b: &DecodeBatch,
+    c: &Checked,
+    k_cache: &mut [bf16],
+    v_cache: &mut [bf16],
+    out: &mut [bf16],
+) {
     let (qh, kvh, d, g) = (
         shape.num_q_heads,
         shape.num_kv_heads,
@@ -469,7 +549,6 @@ pub fn paged_decode_bf16_ref(
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

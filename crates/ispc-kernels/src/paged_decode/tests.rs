@@ -98,47 +98,82 @@ impl Case {
         }
     }
 
-    /// Runs the ISPC path (`seg_blocks` forced, or chosen) and the twin on copies of the cache;
-    /// compares outputs within tolerance and caches bit for bit.
+    /// Runs every ISPC build this CPU can run (`seg_blocks` forced, or chosen) and the twin on
+    /// copies of the cache; compares outputs within tolerance and caches bit for bit.
     fn check(&self, seg_blocks: Option<usize>, seed: u64) {
         let n_out = self.q.len();
-        let (mut k1, mut v1, mut o1) = (self.k.clone(), self.v.clone(), vec![NAN; n_out]);
         let (mut k2, mut v2, mut o2) = (self.k.clone(), self.v.clone(), vec![NAN; n_out]);
-        match seg_blocks {
-            Some(s) => paged_decode_bf16_segmented(
+        paged_decode_bf16_ref(&self.shape, &self.batch(), &mut k2, &mut v2, &mut o2).unwrap();
+        let bits = |x: &[bf16]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let d = self.shape.head_dim;
+        for path in paths() {
+            let (mut k1, mut v1, mut o1) = (self.k.clone(), self.v.clone(), vec![NAN; n_out]);
+            paged_decode_bf16_with(
                 &self.shape,
                 &self.batch(),
                 &mut k1,
                 &mut v1,
                 &mut o1,
-                s,
-            ),
-            None => paged_decode_bf16(&self.shape, &self.batch(), &mut k1, &mut v1, &mut o1),
-        }
-        .unwrap();
-        paged_decode_bf16_ref(&self.shape, &self.batch(), &mut k2, &mut v2, &mut o2).unwrap();
-        let ctx = format!(
-            "seed {seed}, {:?}, seg_blocks {seg_blocks:?}, batch {}",
-            self.shape,
-            self.lens.len()
-        );
-        let bits = |x: &[bf16]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert!(
-            bits(&k1) == bits(&k2) && bits(&v1) == bits(&v2),
-            "{ctx}: caches differ after the append"
-        );
-        let d = self.shape.head_dim;
-        for (i, (g, w)) in o1.iter().zip(&o2).enumerate() {
-            let (g, w) = (g.to_f32(), w.to_f32());
-            assert!(
-                (g - w).abs() <= TOL_REL * w.abs() + TOL_ABS,
-                "{ctx}: out[{}][{}] = {g}, reference {w} (sequence length {})",
-                i / d,
-                i % d,
-                self.lens[i / d / self.shape.num_q_heads]
+                seg_blocks,
+                path,
+            )
+            .unwrap();
+            let ctx = format!(
+                "seed {seed}, {path:?}, {:?}, seg_blocks {seg_blocks:?}, batch {}",
+                self.shape,
+                self.lens.len()
             );
+            assert!(
+                bits(&k1) == bits(&k2) && bits(&v1) == bits(&v2),
+                "{ctx}: caches differ after the append"
+            );
+            for (i, (g, w)) in o1.iter().zip(&o2).enumerate() {
+                let (g, w) = (g.to_f32(), w.to_f32());
+                assert!(
+                    (g - w).abs() <= TOL_REL * w.abs() + TOL_ABS,
+                    "{ctx}: out[{}][{}] = {g}, reference {w} (sequence length {})",
+                    i / d,
+                    i % d,
+                    self.lens[i / d / self.shape.num_q_heads]
+                );
+            }
         }
     }
+}
+
+/// The ISPC builds to test here: the dispatched one (avx512 where the CPU has it) and the
+/// avx2-only one.
+fn paths() -> Vec<Path> {
+    let mut p = Vec::new();
+    if platform::testing::tier_or_skip(platform::CpuTier::Avx2) {
+        p.push(Path::Ispc);
+        p.push(Path::IspcAvx2);
+    }
+    p
+}
+
+#[test]
+fn scalar_tier_runs_the_twin() {
+    let (mut r, seed) = rng();
+    let c = Case::new(&mut r, shape(8, 2, 64), &[1, 17, 40], 2.0);
+    let (mut k1, mut v1, mut o1) = (c.k.clone(), c.v.clone(), vec![NAN; c.q.len()]);
+    let (mut k2, mut v2, mut o2) = (c.k.clone(), c.v.clone(), vec![NAN; c.q.len()]);
+    paged_decode_bf16_with(
+        &c.shape,
+        &c.batch(),
+        &mut k1,
+        &mut v1,
+        &mut o1,
+        None,
+        Path::Scalar,
+    )
+    .unwrap();
+    paged_decode_bf16_ref(&c.shape, &c.batch(), &mut k2, &mut v2, &mut o2).unwrap();
+    let bits = |x: &[bf16]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert!(
+        bits(&o1) == bits(&o2) && bits(&k1) == bits(&k2),
+        "seed {seed}"
+    );
 }
 
 fn shape(num_q_heads: usize, num_kv_heads: usize, head_dim: usize) -> DecodeShape {
