@@ -72,6 +72,103 @@ impl SeqKv {
     }
 }
 
+/// The sequences of a session and their blocks.
+#[derive(Debug)]
+pub struct Sequences {
+    pub alloc: BlockAllocator,
+    pub seqs: Vec<SeqKv>,
+    max_positions: usize,
+}
+
+/// What one step (a prefill of new sequences, or a decode of all) needs to know about its
+/// tokens, derived once from the block tables.
+#[derive(Clone, Debug, Default)]
+pub struct StepIds {
+    pub tokens: Vec<u32>,
+    /// Position of each token in its sequence.
+    pub positions: Vec<usize>,
+    /// Tokens per sequence in this step (the prompt lengths; all 1 for a decode).
+    pub lens: Vec<usize>,
+    /// Index of each token's sequence in the session.
+    pub seq_of: Vec<usize>,
+    /// Cache slot (`block · 16 + offset`) of each token.
+    pub slots: Vec<i32>,
+    /// `[sequences, width]` block tables of the sequences in this step.
+    pub tables: Vec<i32>,
+    pub width: usize,
+    /// Tokens in cache per sequence after this step.
+    pub ctx: Vec<i32>,
+    /// Row of each sequence's last token in this step.
+    pub last_rows: Vec<usize>,
+}
+
+impl Sequences {
+    pub fn new(num_blocks: usize, max_positions: usize) -> Self {
+        Sequences { alloc: BlockAllocator::new(num_blocks), seqs: Vec::new(), max_positions }
+    }
+
+    fn ids(&self, first: usize, tokens: Vec<u32>, lens: Vec<usize>, start: &[usize]) -> StepIds {
+        let n = lens.len();
+        let seqs = &self.seqs[first..first + n];
+        let width = seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(1).max(1);
+        let mut tables = vec![0i32; n * width];
+        for (i, s) in seqs.iter().enumerate() {
+            tables[i * width..i * width + s.blocks.len()].copy_from_slice(&s.blocks);
+        }
+        let mut ids = StepIds { tokens, tables, width, ..Default::default() };
+        for (i, (&l, s)) in lens.iter().zip(seqs).enumerate() {
+            for p in start[i]..start[i] + l {
+                ids.positions.push(p);
+                ids.seq_of.push(first + i);
+                ids.slots.push((s.blocks[p / BLOCK_TOKENS] as usize * BLOCK_TOKENS + p % BLOCK_TOKENS) as i32);
+            }
+            ids.last_rows.push(ids.positions.len() - 1);
+            ids.ctx.push(s.len as i32);
+        }
+        ids.lens = lens;
+        ids
+    }
+
+    /// Adds the prompts as new sequences and reserves their blocks.
+    pub fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<StepIds> {
+        if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
+            return Err(Error::Input("an empty prompt or batch: every prompt needs at least one token".into()));
+        }
+        let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        if let Some(&l) = lens.iter().find(|&&l| l > self.max_positions) {
+            return Err(Error::Input(format!("a prompt of {l} tokens exceeds the model's {} positions", self.max_positions)));
+        }
+        let first = self.seqs.len();
+        for &l in &lens {
+            let mut s = SeqKv::default();
+            if let Err(e) = s.reserve(&mut self.alloc, l) {
+                s.release(&mut self.alloc);
+                return Err(e);
+            }
+            s.len = l;
+            self.seqs.push(s);
+        }
+        Ok(self.ids(first, prompts.concat(), lens, &vec![0; prompts.len()]))
+    }
+
+    /// One new token for every sequence, in order.
+    pub fn decode(&mut self, tokens: &[u32]) -> Result<StepIds> {
+        let b = tokens.len();
+        if b != self.seqs.len() || b == 0 {
+            return Err(Error::Input(format!("{b} tokens for {} sequences", self.seqs.len())));
+        }
+        let start: Vec<usize> = self.seqs.iter().map(|s| s.len).collect();
+        if let Some(&p) = start.iter().find(|&&p| p >= self.max_positions) {
+            return Err(Error::Input(format!("position {p} is past the model's {} positions", self.max_positions)));
+        }
+        for s in &mut self.seqs {
+            s.reserve(&mut self.alloc, s.len + 1)?;
+            s.len += 1;
+        }
+        Ok(self.ids(0, tokens.to_vec(), vec![1; b], &start))
+    }
+}
+
 /// KV blocks of every layer in host memory, on one tier.
 pub struct HostKv {
     pub k: Vec<HostBuf<bf16>>,
@@ -82,8 +179,9 @@ pub struct HostKv {
 }
 
 impl HostKv {
+    /// Blocks for the layers where `used[l]` (others get none), on a host tier.
     pub fn new(
-        layers: usize,
+        used: &[bool],
         num_blocks: usize,
         kv_heads: usize,
         head_dim: usize,
@@ -91,8 +189,8 @@ impl HostKv {
     ) -> Result<Self> {
         let n = num_blocks * kv_heads * BLOCK_TOKENS * head_dim;
         let mk = || {
-            (0..layers)
-                .map(|_| HostBuf::zeroed(n, tier))
+            used.iter()
+                .map(|&u| HostBuf::zeroed(if u { n } else { 0 }, tier))
                 .collect::<platform::Result<Vec<_>>>()
         };
         Ok(HostKv {
@@ -104,15 +202,18 @@ impl HostKv {
         })
     }
 
-    /// Writes the K and V rows (`[kv_heads × head_dim]` each) of token `pos` of a sequence.
-    pub fn write_token(&mut self, layer: usize, seq: &SeqKv, pos: usize, k: &[bf16], v: &[bf16]) {
+    /// Writes the K and V rows (`[tokens, kv_heads × head_dim]`) of a step's tokens into their
+    /// slots (`block · 16 + offset`).
+    pub fn write(&mut self, layer: usize, slots: &[i32], k: &[bf16], v: &[bf16]) {
         let (hk, d) = (self.kv_heads, self.head_dim);
-        let block = seq.blocks[pos / BLOCK_TOKENS] as usize;
-        let slot = pos % BLOCK_TOKENS;
-        for h in 0..hk {
-            let at = ((block * hk + h) * BLOCK_TOKENS + slot) * d;
-            self.k[layer][at..at + d].copy_from_slice(&k[h * d..(h + 1) * d]);
-            self.v[layer][at..at + d].copy_from_slice(&v[h * d..(h + 1) * d]);
+        for (t, &slot) in slots.iter().enumerate() {
+            let (block, off) = (slot as usize / BLOCK_TOKENS, slot as usize % BLOCK_TOKENS);
+            for h in 0..hk {
+                let at = ((block * hk + h) * BLOCK_TOKENS + off) * d;
+                let src = (t * hk + h) * d;
+                self.k[layer][at..at + d].copy_from_slice(&k[src..src + d]);
+                self.v[layer][at..at + d].copy_from_slice(&v[src..src + d]);
+            }
         }
     }
 }

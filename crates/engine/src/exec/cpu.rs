@@ -12,7 +12,7 @@ use ispc_kernels::{paged_decode_bf16, DecodeBatch, DecodeShape};
 use rayon::prelude::*;
 
 use crate::config::{Family, ModelConfig, OPT_POSITION_OFFSET};
-use crate::kv::{BlockAllocator, HostKv, SeqKv};
+use crate::kv::{HostKv, Sequences, StepIds};
 use crate::weights::{Tensor, Weights};
 use crate::{Error, Result};
 
@@ -87,39 +87,55 @@ impl RopeTable {
 
 /// The model, ready for the CPU: prepacked linears and the LM head. It owns the weights; the
 /// linears' unpacked copies are freed once packed, so host memory holds each weight once.
+/// Layers (and the head) that run elsewhere are not packed (`None`).
 pub struct CpuModel {
     pub w: Weights,
-    pub layers: Vec<CpuLayer>,
-    pub head: PackedWeight,
+    pub layers: Vec<Option<CpuLayer>>,
+    pub head: Option<PackedWeight>,
     pub rope: Option<RopeTable>,
 }
 
 impl CpuModel {
-    pub fn new(mut w: Weights) -> Result<Self> {
+    /// Every layer and the head on the CPU.
+    pub fn new(w: Weights) -> Result<Self> {
+        let all = vec![true; w.layers.len()];
+        Self::with_layers(w, &all, true)
+    }
+
+    /// Packs the layers where `cpu[l]`, and the head if `head`.
+    pub fn with_layers(mut w: Weights, cpu: &[bool], head: bool) -> Result<Self> {
         let cfg = w.config.clone();
         let mut layers = Vec::with_capacity(w.layers.len());
-        for lw in &mut w.layers {
-            layers.push(CpuLayer::pack(&cfg, lw)?);
+        for (lw, &on) in w.layers.iter_mut().zip(cpu) {
+            if !on {
+                layers.push(None);
+                continue;
+            }
+            layers.push(Some(CpuLayer::pack(&cfg, lw)?));
             for t in [&mut lw.qkv_w, &mut lw.o_w, &mut lw.up_w, &mut lw.down_w] {
                 *t = Tensor::empty();
             }
         }
-        let h = w.lm_head();
-        let head = PackedWeight::from_bf16(&h.data, h.rows(), h.cols()).map_err(kerr)?;
-        if let Some(t) = w.lm_head.as_mut() {
-            *t = Tensor::empty();
-        }
+        let head = if head {
+            let h = w.lm_head();
+            let p = PackedWeight::from_bf16(&h.data, h.rows(), h.cols()).map_err(kerr)?;
+            if let Some(t) = w.lm_head.as_mut() {
+                *t = Tensor::empty();
+            }
+            Some(p)
+        } else {
+            None
+        };
         let rope = (cfg.family == Family::Llama).then(|| RopeTable::new(&cfg));
-        Ok(CpuModel {
-            w,
-            layers,
-            head,
-            rope,
-        })
+        Ok(CpuModel { w, layers, head, rope })
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.w.config
+    }
+
+    fn layer(&self, l: usize) -> Result<&CpuLayer> {
+        self.layers[l].as_ref().ok_or_else(|| Error::Placement(format!("layer {l} is not placed on the CPU")))
     }
 }
 
@@ -195,7 +211,7 @@ pub fn s1_qkv(
         bias: lw.qkv_b.as_ref().map(|b| &b.data[..]),
         ..Default::default()
     };
-    gemm_bf16(&a, t, cfg.hidden, &m.layers[l].qkv, &mut qkv, ep).map_err(kerr)?;
+    gemm_bf16(&a, t, cfg.hidden, &m.layer(l)?.qkv, &mut qkv, ep).map_err(kerr)?;
     let (qd, kd) = (cfg.q_dim(), cfg.kv_dim());
     let mut q = vec![bf16::ZERO; t * qd];
     let mut k = vec![bf16::ZERO; t * kd];
@@ -299,7 +315,7 @@ pub fn s4_out(m: &CpuModel, l: usize, att: &[bf16], x: &mut [f32], tokens: usize
         residual: Residual::Output,
         ..Default::default()
     };
-    gemm_bf16(att, tokens, m.config().q_dim(), &m.layers[l].o, x, ep).map_err(kerr)
+    gemm_bf16(att, tokens, m.config().q_dim(), &m.layer(l)?.o, x, ep).map_err(kerr)
 }
 
 /// S5 + S6: norm, FC1+ReLU or gate/up+SiLU·mul, FC2 or down (+bias) into the residual stream.
@@ -313,13 +329,13 @@ pub fn s56_mlp(m: &CpuModel, l: usize, x: &mut [f32], tokens: usize) -> Result<(
         Family::Opt => Epilogue::bias_relu(&lw.up_b.as_ref().expect("OPT has FC1 bias").data),
         Family::Llama => Epilogue::silu_mul(),
     };
-    gemm_bf16(&a, tokens, cfg.hidden, &m.layers[l].up, &mut act, ep).map_err(kerr)?;
+    gemm_bf16(&a, tokens, cfg.hidden, &m.layer(l)?.up, &mut act, ep).map_err(kerr)?;
     let ep = Epilogue {
         bias: lw.down_b.as_ref().map(|b| &b.data[..]),
         residual: Residual::Output,
         ..Default::default()
     };
-    gemm_bf16(&act, tokens, cfg.ffn, &m.layers[l].down, x, ep).map_err(kerr)
+    gemm_bf16(&act, tokens, cfg.ffn, &m.layer(l)?.down, x, ep).map_err(kerr)
 }
 
 /// Final norm and LM head over the given rows of `x`: logits `[rows.len(), vocab]`.
@@ -339,7 +355,7 @@ pub fn lm_head(m: &CpuModel, x: &[f32], rows: &[usize]) -> Result<Vec<f32>> {
         &mut a,
     );
     let mut logits = vec![0f32; rows.len() * cfg.vocab];
-    gemm_bf16(&a, rows.len(), h, &m.head, &mut logits, Epilogue::default()).map_err(kerr)?;
+    gemm_bf16(&a, rows.len(), h, m.head.as_ref().ok_or_else(|| Error::Placement("the LM head is not placed on the CPU".into()))?, &mut logits, Epilogue::default()).map_err(kerr)?;
     Ok(logits)
 }
 
@@ -362,147 +378,77 @@ pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
         .collect()
 }
 
+/// Prefill attention of layer `l` on the CPU: writes the step's K/V into the host cache, then
+/// causal attention of each prompt over itself. Returns `[tokens, q_dim]`.
+pub fn prefill_attention_kv(cfg: &ModelConfig, kv: &mut HostKv, l: usize, ids: &StepIds, q: &[bf16], k: &[bf16], v: &[bf16]) -> Vec<bf16> {
+    kv.write(l, &ids.slots, k, v);
+    prefill_attention(cfg, q, k, v, &ids.lens)
+}
+
+/// Decode attention of layer `l` on the CPU (ISPC), which appends the new K/V first.
+pub fn decode_attention(cfg: &ModelConfig, kv: &mut HostKv, l: usize, ids: &StepIds, q: &[bf16], k: &[bf16], v: &[bf16], out: &mut [bf16]) -> Result<()> {
+    let shape = DecodeShape {
+        num_q_heads: cfg.heads,
+        num_kv_heads: cfg.kv_heads,
+        head_dim: cfg.head_dim,
+        scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+    };
+    let batch = DecodeBatch { q, new_k: k, new_v: v, block_tables: &ids.tables, max_blocks: ids.width, context_lens: &ids.ctx };
+    paged_decode_bf16(&shape, &batch, &mut kv.k[l], &mut kv.v[l], out).map_err(kerr)
+}
+
+/// One CPU layer over a step's tokens: S1, attention (prefill or decode), S4, S5 + S6.
+pub fn cpu_layer(m: &CpuModel, kv: &mut HostKv, l: usize, ids: &StepIds, prefill: bool, x: &mut [f32]) -> Result<()> {
+    let cfg = m.config();
+    let t = ids.tokens.len();
+    let (q, k, v) = s1_qkv(m, l, x, &ids.positions)?;
+    let att = if prefill {
+        prefill_attention_kv(cfg, kv, l, ids, &q, &k, &v)
+    } else {
+        let mut att = vec![bf16::ZERO; t * cfg.q_dim()];
+        decode_attention(cfg, kv, l, ids, &q, &k, &v, &mut att)?;
+        att
+    };
+    s4_out(m, l, &att, x, t)?;
+    s56_mlp(m, l, x, t)
+}
+
 /// A batch of sequences generated entirely on the CPU, KV cache in host memory.
 pub struct CpuSession<'m> {
     pub model: &'m CpuModel,
     pub kv: HostKv,
-    pub alloc: BlockAllocator,
-    pub seqs: Vec<SeqKv>,
+    pub seqs: Sequences,
 }
 
 impl<'m> CpuSession<'m> {
-    /// A session with room for `max_tokens` tokens of KV in total (rounded up to blocks per
-    /// sequence by the caller's lengths), on a host tier.
+    /// A session with `num_blocks` KV blocks per layer on a host tier.
     pub fn new(model: &'m CpuModel, num_blocks: usize, tier: platform::MemTier) -> Result<Self> {
         let c = model.config();
-        let kv = HostKv::new(c.layers, num_blocks, c.kv_heads, c.head_dim, tier)?;
-        Ok(CpuSession {
-            model,
-            kv,
-            alloc: BlockAllocator::new(num_blocks),
-            seqs: Vec::new(),
-        })
+        let kv = HostKv::new(&vec![true; c.layers], num_blocks, c.kv_heads, c.head_dim, tier)?;
+        Ok(CpuSession { model, kv, seqs: Sequences::new(num_blocks, c.max_positions) })
+    }
+
+    fn step(&mut self, ids: &StepIds, prefill: bool) -> Result<Vec<f32>> {
+        let m = self.model;
+        let cfg = m.config();
+        let mut x = vec![0f32; ids.tokens.len() * cfg.hidden];
+        embed(&m.w, &ids.tokens, &ids.positions, &mut x)?;
+        for l in 0..cfg.layers {
+            cpu_layer(m, &mut self.kv, l, ids, prefill, &mut x)?;
+        }
+        lm_head(m, &x, &ids.last_rows)
     }
 
     /// Prefills new sequences; returns the logits of each prompt's last token `[B, vocab]`.
     pub fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<f32>> {
-        let m = self.model;
-        let cfg = m.config();
-        if prompts.iter().any(|p| p.is_empty()) {
-            return Err(Error::Input(
-                "an empty prompt: every prompt needs at least one token".into(),
-            ));
-        }
-        let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
-        if let Some(&l) = lens.iter().find(|&&l| l > cfg.max_positions) {
-            return Err(Error::Input(format!(
-                "a prompt of {l} tokens exceeds the model's {} positions",
-                cfg.max_positions
-            )));
-        }
-        let tokens: Vec<u32> = prompts.concat();
-        let positions: Vec<usize> = lens.iter().flat_map(|&l| 0..l).collect();
-        let first_seq = self.seqs.len();
-        for &l in &lens {
-            let mut s = SeqKv::default();
-            s.reserve(&mut self.alloc, l)?;
-            s.len = l;
-            self.seqs.push(s);
-        }
-        let t = tokens.len();
-        let mut x = vec![0f32; t * cfg.hidden];
-        embed(&m.w, &tokens, &positions, &mut x)?;
-        let kd = cfg.kv_dim();
-        for l in 0..cfg.layers {
-            let (q, k, v) = s1_qkv(m, l, &x, &positions)?;
-            let mut row = 0;
-            for (i, &len) in lens.iter().enumerate() {
-                let seq = &self.seqs[first_seq + i];
-                for p in 0..len {
-                    self.kv.write_token(
-                        l,
-                        seq,
-                        p,
-                        &k[(row + p) * kd..][..kd],
-                        &v[(row + p) * kd..][..kd],
-                    );
-                }
-                row += len;
-            }
-            let att = prefill_attention(cfg, &q, &k, &v, &lens);
-            s4_out(m, l, &att, &mut x, t)?;
-            s56_mlp(m, l, &mut x, t)?;
-        }
-        let last: Vec<usize> = lens
-            .iter()
-            .scan(0, |s, &l| {
-                *s += l;
-                Some(*s - 1)
-            })
-            .collect();
-        lm_head(m, &x, &last)
+        let ids = self.seqs.prefill(prompts)?;
+        self.step(&ids, true)
     }
 
     /// One decode step: one new token per sequence (in order); returns logits `[B, vocab]`.
     pub fn decode(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let m = self.model;
-        let cfg = m.config();
-        let b = tokens.len();
-        if b != self.seqs.len() {
-            return Err(Error::Input(format!(
-                "{b} tokens for {} sequences",
-                self.seqs.len()
-            )));
-        }
-        let positions: Vec<usize> = self.seqs.iter().map(|s| s.len).collect();
-        if let Some(&p) = positions.iter().find(|&&p| p >= cfg.max_positions) {
-            return Err(Error::Input(format!(
-                "position {p} is past the model's {} positions",
-                cfg.max_positions
-            )));
-        }
-        for s in &mut self.seqs {
-            s.reserve(&mut self.alloc, s.len + 1)?;
-            s.len += 1;
-        }
-        let max_blocks = self.seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(1);
-        let mut tables = vec![0i32; b * max_blocks];
-        for (i, s) in self.seqs.iter().enumerate() {
-            tables[i * max_blocks..i * max_blocks + s.blocks.len()].copy_from_slice(&s.blocks);
-        }
-        let ctx: Vec<i32> = self.seqs.iter().map(|s| s.len as i32).collect();
-        let shape = DecodeShape {
-            num_q_heads: cfg.heads,
-            num_kv_heads: cfg.kv_heads,
-            head_dim: cfg.head_dim,
-            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
-        };
-        let mut x = vec![0f32; b * cfg.hidden];
-        embed(&m.w, tokens, &positions, &mut x)?;
-        let mut att = vec![bf16::ZERO; b * cfg.q_dim()];
-        for l in 0..cfg.layers {
-            let (q, k, v) = s1_qkv(m, l, &x, &positions)?;
-            let batch = DecodeBatch {
-                q: &q,
-                new_k: &k,
-                new_v: &v,
-                block_tables: &tables,
-                max_blocks,
-                context_lens: &ctx,
-            };
-            paged_decode_bf16(
-                &shape,
-                &batch,
-                &mut self.kv.k[l],
-                &mut self.kv.v[l],
-                &mut att,
-            )
-            .map_err(kerr)?;
-            s4_out(m, l, &att, &mut x, b)?;
-            s56_mlp(m, l, &mut x, b)?;
-        }
-        let rows: Vec<usize> = (0..b).collect();
-        lm_head(m, &x, &rows)
+        let ids = self.seqs.decode(tokens)?;
+        self.step(&ids, false)
     }
 }
 
