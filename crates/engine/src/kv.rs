@@ -104,23 +104,39 @@ pub struct StepIds {
 
 impl Sequences {
     pub fn new(num_blocks: usize, max_positions: usize) -> Self {
-        Sequences { alloc: BlockAllocator::new(num_blocks), seqs: Vec::new(), max_positions }
+        Sequences {
+            alloc: BlockAllocator::new(num_blocks),
+            seqs: Vec::new(),
+            max_positions,
+        }
     }
 
     fn ids(&self, first: usize, tokens: Vec<u32>, lens: Vec<usize>, start: &[usize]) -> StepIds {
         let n = lens.len();
         let seqs = &self.seqs[first..first + n];
-        let width = seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(1).max(1);
+        let width = seqs
+            .iter()
+            .map(|s| s.blocks.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let mut tables = vec![0i32; n * width];
         for (i, s) in seqs.iter().enumerate() {
             tables[i * width..i * width + s.blocks.len()].copy_from_slice(&s.blocks);
         }
-        let mut ids = StepIds { tokens, tables, width, ..Default::default() };
+        let mut ids = StepIds {
+            tokens,
+            tables,
+            width,
+            ..Default::default()
+        };
         for (i, (&l, s)) in lens.iter().zip(seqs).enumerate() {
             for p in start[i]..start[i] + l {
                 ids.positions.push(p);
                 ids.seq_of.push(first + i);
-                ids.slots.push((s.blocks[p / BLOCK_TOKENS] as usize * BLOCK_TOKENS + p % BLOCK_TOKENS) as i32);
+                ids.slots.push(
+                    (s.blocks[p / BLOCK_TOKENS] as usize * BLOCK_TOKENS + p % BLOCK_TOKENS) as i32,
+                );
             }
             ids.last_rows.push(ids.positions.len() - 1);
             ids.ctx.push(s.len as i32);
@@ -132,11 +148,16 @@ impl Sequences {
     /// Adds the prompts as new sequences and reserves their blocks.
     pub fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<StepIds> {
         if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
-            return Err(Error::Input("an empty prompt or batch: every prompt needs at least one token".into()));
+            return Err(Error::Input(
+                "an empty prompt or batch: every prompt needs at least one token".into(),
+            ));
         }
         let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
         if let Some(&l) = lens.iter().find(|&&l| l > self.max_positions) {
-            return Err(Error::Input(format!("a prompt of {l} tokens exceeds the model's {} positions", self.max_positions)));
+            return Err(Error::Input(format!(
+                "a prompt of {l} tokens exceeds the model's {} positions",
+                self.max_positions
+            )));
         }
         let first = self.seqs.len();
         for &l in &lens {
@@ -155,11 +176,17 @@ impl Sequences {
     pub fn decode(&mut self, tokens: &[u32]) -> Result<StepIds> {
         let b = tokens.len();
         if b != self.seqs.len() || b == 0 {
-            return Err(Error::Input(format!("{b} tokens for {} sequences", self.seqs.len())));
+            return Err(Error::Input(format!(
+                "{b} tokens for {} sequences",
+                self.seqs.len()
+            )));
         }
         let start: Vec<usize> = self.seqs.iter().map(|s| s.len).collect();
         if let Some(&p) = start.iter().find(|&&p| p >= self.max_positions) {
-            return Err(Error::Input(format!("position {p} is past the model's {} positions", self.max_positions)));
+            return Err(Error::Input(format!(
+                "position {p} is past the model's {} positions",
+                self.max_positions
+            )));
         }
         for s in &mut self.seqs {
             s.reserve(&mut self.alloc, s.len + 1)?;

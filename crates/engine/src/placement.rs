@@ -248,3 +248,52 @@ mod tests {
         assert!("5-3:1".parse::<LayerOverride>().is_err());
     }
 }
+
+/// LIA's split of the non-resident layers when weights live on the host: a fraction
+/// `dram / (dram + pcie)` of them computed on the CPU (policy 1, reading DRAM) and the rest
+/// streamed to the GPU (policy 0, over PCIe), so that both bandwidths work at once. The two
+/// kinds are interleaved (CPU layers spread evenly among streamed ones) so that the copy of
+/// each streamed layer overlaps the CPU layers before it. Returns one override per CPU layer.
+pub fn auto_split(
+    layers: usize,
+    resident: usize,
+    dram_bytes_s: f64,
+    pcie_bytes_s: f64,
+) -> Vec<LayerOverride> {
+    let n = layers.saturating_sub(resident);
+    if n == 0 || dram_bytes_s <= 0.0 {
+        return Vec::new();
+    }
+    let f = dram_bytes_s / (dram_bytes_s + pcie_bytes_s.max(0.0));
+    (0..n)
+        .filter(|&j| ((j + 1) as f64 * f).floor() > (j as f64 * f).floor())
+        .map(|j| LayerOverride {
+            first: resident + j,
+            last: resident + j,
+            phase: Phase::Both,
+            policy: Policy::FULL_CPU,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn split_follows_bandwidths_and_interleaves() {
+        // DRAM 100 GB/s, PCIe 55 GB/s: 64.5 % of 48 host layers on the CPU.
+        let ov = auto_split(48, 0, 100e9, 55e9);
+        assert_eq!(ov.len(), 30);
+        // Never more than two CPU layers in a row, never two streamed ones in a row.
+        let cpu: Vec<bool> = (0..48).map(|l| ov.iter().any(|o| o.first == l)).collect();
+        assert!(cpu.windows(3).all(|w| !(w[0] && w[1] && w[2])));
+        assert!(cpu.windows(2).all(|w| w[0] || w[1]));
+        // Resident layers are left alone; no PCIe means everything on the CPU.
+        assert!(auto_split(48, 24, 100e9, 55e9)
+            .iter()
+            .all(|o| o.first >= 24));
+        assert_eq!(auto_split(10, 0, 100e9, 0.0).len(), 10);
+        assert!(auto_split(10, 10, 100e9, 55e9).is_empty());
+    }
+}

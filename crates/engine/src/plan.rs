@@ -123,6 +123,27 @@ impl Plan {
         m
     }
 
+    /// The largest GPU percentage (whole percent) whose plan fits this machine's GPU, if any.
+    pub fn max_fitting_percentage(
+        cfg: &ModelConfig,
+        spec: &RunSpec,
+        caps: &Capabilities,
+    ) -> Option<f64> {
+        let gpu = caps.gpus.first()?;
+        let free = (gpu.free_mem as f64 * GPU_USABLE) as usize;
+        (0..=100).rev().map(|p| p as f64).find(|&p| {
+            layer_placements(
+                cfg.layers,
+                spec.prefill_policy,
+                spec.decode_policy,
+                p,
+                &spec.layer_overrides,
+            )
+            .map(|l| Self::memory(cfg, spec, &l).gpu_total() <= free)
+            .unwrap_or(false)
+        })
+    }
+
     /// Builds and checks a plan against this machine.
     pub fn new(cfg: &ModelConfig, spec: RunSpec, caps: &Capabilities) -> Result<Plan> {
         if spec.batch_size == 0 || spec.input_tokens == 0 {
@@ -179,17 +200,7 @@ impl Plan {
             let free = (gpu.free_mem as f64 * GPU_USABLE) as usize;
             if memory.gpu_total() > free {
                 // What would fit: the largest percentage with the same policies.
-                let fit = (0..=100).rev().find(|&p| {
-                    layer_placements(
-                        cfg.layers,
-                        spec.prefill_policy,
-                        spec.decode_policy,
-                        p as f64,
-                        &spec.layer_overrides,
-                    )
-                    .map(|l| Self::memory(cfg, &spec, &l).gpu_total() <= free)
-                    .unwrap_or(false)
-                });
+                let fit = Self::max_fitting_percentage(cfg, &spec, caps);
                 let hint = match fit {
                     Some(p) => format!("--gpu-percentage {p} fits with these policies"),
                     None => "no GPU percentage fits with these policies: lower the batch or move attention to the CPU (policy 2)".into(),

@@ -207,31 +207,33 @@ fn check_cpu_session(name: &str) {
     check_session(name, "cpu", vocab, &mut s);
 }
 
-/// Full GPU, with 0 %, 50 % and 100 % of the layers resident (the others streamed from pinned
-/// or pageable host memory).
+/// GPU and mixed placements of the 2-layer fixtures: full GPU with 100 %, 50 % (pinned) and
+/// 0 % (pageable) resident; attention on the CPU (policy 2); a CPU layer before a streamed GPU
+/// layer; a resident GPU layer before a CPU layer (the head then runs on the CPU).
 fn check_gpu_sessions(name: &str) {
     let Some(gpu) = cuda_kernels::gpu_or_skip() else {
         return;
     };
-    for (pct, pin) in [(100.0, false), (50.0, true), (0.0, false)] {
+    let cases: [(&str, f64, bool, &[&str]); 6] = [
+        ("0", 100.0, false, &[]),
+        ("0", 50.0, true, &[]),
+        ("0", 0.0, false, &[]),
+        ("2", 100.0, false, &[]),
+        ("0", 0.0, true, &["0:1"]),
+        ("0", 50.0, false, &["1:1"]),
+    ];
+    for (policy, pct, pin, overrides) in cases {
         let w = Weights::load(&data_dir(name), MemTier::Pageable, &|_| {}).unwrap();
         let vocab = w.config.vocab;
-        let p = engine::placement::layer_placements(
-            w.config.layers,
-            Policy::FULL_GPU,
-            Policy::FULL_GPU,
-            pct,
-            &[],
-        )
-        .unwrap();
+        let pol: Policy = policy.parse().unwrap();
+        let ov: Vec<engine::placement::LayerOverride> =
+            overrides.iter().map(|o| o.parse().unwrap()).collect();
+        let p = engine::placement::layer_placements(w.config.layers, pol, pol, pct, &ov).unwrap();
         let mut model = engine::exec::gpu::GpuModel::new(gpu.clone(), w, &p, pin).unwrap();
-        let mut s = engine::exec::gpu::GpuSession::new(&mut model, 64).unwrap();
-        check_session(
-            name,
-            &format!("gpu {pct}% resident, pinned {pin}"),
-            vocab,
-            &mut s,
-        );
+        let mut s = engine::exec::gpu::GpuSession::new(&mut model, 64, MemTier::Pageable).unwrap();
+        let what =
+            format!("policy {policy}, {pct}% resident, pinned {pin}, overrides {overrides:?}");
+        check_session(name, &what, vocab, &mut s);
     }
 }
 

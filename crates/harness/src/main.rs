@@ -192,24 +192,31 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if spec.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
     }
+    let profile = load_profile(a.profile.as_deref(), !no_gpu)?;
+    let policies_given =
+        a.prefill_policy.is_some() || a.decoding_policy.is_some() || !a.layer_policy.is_empty();
+    let mut spec = spec;
+    let mut auto = false;
+    if !no_gpu && !policies_given {
+        // No placement asked for: as many layers resident as fit, and LIA's split of the rest
+        // between CPU compute and PCIe streaming from the measured bandwidths.
+        if a.gpu_percentage.is_none() {
+            spec.gpu_percentage = Plan::max_fitting_percentage(&cfg, &spec, &caps).unwrap_or(0.0);
+        }
+        let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
+        spec.layer_overrides = engine::placement::auto_split(
+            cfg.layers,
+            resident,
+            profile.dram_read_bytes_s,
+            pcie_rate(&profile, spec.weight_tier),
+        );
+        auto = true;
+    }
     let plan = Plan::new(&cfg, spec, &caps)?;
     let full_cpu = plan
         .layers
         .iter()
         .all(|l| !l.gpu_resident && !l.prefill.any_gpu() && !l.decode.any_gpu());
-    let full_gpu = plan
-        .layers
-        .iter()
-        .all(|l| !l.prefill.any_cpu() && !l.decode.any_cpu());
-    if !full_cpu && !full_gpu {
-        bail!(
-            "this build executes full-CPU placements (policies 1, 0 % resident) and full-GPU ones \
-             (policies 0, any percentage, non-resident layers streamed over PCIe); mixed placements \
-             such as prefill {} / decode {} are not executed yet",
-            plan.spec.prefill_policy,
-            plan.spec.decode_policy
-        );
-    }
     let s = &plan.spec;
     println!(
         "model {} ({:.2} B parameters), batch {}, input {}, output {}",
@@ -220,6 +227,16 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         s.max_new_tokens
     );
     let resident = plan.layers.iter().filter(|l| l.gpu_resident).count();
+    let on_cpu = plan
+        .layers
+        .iter()
+        .filter(|l| !l.gpu_resident && !l.decode.any_gpu())
+        .count();
+    let streamed = plan.layers.iter().filter(|l| l.streamed()).count();
+    println!(
+        "layers: {resident} GPU-resident, {streamed} streamed over PCIe, {on_cpu} computed on the CPU{}",
+        if auto { " (automatic split from the measured DRAM and PCIe bandwidths)" } else { "" }
+    );
     println!(
         "placement: prefill {} decode {}, {resident}/{} layers GPU-resident, weights tier {}, CPU tier {} on {} threads",
         s.prefill_policy,
@@ -260,7 +277,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         let pin = s.weight_tier == MemTier::Pinned;
         let mut model = engine::exec::gpu::GpuModel::new(gpu, w, &plan.layers, pin)?;
         let mut session = |f: &mut dyn FnMut(&mut dyn Generator) -> engine::Result<()>| {
-            let mut s = engine::exec::gpu::GpuSession::new(&mut model, blocks)?;
+            let mut s = engine::exec::gpu::GpuSession::new(&mut model, blocks, host_tier)?;
             f(&mut s)
         };
         engine::bench::run(
@@ -275,31 +292,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     };
     pb.finish();
 
-    let profile_path = a.profile.clone().unwrap_or_else(probe::default_path);
-    let profile = match probe::load(&profile_path) {
-        Some(p) => p,
-        None => {
-            eprintln!(
-                "no profile at {} (run `tandem probe`); measuring the bandwidths the roofline needs now",
-                profile_path.display()
-            );
-            let mut p = probe::Profile {
-                dram_read_bytes_s: platform::membw::read_bandwidth(1 << 30, 3),
-                ..Default::default()
-            };
-            if !full_cpu {
-                if let Ok(gpu) = cuda_kernels::Gpu::new(0) {
-                    probe::gpu_ceilings(&gpu, &mut p)?;
-                }
-            }
-            p
-        }
-    };
-    let pcie = if s.weight_tier == MemTier::Pinned {
-        profile.pcie_h2d_pinned_bytes_s
-    } else {
-        profile.pcie_h2d_pageable_bytes_s
-    };
+    let pcie = pcie_rate(&profile, s.weight_tier);
     let roof = Roofline::decode(
         &plan,
         &cfg,
@@ -324,6 +317,39 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     )?;
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// The probe profile named (or the default one); measured now, quickly, if there is none.
+fn load_profile(path: Option<&Path>, gpu: bool) -> anyhow::Result<probe::Profile> {
+    let path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(probe::default_path);
+    if let Some(p) = probe::load(&path) {
+        return Ok(p);
+    }
+    eprintln!(
+        "no profile at {} (run `tandem probe`); measuring the bandwidths placement and roofline need now",
+        path.display()
+    );
+    let mut p = probe::Profile {
+        dram_read_bytes_s: platform::membw::read_bandwidth(2 << 30, 3),
+        ..Default::default()
+    };
+    if gpu {
+        if let Ok(g) = cuda_kernels::Gpu::new(0) {
+            probe::gpu_ceilings(&g, &mut p)?;
+        }
+    }
+    Ok(p)
+}
+
+/// PCIe bandwidth for weights on `tier` (pinned copies run at full speed, pageable ones not).
+fn pcie_rate(p: &probe::Profile, tier: MemTier) -> f64 {
+    if tier == MemTier::Pinned {
+        p.pcie_h2d_pinned_bytes_s
+    } else {
+        p.pcie_h2d_pageable_bytes_s
+    }
 }
 
 /// Writes a new file; an existing one is never overwritten.

@@ -127,7 +127,12 @@ impl CpuModel {
             None
         };
         let rope = (cfg.family == Family::Llama).then(|| RopeTable::new(&cfg));
-        Ok(CpuModel { w, layers, head, rope })
+        Ok(CpuModel {
+            w,
+            layers,
+            head,
+            rope,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -135,7 +140,9 @@ impl CpuModel {
     }
 
     fn layer(&self, l: usize) -> Result<&CpuLayer> {
-        self.layers[l].as_ref().ok_or_else(|| Error::Placement(format!("layer {l} is not placed on the CPU")))
+        self.layers[l]
+            .as_ref()
+            .ok_or_else(|| Error::Placement(format!("layer {l} is not placed on the CPU")))
     }
 }
 
@@ -355,7 +362,17 @@ pub fn lm_head(m: &CpuModel, x: &[f32], rows: &[usize]) -> Result<Vec<f32>> {
         &mut a,
     );
     let mut logits = vec![0f32; rows.len() * cfg.vocab];
-    gemm_bf16(&a, rows.len(), h, m.head.as_ref().ok_or_else(|| Error::Placement("the LM head is not placed on the CPU".into()))?, &mut logits, Epilogue::default()).map_err(kerr)?;
+    gemm_bf16(
+        &a,
+        rows.len(),
+        h,
+        m.head
+            .as_ref()
+            .ok_or_else(|| Error::Placement("the LM head is not placed on the CPU".into()))?,
+        &mut logits,
+        Epilogue::default(),
+    )
+    .map_err(kerr)?;
     Ok(logits)
 }
 
@@ -380,25 +397,56 @@ pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
 
 /// Prefill attention of layer `l` on the CPU: writes the step's K/V into the host cache, then
 /// causal attention of each prompt over itself. Returns `[tokens, q_dim]`.
-pub fn prefill_attention_kv(cfg: &ModelConfig, kv: &mut HostKv, l: usize, ids: &StepIds, q: &[bf16], k: &[bf16], v: &[bf16]) -> Vec<bf16> {
+pub fn prefill_attention_kv(
+    cfg: &ModelConfig,
+    kv: &mut HostKv,
+    l: usize,
+    ids: &StepIds,
+    q: &[bf16],
+    k: &[bf16],
+    v: &[bf16],
+) -> Vec<bf16> {
     kv.write(l, &ids.slots, k, v);
     prefill_attention(cfg, q, k, v, &ids.lens)
 }
 
 /// Decode attention of layer `l` on the CPU (ISPC), which appends the new K/V first.
-pub fn decode_attention(cfg: &ModelConfig, kv: &mut HostKv, l: usize, ids: &StepIds, q: &[bf16], k: &[bf16], v: &[bf16], out: &mut [bf16]) -> Result<()> {
+pub fn decode_attention(
+    cfg: &ModelConfig,
+    kv: &mut HostKv,
+    l: usize,
+    ids: &StepIds,
+    q: &[bf16],
+    k: &[bf16],
+    v: &[bf16],
+    out: &mut [bf16],
+) -> Result<()> {
     let shape = DecodeShape {
         num_q_heads: cfg.heads,
         num_kv_heads: cfg.kv_heads,
         head_dim: cfg.head_dim,
         scale: 1.0 / (cfg.head_dim as f32).sqrt(),
     };
-    let batch = DecodeBatch { q, new_k: k, new_v: v, block_tables: &ids.tables, max_blocks: ids.width, context_lens: &ids.ctx };
+    let batch = DecodeBatch {
+        q,
+        new_k: k,
+        new_v: v,
+        block_tables: &ids.tables,
+        max_blocks: ids.width,
+        context_lens: &ids.ctx,
+    };
     paged_decode_bf16(&shape, &batch, &mut kv.k[l], &mut kv.v[l], out).map_err(kerr)
 }
 
 /// One CPU layer over a step's tokens: S1, attention (prefill or decode), S4, S5 + S6.
-pub fn cpu_layer(m: &CpuModel, kv: &mut HostKv, l: usize, ids: &StepIds, prefill: bool, x: &mut [f32]) -> Result<()> {
+pub fn cpu_layer(
+    m: &CpuModel,
+    kv: &mut HostKv,
+    l: usize,
+    ids: &StepIds,
+    prefill: bool,
+    x: &mut [f32],
+) -> Result<()> {
     let cfg = m.config();
     let t = ids.tokens.len();
     let (q, k, v) = s1_qkv(m, l, x, &ids.positions)?;
@@ -424,8 +472,18 @@ impl<'m> CpuSession<'m> {
     /// A session with `num_blocks` KV blocks per layer on a host tier.
     pub fn new(model: &'m CpuModel, num_blocks: usize, tier: platform::MemTier) -> Result<Self> {
         let c = model.config();
-        let kv = HostKv::new(&vec![true; c.layers], num_blocks, c.kv_heads, c.head_dim, tier)?;
-        Ok(CpuSession { model, kv, seqs: Sequences::new(num_blocks, c.max_positions) })
+        let kv = HostKv::new(
+            &vec![true; c.layers],
+            num_blocks,
+            c.kv_heads,
+            c.head_dim,
+            tier,
+        )?;
+        Ok(CpuSession {
+            model,
+            kv,
+            seqs: Sequences::new(num_blocks, c.max_positions),
+        })
     }
 
     fn step(&mut self, ids: &StepIds, prefill: bool) -> Result<Vec<f32>> {

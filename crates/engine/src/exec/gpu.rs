@@ -1,6 +1,15 @@
-//! GPU execution of whole layers (LIA policy (0,0,0,0,0,0)), with the first layers' weights
-//! resident in HBM and the others streamed from host memory over PCIe into two staging
-//! buffers, the next streamed layer copied on a copy stream while this one computes.
+//! Execution on the GPU and the CPU together (LIA). Each layer is one of:
+//! - a GPU layer (policy (0,0,0,0,0,0)): weights resident in HBM, or streamed from host memory
+//!   over PCIe into one of two staging buffers, the next streamed layer copied on a copy stream
+//!   while the layers before it compute;
+//! - a GPU layer with attention on the CPU (policy (0,1,1,0,0,0)): S1 and S4–S6 on the GPU,
+//!   Q/K/V down to the host, attention over the host KV cache (ISPC for decode), the context
+//!   back up;
+//! - a CPU layer (policy (1,1,1,1,1,1)): AMX linears and ISPC attention over host KV, while the
+//!   copy stream keeps loading the next streamed layers, so that DRAM and PCIe work at once.
+//!
+//! The residual stream is bf16 on the GPU and f32 on the host; it moves when the next layer
+//! runs on the other side (at batch × hidden elements, a small copy).
 //!
 //! Each layer's tensors live in one flat bf16 buffer (the same offsets for every layer, see
 //! [`FlatLayout`]), so that streaming a layer is one host→device copy. The residual stream is
@@ -24,9 +33,12 @@ use cuda_kernels::{DeviceIds, Gpu};
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
 use half::bf16;
 
-use crate::config::{Family, ModelConfig, OPT_POSITION_OFFSET};
-use crate::kv::{BlockAllocator, SeqKv, BLOCK_TOKENS};
-use crate::placement::LayerPlacement;
+use crate::config::{Family, ModelConfig};
+use crate::exec::cpu::{
+    argmax_rows, cpu_layer, decode_attention, embed, lm_head, prefill_attention_kv, CpuModel,
+};
+use crate::kv::{HostKv, Sequences, StepIds};
+use crate::placement::{LayerPlacement, Policy};
 use crate::weights::{LayerWeights, Tensor, Weights};
 use crate::{Error, Result};
 
@@ -105,10 +117,41 @@ enum HostLayer {
 enum LayerHome {
     Resident(CudaSlice<bf16>),
     Streamed(HostLayer),
+    Cpu,
 }
 
-/// The model on the GPU: resident layers in HBM, streamed layers' host copies, two staging
-/// buffers, the head.
+/// How one layer runs, from its policy (the same for prefill and decode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerMode {
+    Gpu,
+    GpuAttentionOnCpu,
+    Cpu,
+}
+
+impl LayerMode {
+    pub fn of(l: usize, p: &LayerPlacement) -> Result<Self> {
+        if p.prefill != p.decode {
+            return Err(Error::Placement(format!(
+                "layer {l}: prefill policy {} differs from decode policy {}; this executor runs one policy per layer",
+                p.prefill, p.decode
+            )));
+        }
+        match p.decode {
+            Policy::FULL_GPU => Ok(LayerMode::Gpu),
+            Policy::ATTENTION_ON_CPU => Ok(LayerMode::GpuAttentionOnCpu),
+            Policy::FULL_CPU if !p.gpu_resident => Ok(LayerMode::Cpu),
+            Policy::FULL_CPU => Err(Error::Placement(format!("layer {l}: policy 1 runs on the CPU, but the layer is GPU-resident"))),
+            other => Err(Error::Placement(format!(
+                "layer {l}: policy {other} is not executed yet (0, 1 and 2 are: full GPU, full CPU, attention on CPU)"
+            ))),
+        }
+    }
+    fn attention_on_cpu(self) -> bool {
+        self != LayerMode::Gpu
+    }
+}
+
+/// The model across GPU and CPU, placed as the plan says.
 pub struct GpuModel {
     pub gpu: Arc<Gpu>,
     pub cfg: ModelConfig,
@@ -116,14 +159,15 @@ pub struct GpuModel {
     copy_stream: Arc<CudaStream>,
     blas: Blas,
     layout: FlatLayout,
-    layers: Vec<LayerHome>,
+    homes: Vec<LayerHome>,
+    pub modes: Vec<LayerMode>,
+    /// CPU layers, embeddings, and the head when the last layer is on the CPU.
+    cpu: CpuModel,
     staging: Vec<CudaSlice<bf16>>,
-    /// Host tables for the embedding gather.
-    embed: Tensor,
-    positions: Option<Tensor>,
     final_norm_w: CudaSlice<bf16>,
     final_norm_b: Option<CudaSlice<bf16>>,
-    head: CudaSlice<bf16>,
+    /// The LM head on the GPU, when the last layer runs there.
+    head: Option<CudaSlice<bf16>>,
     inv_freq: CudaSlice<f32>,
     /// Per staging buffer: the compute stream is done with it / its next layer has arrived.
     free: Vec<CudaEvent>,
@@ -131,9 +175,7 @@ pub struct GpuModel {
 }
 
 impl GpuModel {
-    /// Moves `w` onto the GPU as `placement` says (resident or streamed per layer). Streamed
-    /// layers' host copies are pinned when `pin` is set. Every layer must run all its sublayers
-    /// on the GPU.
+    /// Places `w` as `placement` says. Streamed layers' host copies are pinned when `pin` is set.
     pub fn new(
         gpu: Arc<Gpu>,
         mut w: Weights,
@@ -147,26 +189,30 @@ impl GpuModel {
                 w.layers.len()
             )));
         }
-        if let Some((i, _)) = placement
+        let modes = placement
             .iter()
             .enumerate()
-            .find(|(_, p)| p.prefill.any_cpu() || p.decode.any_cpu())
-        {
-            return Err(Error::Placement(format!(
-                "layer {i} has CPU sublayers; the GPU executor runs (0,0,0,0,0,0) layers"
-            )));
-        }
+            .map(|(l, p)| LayerMode::of(l, p))
+            .collect::<Result<Vec<_>>>()?;
         let stream = gpu.new_stream().map_err(gerr)?;
         let copy_stream = gpu.new_stream().map_err(gerr)?;
         let blas = Blas::new(&gpu, stream.clone()).map_err(gerr)?;
         let layout = FlatLayout::of(&w.layers[0]);
         let cfg = w.config.clone();
-        let mut layers = Vec::with_capacity(w.layers.len());
+        let mut homes = Vec::with_capacity(w.layers.len());
         let mut flat = vec![bf16::ZERO; layout.len];
-        for (lw, p) in std::mem::take(&mut w.layers).into_iter().zip(placement) {
-            layout.flatten(&lw, &mut flat);
-            drop(lw);
-            layers.push(if p.gpu_resident {
+        for (l, p) in placement.iter().enumerate() {
+            if modes[l] == LayerMode::Cpu {
+                homes.push(LayerHome::Cpu);
+                continue;
+            }
+            let lw = &mut w.layers[l];
+            layout.flatten(lw, &mut flat);
+            // The GPU holds these now; free the host copies.
+            for t in [&mut lw.qkv_w, &mut lw.o_w, &mut lw.up_w, &mut lw.down_w] {
+                *t = Tensor::empty();
+            }
+            homes.push(if p.gpu_resident {
                 LayerHome::Resident(stream.clone_htod(&flat).map_err(gerr)?)
             } else if pin {
                 let mut pb = PinnedBuf::<bf16>::alloc(&gpu, layout.len).map_err(gerr)?;
@@ -176,7 +222,7 @@ impl GpuModel {
                 LayerHome::Streamed(HostLayer::Pageable(flat.clone()))
             });
         }
-        let any_streamed = layers.iter().any(|l| matches!(l, LayerHome::Streamed(_)));
+        let any_streamed = homes.iter().any(|l| matches!(l, LayerHome::Streamed(_)));
         let staging = if any_streamed {
             vec![
                 stream.alloc_zeros::<bf16>(layout.len).map_err(gerr)?,
@@ -186,6 +232,10 @@ impl GpuModel {
             vec![]
         };
         let up = |t: &Tensor| stream.clone_htod(&t.data[..]).map_err(gerr);
+        let head_on_gpu = modes.last() != Some(&LayerMode::Cpu);
+        let head = head_on_gpu.then(|| up(w.lm_head())).transpose()?;
+        let final_norm_w = up(&w.final_norm_w)?;
+        let final_norm_b = w.final_norm_b.as_ref().map(up).transpose()?;
         let ev = |_| gpu.ctx().new_event(None).map_err(gerr);
         let free = (0..2).map(ev).collect::<Result<Vec<_>>>()?;
         let loaded = (0..2).map(ev).collect::<Result<Vec<_>>>()?;
@@ -197,37 +247,34 @@ impl GpuModel {
         } else {
             vec![0.0]
         };
-        let m = GpuModel {
-            final_norm_w: up(&w.final_norm_w)?,
-            final_norm_b: w.final_norm_b.as_ref().map(up).transpose()?,
-            head: up(w.lm_head())?,
-            inv_freq: stream.clone_htod(&inv).map_err(gerr)?,
-            embed: w.embed,
-            positions: w.positions,
+        let inv_freq = stream.clone_htod(&inv).map_err(gerr)?;
+        let cpu_mask: Vec<bool> = modes.iter().map(|&m| m == LayerMode::Cpu).collect();
+        let cpu = CpuModel::with_layers(w, &cpu_mask, !head_on_gpu)?;
+        stream.synchronize().map_err(gerr)?;
+        Ok(GpuModel {
             gpu,
             cfg,
             stream,
             copy_stream,
             blas,
             layout,
-            layers,
+            homes,
+            modes,
+            cpu,
             staging,
+            final_norm_w,
+            final_norm_b,
+            head,
+            inv_freq,
             free,
             loaded,
-        };
-        m.stream.synchronize().map_err(gerr)?;
-        Ok(m)
-    }
-
-    fn view<'a>(&self, buf: &'a CudaSlice<bf16>, t: usize) -> Option<CudaView<'a, bf16>> {
-        let (o, n) = self.layout.at[t];
-        (n > 0).then(|| buf.slice(o..o + n))
+        })
     }
 
     /// Queues the copy of streamed layer `l` into staging buffer `s` on the copy stream, after
-    /// the compute stream has finished with that buffer (`free`).
+    /// the compute stream has finished with that buffer.
     fn load(&mut self, l: usize, s: usize) -> Result<()> {
-        let LayerHome::Streamed(host) = &self.layers[l] else {
+        let LayerHome::Streamed(host) = &self.homes[l] else {
             return Ok(());
         };
         self.copy_stream.wait(&self.free[s]).map_err(gerr)?;
@@ -242,6 +289,36 @@ impl GpuModel {
         self.loaded[s].record(&self.copy_stream).map_err(gerr)?;
         Ok(())
     }
+
+    /// `a = norm(x)`, or `x += delta; a = norm(x)`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm(
+        &self,
+        t: usize,
+        x: &mut CudaSlice<bf16>,
+        delta: Option<&CudaSlice<bf16>>,
+        w: &CudaView<bf16>,
+        b: Option<&CudaView<bf16>>,
+        a: &mut CudaSlice<bf16>,
+    ) -> Result<()> {
+        let (g, s, h, eps) = (
+            &*self.gpu,
+            &*self.stream,
+            self.cfg.hidden,
+            self.cfg.norm_eps as f32,
+        );
+        match (self.cfg.family, delta) {
+            (Family::Llama, None) => rms_norm_bf16(g, s, t, h, x, w, eps, a),
+            (Family::Llama, Some(d)) => add_rms_norm_bf16(g, s, t, h, x, d, w, eps, a),
+            (Family::Opt, None) => {
+                layer_norm_bf16(g, s, t, h, x, w, b.expect("OPT norm bias"), eps, a)
+            }
+            (Family::Opt, Some(d)) => {
+                add_layer_norm_bf16(g, s, t, h, x, d, w, b.expect("OPT norm bias"), eps, a)
+            }
+        }
+        .map_err(gerr)
+    }
 }
 
 /// Step buffers on the GPU, sized for `t` tokens.
@@ -255,18 +332,40 @@ struct Acts {
     act: CudaSlice<bf16>,
 }
 
-/// A batch of sequences on the GPU, KV cache in HBM.
+/// A step's ids on the device.
+struct DevIds {
+    positions: DeviceIds,
+    slots: DeviceIds,
+    cu: DeviceIds,
+    tables: DeviceIds,
+    ctx: DeviceIds,
+}
+
+/// Where the residual stream is, between layers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Residual {
+    Host,
+    /// On the GPU; `true` when the last S6's output still waits in `delta` to be added.
+    Gpu(bool),
+}
+
+/// A batch of sequences: KV on the GPU for GPU-attention layers, on the host for the others.
 pub struct GpuSession<'m> {
     pub model: &'m mut GpuModel,
-    kc: Vec<CudaSlice<bf16>>,
-    vc: Vec<CudaSlice<bf16>>,
+    kc: Vec<Option<CudaSlice<bf16>>>,
+    vc: Vec<Option<CudaSlice<bf16>>>,
+    host_kv: HostKv,
     shape: KvShape,
-    pub alloc: BlockAllocator,
-    pub seqs: Vec<SeqKv>,
+    pub seqs: Sequences,
 }
 
 impl<'m> GpuSession<'m> {
-    pub fn new(model: &'m mut GpuModel, num_blocks: usize) -> Result<Self> {
+    /// `num_blocks` KV blocks per layer; host KV on `host_tier`.
+    pub fn new(
+        model: &'m mut GpuModel,
+        num_blocks: usize,
+        host_tier: platform::MemTier,
+    ) -> Result<Self> {
         let c = &model.cfg;
         let shape = KvShape {
             num_blocks,
@@ -276,17 +375,29 @@ impl<'m> GpuSession<'m> {
         let s = &model.stream;
         let mut kc = Vec::new();
         let mut vc = Vec::new();
-        for _ in 0..c.layers {
-            kc.push(s.alloc_zeros::<bf16>(shape.elems()).map_err(gerr)?);
-            vc.push(s.alloc_zeros::<bf16>(shape.elems()).map_err(gerr)?);
+        for m in &model.modes {
+            let dev = !m.attention_on_cpu();
+            kc.push(
+                dev.then(|| s.alloc_zeros::<bf16>(shape.elems()))
+                    .transpose()
+                    .map_err(gerr)?,
+            );
+            vc.push(
+                dev.then(|| s.alloc_zeros::<bf16>(shape.elems()))
+                    .transpose()
+                    .map_err(gerr)?,
+            );
         }
+        let host_mask: Vec<bool> = model.modes.iter().map(|m| m.attention_on_cpu()).collect();
+        let host_kv = HostKv::new(&host_mask, num_blocks, c.kv_heads, c.head_dim, host_tier)?;
+        let seqs = Sequences::new(num_blocks, c.max_positions);
         Ok(GpuSession {
             model,
             kc,
             vc,
+            host_kv,
             shape,
-            alloc: BlockAllocator::new(num_blocks),
-            seqs: Vec::new(),
+            seqs,
         })
     }
 
@@ -310,175 +421,180 @@ impl<'m> GpuSession<'m> {
         })
     }
 
-    /// Host-side embedding gather (+ OPT positions), uploaded as the bf16 residual stream.
-    fn embed(&self, tokens: &[u32], positions: &[usize], x: &mut CudaSlice<bf16>) -> Result<()> {
-        let m = &self.model;
-        let h = m.cfg.hidden;
-        let mut host = vec![bf16::ZERO; tokens.len() * h];
-        for (t, (&tok, &pos)) in tokens.iter().zip(positions).enumerate() {
-            if tok as usize >= m.cfg.vocab {
-                return Err(Error::Input(format!(
-                    "token id {tok} is outside the vocabulary of {}",
-                    m.cfg.vocab
-                )));
-            }
-            let row = &m.embed.data[tok as usize * h..][..h];
-            let out = &mut host[t * h..(t + 1) * h];
-            match &m.positions {
-                None => out.copy_from_slice(row),
-                Some(p) => {
-                    let prow = &p.data[(pos + OPT_POSITION_OFFSET) * h..][..h];
-                    for i in 0..h {
-                        out[i] = bf16::from_f32(row[i].to_f32() + prow[i].to_f32());
-                    }
-                }
-            }
-        }
-        m.stream.memcpy_htod(&host, x).map_err(gerr)
-    }
-
-    /// `a = norm(x)` (first call) or `x += delta; a = norm(x)`, with weight/bias at `w`, `b`.
-    fn norm(
-        &self,
-        t: usize,
-        x: &mut CudaSlice<bf16>,
-        delta: Option<&CudaSlice<bf16>>,
-        w: &CudaView<bf16>,
-        b: Option<&CudaView<bf16>>,
-        a: &mut CudaSlice<bf16>,
-    ) -> Result<()> {
-        let m = &self.model;
-        let (g, s, h, eps) = (&*m.gpu, &*m.stream, m.cfg.hidden, m.cfg.norm_eps as f32);
-        match (m.cfg.family, delta) {
-            (Family::Llama, None) => rms_norm_bf16(g, s, t, h, x, w, eps, a),
-            (Family::Llama, Some(d)) => add_rms_norm_bf16(g, s, t, h, x, d, w, eps, a),
-            (Family::Opt, None) => {
-                layer_norm_bf16(g, s, t, h, x, w, b.expect("OPT norm bias"), eps, a)
-            }
-            (Family::Opt, Some(d)) => {
-                add_layer_norm_bf16(g, s, t, h, x, d, w, b.expect("OPT norm bias"), eps, a)
-            }
-        }
-        .map_err(gerr)
-    }
-
-    /// Runs every layer over `t` tokens. `attend` does S2+S3 for one layer (prefill or decode).
-    fn layers(
+    /// S2 + S3 of GPU layer `l`: on the GPU over its KV, or on the CPU over host KV.
+    fn attention(
         &mut self,
-        t: usize,
-        acts: &mut Acts,
-        positions: &DeviceIds,
-        attend: &mut dyn FnMut(&mut Self, usize, &mut Acts) -> Result<()>,
+        l: usize,
+        ids: &StepIds,
+        dev: &DevIds,
+        prefill: bool,
+        a: &mut Acts,
     ) -> Result<()> {
-        let nl = self.model.cfg.layers;
-        let streamed: Vec<usize> = (0..nl)
-            .filter(|&l| matches!(self.model.layers[l], LayerHome::Streamed(_)))
-            .collect();
-        // Prefetch the first streamed layer (and the second) before any compute.
-        for (i, &l) in streamed.iter().take(2).enumerate() {
-            self.model.load(l, i)?;
-        }
-        for l in 0..nl {
-            let slot = streamed.iter().position(|&x| x == l);
-            if let Some(i) = slot {
-                self.model
-                    .stream
-                    .wait(&self.model.loaded[i % 2])
-                    .map_err(gerr)?;
+        let m: &GpuModel = self.model;
+        let c = &m.cfg;
+        let t = ids.tokens.len();
+        let (hq, hk, d, w) = (c.heads, c.kv_heads, c.head_dim, c.qkv_dim());
+        let scale = 1.0 / (d as f32).sqrt();
+        if m.modes[l].attention_on_cpu() {
+            let qkv = m.stream.clone_dtoh(&a.qkv).map_err(gerr)?;
+            let (mut q, mut k, mut v) = (
+                Vec::with_capacity(t * hq * d),
+                Vec::with_capacity(t * hk * d),
+                Vec::with_capacity(t * hk * d),
+            );
+            for row in qkv.chunks(w).take(t) {
+                q.extend_from_slice(&row[..hq * d]);
+                k.extend_from_slice(&row[hq * d..(hq + hk) * d]);
+                v.extend_from_slice(&row[(hq + hk) * d..]);
             }
-            self.layer(l, slot.map(|i| i % 2), t, acts, positions, attend)?;
-            if let Some(i) = slot {
-                let s = i % 2;
-                self.model.free[s]
-                    .record(&self.model.stream)
-                    .map_err(gerr)?;
-                if let Some(&next) = streamed.get(i + 2) {
-                    self.model.load(next, s)?;
-                }
-            }
+            let att = if prefill {
+                prefill_attention_kv(c, &mut self.host_kv, l, ids, &q, &k, &v)
+            } else {
+                let mut att = vec![bf16::ZERO; t * hq * d];
+                decode_attention(c, &mut self.host_kv, l, ids, &q, &k, &v, &mut att)?;
+                att
+            };
+            return m.stream.memcpy_htod(&att, &mut a.att).map_err(gerr);
         }
-        Ok(())
+        let rows = |heads| HeadRows {
+            tokens: t,
+            heads,
+            head_dim: d,
+            token_stride: w,
+        };
+        let (kc, vc) = (
+            self.kc[l].as_mut().expect("GPU KV"),
+            self.vc[l].as_mut().expect("GPU KV"),
+        );
+        let q = a.qkv.slice(0..);
+        let k = a.qkv.slice(hq * d..);
+        let v = a.qkv.slice((hq + hk) * d..);
+        if prefill {
+            prefill_attention_append_bf16(
+                &m.gpu,
+                &m.stream,
+                &q,
+                rows(hq),
+                &k,
+                rows(hk),
+                &v,
+                rows(hk),
+                &dev.cu,
+                scale,
+                &mut a.att,
+                &dev.slots,
+                self.shape,
+                kc,
+                vc,
+            )
+            .map_err(gerr)
+        } else {
+            kv_append_bf16(
+                &m.gpu,
+                &m.stream,
+                &k,
+                rows(hk),
+                &v,
+                rows(hk),
+                &dev.slots,
+                self.shape,
+                kc,
+                vc,
+            )
+            .map_err(gerr)?;
+            let seqs = DecodeSeqs {
+                block_tables: &dev.tables,
+                table_width: ids.width,
+                context_lens: &dev.ctx,
+            };
+            paged_decode_bf16(
+                &m.gpu,
+                &m.stream,
+                &q,
+                rows(hq),
+                self.shape,
+                kc,
+                vc,
+                seqs,
+                scale,
+                &mut a.att,
+            )
+            .map_err(gerr)
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn layer(
+    /// One GPU layer; its weights are in `staging` (streamed) or resident.
+    fn gpu_layer(
         &mut self,
         l: usize,
         staging: Option<usize>,
-        t: usize,
+        ids: &StepIds,
+        dev: &DevIds,
+        prefill: bool,
         a: &mut Acts,
-        positions: &DeviceIds,
-        attend: &mut dyn FnMut(&mut Self, usize, &mut Acts) -> Result<()>,
+        pending: bool,
     ) -> Result<()> {
-        let c = &self.model.cfg.clone();
-        let m: &GpuModel = self.model;
-        let buf = match (&m.layers[l], staging) {
-            (LayerHome::Resident(b), _) => b,
-            (LayerHome::Streamed(_), Some(s)) => &m.staging[s],
-            (LayerHome::Streamed(_), None) => unreachable!("streamed layer without staging"),
-        };
-        let v = |i| m.view(buf, i);
-        // S1: (x += delta of the previous layer;) a = norm(x); qkv = a·Wqkvᵀ + b; RoPE.
-        let delta = (l > 0).then_some(&a.delta);
-        let (nw, nb) = (v(ATTN_NORM_W).unwrap(), v(ATTN_NORM_B));
-        self.norm(t, &mut a.x, delta, &nw, nb.as_ref(), &mut a.a)?;
-        let qb = v(QKV_B);
-        let ep = qb.as_ref().map_or(GEpi::None, GEpi::Bias);
-        m.blas
-            .linear_bf16(
+        let t = ids.tokens.len();
+        let c = self.model.cfg.clone();
+        {
+            let m: &GpuModel = self.model;
+            let buf = layer_buf(m, l, staging);
+            let v = |i| view(&m.layout, buf, i);
+            // S1: (x += previous delta;) a = norm(x); qkv = a·Wqkvᵀ + b; RoPE.
+            m.norm(
                 t,
-                c.qkv_dim(),
-                c.hidden,
-                &a.a,
-                &v(QKV_W).unwrap(),
-                ep,
-                false,
-                &mut a.qkv,
-            )
-            .map_err(gerr)?;
-        if c.family == Family::Llama {
-            let (g, s) = (&*m.gpu, &*m.stream);
-            let qd = c.q_dim();
-            let mut q = a.qkv.slice_mut(0..);
-            rope_bf16(
-                g,
-                s,
-                &mut q,
-                HeadRows {
+                &mut a.x,
+                pending.then_some(&a.delta),
+                &v(ATTN_NORM_W).unwrap(),
+                v(ATTN_NORM_B).as_ref(),
+                &mut a.a,
+            )?;
+            let qb = v(QKV_B);
+            let ep = qb.as_ref().map_or(GEpi::None, GEpi::Bias);
+            m.blas
+                .linear_bf16(
+                    t,
+                    c.qkv_dim(),
+                    c.hidden,
+                    &a.a,
+                    &v(QKV_W).unwrap(),
+                    ep,
+                    false,
+                    &mut a.qkv,
+                )
+                .map_err(gerr)?;
+            if c.family == Family::Llama {
+                let (g, s) = (&*m.gpu, &*m.stream);
+                let rows = |heads| HeadRows {
                     tokens: t,
-                    heads: c.heads,
+                    heads,
                     head_dim: c.head_dim,
                     token_stride: c.qkv_dim(),
-                },
-                positions,
-                &m.inv_freq,
-            )
-            .map_err(gerr)?;
-            let mut k = a.qkv.slice_mut(qd..);
-            rope_bf16(
-                g,
-                s,
-                &mut k,
-                HeadRows {
-                    tokens: t,
-                    heads: c.kv_heads,
-                    head_dim: c.head_dim,
-                    token_stride: c.qkv_dim(),
-                },
-                positions,
-                &m.inv_freq,
-            )
-            .map_err(gerr)?;
+                };
+                rope_bf16(
+                    g,
+                    s,
+                    &mut a.qkv.slice_mut(0..),
+                    rows(c.heads),
+                    &dev.positions,
+                    &m.inv_freq,
+                )
+                .map_err(gerr)?;
+                rope_bf16(
+                    g,
+                    s,
+                    &mut a.qkv.slice_mut(c.q_dim()..),
+                    rows(c.kv_heads),
+                    &dev.positions,
+                    &m.inv_freq,
+                )
+                .map_err(gerr)?;
+            }
         }
-        // S2 + S3.
-        attend(self, l, a)?;
+        self.attention(l, ids, dev, prefill, a)?;
         let m: &GpuModel = self.model;
-        let buf = match (&m.layers[l], staging) {
-            (LayerHome::Resident(b), _) => b,
-            (_, Some(s)) => &m.staging[s],
-            _ => unreachable!(),
-        };
-        let v = |i| m.view(buf, i);
+        let buf = layer_buf(m, l, staging);
+        let v = |i| view(&m.layout, buf, i);
         // S4: delta = att·Woᵀ + b.
         let ob = v(O_B);
         let ep = ob.as_ref().map_or(GEpi::None, GEpi::Bias);
@@ -494,11 +610,15 @@ impl<'m> GpuSession<'m> {
                 &mut a.delta,
             )
             .map_err(gerr)?;
-        // S5: x += delta; a = norm(x); up (+bias, ReLU) or gate/up then SiLU·mul.
-        let (nw, nb) = (v(MLP_NORM_W).unwrap(), v(MLP_NORM_B));
-        self.norm(t, &mut a.x, Some(&a.delta), &nw, nb.as_ref(), &mut a.a)?;
-        let m: &GpuModel = self.model;
-        let v = |i| m.view(buf, i);
+        // S5: x += delta; a = norm(x); FC1 + bias + ReLU, or gate/up then SiLU·mul.
+        m.norm(
+            t,
+            &mut a.x,
+            Some(&a.delta),
+            &v(MLP_NORM_W).unwrap(),
+            v(MLP_NORM_B).as_ref(),
+            &mut a.a,
+        )?;
         let ub = v(UP_B);
         match c.family {
             Family::Opt => {
@@ -541,7 +661,7 @@ impl<'m> GpuSession<'m> {
                 .map_err(gerr)?;
             }
         }
-        // S6: delta = act·Wdownᵀ + b (added to x by the next norm).
+        // S6: delta = act·Wdownᵀ + b (added by the next norm or flush).
         let db = v(DOWN_B);
         let ep = db.as_ref().map_or(GEpi::None, GEpi::Bias);
         m.blas
@@ -558,29 +678,124 @@ impl<'m> GpuSession<'m> {
             .map_err(gerr)
     }
 
-    /// Final norm, LM head and argmax over the rows `rows` of the residual stream.
-    fn head(
-        &self,
-        t: usize,
-        a: &mut Acts,
-        rows: &[i32],
-        want_logits: bool,
-    ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
+    /// Adds a pending delta into the GPU residual (through the final norm, result unused).
+    fn flush(&self, t: usize, a: &mut Acts) -> Result<()> {
         let m = &self.model;
-        let c = &m.cfg;
-        let (g, s) = (&*m.gpu, &m.stream);
         let fb = m.final_norm_b.as_ref().map(|b| b.slice(0..));
-        self.norm(
+        m.norm(
             t,
             &mut a.x,
             Some(&a.delta),
             &m.final_norm_w.slice(0..),
             fb.as_ref(),
             &mut a.a,
-        )?;
-        let ids = DeviceIds::upload(s, rows).map_err(gerr)?;
+        )
+    }
+
+    fn step(
+        &mut self,
+        ids: &StepIds,
+        prefill: bool,
+        want_logits: bool,
+    ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
+        let c = self.model.cfg.clone();
+        let t = ids.tokens.len();
+        let s = self.model.stream.clone();
+        let up = |v: &[i32]| DeviceIds::upload(&s, v).map_err(gerr);
+        let mut cu = vec![0i32];
+        for &l in &ids.lens {
+            cu.push(cu.last().unwrap() + l as i32);
+        }
+        let dev = DevIds {
+            positions: up(&ids.positions.iter().map(|&p| p as i32).collect::<Vec<_>>())?,
+            slots: up(&ids.slots)?,
+            cu: up(&cu)?,
+            tables: up(&ids.tables)?,
+            ctx: up(&ids.ctx)?,
+        };
+        let mut x_host = vec![0f32; t * c.hidden];
+        embed(&self.model.cpu.w, &ids.tokens, &ids.positions, &mut x_host)?;
+        let mut a = self.acts(t)?;
+        let mut at = Residual::Host;
+        let streamed: Vec<usize> = (0..c.layers)
+            .filter(|&l| matches!(self.model.homes[l], LayerHome::Streamed(_)))
+            .collect();
+        for (i, &l) in streamed.iter().take(2).enumerate() {
+            self.model.load(l, i)?;
+        }
+        for l in 0..c.layers {
+            if self.model.modes[l] == LayerMode::Cpu {
+                if let Residual::Gpu(pending) = at {
+                    if pending {
+                        self.flush(t, &mut a)?;
+                    }
+                    let xb = s.clone_dtoh(&a.x).map_err(gerr)?;
+                    x_host
+                        .iter_mut()
+                        .zip(&xb)
+                        .for_each(|(h, d)| *h = d.to_f32());
+                    at = Residual::Host;
+                }
+                cpu_layer(
+                    &self.model.cpu,
+                    &mut self.host_kv,
+                    l,
+                    ids,
+                    prefill,
+                    &mut x_host,
+                )?;
+                continue;
+            }
+            let pending = match at {
+                Residual::Host => {
+                    let xb: Vec<bf16> = x_host.iter().map(|&v| bf16::from_f32(v)).collect();
+                    s.memcpy_htod(&xb, &mut a.x).map_err(gerr)?;
+                    false
+                }
+                Residual::Gpu(p) => p,
+            };
+            let slot = streamed.iter().position(|&x| x == l);
+            if let Some(i) = slot {
+                s.wait(&self.model.loaded[i % 2]).map_err(gerr)?;
+            }
+            self.gpu_layer(l, slot.map(|i| i % 2), ids, &dev, prefill, &mut a, pending)?;
+            at = Residual::Gpu(true);
+            if let Some(i) = slot {
+                self.model.free[i % 2].record(&s).map_err(gerr)?;
+                if let Some(&next) = streamed.get(i + 2) {
+                    self.model.load(next, i % 2)?;
+                }
+            }
+        }
+        match at {
+            Residual::Host => {
+                let logits = lm_head(&self.model.cpu, &x_host, &ids.last_rows)?;
+                Ok((argmax_rows(&logits, c.vocab), want_logits.then_some(logits)))
+            }
+            Residual::Gpu(_) => self.gpu_head(t, &mut a, ids, want_logits),
+        }
+    }
+
+    /// Final norm, LM head and argmax on the GPU over each sequence's last row.
+    fn gpu_head(
+        &self,
+        t: usize,
+        a: &mut Acts,
+        ids: &StepIds,
+        want_logits: bool,
+    ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
+        let m = &self.model;
+        let c = &m.cfg;
+        let (g, s) = (&*m.gpu, &m.stream);
+        let head = m
+            .head
+            .as_ref()
+            .ok_or_else(|| Error::Placement("the LM head is not on the GPU".into()))?;
+        self.flush(t, a)?;
+        let rows: Vec<i32> = ids.last_rows.iter().map(|&r| r as i32).collect();
+        let dev_rows = DeviceIds::upload(s, &rows).map_err(gerr)?;
         let mut last = s.alloc_zeros::<bf16>(rows.len() * c.hidden).map_err(gerr)?;
-        cuda_kernels::embedding::embedding_bf16(g, s, &a.a, c.hidden, &ids, &mut last)
+        cuda_kernels::embedding::embedding_bf16(g, s, &a.a, c.hidden, &dev_rows, &mut last)
             .map_err(gerr)?;
         let mut logits = s.alloc_zeros::<bf16>(rows.len() * c.vocab).map_err(gerr)?;
         m.blas
@@ -589,7 +804,7 @@ impl<'m> GpuSession<'m> {
                 c.vocab,
                 c.hidden,
                 &last,
-                &m.head,
+                head,
                 GEpi::None,
                 false,
                 &mut logits,
@@ -617,11 +832,6 @@ impl<'m> GpuSession<'m> {
         Ok((toks, lg))
     }
 
-    fn slot_of(&self, seq: usize, pos: usize) -> i32 {
-        (self.seqs[seq].blocks[pos / BLOCK_TOKENS] as usize * BLOCK_TOKENS + pos % BLOCK_TOKENS)
-            as i32
-    }
-
     /// Prefills new sequences; returns each prompt's greedy next token, and its logits
     /// `[B, vocab]` when asked.
     pub fn prefill(
@@ -629,87 +839,8 @@ impl<'m> GpuSession<'m> {
         prompts: &[Vec<u32>],
         want_logits: bool,
     ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
-        let c = self.model.cfg.clone();
-        if prompts.iter().any(|p| p.is_empty()) {
-            return Err(Error::Input(
-                "an empty prompt: every prompt needs at least one token".into(),
-            ));
-        }
-        let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
-        if let Some(&l) = lens.iter().find(|&&l| l > c.max_positions) {
-            return Err(Error::Input(format!(
-                "a prompt of {l} tokens exceeds the model's {} positions",
-                c.max_positions
-            )));
-        }
-        let first = self.seqs.len();
-        for &l in &lens {
-            let mut s = SeqKv::default();
-            s.reserve(&mut self.alloc, l)?;
-            s.len = l;
-            self.seqs.push(s);
-        }
-        let tokens: Vec<u32> = prompts.concat();
-        let t = tokens.len();
-        let pos: Vec<usize> = lens.iter().flat_map(|&l| 0..l).collect();
-        let slots: Vec<i32> = lens
-            .iter()
-            .enumerate()
-            .flat_map(|(i, &l)| (0..l).map(move |p| (i, p)))
-            .map(|(i, p)| self.slot_of(first + i, p))
-            .collect();
-        let mut cu = vec![0i32];
-        for &l in &lens {
-            cu.push(cu.last().unwrap() + l as i32);
-        }
-        let s = self.model.stream.clone();
-        let positions = DeviceIds::upload(&s, &pos.iter().map(|&p| p as i32).collect::<Vec<_>>())
-            .map_err(gerr)?;
-        let slots = DeviceIds::upload(&s, &slots).map_err(gerr)?;
-        let cu = DeviceIds::upload(&s, &cu).map_err(gerr)?;
-        let mut acts = self.acts(t)?;
-        self.embed(&tokens, &pos, &mut acts.x)?;
-        let (hq, hk, d, w) = (c.heads, c.kv_heads, c.head_dim, c.qkv_dim());
-        let scale = 1.0 / (d as f32).sqrt();
-        let mut attend = |me: &mut Self, l: usize, a: &mut Acts| -> Result<()> {
-            let m = &me.model;
-            let rows = |heads| HeadRows {
-                tokens: t,
-                heads,
-                head_dim: d,
-                token_stride: w,
-            };
-            let q = a.qkv.slice(0..);
-            let k = a.qkv.slice(hq * d..);
-            let v = a.qkv.slice((hq + hk) * d..);
-            prefill_attention_append_bf16(
-                &m.gpu,
-                &m.stream,
-                &q,
-                rows(hq),
-                &k,
-                rows(hk),
-                &v,
-                rows(hk),
-                &cu,
-                scale,
-                &mut a.att,
-                &slots,
-                me.shape,
-                &mut me.kc[l],
-                &mut me.vc[l],
-            )
-            .map_err(gerr)
-        };
-        self.layers(t, &mut acts, &positions, &mut attend)?;
-        let last: Vec<i32> = lens
-            .iter()
-            .scan(0i32, |s, &l| {
-                *s += l as i32;
-                Some(*s - 1)
-            })
-            .collect();
-        self.head(t, &mut acts, &last, want_logits)
+        let ids = self.seqs.prefill(prompts)?;
+        self.step(&ids, true, want_logits)
     }
 
     /// One decode step (one new token per sequence, in order).
@@ -718,85 +849,20 @@ impl<'m> GpuSession<'m> {
         tokens: &[u32],
         want_logits: bool,
     ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
-        let c = self.model.cfg.clone();
-        let b = tokens.len();
-        if b != self.seqs.len() {
-            return Err(Error::Input(format!(
-                "{b} tokens for {} sequences",
-                self.seqs.len()
-            )));
-        }
-        let pos: Vec<usize> = self.seqs.iter().map(|s| s.len).collect();
-        if let Some(&p) = pos.iter().find(|&&p| p >= c.max_positions) {
-            return Err(Error::Input(format!(
-                "position {p} is past the model's {} positions",
-                c.max_positions
-            )));
-        }
-        for s in &mut self.seqs {
-            s.reserve(&mut self.alloc, s.len + 1)?;
-            s.len += 1;
-        }
-        let width = self.seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(1);
-        let mut tables = vec![0i32; b * width];
-        for (i, s) in self.seqs.iter().enumerate() {
-            tables[i * width..i * width + s.blocks.len()].copy_from_slice(&s.blocks);
-        }
-        let slots: Vec<i32> = (0..b).map(|i| self.slot_of(i, pos[i])).collect();
-        let ctx: Vec<i32> = self.seqs.iter().map(|s| s.len as i32).collect();
-        let s = self.model.stream.clone();
-        let up = |v: &[i32]| DeviceIds::upload(&s, v).map_err(gerr);
-        let positions = up(&pos.iter().map(|&p| p as i32).collect::<Vec<_>>())?;
-        let (slots, tables, ctx) = (up(&slots)?, up(&tables)?, up(&ctx)?);
-        let mut acts = self.acts(b)?;
-        self.embed(tokens, &pos, &mut acts.x)?;
-        let (hq, hk, d, w) = (c.heads, c.kv_heads, c.head_dim, c.qkv_dim());
-        let scale = 1.0 / (d as f32).sqrt();
-        let mut attend = |me: &mut Self, l: usize, a: &mut Acts| -> Result<()> {
-            let m = &me.model;
-            let rows = |heads| HeadRows {
-                tokens: b,
-                heads,
-                head_dim: d,
-                token_stride: w,
-            };
-            let k = a.qkv.slice(hq * d..);
-            let v = a.qkv.slice((hq + hk) * d..);
-            kv_append_bf16(
-                &m.gpu,
-                &m.stream,
-                &k,
-                rows(hk),
-                &v,
-                rows(hk),
-                &slots,
-                me.shape,
-                &mut me.kc[l],
-                &mut me.vc[l],
-            )
-            .map_err(gerr)?;
-            let q = a.qkv.slice(0..);
-            let seqs = DecodeSeqs {
-                block_tables: &tables,
-                table_width: width,
-                context_lens: &ctx,
-            };
-            paged_decode_bf16(
-                &m.gpu,
-                &m.stream,
-                &q,
-                rows(hq),
-                me.shape,
-                &me.kc[l],
-                &me.vc[l],
-                seqs,
-                scale,
-                &mut a.att,
-            )
-            .map_err(gerr)
-        };
-        self.layers(b, &mut acts, &positions, &mut attend)?;
-        let rows: Vec<i32> = (0..b as i32).collect();
-        self.head(b, &mut acts, &rows, want_logits)
+        let ids = self.seqs.decode(tokens)?;
+        self.step(&ids, false, want_logits)
     }
+}
+
+fn layer_buf(m: &GpuModel, l: usize, staging: Option<usize>) -> &CudaSlice<bf16> {
+    match (&m.homes[l], staging) {
+        (LayerHome::Resident(b), _) => b,
+        (LayerHome::Streamed(_), Some(s)) => &m.staging[s],
+        _ => unreachable!("layer {l} has no GPU weights here"),
+    }
+}
+
+fn view<'a>(layout: &FlatLayout, buf: &'a CudaSlice<bf16>, t: usize) -> Option<CudaView<'a, bf16>> {
+    let (o, n) = layout.at[t];
+    (n > 0).then(|| buf.slice(o..o + n))
 }
