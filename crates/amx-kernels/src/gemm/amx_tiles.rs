@@ -21,7 +21,7 @@
 //! that does not fill its last tile ends with one step whose A tile comes from a zero-padded
 //! copy of the last bytes of each row (the weights are zero-padded already).
 //!
-//! Blocking: K is cut into chunks of [`KC_TILES`] tiles; within a chunk the block's rows are
+//! Blocking: K is cut into chunks of [`kc_tiles`] tiles (64); within a chunk the block's rows are
 //! taken 32 at a time and its columns 32 at a time, so the A panel (≤ 128 rows) and the B
 //! panel (≤ 128 columns) of one chunk stay in L2 while they are reused.
 //! C goes to the thread's f32 scratch between chunks.
@@ -46,8 +46,8 @@ pub fn kc_tiles() -> usize {
     })
 }
 
-/// Whether A is copied into a contiguous tile panel first: on by default (measured 10–29 %
-/// faster on the GPU host's Xeon at M = 512 and 2048, see docs/BENCHMARKS.md);
+/// Whether A is copied into a contiguous tile panel first: on by default (faster in the six
+/// cases measured on the GPU host, by 11–40 % in single runs, see docs/BENCHMARKS.md);
 /// `TANDEM_AMX_PACK_A=0` reads A in place (a tuning knob).
 pub fn pack_a() -> bool {
     static PACK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
