@@ -12,14 +12,16 @@
 //! tmm3  C rows 16..32, cols 16..32  f32|i32 (r1 rows)    tmm7  B block nb+1
 //! ```
 //!
-//! Per K step: 4 tile loads (A straight from the row-major activations with the row stride,
-//! B from the packed weight, contiguous), 4 `tdpbf16ps`. A block with fewer than 32 rows sets
+//! Per K step: 4 tile loads (A from a per-thread contiguous copy of the 32 rows' K chunk,
+//! `[step][32 rows][64 B]`, made once per chunk and reused by every column pair, or straight
+//! from the row-major activations with `TANDEM_AMX_PACK_A=0`; B from the packed weight,
+//! contiguous), 4 `tdpbf16ps`. A block with fewer than 32 rows sets
 //! the tile rows (`r0`, `r1`) in the configuration instead of padding; a missing second A tile
 //! or B block is replaced by a duplicate of the first, whose results are never stored. A K
 //! that does not fill its last tile ends with one step whose A tile comes from a zero-padded
 //! copy of the last bytes of each row (the weights are zero-padded already).
 //!
-//! Blocking: K is cut into chunks of [`KC_TILES`] tiles; within a chunk the block's rows are
+//! Blocking: K is cut into chunks of [`kc_tiles`] tiles (64); within a chunk the block's rows are
 //! taken 32 at a time and its columns 32 at a time, so the A panel (≤ 128 rows) and the B
 //! panel (≤ 128 columns) of one chunk stay in L2 while they are reused.
 //! C goes to the thread's f32 scratch between chunks.
@@ -44,11 +46,12 @@ pub fn kc_tiles() -> usize {
     })
 }
 
-/// Whether A is copied into a contiguous tile panel first; `TANDEM_AMX_PACK_A=1` (a tuning
-/// knob).
+/// Whether A is copied into a contiguous tile panel first: on by default (faster in the six
+/// cases measured on the GPU host, by 11–40 % in single runs, see docs/BENCHMARKS.md);
+/// `TANDEM_AMX_PACK_A=0` reads A in place (a tuning knob).
 pub fn pack_a() -> bool {
     static PACK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PACK.get_or_init(|| std::env::var("TANDEM_AMX_PACK_A").is_ok_and(|v| v == "1"))
+    *PACK.get_or_init(|| std::env::var("TANDEM_AMX_PACK_A").map_or(true, |v| v != "0"))
 }
 
 #[repr(C, align(64))]
@@ -211,9 +214,10 @@ pub(crate) unsafe fn gemm_block_amx<const INT8: bool>(
                 configured = Some((r0, r1));
             }
             let arow0 = op.a.add(mp * lda_bytes);
-            // A straight from its rows, or (TANDEM_AMX_PACK_A) first copied tile by tile into a
-            // contiguous panel: 2 KiB per K step, no cache-set conflicts between the 16 rows of
-            // one tile load when the row stride is a multiple of 4 KiB.
+            // A first copied tile by tile into a contiguous panel (2 KiB per K step: no
+            // cache-set conflicts between the 16 rows of one tile load when the row stride is a
+            // multiple of 4 KiB, and the copy is reused by every column pair), or read in place
+            // (TANDEM_AMX_PACK_A=0).
             let (a0, a_lda, a_step) = if pack && steps > 0 {
                 let dst = apack(steps * 2 * TILE_BYTES);
                 for s in 0..steps {
