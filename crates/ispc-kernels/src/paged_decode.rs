@@ -46,9 +46,8 @@ const MAX_GROUP_PASS: usize = 16;
 /// Fewest blocks in a segment of a cut sequence: below this the merge costs more than the
 /// parallelism gains.
 const MIN_SEGMENT_BLOCKS: usize = 8;
-/// Segments per pool thread that the split aims for, so that a thread slowed by anything else
-/// still leaves its share to be stolen (4 left 2 sequences of 128k tokens 10% behind 256 short
-/// ones on the GPU host).
+/// Segments per pool thread that the split aims for: many more segments than threads, so that
+/// work stealing evens out threads slowed by anything else.
 const SEGMENTS_PER_THREAD: usize = 16;
 
 /// Head counts, head size and softmax scale of one attention layer.
