@@ -46,8 +46,9 @@ const MAX_GROUP_PASS: usize = 16;
 /// Fewest blocks in a segment of a cut sequence: below this the merge costs more than the
 /// parallelism gains.
 const MIN_SEGMENT_BLOCKS: usize = 8;
-/// Segments per pool thread that the split aims for, so that uneven segments still balance.
-const SEGMENTS_PER_THREAD: usize = 4;
+/// Segments per pool thread that the split aims for: many more segments than threads, so that
+/// work stealing evens out threads slowed by anything else.
+const SEGMENTS_PER_THREAD: usize = 16;
 
 /// Head counts, head size and softmax scale of one attention layer.
 #[derive(Clone, Copy, Debug, PartialEq)]

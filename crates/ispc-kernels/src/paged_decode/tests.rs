@@ -273,128 +273,111 @@ fn bad_inputs_are_errors() {
     let (mut r, _) = rng();
     let c = Case::new(&mut r, shape(4, 2, 64), &[20, 40], 1.0);
     let (mut k, mut v, mut o) = (c.k.clone(), c.v.clone(), vec![NAN; c.q.len()]);
-    let err =
-        |sh: &DecodeShape, b: &DecodeBatch, k: &mut [bf16], v: &mut [bf16], o: &mut [bf16]| {
-            let e1 = paged_decode_bf16(sh, b, k, v, o).unwrap_err().to_string();
-            let e2 = paged_decode_bf16_ref(sh, b, k, v, o)
-                .unwrap_err()
-                .to_string();
-            assert_eq!(e1, e2);
-            e1
-        };
+    // Both paths refuse with the same message, which names what was wrong.
+    let mut refuse = |sh: &DecodeShape,
+                      b: &DecodeBatch,
+                      kvo: Option<(&mut [bf16], &mut [bf16], &mut [bf16])>,
+                      needle: &str| {
+        let (k, v, o) = kvo.unwrap_or((&mut k, &mut v, &mut o));
+        let e1 = paged_decode_bf16(sh, b, k, v, o).unwrap_err().to_string();
+        let e2 = paged_decode_bf16_ref(sh, b, k, v, o)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e1, e2);
+        assert!(e1.contains(needle), "expected `{needle}` in: {e1}");
+    };
     let b = c.batch();
 
     let mut t = c.tables.clone();
     t[1] = (c.k.len() / (2 * 16 * 64)) as i32;
-    let e = err(
+    refuse(
         &c.shape,
         &DecodeBatch {
             block_tables: &t,
             ..b
         },
-        &mut k,
-        &mut v,
-        &mut o,
+        None,
+        "outside the cache",
     );
-    assert!(e.contains("outside the cache"), "{e}");
     t[1] = -1;
-    let e = err(
+    refuse(
         &c.shape,
         &DecodeBatch {
             block_tables: &t,
             ..b
         },
-        &mut k,
-        &mut v,
-        &mut o,
+        None,
+        "block -1",
     );
-    assert!(e.contains("block -1"), "{e}");
-
     // Sequence 1 appends into a block that sequence 0 reads.
     let mut t = c.tables.clone();
     t[0] = t[c.max_blocks + 2];
-    let e = err(
+    refuse(
         &c.shape,
         &DecodeBatch {
             block_tables: &t,
             ..b
         },
-        &mut k,
-        &mut v,
-        &mut o,
+        None,
+        "also read",
     );
-    assert!(e.contains("also read"), "{e}");
-
     for l in [0, -3, (c.max_blocks * 16 + 1) as i32] {
-        let lens = [20, l];
-        let e = err(
+        refuse(
             &c.shape,
             &DecodeBatch {
-                context_lens: &lens,
+                context_lens: &[20, l],
                 ..b
             },
-            &mut k,
-            &mut v,
-            &mut o,
+            None,
+            "context length",
         );
-        assert!(e.contains("context length"), "{e}");
     }
-    let e = err(
-        &c.shape,
-        &DecodeBatch { q: &c.q[1..], ..b },
-        &mut k,
-        &mut v,
-        &mut o,
-    );
-    assert!(e.contains("q ("), "{e}");
-    let e = err(
+    refuse(&c.shape, &DecodeBatch { q: &c.q[1..], ..b }, None, "q (");
+    refuse(
         &c.shape,
         &DecodeBatch {
             new_v: &c.new_v[..5],
             ..b
         },
-        &mut k,
-        &mut v,
-        &mut o,
+        None,
+        "new_v",
     );
-    assert!(e.contains("new_v"), "{e}");
-    let e = err(
+    refuse(
         &c.shape,
         &DecodeBatch {
             block_tables: &c.tables[1..],
             ..b
         },
-        &mut k,
-        &mut v,
-        &mut o,
+        None,
+        "block_tables",
     );
-    assert!(e.contains("block_tables"), "{e}");
-    let e = err(&c.shape, &b, &mut k, &mut v[1..], &mut o);
-    assert!(e.contains("v_cache"), "{e}");
-    let e = err(&c.shape, &b, &mut k[1..], &mut v, &mut o);
-    assert!(e.contains("k_cache"), "{e}");
-    let e = err(&c.shape, &b, &mut k, &mut v, &mut o[2..]);
-    assert!(e.contains("out"), "{e}");
-    for sh in [
-        shape(3, 2, 64),
-        shape(4, 0, 64),
-        shape(4, 2, 72),
-        shape(4, 2, 512),
-    ] {
-        let e = err(&sh, &b, &mut k, &mut v, &mut o);
-        assert!(e.contains("num_q_heads") || e.contains("head_dim"), "{e}");
-    }
-    let e = err(
+    let (mut k2, mut v2, mut o2) = (c.k.clone(), c.v.clone(), vec![NAN; c.q.len()]);
+    refuse(
+        &c.shape,
+        &b,
+        Some((&mut k2, &mut v2[1..], &mut o2)),
+        "v_cache",
+    );
+    refuse(
+        &c.shape,
+        &b,
+        Some((&mut k2[1..], &mut v2, &mut o2)),
+        "k_cache",
+    );
+    refuse(&c.shape, &b, Some((&mut k2, &mut v2, &mut o2[2..])), "out");
+    refuse(&shape(3, 2, 64), &b, None, "num_q_heads");
+    refuse(&shape(4, 0, 64), &b, None, "num_q_heads");
+    refuse(&shape(4, 2, 48), &b, None, "head_dim");
+    refuse(&shape(4, 2, 512), &b, None, "head_dim");
+    refuse(
         &DecodeShape {
             scale: f32::NAN,
             ..c.shape
         },
         &b,
-        &mut k,
-        &mut v,
-        &mut o,
+        None,
+        "scale",
     );
-    assert!(e.contains("scale"), "{e}");
     // Nothing was appended by the refused calls.
     assert!(k.iter().zip(&c.k).all(|(a, b)| a.to_bits() == b.to_bits()));
 }
