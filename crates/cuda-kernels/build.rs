@@ -118,6 +118,9 @@ fn main() {
             "-Xcudafe",
             "--diag_suppress=177",
         ])
+        // Compressed images (the driver inflates them at load): the fatbin is embedded in every
+        // test, bench and tool binary, and the GPU host's carry is 64 MiB.
+        .arg("-Xfatbin=-compress-all")
         .arg("-I")
         .arg(&kdir);
     for sm in SM_ARCHS {

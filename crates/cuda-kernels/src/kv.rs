@@ -76,6 +76,12 @@ fn check_append(
         }
         r.check(what, len)?;
     }
+    if k.tokens * k.heads >= 1 << 32 {
+        return Err(shape_err(format!(
+            "{what}: {} tokens x {} heads exceed one launch",
+            k.tokens, k.heads
+        )));
+    }
     check_len(what, k.tokens, slots)
 }
 

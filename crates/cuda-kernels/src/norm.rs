@@ -10,14 +10,26 @@ use half::bf16;
 
 use crate::{check_len, Gpu, Result};
 
-fn row_config(rows: usize, hidden: usize) -> LaunchConfig {
-    // One block per row, one thread per 8 columns (a 16-byte access), within 64..=1024.
-    let threads = (hidden.div_ceil(8).div_ceil(32) * 32).clamp(64, 1024) as u32;
-    LaunchConfig {
+/// One block per row; each thread keeps `vpt` 16-byte chunks of the row in registers (1, 2
+/// or 4: rows up to 32768 columns; the kernels `*_v1`, `*_v2`, `*_v4`). Wider rows fall back
+/// to the kernel that rereads from L2 (vpt = 0, 8 chunks per thread), as do rows the kernels
+/// cannot take 16 bytes at a time (they check). 64..=1024 threads.
+fn row_config(rows: usize, hidden: usize) -> (LaunchConfig, usize) {
+    let chunks = hidden.div_ceil(8);
+    let vpt = match chunks.div_ceil(1024) {
+        1 => 1,
+        2 => 2,
+        3 | 4 => 4,
+        _ => 0,
+    };
+    let per_thread = if vpt == 0 { 8 } else { vpt };
+    let threads = (chunks.div_ceil(per_thread).div_ceil(32) * 32).clamp(64, 1024) as u32;
+    let cfg = LaunchConfig {
         grid_dim: (rows.min(1 << 30) as u32, 1, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
-    }
+    };
+    (cfg, vpt)
 }
 
 fn check(
@@ -54,7 +66,15 @@ fn launch_rms(
     if rows == 0 {
         return Ok(());
     }
-    let f = gpu.function("rms_norm_bf16")?;
+    let (cfg, vpt) = row_config(rows, hidden);
+    let name = [
+        "rms_norm_bf16",
+        "rms_norm_bf16_v1",
+        "rms_norm_bf16_v2",
+        "",
+        "rms_norm_bf16_v4",
+    ][vpt];
+    let f = gpu.function(name)?;
     let (pr, _gr) = residual.device_ptr_mut(stream);
     let (pw, _gw) = weight.device_ptr(stream);
     let (po, _go) = out.device_ptr_mut(stream);
@@ -68,8 +88,9 @@ fn launch_rms(
         .arg(&eps)
         .arg(&po);
     // SAFETY: (rows, H, bf16* residual, const bf16* delta or null, const bf16* w, eps, bf16* out);
-    // residual, delta and out hold rows*H elements, w holds H (checked by the callers).
-    unsafe { b.launch(row_config(rows, hidden)) }?;
+    // residual, delta and out hold rows*H elements, w holds H (checked by the callers);
+    // blockDim * vpt * 8 >= H for the kernel of vpt chunks (row_config).
+    unsafe { b.launch(cfg) }?;
     Ok(())
 }
 
@@ -176,24 +197,27 @@ fn launch_ln(
     if rows == 0 {
         return Ok(());
     }
-    let f = gpu.function("layer_norm_bf16")?;
+    let (cfg, vpt) = row_config(rows, hidden);
+    let name = [
+        "layer_norm_bf16",
+        "layer_norm_bf16_v1",
+        "layer_norm_bf16_v2",
+        "",
+        "layer_norm_bf16_v4",
+    ][vpt];
+    let f = gpu.function(name)?;
     let (pr, _gr) = residual.device_ptr_mut(stream);
     let (pw, _gw) = weight.device_ptr(stream);
     let (pb, _gb) = bias.device_ptr(stream);
     let (po, _go) = out.device_ptr_mut(stream);
     let (r, h) = (rows as i64, hidden as i64);
     let mut b = stream.launch_builder(&f);
-    b.arg(&r)
-        .arg(&h)
-        .arg(&pr)
-        .arg(&delta)
-        .arg(&pw)
-        .arg(&pb)
-        .arg(&eps)
-        .arg(&po);
+    b.arg(&r).arg(&h).arg(&pr).arg(&delta).arg(&pw).arg(&pb);
+    b.arg(&eps).arg(&po);
     // SAFETY: (rows, H, residual, delta or null, w, b, eps, out); residual, delta and out hold
-    // rows*H elements, w and b hold H (checked by the callers).
-    unsafe { b.launch(row_config(rows, hidden)) }?;
+    // rows*H elements, w and b hold H (checked by the callers); blockDim * vpt * 8 >= H for
+    // the kernel of vpt chunks (row_config).
+    unsafe { b.launch(cfg) }?;
     Ok(())
 }
 
@@ -316,7 +340,15 @@ mod tests {
         };
         let (mut rng, seed) = rng();
         let s = gpu.stream();
-        for (rows, hidden) in [(1usize, 8usize), (3, 100), (5, 768), (33, 4096), (2, 12288)] {
+        for (rows, hidden) in [
+            (1usize, 8usize),
+            (3, 100),
+            (5, 768),
+            (33, 4096),
+            (2, 12288),
+            (1, 20000),
+            (1, 40000),
+        ] {
             let res0 = rand_bf16(&mut rng, rows * hidden, -4.0, 4.0);
             let delta = rand_bf16(&mut rng, rows * hidden, -4.0, 4.0);
             let w = rand_bf16(&mut rng, hidden, 0.5, 1.5);

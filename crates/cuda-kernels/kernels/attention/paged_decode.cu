@@ -17,8 +17,10 @@
 // All NJ loads of a page are issued before the first use. Each lane keeps q[g][d0 .. d0 + 8]
 // (pre-scaled by softmax_scale * log2 e) in registers for its MAXG heads.
 //
-// Phase 1: scores s[g][t] = q_g . k_t into shared memory (-inf past the context end); the dot
-// is reduced over the LPT lanes of a token with xor shuffles. Softmax statistics per head
+// Phase 1: scores s[g][t] = q_g . k_t into shared memory (-inf past the context end). A lane
+// holds NJ x MAXG partial dots per page; one reduce-scatter over the LPT lanes of a token row
+// (about NJ x MAXG shuffles, not NJ x MAXG x log2 LPT) leaves each lane a few full dots to
+// store. Each warp loads its next page before working on the current one. Softmax statistics per head
 // (max m, sum l of exp2(s - m)) and p = exp2(s - m) in place. Phase 2: lane accumulates
 // p[g][t] * v_t[d0 .. d0 + 8] over its tokens; shuffles over the lanes with the same d0, then
 // shared memory over the 4 warps. With one split the block writes out = acc / l directly;
@@ -30,6 +32,32 @@
 namespace paged_decode {
 constexpr int BLOCK = 16;
 constexpr int WARPS = 4;
+
+// Reduce-scatter over the lanes of a token row: N partial sums per lane become, after
+// log2(N) steps from xor offset O down to STOP, N / (O*2/STOP) full sums per lane. At each
+// step a lane keeps one half of its values and sends the other half, so the shuffles total
+// about N instead of N * log2(lanes). A lane with bit O set keeps the upper half, so lane l
+// ends with values ((l % lanes) / STOP) * remaining + k.
+template <int N, int O, int STOP>
+__device__ __forceinline__ void scatter(float* v, int lane) {
+    if constexpr (O >= STOP && N > 1) {
+        const bool upper = lane & O;
+#pragma unroll
+        for (int k = 0; k < N / 2; ++k) {
+            const float send = upper ? v[k] : v[k + N / 2];
+            const float keep = upper ? v[k + N / 2] : v[k];
+            v[k] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+        }
+        scatter<N / 2, O / 2, STOP>(v, lane);
+    }
+}
+
+template <int D, int NJ>
+__device__ __forceinline__ void load_page(tandem::bf16x8* kv, const __nv_bfloat16* base, int tsub, int d0) {
+    constexpr int TPL = 32 / (D / 8);
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) kv[j] = tandem::load8(base + (j * TPL + tsub) * D + d0);
+}
 
 template <int D, int MAXG>
 __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t q_stride,
@@ -85,28 +113,52 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
         }
     }
 
-    // Phase 1: scores.
-    for (int p = page_begin + warp; p < page_end; p += WARPS) {
-        const __nv_bfloat16* base = k_cache + ((int64_t)table[p] * Hkv + kvh) * BLOCK * D;
-        tandem::bf16x8 kv[NJ];
-#pragma unroll
-        for (int j = 0; j < NJ; ++j) kv[j] = tandem::load8(base + (j * TPL + tsub) * D + d0);
+    // Phase 1: scores. Each warp takes every WARPS-th page and loads the next one before it
+    // works on the current one.
+    constexpr int V = NJ * MAXG;              // partial dots per lane per page
+    constexpr int R = V < LPT ? V : LPT;      // lanes those are scattered over
+    constexpr int PER = V / R;                // full dots a lane ends with
+    constexpr int SPAN = LPT / R;             // lanes that end with the same dots
+    const int idx0 = ((lane % LPT) / SPAN) * PER;
+    tandem::bf16x8 cur[NJ], nxt[NJ];
+    const int first = page_begin + warp;
+    if (first < page_end)
+        load_page<D, NJ>(cur, k_cache + ((int64_t)table[first] * Hkv + kvh) * BLOCK * D, tsub, d0);
+    for (int p = first; p < page_end; p += WARPS) {
+        if (p + WARPS < page_end)
+            load_page<D, NJ>(nxt, k_cache + ((int64_t)table[p + WARPS] * Hkv + kvh) * BLOCK * D, tsub, d0);
+        float vals[V];
 #pragma unroll
         for (int j = 0; j < NJ; ++j) {
             float kf[8];
-            tandem::unpack8(kv[j], kf);
-            const int t = p * BLOCK + j * TPL + tsub;
+            tandem::unpack8(cur[j], kf);
 #pragma unroll
             for (int g = 0; g < MAXG; ++g) {
                 float s = 0.f;
 #pragma unroll
                 for (int i = 0; i < 8; ++i) s += qf[g][i] * kf[i];
-#pragma unroll
-                for (int o = LPT / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-                if (lane % LPT == 0 && g < gcount) scores[g * slots + (t - tok_begin)] = t < ctx ? s : -CUDART_INF_F;
+                vals[j * MAXG + g] = s;
             }
         }
+        scatter<V, LPT / 2, SPAN>(vals, lane);
+#pragma unroll
+        for (int o = SPAN / 2; o > 0; o >>= 1)
+#pragma unroll
+            for (int k = 0; k < PER; ++k) vals[k] += __shfl_xor_sync(0xffffffffu, vals[k], o);
+        if (lane % SPAN == 0) {
+#pragma unroll
+            for (int k = 0; k < PER; ++k) {
+                const int j = (idx0 + k) / MAXG, g = (idx0 + k) % MAXG;
+                const int t = p * BLOCK + j * TPL + tsub;
+                if (g < gcount) scores[g * slots + (t - tok_begin)] = t < ctx ? vals[k] : -CUDART_INF_F;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) cur[j] = nxt[j];
     }
+    // The first V page of this warp loads while the softmax runs.
+    if (first < page_end)
+        load_page<D, NJ>(cur, v_cache + ((int64_t)table[first] * Hkv + kvh) * BLOCK * D, tsub, d0);
     __syncthreads();
 
     // Softmax statistics, one warp per head.
@@ -135,17 +187,15 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
     for (int g = 0; g < MAXG; ++g)
 #pragma unroll
         for (int i = 0; i < 8; ++i) acc[g][i] = 0.f;
-    for (int p = page_begin + warp; p < page_end; p += WARPS) {
-        const __nv_bfloat16* base = v_cache + ((int64_t)table[p] * Hkv + kvh) * BLOCK * D;
-        tandem::bf16x8 kv[NJ];
-#pragma unroll
-        for (int j = 0; j < NJ; ++j) kv[j] = tandem::load8(base + (j * TPL + tsub) * D + d0);
+    for (int p = first; p < page_end; p += WARPS) {
+        if (p + WARPS < page_end)
+            load_page<D, NJ>(nxt, v_cache + ((int64_t)table[p + WARPS] * Hkv + kvh) * BLOCK * D, tsub, d0);
 #pragma unroll
         for (int j = 0; j < NJ; ++j) {
             const int t = p * BLOCK + j * TPL + tsub;
             if (t < ctx) {  // stale cache rows past the end may hold anything, NaN included
                 float vf[8];
-                tandem::unpack8(kv[j], vf);
+                tandem::unpack8(cur[j], vf);
 #pragma unroll
                 for (int g = 0; g < MAXG; ++g) {
                     const float w = g < gcount ? scores[g * slots + (t - tok_begin)] : 0.f;
@@ -154,6 +204,8 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
                 }
             }
         }
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) cur[j] = nxt[j];
     }
 #pragma unroll
     for (int g = 0; g < MAXG; ++g)

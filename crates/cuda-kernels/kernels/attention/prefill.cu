@@ -7,9 +7,10 @@
 //   out token t, head h: out[t * o_stride + h * D + d]
 // Strides are multiples of 8 elements and pointers 16-byte aligned (cp.async moves 16 bytes).
 //
-// Grid (max q tiles, Hq, B), 128 threads = 4 warps. A block owns BR = 64 query rows of one head
-// of one sequence (the last tile first: causal tiles near the end do the most work); warp w owns
-// rows 16w .. 16w + 15. Key/value tiles of BC = 64 rows go through shared memory, double
+// Grid (max q tiles, Hq, B), 256 threads = 8 warps. A block owns BR = 128 query rows of one
+// head of one sequence (the last tile first: causal tiles near the end do the most work); warp
+// w owns rows 16w .. 16w + 15, and skips the key tiles that lie wholly after its rows. Eight
+// warps share each K/V tile, halving the L2 traffic of four. Key/value tiles of BC = 64 rows go through shared memory, double
 // buffered with cp.async: Ks[2][BC][D + 8], Vs[2][BC][D + 8] bf16 (rows padded by 16 bytes so
 // the 8 row addresses of an ldmatrix hit 8 different bank groups).
 //
@@ -25,7 +26,7 @@
 #include <math_constants.h>
 
 namespace prefill {
-constexpr int BR = 64, BC = 64, WARPS = 4, PAD = 8;
+constexpr int BR = 128, BC = 64, WARPS = 8, PAD = 8;
 
 __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -60,6 +61,13 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// 2^x on the special-function unit; 2^-inf = 0.
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
 }
 
 __device__ __forceinline__ uint32_t ld32(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
@@ -137,6 +145,7 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
         const __nv_bfloat16* Kt = Ks + (j & 1) * BC * LDS;
         const __nv_bfloat16* Vt = Vs + (j & 1) * BC * LDS;
         const int kb = j * BC;
+        if (kb > q0 + warp * 16 + 15) continue;  // every key of the tile is after every row of this warp
 
         // S = Q K^T
         float s[BC / 8][4];
@@ -154,18 +163,19 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
             }
         }
 
-        // Scale, causal mask, online softmax.
+        // Causal mask, online softmax. The max is taken on raw scores (scale > 0 keeps the
+        // order); exp2(s * scale_log2 - m) is one FFMA and one MUFU.EX2 (ex2.approx.ftz).
         const bool need_mask = kb + BC - 1 > q0 + warp * 16 || kb + BC > len;
         float mx0 = -CUDART_INF_F, mx1 = -CUDART_INF_F;
 #pragma unroll
         for (int n = 0; n < BC / 8; ++n) {
+            if (need_mask) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int key = kb + n * 8 + 2 * c + (e & 1);
-                const int row = e < 2 ? row0 : row1;
-                float x = s[n][e] * scale_log2;
-                if (need_mask && (key > row || key >= len)) x = -CUDART_INF_F;
-                s[n][e] = x;
+                for (int e = 0; e < 4; ++e) {
+                    const int key = kb + n * 8 + 2 * c + (e & 1);
+                    const int row = e < 2 ? row0 : row1;
+                    if (key > row || key >= len) s[n][e] = -CUDART_INF_F;
+                }
             }
             mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
             mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
@@ -175,8 +185,8 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
         }
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        const float a0 = exp2f(m0 - mn0), a1 = exp2f(m1 - mn1);
+        const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
+        const float a0 = ex2(m0 - mn0), a1 = ex2(m1 - mn1);
         m0 = mn0;
         m1 = mn1;
         l0 *= a0;
@@ -190,10 +200,10 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
         }
 #pragma unroll
         for (int n = 0; n < BC / 8; ++n) {
-            s[n][0] = exp2f(s[n][0] - mn0);
-            s[n][1] = exp2f(s[n][1] - mn0);
-            s[n][2] = exp2f(s[n][2] - mn1);
-            s[n][3] = exp2f(s[n][3] - mn1);
+            s[n][0] = ex2(fmaf(s[n][0], scale_log2, -mn0));
+            s[n][1] = ex2(fmaf(s[n][1], scale_log2, -mn0));
+            s[n][2] = ex2(fmaf(s[n][2], scale_log2, -mn1));
+            s[n][3] = ex2(fmaf(s[n][3], scale_log2, -mn1));
             l0 += s[n][0] + s[n][1];
             l1 += s[n][2] + s[n][3];
         }
@@ -216,6 +226,7 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
         }
     }
 
+
 #pragma unroll
     for (int off = 1; off < 4; off <<= 1) {
         l0 += __shfl_xor_sync(0xffffffffu, l0, off);
@@ -234,7 +245,7 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
 }  // namespace prefill
 
 #define PREFILL(D)                                                                                              \
-    extern "C" __global__ void __launch_bounds__(128) prefill_attention_bf16_d##D(                              \
+    extern "C" __global__ void __launch_bounds__(256) prefill_attention_bf16_d##D(                              \
         const __nv_bfloat16* q, int64_t q_stride, const __nv_bfloat16* k, int64_t k_stride,                     \
         const __nv_bfloat16* v, int64_t v_stride, const int* cu_seqlens, int Hq, int Hkv, float scale_log2,      \
         __nv_bfloat16* out, int64_t o_stride) {                                                                 \

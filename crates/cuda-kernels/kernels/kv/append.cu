@@ -17,13 +17,14 @@ extern "C" __global__ void kv_append_bf16(int64_t tokens, int heads, int D, cons
                                           int64_t k_stride, const __nv_bfloat16* __restrict__ v, int64_t v_stride,
                                           const int* __restrict__ slots, __nv_bfloat16* __restrict__ k_cache,
                                           __nv_bfloat16* __restrict__ v_cache) {
-    const int d8 = D / 8;
+    // D / 8 is 8 or 16: shifts instead of 64-bit divisions.
+    const int shift = D == 128 ? 4 : 3, d8 = 1 << shift;
     const int64_t n = tokens * heads * d8;
     for (int64_t i = tandem::gtid(); i < n; i += tandem::gstride()) {
-        const int c = (int)(i % d8) * 8;
-        const int64_t th = i / d8;
-        const int h = (int)(th % heads);
-        const int64_t t = th / heads;
+        const int c = (int)(i & (d8 - 1)) * 8;
+        const uint32_t th = (uint32_t)(i >> shift);  // tokens * heads < 2^32 (checked on the host)
+        const int h = (int)(th % (uint32_t)heads);
+        const int64_t t = th / (uint32_t)heads;
         const int s = slots[t];
         if (s < 0) continue;
         const int64_t dst = (((int64_t)(s / kv_append::BLOCK) * heads + h) * kv_append::BLOCK + s % kv_append::BLOCK) * D + c;

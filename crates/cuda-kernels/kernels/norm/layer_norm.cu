@@ -5,8 +5,10 @@
 //   out[r]    = bf16((residual[r] - mean) * rsqrt(var + eps) * weight + bias)
 //
 // Two-pass statistics in f32 (mean first, then the centred sum of squares) so rows with a
-// large mean keep their precision; the rereads hit L2. Threads take 8 columns (16 bytes) when
-// hidden and the pointers allow it, else one column. `delta` may be null.
+// large mean keep their precision. Fast path (hidden a multiple of 8, 16-byte aligned rows,
+// vpt > 0): thread k holds columns 8 (k + i * blockDim) .. +8 for i < vpt in registers, so
+// the row is read once and written once. Otherwise the passes reread the row from L2 (8
+// columns per thread when the row allows 16-byte accesses, else one). `delta` may be null.
 #include "common.cuh"
 
 namespace layer_norm {
@@ -69,20 +71,87 @@ __device__ __forceinline__ void row(int64_t H, __nv_bfloat16* res, const __nv_bf
         }
     }
 }
+
+template <int VPT>
+__device__ __forceinline__ void row_cached(int64_t H, __nv_bfloat16* res, const __nv_bfloat16* delta,
+                                           const __nv_bfloat16* w, const __nv_bfloat16* b, float eps,
+                                           __nv_bfloat16* out, float* scratch) {
+    float r[VPT][8];
+    float sum = 0.f;
+#pragma unroll
+    for (int v = 0; v < VPT; ++v) {
+        const int64_t c = (threadIdx.x + (int64_t)v * blockDim.x) * 8;
+        if (c < H) {
+            tandem::unpack8(tandem::load8(res + c), r[v]);
+            if (delta) {
+                float d[8];
+                tandem::unpack8(tandem::load8(delta + c), d);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) r[v][k] += d[k];
+                tandem::bf16x8 s = tandem::pack8(r[v]);
+                tandem::store8(res + c, s);
+                tandem::unpack8(s, r[v]);
+            }
+#pragma unroll
+            for (int k = 0; k < 8; ++k) sum += r[v][k];
+        }
+    }
+    const float mean = tandem::block_sum(sum, scratch) / (float)H;
+    float ss = 0.f;
+#pragma unroll
+    for (int v = 0; v < VPT; ++v) {
+        const int64_t c = (threadIdx.x + (int64_t)v * blockDim.x) * 8;
+        if (c < H) {
+#pragma unroll
+            for (int k = 0; k < 8; ++k) ss += (r[v][k] - mean) * (r[v][k] - mean);
+        }
+    }
+    const float inv = rsqrtf(tandem::block_sum(ss, scratch) / (float)H + eps);
+#pragma unroll
+    for (int v = 0; v < VPT; ++v) {
+        const int64_t c = (threadIdx.x + (int64_t)v * blockDim.x) * 8;
+        if (c < H) {
+            float g[8], bb[8];
+            tandem::unpack8(tandem::load8(w + c), g);
+            tandem::unpack8(tandem::load8(b + c), bb);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) r[v][k] = (r[v][k] - mean) * inv * g[k] + bb[k];
+            tandem::store8(out + c, tandem::pack8(r[v]));
+        }
+    }
+}
 }  // namespace layer_norm
 
-extern "C" __global__ void layer_norm_bf16(int64_t rows, int64_t H, __nv_bfloat16* residual,
-                                           const __nv_bfloat16* delta, const __nv_bfloat16* weight,
-                                           const __nv_bfloat16* bias, float eps, __nv_bfloat16* out) {
+namespace layer_norm {
+template <int VPT>
+__device__ __forceinline__ void rows(int64_t n_rows, int64_t H, __nv_bfloat16* residual, const __nv_bfloat16* delta,
+                                     const __nv_bfloat16* weight, const __nv_bfloat16* bias, float eps,
+                                     __nv_bfloat16* out) {
     __shared__ float scratch[32];
     const bool vec = H % 8 == 0 && tandem::aligned16(residual) && tandem::aligned16(weight) &&
                      tandem::aligned16(bias) && tandem::aligned16(out) &&
                      (delta == nullptr || tandem::aligned16(delta));
-    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    for (int64_t r = blockIdx.x; r < n_rows; r += gridDim.x) {
         const __nv_bfloat16* d = delta ? delta + r * H : nullptr;
-        if (vec)
-            layer_norm::row<true>(H, residual + r * H, d, weight, bias, eps, out + r * H, scratch);
+        if (vec && VPT > 0)
+            row_cached<(VPT > 0 ? VPT : 1)>(H, residual + r * H, d, weight, bias, eps, out + r * H, scratch);
+        else if (vec)
+            row<true>(H, residual + r * H, d, weight, bias, eps, out + r * H, scratch);
         else
-            layer_norm::row<false>(H, residual + r * H, d, weight, bias, eps, out + r * H, scratch);
+            row<false>(H, residual + r * H, d, weight, bias, eps, out + r * H, scratch);
     }
 }
+}  // namespace layer_norm
+
+// layer_norm_bf16 rereads rows from L2; layer_norm_bf16_v{1,2,4} keep 1, 2 or 4 chunks of 8
+// columns per thread in registers (each its own kernel, so each gets its own registers).
+#define LAYER_NORM(NAME, VPT)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(1024)                                                         \
+        NAME(int64_t rows, int64_t H, __nv_bfloat16* residual, const __nv_bfloat16* delta,                     \
+             const __nv_bfloat16* weight, const __nv_bfloat16* bias, float eps, __nv_bfloat16* out) {          \
+        layer_norm::rows<VPT>(rows, H, residual, delta, weight, bias, eps, out);                               \
+    }
+LAYER_NORM(layer_norm_bf16, 0)
+LAYER_NORM(layer_norm_bf16_v1, 1)
+LAYER_NORM(layer_norm_bf16_v2, 2)
+LAYER_NORM(layer_norm_bf16_v4, 4)

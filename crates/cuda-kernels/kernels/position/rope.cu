@@ -7,12 +7,43 @@
 //   x[i]       = x[i] * c - x[i + D/2] * s
 //   x[i + D/2] = x[i + D/2] * c + x[i] * s
 // inv_freq[i] = rope_theta^(-2i/D) is made on the host (so scaled variants only change the
-// table). One thread per (token, head, i) pair; grid-stride loop.
+// table).
+//
+// Fast path (D/2 a multiple of 8, 16-byte aligned rows): a thread owns 8 consecutive i of one
+// token, computes their 8 (sin, cos) once and applies them to every head of the token with
+// 16-byte loads of x[i..i+8] and x[i+D/2..]. Otherwise one thread per (token, head, i).
 #include "common.cuh"
 
 extern "C" __global__ void rope_bf16(int64_t tokens, int heads, int D, int64_t token_stride, __nv_bfloat16* x,
                                      const int* __restrict__ positions, const float* __restrict__ inv_freq) {
     const int half = D / 2;
+    if (half % 8 == 0 && token_stride % 8 == 0 && tandem::aligned16(x)) {
+        const int chunks = half / 8;
+        for (int64_t i = tandem::gtid(); i < tokens * chunks; i += tandem::gstride()) {
+            const int64_t t = i / chunks;
+            const int f0 = (int)(i % chunks) * 8;
+            const float pos = (float)positions[t];
+            float c[8], s[8];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) sincosf(pos * inv_freq[f0 + k], &s[k], &c[k]);
+            __nv_bfloat16* row = x + t * token_stride + f0;
+#pragma unroll 4
+            for (int h = 0; h < heads; ++h) {
+                __nv_bfloat16* p = row + (int64_t)h * D;
+                float a[8], b[8], ra[8], rb[8];
+                tandem::unpack8(tandem::load8(p), a);
+                tandem::unpack8(tandem::load8(p + half), b);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) {
+                    ra[k] = a[k] * c[k] - b[k] * s[k];
+                    rb[k] = b[k] * c[k] + a[k] * s[k];
+                }
+                tandem::store8(p, tandem::pack8(ra));
+                tandem::store8(p + half, tandem::pack8(rb));
+            }
+        }
+        return;
+    }
     const int64_t n = tokens * heads * half;
     for (int64_t i = tandem::gtid(); i < n; i += tandem::gstride()) {
         const int f = (int)(i % half);

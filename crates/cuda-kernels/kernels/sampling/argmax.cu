@@ -1,7 +1,7 @@
 // Greedy sampling: out[r] = argmax_c logits[r, c] over a row-major [rows, vocab] matrix, the
 // lowest index among equal maxima (as torch.argmax). NaN never wins. One block per row (any
-// multiple of 32 threads up to 1024): each thread scans a strided share, then warp shuffles
-// and one shared-memory round pick the winner.
+// multiple of 32 threads up to 1024): each thread scans a strided share (8 logits per 16-byte
+// load when the row allows), then warp shuffles and one shared-memory round pick the winner.
 #include "common.cuh"
 #include <math_constants.h>
 
@@ -14,7 +14,7 @@ __device__ __forceinline__ void better(float& v, int& i, float ov, int oi) {
 }
 }  // namespace argmax
 
-extern "C" __global__ void argmax_bf16(int64_t rows, int64_t vocab, const __nv_bfloat16* __restrict__ logits,
+extern "C" __global__ void __launch_bounds__(1024) argmax_bf16(int64_t rows, int64_t vocab, const __nv_bfloat16* __restrict__ logits,
                                        int* __restrict__ out) {
     __shared__ float sv[32];
     __shared__ int si[32];
@@ -23,7 +23,17 @@ extern "C" __global__ void argmax_bf16(int64_t rows, int64_t vocab, const __nv_b
         const __nv_bfloat16* x = logits + r * vocab;
         float best = -CUDART_INF_F;
         int bi = INT_MAX;
-        for (int64_t c = threadIdx.x; c < vocab; c += blockDim.x) argmax::better(best, bi, tandem::to_f32(x[c]), (int)c);
+        if (vocab % 8 == 0 && tandem::aligned16(x)) {
+            for (int64_t c = threadIdx.x * 8; c < vocab; c += blockDim.x * 8) {
+                float f[8];
+                tandem::unpack8(tandem::load8(x + c), f);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) argmax::better(best, bi, f[k], (int)c + k);
+            }
+        } else {
+            for (int64_t c = threadIdx.x; c < vocab; c += blockDim.x)
+                argmax::better(best, bi, tandem::to_f32(x[c]), (int)c);
+        }
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1)
             argmax::better(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));

@@ -26,7 +26,7 @@ const MAX_SPLIT_PAGES: usize = 32;
 /// Fewer pages per split than this makes the merge cost more than the parallelism gains.
 const MIN_SPLIT_PAGES: usize = 4;
 /// Blocks to aim for per SM when choosing the number of splits.
-const BLOCKS_PER_SM: usize = 8;
+const BLOCKS_PER_SM: usize = 16;
 const THREADS: u32 = 128;
 const WARPS: usize = 4;
 

@@ -11,7 +11,7 @@ use crate::position::HeadRows;
 use crate::{shape_err, DeviceIds, Gpu, Result};
 
 /// Query rows per block and key rows per tile (the kernel's BR and BC).
-const BR: usize = 64;
+const BR: usize = 128;
 const BC: usize = 64;
 const PAD: usize = 8;
 
@@ -88,6 +88,11 @@ pub fn prefill_attention_bf16(
         cu_seqlens.host(),
     )?;
     let seqs = cu_seqlens.len() - 1;
+    if !(scale > 0.0 && scale.is_finite()) {
+        return Err(shape_err(format!(
+            "{what}: softmax scale {scale} must be positive and finite"
+        )));
+    }
     if q_rows.tokens == 0 {
         return Ok(());
     }
@@ -132,7 +137,7 @@ pub fn prefill_attention_bf16(
             q_rows.heads as u32,
             seqs as u32,
         ),
-        block_dim: (128, 1, 1),
+        block_dim: (256, 1, 1),
         shared_mem_bytes: smem,
     };
     let mut b = stream.launch_builder(&f);
