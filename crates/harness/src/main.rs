@@ -1,6 +1,7 @@
 //! `tandem`: the command line.
 
 mod probe;
+mod sweep;
 
 use std::path::{Path, PathBuf};
 
@@ -42,10 +43,12 @@ enum Cmd {
     },
     /// Offline generation benchmark with LIA's flags: prefill then greedy decode.
     Bench(BenchArgs),
+    /// A resumable grid of bench runs with a CSV and plots.
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(Args, Debug)]
-struct BenchArgs {
+pub struct BenchArgs {
     /// Model: a preset (opt-1.3b ... opt-175b, llama2-7b, llama3-8b, llama3-70b; dummy weights)
     /// or a folder with an HF config.json and safetensors. Default: sized to this machine.
     #[arg(short = 'm', long)]
@@ -107,7 +110,17 @@ fn default_model(caps: &Capabilities) -> &'static str {
     }
 }
 
+/// Set while a sweep runs configurations: their own progress bars and plan lines stay hidden.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn bar(len: u64, what: &str) -> ProgressBar {
+    if quiet() {
+        return ProgressBar::hidden();
+    }
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{msg:24} [{bar:40}] {pos}/{len} {elapsed}")
@@ -146,6 +159,24 @@ fn model_config(model: &str) -> anyhow::Result<ModelConfig> {
     }
 }
 
+/// One bench run's inputs and outputs.
+struct Measured {
+    cfg: ModelConfig,
+    plan: Plan,
+    result: BenchResult,
+    roof: Roofline,
+    caps: Capabilities,
+}
+
+impl Measured {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "model": self.cfg, "plan": self.plan, "result": self.result,
+            "roofline": self.roof, "caps": self.caps,
+        })
+    }
+}
+
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if let Some(p) = a.json.as_ref().filter(|p| p.exists()) {
         bail!(
@@ -153,6 +184,27 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             p.display()
         );
     }
+    let m = measure(&a, true)?;
+    report(&m.result, &m.roof, a.token_latency);
+    let s = &m.plan.spec;
+    let out = a.json.clone().unwrap_or_else(|| {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        PathBuf::from("results").join(format!(
+            "bench-{}-b{}-i{}-o{}-{ts}.json",
+            m.cfg.name, s.batch_size, s.input_tokens, s.max_new_tokens
+        ))
+    });
+    write_new(&out, &m.json())?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Plans, loads and runs one bench configuration (`verbose`: print the plan and progress).
+fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
+    QUIET.store(!verbose, std::sync::atomic::Ordering::Relaxed);
     let caps = Capabilities::detect();
     let model = a
         .model
@@ -218,26 +270,27 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         .iter()
         .all(|l| !l.gpu_resident && !l.prefill.any_gpu() && !l.decode.any_gpu());
     let s = &plan.spec;
-    println!(
-        "model {} ({:.2} B parameters), batch {}, input {}, output {}",
-        cfg.name,
-        cfg.total_params() as f64 / 1e9,
-        s.batch_size,
-        s.input_tokens,
-        s.max_new_tokens
-    );
-    let resident = plan.layers.iter().filter(|l| l.gpu_resident).count();
-    let on_cpu = plan
-        .layers
-        .iter()
-        .filter(|l| !l.gpu_resident && !l.decode.any_gpu())
-        .count();
-    let streamed = plan.layers.iter().filter(|l| l.streamed()).count();
-    println!(
+    if !quiet() {
+        println!(
+            "model {} ({:.2} B parameters), batch {}, input {}, output {}",
+            cfg.name,
+            cfg.total_params() as f64 / 1e9,
+            s.batch_size,
+            s.input_tokens,
+            s.max_new_tokens
+        );
+        let resident = plan.layers.iter().filter(|l| l.gpu_resident).count();
+        let on_cpu = plan
+            .layers
+            .iter()
+            .filter(|l| !l.gpu_resident && !l.decode.any_gpu())
+            .count();
+        let streamed = plan.layers.iter().filter(|l| l.streamed()).count();
+        println!(
         "layers: {resident} GPU-resident, {streamed} streamed over PCIe, {on_cpu} computed on the CPU{}",
         if auto { " (automatic split from the measured DRAM and PCIe bandwidths)" } else { "" }
     );
-    println!(
+        println!(
         "placement: prefill {} decode {}, {resident}/{} layers GPU-resident, weights tier {}, CPU tier {} on {} threads",
         s.prefill_policy,
         s.decode_policy,
@@ -246,6 +299,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         platform::cpu_tier(),
         platform::pool_threads()
     );
+    }
     // Pinned host memory is made by the GPU executor (page-locking needs the driver).
     let host_tier = if s.weight_tier == MemTier::Pinned {
         MemTier::Pageable
@@ -300,23 +354,13 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         profile.hbm_copy_bytes_s,
         pcie,
     );
-    report(&r, &roof, a.token_latency);
-    let out = a.json.clone().unwrap_or_else(|| {
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        PathBuf::from("results").join(format!(
-            "bench-{}-b{}-i{}-o{}-{ts}.json",
-            cfg.name, s.batch_size, s.input_tokens, s.max_new_tokens
-        ))
-    });
-    write_new(
-        &out,
-        &serde_json::json!({ "model": cfg, "plan": plan, "result": r, "roofline": roof, "caps": caps }),
-    )?;
-    println!("wrote {}", out.display());
-    Ok(())
+    Ok(Measured {
+        cfg,
+        plan,
+        result: r,
+        roof,
+        caps,
+    })
 }
 
 /// The probe profile named (or the default one); measured now, quickly, if there is none.
@@ -458,6 +502,7 @@ fn main() {
             Ok(())
         })(),
         Cmd::Bench(a) => bench(a),
+        Cmd::Sweep(a) => sweep::run(a),
     };
     if let Err(e) = r {
         eprintln!("tandem: {e:#}");
