@@ -4,7 +4,8 @@
 //! epilogues as the bf16 GEMM.
 //!
 //! Tiers: AMX (`tdpbssd`, needs AMX-INT8), AVX-512 VNNI (`vpdpbusd`, on the avx512 and
-//! avx512bf16 tiers when the CPU has VNNI), scalar (everything else). The quantized
+//! avx512bf16 tiers when the CPU has VNNI), AVX2 (`vpmaddwd` on widened quads: the avx2 tier,
+//! and AVX-512 CPUs without VNNI), scalar. The quantized
 //! activations live in a buffer of the calling thread, rows padded with zeros to whole 64-deep
 //! tiles, grown once and reused.
 
@@ -17,7 +18,7 @@ use rayon::prelude::*;
 use super::amx_tiles::{gemm_block_amx, AmxOperands};
 use super::pack::BLOCK_N;
 use super::pack_int8::{quantize_row_int8, PackedWeightI8, BLOCK_K_INT8};
-use super::{avx512vnni_int8, check_args, run, scalar_int8, Epilogue, OutElem};
+use super::{avx2_int8, avx512vnni_int8, check_args, run, scalar_int8, Epilogue, OutElem};
 use crate::{Error, Result};
 
 /// Quantized activations handed to a block kernel.
@@ -61,7 +62,8 @@ fn kernel_for(tier: CpuTier) -> Result<BlockKernelI8> {
         CpuTier::Avx512Bf16 | CpuTier::Avx512 if caps.avx512_vnni => {
             avx512vnni_int8::gemm_block_avx512vnni_int8
         }
-        _ => scalar_int8::gemm_block_scalar_int8,
+        CpuTier::Avx512Bf16 | CpuTier::Avx512 | CpuTier::Avx2 => avx2_int8::gemm_block_avx2_int8,
+        CpuTier::Scalar => scalar_int8::gemm_block_scalar_int8,
     })
 }
 

@@ -35,6 +35,7 @@ macro_rules! dispatch_micro {
 mod amx_bf16;
 mod amx_tiles;
 mod avx2_bf16;
+mod avx2_int8;
 mod avx512_bf16;
 mod avx512bf16_bf16;
 mod avx512vnni_int8;
