@@ -93,7 +93,8 @@ pub fn gemm_int8<O: OutElem>(
 
 thread_local! {
     /// The calling thread's quantized activations and their scales.
-    static QUANT: RefCell<(Vec<i8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static QUANT: RefCell<Vec<i8>> = const { RefCell::new(Vec::new()) };
+    static QUANT_SCALES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// [`gemm_int8`] on an explicit tier (tests and benches).
@@ -113,33 +114,27 @@ pub fn gemm_int8_on<O: OutElem>(
         return Ok(());
     }
     let kpad = w.kb * BLOCK_K_INT8;
-    QUANT.with(|qbuf| {
-        let mut qbuf = qbuf.borrow_mut();
-        let (q, scales) = &mut *qbuf;
-        if q.len() < m * kpad {
-            q.resize(m * kpad, 0);
-        }
-        if scales.len() < m {
-            scales.resize(m, 0.0);
-        }
-        let (q, scales) = (&mut q[..m * kpad], &mut scales[..m]);
-        platform::pool().install(|| {
-            q.par_chunks_mut(kpad)
-                .zip(scales.par_iter_mut())
-                .enumerate()
-                .for_each(|(r, (qr, s))| {
-                    *s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
-                    qr[k..].fill(0);
-                })
-        });
-        let qa = QuantA { q, kpad, scales };
-        run(tier, m, &shape, out, &ep, |m0, rows, pb0, pb1, c| {
-            // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
-            // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
-            // elements; kernel_for checked the tier.
-            unsafe { kernel(&qa, m0, rows, w, pb0, pb1, c) };
-            dequantize(c, rows, pb0, pb1, &qa.scales[m0..m0 + rows], &w.scales);
-        });
+    crate::scratch::with_buf(&QUANT, m * kpad, |q| {
+        crate::scratch::with_buf(&QUANT_SCALES, m, |scales| {
+            let (q, scales) = (&mut q[..m * kpad], &mut scales[..m]);
+            platform::pool().install(|| {
+                q.par_chunks_mut(kpad)
+                    .zip(scales.par_iter_mut())
+                    .enumerate()
+                    .for_each(|(r, (qr, s))| {
+                        *s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
+                        qr[k..].fill(0);
+                    })
+            });
+            let qa = QuantA { q, kpad, scales };
+            run(tier, m, &shape, out, &ep, |m0, rows, pb0, pb1, c| {
+                // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
+                // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
+                // elements; kernel_for checked the tier.
+                unsafe { kernel(&qa, m0, rows, w, pb0, pb1, c) };
+                dequantize(c, rows, pb0, pb1, &qa.scales[m0..m0 + rows], &w.scales);
+            });
+        })
     });
     Ok(())
 }

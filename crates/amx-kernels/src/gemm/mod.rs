@@ -325,13 +325,7 @@ thread_local! {
 
 /// Runs `f` with a per-thread scratch of at least `len` f32 (contents unspecified).
 pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < len {
-            s.resize(len, 0.0);
-        }
-        f(&mut s[..len])
-    })
+    crate::scratch::with_buf(&SCRATCH, len, |s| f(&mut s[..len]))
 }
 
 /// What the driver and the argument checks need to know of a packed weight.
