@@ -24,6 +24,8 @@ SHAPES = [
     ("llama3-8b.o", 4096, 4096, "plain"),
     ("llama3-8b.gate_up", 2 * 14336, 4096, "silu_mul"),
     ("llama3-8b.down", 4096, 14336, "plain"),
+    ("opt-30b.qkv", 3 * 7168, 7168, "bias"),
+    ("opt-30b.out", 7168, 7168, "bias_residual"),
     ("opt-30b.fc1", 28672, 7168, "bias_relu"),
     ("opt-30b.fc2", 7168, 28672, "bias_residual"),
 ]
@@ -79,6 +81,8 @@ def main():
                 def fn():
                     g, u = F.linear(x, w).chunk(2, dim=-1)
                     return F.silu(g) * u
+            elif kind == "bias":
+                fn = lambda: F.linear(x, w, b)
             elif kind == "bias_relu":
                 fn = lambda: F.relu(F.linear(x, w, b))
             else:

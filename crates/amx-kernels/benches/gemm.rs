@@ -26,15 +26,18 @@ const MS: [usize; 6] = [1, 8, 32, 128, 512, 2048];
 enum Kind {
     Plain,
     SiluMul,
+    Bias,
     BiasRelu,
     BiasResidual,
 }
 
-const SHAPES: [(&str, usize, usize, Kind); 6] = [
+const SHAPES: [(&str, usize, usize, Kind); 8] = [
     ("llama3-8b.qkv", 6144, 4096, Kind::Plain),
     ("llama3-8b.o", 4096, 4096, Kind::Plain),
     ("llama3-8b.gate_up", 2 * 14336, 4096, Kind::SiluMul),
     ("llama3-8b.down", 4096, 14336, Kind::Plain),
+    ("opt-30b.qkv", 3 * 7168, 7168, Kind::Bias),
+    ("opt-30b.out", 7168, 7168, Kind::BiasResidual),
     ("opt-30b.fc1", 28672, 7168, Kind::BiasRelu),
     ("opt-30b.fc2", 7168, 28672, Kind::BiasResidual),
 ];
@@ -117,6 +120,7 @@ fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
                     activation: Activation::SiluMul,
                     ..Default::default()
                 },
+                Kind::Bias => Epilogue::bias(&bias),
                 Kind::BiasRelu => Epilogue::bias_relu(&bias),
                 Kind::BiasResidual => Epilogue {
                     bias: Some(&bias),

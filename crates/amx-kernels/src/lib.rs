@@ -41,6 +41,7 @@
 
 pub mod attention;
 pub mod gemm;
+mod scratch;
 mod simd;
 pub mod tile;
 

@@ -406,8 +406,7 @@ fn attend<O: OutElem>(
     } else {
         kernel_for(tier)
     };
-    PACKED.with(|buf| {
-        let mut buf = buf.borrow_mut();
+    crate::scratch::with_buf(&PACKED, 0, |buf| {
         let mut ctx = Ctx {
             q,
             k,
@@ -419,17 +418,13 @@ fn attend<O: OutElem>(
             packed: None,
         };
         if needs_packing {
-            ctx.packed = Some(packed_kv::pack(&mut buf, k, v, cu_k, shape));
+            ctx.packed = Some(packed_kv::pack(buf, k, v, cu_k, shape));
         }
         let items = items(&ctx, nseq);
         let out_ptr = SharedMut(out.as_mut_ptr());
         let (d, group) = (shape.head_dim, shape.group());
         let body = |it: &Item| {
-            O_SCRATCH.with(|o| {
-                let mut o = o.borrow_mut();
-                if o.len() < ROW_BLOCK * d {
-                    o.resize(ROW_BLOCK * d, 0.0);
-                }
+            crate::scratch::with_buf(&O_SCRATCH, ROW_BLOCK * d, |o| {
                 let o = &mut o[..it.rows() * d];
                 // SAFETY: check_args validated every slice against the shapes and the
                 // sequence table; the item's rows and keys lie inside them; the tier is

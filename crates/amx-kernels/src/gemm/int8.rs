@@ -4,7 +4,8 @@
 //! epilogues as the bf16 GEMM.
 //!
 //! Tiers: AMX (`tdpbssd`, needs AMX-INT8), AVX-512 VNNI (`vpdpbusd`, on the avx512 and
-//! avx512bf16 tiers when the CPU has VNNI), scalar (everything else). The quantized
+//! avx512bf16 tiers when the CPU has VNNI), AVX2 (`vpmaddwd` on widened quads: the avx2 tier,
+//! and AVX-512 CPUs without VNNI), scalar. The quantized
 //! activations live in a buffer of the calling thread, rows padded with zeros to whole 64-deep
 //! tiles, grown once and reused.
 
@@ -17,7 +18,7 @@ use rayon::prelude::*;
 use super::amx_tiles::{gemm_block_amx, AmxOperands};
 use super::pack::BLOCK_N;
 use super::pack_int8::{quantize_row_int8, PackedWeightI8, BLOCK_K_INT8};
-use super::{avx512vnni_int8, check_args, run, scalar_int8, Epilogue, OutElem};
+use super::{avx2_int8, avx512vnni_int8, check_args, run, scalar_int8, Epilogue, OutElem};
 use crate::{Error, Result};
 
 /// Quantized activations handed to a block kernel.
@@ -61,7 +62,8 @@ fn kernel_for(tier: CpuTier) -> Result<BlockKernelI8> {
         CpuTier::Avx512Bf16 | CpuTier::Avx512 if caps.avx512_vnni => {
             avx512vnni_int8::gemm_block_avx512vnni_int8
         }
-        _ => scalar_int8::gemm_block_scalar_int8,
+        CpuTier::Avx512Bf16 | CpuTier::Avx512 | CpuTier::Avx2 => avx2_int8::gemm_block_avx2_int8,
+        CpuTier::Scalar => scalar_int8::gemm_block_scalar_int8,
     })
 }
 
@@ -91,7 +93,8 @@ pub fn gemm_int8<O: OutElem>(
 
 thread_local! {
     /// The calling thread's quantized activations and their scales.
-    static QUANT: RefCell<(Vec<i8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static QUANT: RefCell<Vec<i8>> = const { RefCell::new(Vec::new()) };
+    static QUANT_SCALES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// [`gemm_int8`] on an explicit tier (tests and benches).
@@ -111,33 +114,27 @@ pub fn gemm_int8_on<O: OutElem>(
         return Ok(());
     }
     let kpad = w.kb * BLOCK_K_INT8;
-    QUANT.with(|qbuf| {
-        let mut qbuf = qbuf.borrow_mut();
-        let (q, scales) = &mut *qbuf;
-        if q.len() < m * kpad {
-            q.resize(m * kpad, 0);
-        }
-        if scales.len() < m {
-            scales.resize(m, 0.0);
-        }
-        let (q, scales) = (&mut q[..m * kpad], &mut scales[..m]);
-        platform::pool().install(|| {
-            q.par_chunks_mut(kpad)
-                .zip(scales.par_iter_mut())
-                .enumerate()
-                .for_each(|(r, (qr, s))| {
-                    *s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
-                    qr[k..].fill(0);
-                })
-        });
-        let qa = QuantA { q, kpad, scales };
-        run(tier, m, &shape, out, &ep, |m0, rows, pb0, pb1, c| {
-            // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
-            // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
-            // elements; kernel_for checked the tier.
-            unsafe { kernel(&qa, m0, rows, w, pb0, pb1, c) };
-            dequantize(c, rows, pb0, pb1, &qa.scales[m0..m0 + rows], &w.scales);
-        });
+    crate::scratch::with_buf(&QUANT, m * kpad, |q| {
+        crate::scratch::with_buf(&QUANT_SCALES, m, |scales| {
+            let (q, scales) = (&mut q[..m * kpad], &mut scales[..m]);
+            platform::pool().install(|| {
+                q.par_chunks_mut(kpad)
+                    .zip(scales.par_iter_mut())
+                    .enumerate()
+                    .for_each(|(r, (qr, s))| {
+                        *s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
+                        qr[k..].fill(0);
+                    })
+            });
+            let qa = QuantA { q, kpad, scales };
+            run(tier, m, &shape, out, &ep, |m0, rows, pb0, pb1, c| {
+                // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
+                // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
+                // elements; kernel_for checked the tier.
+                unsafe { kernel(&qa, m0, rows, w, pb0, pb1, c) };
+                dequantize(c, rows, pb0, pb1, &qa.scales[m0..m0 + rows], &w.scales);
+            });
+        })
     });
     Ok(())
 }

@@ -35,6 +35,7 @@ macro_rules! dispatch_micro {
 mod amx_bf16;
 mod amx_tiles;
 mod avx2_bf16;
+mod avx2_int8;
 mod avx512_bf16;
 mod avx512bf16_bf16;
 mod avx512vnni_int8;
@@ -324,13 +325,7 @@ thread_local! {
 
 /// Runs `f` with a per-thread scratch of at least `len` f32 (contents unspecified).
 pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < len {
-            s.resize(len, 0.0);
-        }
-        f(&mut s[..len])
-    })
+    crate::scratch::with_buf(&SCRATCH, len, |s| f(&mut s[..len]))
 }
 
 /// What the driver and the argument checks need to know of a packed weight.

@@ -440,3 +440,38 @@ fn int8_stays_within_quantization_error_of_bf16() {
         }
     }
 }
+
+/// Many GEMM calls at once from jobs of the pool itself (as an engine overlapping two
+/// sub-batches would make them): each must equal the same call made alone.
+#[test]
+fn concurrent_calls_from_pool_jobs_agree() {
+    use rayon::prelude::*;
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (m, n, k) = (9, 70, 130);
+    let a = random_bf16(&mut rng, m * k);
+    let wv = random_bf16(&mut rng, n * k);
+    let (w, w8) = (
+        PackedWeight::from_bf16(&wv, n, k).unwrap(),
+        PackedWeightI8::from_bf16(&wv, n, k).unwrap(),
+    );
+    let mut alone = vec![f32::NAN; m * n];
+    let mut alone8 = vec![f32::NAN; m * n];
+    gemm_bf16(&a, m, k, &w, &mut alone, Epilogue::default()).unwrap();
+    gemm_int8(&a, m, k, &w8, &mut alone8, Epilogue::default()).unwrap();
+    let outs: Vec<(Vec<f32>, Vec<f32>)> = platform::pool().install(|| {
+        (0..16)
+            .into_par_iter()
+            .map(|_| {
+                let (mut o, mut o8) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                gemm_bf16(&a, m, k, &w, &mut o, Epilogue::default()).unwrap();
+                gemm_int8(&a, m, k, &w8, &mut o8, Epilogue::default()).unwrap();
+                (o, o8)
+            })
+            .collect()
+    });
+    for (o, o8) in outs {
+        assert_eq!(o, alone, "bf16 (seed {seed})");
+        assert_eq!(o8, alone8, "int8 (seed {seed})");
+    }
+}
