@@ -333,6 +333,23 @@ impl Checkpoint {
         })
     }
 
+    /// The untied LM head (`None` when the config ties it to the embeddings).
+    fn read_head(&self, c: &ModelConfig, tier: MemTier) -> Result<Option<Tensor>> {
+        if c.tie_word_embeddings {
+            return Ok(None);
+        }
+        if !self.has("lm_head.weight") {
+            return Err(Error::Weights(
+                "tie_word_embeddings is false but the checkpoint has no lm_head.weight".into(),
+            ));
+        }
+        Ok(Some(self.read(
+            "lm_head.weight",
+            &[c.vocab, c.hidden],
+            tier,
+        )?))
+    }
+
     /// Reads tensors and stacks their rows into one (QKV, gate/up fusion).
     fn read_stacked(&self, names: &[(String, Vec<usize>)], tier: MemTier) -> Result<Tensor> {
         let parts: Vec<Tensor> = names
@@ -398,11 +415,7 @@ impl Weights {
                     });
                     progress(l + 1);
                 }
-                let lm_head = if ck.has("lm_head.weight") && !c.tie_word_embeddings {
-                    Some(ck.read("lm_head.weight", &[c.vocab, h], tier)?)
-                } else {
-                    None
-                };
+                let lm_head = ck.read_head(c, tier)?;
                 Ok(Weights {
                     config: c.clone(),
                     embed: t("embed_tokens.weight", &[c.vocab, h])?,
@@ -445,11 +458,7 @@ impl Weights {
                     });
                     progress(l + 1);
                 }
-                let lm_head = if ck.has("lm_head.weight") && !c.tie_word_embeddings {
-                    Some(ck.read("lm_head.weight", &[c.vocab, h], tier)?)
-                } else {
-                    None
-                };
+                let lm_head = ck.read_head(c, tier)?;
                 Ok(Weights {
                     config: c.clone(),
                     embed: ck.read("model.embed_tokens.weight", &[c.vocab, h], tier)?,

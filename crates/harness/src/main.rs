@@ -311,38 +311,35 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     let progress = |i: usize| pb.set_position(i as u64);
     let blocks = engine::bench::kv_blocks(&plan);
     let vocab = cfg.vocab;
-    let r = if full_cpu {
-        let model = engine::exec::cpu::CpuModel::new(w)?;
-        let mut session = |f: &mut dyn FnMut(&mut dyn Generator) -> engine::Result<()>| {
-            let mut s = engine::exec::cpu::CpuSession::new(&model, blocks, host_tier)?;
-            f(&mut s)
-        };
+    let go = |session: &mut dyn FnMut(
+        &mut dyn FnMut(&mut dyn Generator) -> engine::Result<()>,
+    ) -> engine::Result<()>| {
         engine::bench::run(
             &plan,
             vocab,
             a.num_iter,
             a.num_warmup,
             a.seed,
-            &mut session,
+            session,
             &progress,
-        )?
+        )
+    };
+    let r = if full_cpu {
+        let model = engine::exec::cpu::CpuModel::new(w)?;
+        go(&mut |f| {
+            f(&mut engine::exec::cpu::CpuSession::new(
+                &model, blocks, host_tier,
+            )?)
+        })?
     } else {
         let gpu = cuda_kernels::Gpu::new(0)?;
         let pin = s.weight_tier == MemTier::Pinned;
         let mut model = engine::exec::gpu::GpuModel::new(gpu, w, &plan.layers, pin)?;
-        let mut session = |f: &mut dyn FnMut(&mut dyn Generator) -> engine::Result<()>| {
-            let mut s = engine::exec::gpu::GpuSession::new(&mut model, blocks, host_tier)?;
-            f(&mut s)
-        };
-        engine::bench::run(
-            &plan,
-            vocab,
-            a.num_iter,
-            a.num_warmup,
-            a.seed,
-            &mut session,
-            &progress,
-        )?
+        go(&mut |f| {
+            f(&mut engine::exec::gpu::GpuSession::new(
+                &mut model, blocks, host_tier,
+            )?)
+        })?
     };
     pb.finish();
 
