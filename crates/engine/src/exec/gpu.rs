@@ -357,6 +357,8 @@ pub struct GpuSession<'m> {
     host_kv: HostKv,
     shape: KvShape,
     pub seqs: Sequences,
+    /// Step buffers kept for the next step of the same size (every decode step of a batch).
+    spare: Option<(usize, Acts)>,
 }
 
 impl<'m> GpuSession<'m> {
@@ -398,6 +400,7 @@ impl<'m> GpuSession<'m> {
             host_kv,
             shape,
             seqs,
+            spare: None,
         })
     }
 
@@ -715,7 +718,10 @@ impl<'m> GpuSession<'m> {
         };
         let mut x_host = vec![0f32; t * c.hidden];
         embed(&self.model.cpu.w, &ids.tokens, &ids.positions, &mut x_host)?;
-        let mut a = self.acts(t)?;
+        let mut a = match self.spare.take() {
+            Some((n, a)) if n == t => a,
+            _ => self.acts(t)?,
+        };
         let mut at = Residual::Host;
         let streamed: Vec<usize> = (0..c.layers)
             .filter(|&l| matches!(self.model.homes[l], LayerHome::Streamed(_)))
@@ -767,13 +773,16 @@ impl<'m> GpuSession<'m> {
                 }
             }
         }
-        match at {
+        let out = match at {
             Residual::Host => {
                 let logits = lm_head(&self.model.cpu, &x_host, &ids.last_rows)?;
                 Ok((argmax_rows(&logits, c.vocab), want_logits.then_some(logits)))
             }
             Residual::Gpu(_) => self.gpu_head(t, &mut a, ids, want_logits),
-        }
+        };
+        // Every buffer is fully written before it is read in a step, so reuse needs no reset.
+        self.spare = Some((t, a));
+        out
     }
 
     /// Final norm, LM head and argmax on the GPU over each sequence's last row.
