@@ -4,6 +4,8 @@ HBM device-to-device copy bandwidth (the ceiling of the memory-bound kernels), t
 (flash and cuDNN backends) for causal prefill and for GQA decode over a dense KV cache, and
 torch.matmul (x @ w.T, bf16) for the linear shapes. Prints one `anchor NAME VALUE UNIT` line
 each. Timing: CUDA events around a batch of calls, median of 5 batches, after a warm-up."""
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -55,9 +57,10 @@ for bsz, s, hq, hkv in [(1, 1024, 32, 32), (1, 2048, 32, 32), (1, 4096, 32, 32),
     k = torch.randn(bsz, hkv, s, 128, device=dev, dtype=torch.bfloat16)
     v = torch.randn(bsz, hkv, s, 128, device=dev, dtype=torch.bfloat16)
     flops = bsz * 2 * s * s * hq * 128
-    for name, backend in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)]:
+    # "default": whatever backend torch picks on its own for these inputs.
+    for name, backend in [("default", None), ("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)]:
         try:
-            with sdpa_kernel(backend):
+            with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
                 t = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=hq != hkv))
             show(f"sdpa_prefill_{name}/{bsz}x{s}_h{hq}_kv{hkv}_d128", flops / t / 1e12, "TFLOP/s")
         except RuntimeError as e:

@@ -4,7 +4,9 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use cuda_kernels::attention::{paged_decode_bf16, prefill_attention_bf16, DecodeSeqs};
+use cuda_kernels::attention::{
+    paged_decode_bf16_with, prefill_attention_bf16, DecodeKernel, DecodeSeqs,
+};
 use cuda_kernels::kv::{KvShape, BLOCK_TOKENS};
 use cuda_kernels::position::HeadRows;
 use cuda_kernels::DeviceIds;
@@ -43,27 +45,24 @@ fn benches(c: &mut Criterion) {
         let q = s.clone_htod(&rand_bf16(b * hq * d, 3)).unwrap();
         let mut out = s.alloc_zeros::<bf16>(b * hq * d).unwrap();
         let kv_bytes = 2 * cache.elems() as u64 * 2;
-        let name = format!("gpu_paged_decode_bf16/b{b}_ctx{ctx}_h{hq}_kv{hkv}_d{d}");
-        bench(&mut g, &gpu, &name, Throughput::Bytes(kv_bytes), || {
-            let seqs = DecodeSeqs {
-                block_tables: &dt,
-                table_width: pages,
-                context_lens: &dl,
-            };
-            paged_decode_bf16(
-                &gpu,
-                &s,
-                &q,
-                HeadRows::packed(b, hq, d),
-                cache,
-                &kc,
-                &vc,
-                seqs,
-                0.088,
-                &mut out,
-            )
-            .unwrap()
-        });
+        for (kname, kernel) in [
+            ("cuda", DecodeKernel::CudaCores),
+            ("mma", DecodeKernel::TensorCores),
+        ] {
+            let name = format!("gpu_paged_decode_bf16/{kname}_b{b}_ctx{ctx}_h{hq}_kv{hkv}_d{d}");
+            bench(&mut g, &gpu, &name, Throughput::Bytes(kv_bytes), || {
+                let seqs = DecodeSeqs {
+                    block_tables: &dt,
+                    table_width: pages,
+                    context_lens: &dl,
+                };
+                let rows = HeadRows::packed(b, hq, d);
+                paged_decode_bf16_with(
+                    &gpu, &s, &q, rows, cache, &kc, &vc, seqs, 0.088, &mut out, kernel,
+                )
+                .unwrap()
+            });
+        }
     }
 
     // Prefill: one sequence of `len` tokens, 32 heads of 128 (the anchor's SDPA shape), and a

@@ -1,17 +1,10 @@
 //! Elementwise kernels (`kernels/elementwise/*.cu`): axpy, bf16↔f32 casts, SiLU·mul, ReLU,
 //! bias add. Layouts are written at the top of each `.cu`.
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
 use half::bf16;
 
-use crate::{
-    check_len, check_min_len, grid_stride, shape_err, strided_need, Gpu, Result, ELEMENTWISE_BLOCK,
-};
-
-fn grid_for(n: usize, gpu: &Gpu) -> Result<u32> {
-    // Enough blocks to fill every SM several times over; the grid-stride loop covers the rest.
-    Ok((n.div_ceil(ELEMENTWISE_BLOCK as usize) as u32).clamp(1, gpu.sms() * 16))
-}
+use crate::{check_len, check_min_len, grid_stride, shape_err, strided_need, Gpu, Result};
 
 /// `y = a·x + y` on bf16 vectors, on the GPU's default stream.
 pub fn axpy_bf16(gpu: &Gpu, a: f32, x: &CudaSlice<bf16>, y: &mut CudaSlice<bf16>) -> Result<()> {
@@ -21,11 +14,7 @@ pub fn axpy_bf16(gpu: &Gpu, a: f32, x: &CudaSlice<bf16>, y: &mut CudaSlice<bf16>
         return Ok(());
     }
     let f = gpu.function("axpy_bf16")?;
-    let cfg = LaunchConfig {
-        grid_dim: (grid_for(x.len(), gpu)?, 1, 1),
-        block_dim: (ELEMENTWISE_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid_stride(gpu, x.len());
     let mut b = gpu.stream().launch_builder(&f);
     b.arg(&n).arg(&a).arg(x).arg(y);
     // SAFETY: the kernel's signature is (int64 n, float a, const bf16* x, bf16* y); both

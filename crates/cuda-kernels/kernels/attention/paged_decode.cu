@@ -8,8 +8,10 @@
 // GQA: q head h reads kv head h / G, G = Hq / Hkv.
 //
 // Grid (num_splits, Hkv * head_groups, B), 128 threads = 4 warps. A block owns one kv head of
-// one sequence, `split_pages` pages of its context, and MAXG of the G q heads that share that
-// kv head (head_groups = ceil(G / MAXG)), so each K/V page is read once for all of them.
+// one sequence, `split_pages` pages of its context, and MAXG (1, 2 or 4) of the G q heads that
+// share that kv head (head_groups = ceil(G / MAXG)), so each K/V page is read once for all of
+// them. (MAXG = 8 needed over 200 registers, two blocks per SM, and ran slower than two head
+// groups of 4 whose second read of a page mostly hits L2.)
 //
 // Lane mapping: a page of one kv head is 16 * D contiguous bf16; a warp reads it as 16-byte
 // chunks, lane l taking chunks l, l + 32, ...: LPT = D / 8 lanes cover one token row, so lane
@@ -252,11 +254,9 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
 PAGED_DECODE(64, 1)
 PAGED_DECODE(64, 2)
 PAGED_DECODE(64, 4)
-PAGED_DECODE(64, 8)
 PAGED_DECODE(128, 1)
 PAGED_DECODE(128, 2)
 PAGED_DECODE(128, 4)
-PAGED_DECODE(128, 8)
 
 // Merges the splits of paged_decode_bf16_*: grid (Hq, B), D threads.
 extern "C" __global__ void paged_decode_reduce_bf16(int Hq, int D, int num_splits, const float* __restrict__ part_acc,

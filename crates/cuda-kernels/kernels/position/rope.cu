@@ -10,25 +10,34 @@
 // table).
 //
 // Fast path (D/2 a multiple of 8, 16-byte aligned rows): a thread owns 8 consecutive i of one
-// token, computes their 8 (sin, cos) once and applies them to every head of the token with
-// 16-byte loads of x[i..i+8] and x[i+D/2..]. Otherwise one thread per (token, head, i).
+// token and up to HEADS_PER_THREAD of its heads, computes the 8 (sin, cos) once and applies
+// them to each of those heads with 16-byte loads of x[i..i+8] and x[i+D/2..]. Otherwise one
+// thread per (token, head, i).
 #include "common.cuh"
+
+namespace rope {
+constexpr int HEADS_PER_THREAD = 8;
+}
 
 extern "C" __global__ void rope_bf16(int64_t tokens, int heads, int D, int64_t token_stride, __nv_bfloat16* x,
                                      const int* __restrict__ positions, const float* __restrict__ inv_freq) {
     const int half = D / 2;
     if (half % 8 == 0 && token_stride % 8 == 0 && tandem::aligned16(x)) {
         const int chunks = half / 8;
-        for (int64_t i = tandem::gtid(); i < tokens * chunks; i += tandem::gstride()) {
-            const int64_t t = i / chunks;
+        const int hgroups = (heads + rope::HEADS_PER_THREAD - 1) / rope::HEADS_PER_THREAD;
+        for (int64_t i = tandem::gtid(); i < tokens * chunks * hgroups; i += tandem::gstride()) {
             const int f0 = (int)(i % chunks) * 8;
+            const int64_t th = i / chunks;
+            const int h0 = (int)(th % hgroups) * rope::HEADS_PER_THREAD;
+            const int64_t t = th / hgroups;
             const float pos = (float)positions[t];
             float c[8], s[8];
 #pragma unroll
             for (int k = 0; k < 8; ++k) sincosf(pos * inv_freq[f0 + k], &s[k], &c[k]);
             __nv_bfloat16* row = x + t * token_stride + f0;
+            const int h1 = min(heads, h0 + rope::HEADS_PER_THREAD);
 #pragma unroll 4
-            for (int h = 0; h < heads; ++h) {
+            for (int h = h0; h < h1; ++h) {
                 __nv_bfloat16* p = row + (int64_t)h * D;
                 float a[8], b[8], ra[8], rb[8];
                 tandem::unpack8(tandem::load8(p), a);

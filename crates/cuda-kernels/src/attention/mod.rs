@@ -7,7 +7,9 @@
 pub mod paged_decode;
 pub mod prefill;
 
-pub use paged_decode::{paged_decode_bf16, paged_decode_bf16_ref, DecodeSeqs};
+pub use paged_decode::{
+    paged_decode_bf16, paged_decode_bf16_ref, paged_decode_bf16_with, DecodeKernel, DecodeSeqs,
+};
 pub use prefill::{
     prefill_attention_append_bf16, prefill_attention_bf16, prefill_attention_bf16_ref,
 };

@@ -20,15 +20,50 @@ pub struct DecodeSeqs<'a, Ids: ?Sized = DeviceIds> {
     pub context_lens: &'a Ids,
 }
 
-/// Blocks (pages) per split are capped so the scores fit shared memory: 32 pages x 16 tokens
-/// x 8 heads x 4 bytes = 16 KiB, plus 16 KiB for the cross-warp reduction.
+/// Which decode kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeKernel {
+    /// The measured better one for the group size (see [`DecodeKernel::pick`]).
+    Auto,
+    /// `paged_decode.cu`: FP32 dot products on CUDA cores, up to 4 q heads per block.
+    CudaCores,
+    /// `paged_decode_mma.cu`: mma.sync tensor cores, up to 16 q heads per block.
+    TensorCores,
+}
+
+impl DecodeKernel {
+    /// `Auto` resolved for `g` q heads per kv head: with one head per kv head the CUDA-core
+    /// kernel streams K/V at the copy bandwidth; with more, its FP32 work bounds it and the
+    /// tensor-core kernel takes over.
+    pub fn pick(self, g: usize) -> DecodeKernel {
+        match self {
+            DecodeKernel::Auto if g == 1 => DecodeKernel::CudaCores,
+            DecodeKernel::Auto => DecodeKernel::TensorCores,
+            k => k,
+        }
+    }
+}
+
+/// Pages per split: long splits amortize each block's fixed costs (q load, softmax, merge).
+/// For the CUDA-core kernel, 32 pages x 16 tokens x 4 heads x 4 bytes of scores = 8 KiB of
+/// shared memory, plus 8 KiB for the cross-warp reduction.
 const MAX_SPLIT_PAGES: usize = 32;
 /// Fewer pages per split than this makes the merge cost more than the parallelism gains.
 const MIN_SPLIT_PAGES: usize = 4;
-/// Blocks to aim for per SM when choosing the number of splits.
-const BLOCKS_PER_SM: usize = 16;
+/// Splits shrink (halving from MAX_SPLIT_PAGES) until the grid fills the blocks that fit an
+/// SM at once: the CUDA-core D = 128 kernel uses 128 registers x 128 threads (4 blocks per
+/// SM), the tensor-core one 168 registers and 68 KiB of shared memory (3 blocks per SM).
+const RESIDENT_CUDA: usize = 4;
+const RESIDENT_MMA: usize = 3;
+/// q heads served per block at most: CUDA-core kernels exist for 1, 2 and 4, the tensor-core
+/// kernel serves one 16-row mma tile.
+const MAX_GROUP_CUDA: usize = 4;
+const MAX_GROUP_MMA: usize = 16;
 const THREADS: u32 = 128;
 const WARPS: usize = 4;
+/// Ring slots per warp of the tensor-core kernel (its NST), each a K and a V page with rows
+/// padded by 8 elements.
+const MMA_STAGES: usize = 2;
 
 fn check(
     what: &'static str,
@@ -86,6 +121,36 @@ pub fn paged_decode_bf16(
     scale: f32,
     out: &mut impl DevicePtrMut<bf16>,
 ) -> Result<()> {
+    paged_decode_bf16_with(
+        gpu,
+        stream,
+        q,
+        q_rows,
+        cache,
+        k_cache,
+        v_cache,
+        seqs,
+        scale,
+        out,
+        DecodeKernel::Auto,
+    )
+}
+
+/// [`paged_decode_bf16`] with the kernel chosen by the caller (benches, profiling).
+#[allow(clippy::too_many_arguments)]
+pub fn paged_decode_bf16_with(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    q: &impl DevicePtr<bf16>,
+    q_rows: HeadRows,
+    cache: KvShape,
+    k_cache: &impl DevicePtr<bf16>,
+    v_cache: &impl DevicePtr<bf16>,
+    seqs: DecodeSeqs<'_>,
+    scale: f32,
+    out: &mut impl DevicePtrMut<bf16>,
+    kernel: DecodeKernel,
+) -> Result<()> {
     let what = "paged_decode_bf16";
     let g = check(
         what,
@@ -99,6 +164,11 @@ pub fn paged_decode_bf16(
         seqs.context_lens.host(),
         out.len(),
     )?;
+    if !(scale > 0.0 && scale.is_finite()) {
+        return Err(shape_err(format!(
+            "{what}: softmax scale {scale} must be positive and finite"
+        )));
+    }
     let b = q_rows.tokens;
     if b == 0 {
         return Ok(());
@@ -115,27 +185,44 @@ pub fn paged_decode_bf16(
             "{what}: q must start 16-byte aligned with a token stride of 8 elements"
         )));
     }
-    let maxg = g.next_power_of_two().min(8);
+    let kernel = kernel.pick(g);
+    let (maxg, resident) = match kernel {
+        DecodeKernel::TensorCores => (g.min(MAX_GROUP_MMA), RESIDENT_MMA),
+        _ => (g.next_power_of_two().min(MAX_GROUP_CUDA), RESIDENT_CUDA),
+    };
     let groups = g.div_ceil(maxg);
     let max_pages = (seqs.context_lens.max() as usize).div_ceil(BLOCK_TOKENS);
     let base = b * hkv * groups;
-    let want_splits = (BLOCKS_PER_SM * gpu.sms() as usize).div_ceil(base);
-    let split_pages = max_pages
-        .div_ceil(want_splits)
-        .clamp(MIN_SPLIT_PAGES, MAX_SPLIT_PAGES);
+    let target = resident * gpu.sms() as usize;
+    let mut split_pages = MAX_SPLIT_PAGES;
+    while split_pages > MIN_SPLIT_PAGES && base * max_pages.div_ceil(split_pages) < target {
+        split_pages /= 2;
+    }
     let num_splits = max_pages.div_ceil(split_pages);
-    let smem = (maxg * split_pages * BLOCK_TOKENS + WARPS * maxg * d) * 4;
-
-    let name: &'static str = match (d, maxg) {
-        (64, 1) => "paged_decode_bf16_d64_g1",
-        (64, 2) => "paged_decode_bf16_d64_g2",
-        (64, 4) => "paged_decode_bf16_d64_g4",
-        (64, _) => "paged_decode_bf16_d64_g8",
-        (_, 1) => "paged_decode_bf16_d128_g1",
-        (_, 2) => "paged_decode_bf16_d128_g2",
-        (_, 4) => "paged_decode_bf16_d128_g4",
-        _ => "paged_decode_bf16_d128_g8",
+    let (name, smem): (&'static str, usize) = match (kernel, d, maxg) {
+        (DecodeKernel::TensorCores, _, _) => {
+            let ring = WARPS * MMA_STAGES * 2 * BLOCK_TOKENS * (d + 8) * 2;
+            let merge = (WARPS * 16 * d + 2 * WARPS * 16) * 4;
+            let name = if d == 64 {
+                "paged_decode_mma_bf16_d64"
+            } else {
+                "paged_decode_mma_bf16_d128"
+            };
+            (name, ring.max(merge))
+        }
+        (_, 64, 1) => ("paged_decode_bf16_d64_g1", 0),
+        (_, 64, 2) => ("paged_decode_bf16_d64_g2", 0),
+        (_, 64, _) => ("paged_decode_bf16_d64_g4", 0),
+        (_, _, 1) => ("paged_decode_bf16_d128_g1", 0),
+        (_, _, 2) => ("paged_decode_bf16_d128_g2", 0),
+        _ => ("paged_decode_bf16_d128_g4", 0),
     };
+    let smem = if smem > 0 {
+        smem
+    } else {
+        (maxg * split_pages * BLOCK_TOKENS + WARPS * maxg * d) * 4
+    };
+
     let f = gpu.function_with_smem(name, smem as u32)?;
     // Partials only when the context is split; a one-element placeholder otherwise.
     let parts = if num_splits > 1 {
@@ -280,6 +367,9 @@ mod tests {
     /// Outputs are convex combinations of V in [-1, 1]: one bf16 step of values below 1 is at
     /// most 2^-8, and the f32 scores, exp2 and sums differ from f64 by ~1e-5.
     const DECODE_ATOL: f32 = 1.0 / 256.0 + 1e-4;
+    /// The tensor-core kernel rounds the softmax weights to bf16 for the P·V product (2^-9
+    /// relative each, as the prefill kernel): together with the output rounding, under 2^-7.
+    const DECODE_MMA_ATOL: f32 = 1.0 / 128.0;
 
     fn case(
         gpu: &Gpu,
@@ -344,13 +434,6 @@ mod tests {
             DeviceIds::upload(s, &tables).unwrap(),
             DeviceIds::upload(s, lens).unwrap(),
         );
-        let mut dout = s.clone_htod(&poisoned(b * hq * d)).unwrap();
-        let seqs = DecodeSeqs {
-            block_tables: &dt,
-            table_width: width,
-            context_lens: &dl,
-        };
-        paged_decode_bf16(gpu, s, &dq, rows, cache, &dk, &dv, seqs, scale, &mut dout).unwrap();
         let mut want = vec![bf16::ZERO; b * hq * d];
         let seqs = DecodeSeqs {
             block_tables: &tables[..],
@@ -358,15 +441,25 @@ mod tests {
             context_lens: lens,
         };
         paged_decode_bf16_ref(&q, rows, cache, &kc, &vc, seqs, scale, &mut want).unwrap();
-        let what = format!("paged decode lens {lens:?} hq {hq} hkv {hkv} d {d}");
-        assert_close(
-            &what,
-            seed,
-            &s.clone_dtoh(&dout).unwrap(),
-            &want,
-            DECODE_ATOL,
-            0.0,
-        );
+        for kernel in [DecodeKernel::CudaCores, DecodeKernel::TensorCores] {
+            let mut dout = s.clone_htod(&poisoned(b * hq * d)).unwrap();
+            let seqs = DecodeSeqs {
+                block_tables: &dt,
+                table_width: width,
+                context_lens: &dl,
+            };
+            paged_decode_bf16_with(
+                gpu, s, &dq, rows, cache, &dk, &dv, seqs, scale, &mut dout, kernel,
+            )
+            .unwrap();
+            let what = format!("paged decode {kernel:?} lens {lens:?} hq {hq} hkv {hkv} d {d}");
+            let tol = if kernel == DecodeKernel::TensorCores {
+                DECODE_MMA_ATOL
+            } else {
+                DECODE_ATOL
+            };
+            assert_close(&what, seed, &s.clone_dtoh(&dout).unwrap(), &want, tol, 0.0);
+        }
     }
 
     #[test]
@@ -380,6 +473,7 @@ mod tests {
         case(&gpu, &mut rng, seed, &[17, 5, 33], 12, 4, 64);
         case(&gpu, &mut rng, seed, &[100, 1, 16, 250], 32, 8, 128);
         case(&gpu, &mut rng, seed, &[300, 77], 16, 2, 128);
+        case(&gpu, &mut rng, seed, &[45, 500], 64, 2, 128); // 32 per kv head: two mma row tiles
         case(&gpu, &mut rng, seed, &[129, 31], 32, 2, 64);
         // Long contexts split across blocks (flash-decoding with the merge pass).
         let long: Vec<i32> = (0..3).map(|_| rng.gen_range(3000..9000)).collect();

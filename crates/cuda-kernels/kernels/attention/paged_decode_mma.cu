@@ -1,0 +1,251 @@
+// Paged decode attention on tensor cores, for GQA groups (G >= 2 q heads per kv head).
+//
+// Same inputs, outputs and split partials as paged_decode.cu (whose header gives the layouts),
+// and the same merge kernel. The q heads that share a kv head are the rows of one 16-row mma
+// tile (G <= 16 per block, head_groups = ceil(G / 16); rows past G are zeros and never
+// written), so Q K^T and P V run as mma.sync m16n8k16 bf16 with f32 accumulation instead of
+// G FP32 dot products per token: the FMA count that bounds the CUDA-core kernel at G = 4 and 8
+// disappears, and the kernel is left with streaming K/V.
+//
+// Grid (num_splits, Hkv * head_groups, B), 128 threads = 4 warps. Warp w takes pages
+// page_begin + w, + 4 + w, ... of the block's split and keeps its own online softmax (running
+// max m and sum l per row, in the log2 domain) and O accumulator; the four are merged through
+// shared memory at the end.
+//
+// Per warp, pages stream through a ring of NST slots in shared memory, each slot one K page and
+// one V page of the kv head ([16 tokens][D + 8] bf16 each; 16 bytes of padding per row keep the
+// ldmatrix row addresses on distinct bank groups). cp.async fills slot i + NST - 1 while slot i
+// is computed. Registers per thread (g = lane / 4, c = lane % 4):
+//   qa[D/16][4]  A fragments of the 16 q rows (head0 + g, head0 + g + 8)
+//   s[2][4]      S for the page's 16 tokens (two n-tiles of 8)
+//   o[D/8][4]    O accumulator over head dims
+#include "common.cuh"
+#include "attention/tensor_core.cuh"
+#include <math_constants.h>
+
+namespace paged_decode_mma {
+using namespace tc;
+constexpr int BLOCK = 16, WARPS = 4, NST = 2, PAD = 8;
+
+// Copies one page of one kv head; token rows >= `rows` (past the context end, where a stale
+// cache may hold anything, NaN included) are written as zeros, since a zero softmax weight
+// times NaN would still be NaN in the P V product.
+template <int D>
+__device__ __forceinline__ void copy_page(__nv_bfloat16* dst, const __nv_bfloat16* src, int rows, int lane) {
+    constexpr int CPR = D / 8;  // 16-byte chunks per token row
+#pragma unroll
+    for (int i = 0; i < BLOCK * CPR / 32; ++i) {
+        const int id = i * 32 + lane;
+        const int r = id / CPR, c = (id % CPR) * 8;
+        cp_async16(dst + r * (D + PAD) + c, r < rows ? src + r * D + c : src, r < rows ? 16 : 0);
+    }
+}
+
+template <int D>
+__device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t q_stride,
+                                    const __nv_bfloat16* __restrict__ k_cache,
+                                    const __nv_bfloat16* __restrict__ v_cache, const int* __restrict__ block_tables,
+                                    int bt_stride, const int* __restrict__ context_lens, int Hq, int Hkv,
+                                    int head_groups, float scale_log2, int split_pages, int num_splits,
+                                    float* __restrict__ part_acc, float* __restrict__ part_ml,
+                                    __nv_bfloat16* __restrict__ out, int64_t out_stride) {
+    constexpr int LDS = D + PAD, PAGE = BLOCK * LDS;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, c = lane & 3;
+    // Ring: [WARPS][NST][K page, V page]
+    __nv_bfloat16* ring = reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * NST * 2 * PAGE;
+
+    const int b = blockIdx.z, split = blockIdx.x;
+    const int kvh = blockIdx.y / head_groups, hg = blockIdx.y % head_groups;
+    const int G = Hq / Hkv;
+    const int head0 = kvh * G + hg * 16;
+    const int gcount = min(16, G - hg * 16);
+    const int ctx = context_lens[b];
+    const int n_pages = (ctx + BLOCK - 1) / BLOCK;
+    const int page_begin = split * split_pages;
+    if (page_begin >= n_pages) {  // this split lies past the context: an empty partial
+        if (threadIdx.x < gcount) {
+            float* ml = part_ml + (((int64_t)b * Hq + head0 + threadIdx.x) * num_splits + split) * 2;
+            ml[0] = -CUDART_INF_F;
+            ml[1] = 0.f;
+        }
+        return;
+    }
+    const int page_end = min(page_begin + split_pages, n_pages);
+    const int* table = block_tables + (int64_t)b * bt_stride;
+    const int first = page_begin + warp;
+    const int mine = first < page_end ? (page_end - first + WARPS - 1) / WARPS : 0;
+    auto copy = [&](int slot, int i) {
+        const int p = first + i * WARPS;
+        const int64_t off = ((int64_t)table[p] * Hkv + kvh) * BLOCK * D;
+        const int rows = min(BLOCK, ctx - p * BLOCK);
+        copy_page<D>(ring + slot * 2 * PAGE, k_cache + off, rows, lane);
+        copy_page<D>(ring + slot * 2 * PAGE + PAGE, v_cache + off, rows, lane);
+    };
+
+    // Start the copies first: the q loads below overlap them.
+#pragma unroll
+    for (int st = 0; st < NST - 1; ++st) {
+        if (st < mine) copy(st, st);
+        cp_async_commit();
+    }
+
+    const int r0 = g, r1 = g + 8;
+    uint32_t qa[D / 16][4];
+    {
+        const __nv_bfloat16* q0 = q + b * q_stride + (int64_t)(head0 + r0) * D;
+        const __nv_bfloat16* q1 = q + b * q_stride + (int64_t)(head0 + r1) * D;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const int col = kk * 16 + 2 * c;
+            qa[kk][0] = r0 < gcount ? ld32(q0 + col) : 0u;
+            qa[kk][1] = r1 < gcount ? ld32(q1 + col) : 0u;
+            qa[kk][2] = r0 < gcount ? ld32(q0 + col + 8) : 0u;
+            qa[kk][3] = r1 < gcount ? ld32(q1 + col + 8) : 0u;
+        }
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.f, l1 = 0.f;
+    const int mi = lane >> 3, mr = lane & 7;
+
+    for (int i = 0; i < mine; ++i) {
+        __syncwarp();  // every lane is done with the slot the next copy overwrites
+        const int nx = i + NST - 1;
+        if (nx < mine) copy(nx % NST, nx);
+        cp_async_commit();
+        cp_async_wait<NST - 1>();
+        __syncwarp();  // the page's chunks copied by the other lanes are visible
+        const __nv_bfloat16* Kt = ring + (i % NST) * 2 * PAGE;
+        const __nv_bfloat16* Vt = Kt + PAGE;
+        const int t0 = (first + i * WARPS) * BLOCK;
+
+        float s[2][4];
+#pragma unroll
+        for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t bk[4];
+            ldmatrix_x4(bk, Kt + ((mi >> 1) * 8 + mr) * LDS + kk * 16 + (mi & 1) * 8);
+            mma(s[0], qa[kk], bk[0], bk[1]);
+            mma(s[1], qa[kk], bk[2], bk[3]);
+        }
+        float mx0 = -CUDART_INF_F, mx1 = -CUDART_INF_F;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                if (t0 + n * 8 + 2 * c + (e & 1) >= ctx) s[n][e] = -CUDART_INF_F;
+            mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
+        }
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        // Every page holds at least one token below ctx, so the maxima are finite.
+        const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
+        const float a0 = ex2(m0 - mn0), a1 = ex2(m1 - mn1);
+        m0 = mn0;
+        m1 = mn1;
+        l0 *= a0;
+        l1 *= a1;
+#pragma unroll
+        for (int d = 0; d < D / 8; ++d) {
+            o[d][0] *= a0;
+            o[d][1] *= a0;
+            o[d][2] *= a1;
+            o[d][3] *= a1;
+        }
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+            s[n][0] = ex2(fmaf(s[n][0], scale_log2, -mn0));
+            s[n][1] = ex2(fmaf(s[n][1], scale_log2, -mn0));
+            s[n][2] = ex2(fmaf(s[n][2], scale_log2, -mn1));
+            s[n][3] = ex2(fmaf(s[n][3], scale_log2, -mn1));
+            l0 += s[n][0] + s[n][1];
+            l1 += s[n][2] + s[n][3];
+        }
+        uint32_t pa[4];
+        pa[0] = pack_bf16(s[0][0], s[0][1]);
+        pa[1] = pack_bf16(s[0][2], s[0][3]);
+        pa[2] = pack_bf16(s[1][0], s[1][1]);
+        pa[3] = pack_bf16(s[1][2], s[1][3]);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+            uint32_t bv[4];
+            ldmatrix_x4_trans(bv, Vt + ((mi & 1) * 8 + mr) * LDS + dp * 16 + (mi >> 1) * 8);
+            mma(o[2 * dp], pa, bv[0], bv[1]);
+            mma(o[2 * dp + 1], pa, bv[2], bv[3]);
+        }
+    }
+
+    // Merge the four warps: rows' (m, l) and O through shared memory (the ring is free once
+    // every warp is past its loop).
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    __syncthreads();
+    float* wo = reinterpret_cast<float*>(smem_raw);  // [WARPS][16][D]
+    float* wm = wo + WARPS * 16 * D;                  // [WARPS][16]
+    float* wl = wm + WARPS * 16;                      // [WARPS][16]
+#pragma unroll
+    for (int d = 0; d < D / 8; ++d) {
+        const int col = d * 8 + 2 * c;
+        wo[(warp * 16 + r0) * D + col] = o[d][0];
+        wo[(warp * 16 + r0) * D + col + 1] = o[d][1];
+        wo[(warp * 16 + r1) * D + col] = o[d][2];
+        wo[(warp * 16 + r1) * D + col + 1] = o[d][3];
+    }
+    if (c == 0) {
+        wm[warp * 16 + r0] = m0;
+        wm[warp * 16 + r1] = m1;
+        wl[warp * 16 + r0] = l0;
+        wl[warp * 16 + r1] = l1;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < gcount * D; e += blockDim.x) {
+        const int r = e / D, d = e % D;
+        float M = -CUDART_INF_F;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) M = fmaxf(M, wm[w * 16 + r]);
+        float a = 0.f, L = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) {
+            if (wl[w * 16 + r] > 0.f) {  // a warp without pages holds m = -inf, l = 0, O = 0
+                const float f = ex2(wm[w * 16 + r] - M);
+                a += wo[(w * 16 + r) * D + d] * f;
+                L += wl[w * 16 + r] * f;
+            }
+        }
+        if (num_splits == 1) {
+            out[b * out_stride + (int64_t)(head0 + r) * D + d] = tandem::to_bf16(a / L);
+        } else {
+            const int64_t row = ((int64_t)b * Hq + head0 + r) * num_splits + split;
+            part_acc[row * D + d] = a;
+            if (d == 0) {
+                part_ml[row * 2] = M;
+                part_ml[row * 2 + 1] = L;
+            }
+        }
+    }
+}
+}  // namespace paged_decode_mma
+
+#define PAGED_DECODE_MMA(D)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(128) paged_decode_mma_bf16_d##D(                              \
+        const __nv_bfloat16* q, int64_t q_stride, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, \
+        const int* block_tables, int bt_stride, const int* context_lens, int Hq, int Hkv, int head_groups,      \
+        float scale_log2, int split_pages, int num_splits, float* part_acc, float* part_ml,                    \
+        __nv_bfloat16* out, int64_t out_stride) {                                                              \
+        paged_decode_mma::run<D>(q, q_stride, k_cache, v_cache, block_tables, bt_stride, context_lens, Hq,     \
+                                 Hkv, head_groups, scale_log2, split_pages, num_splits, part_acc, part_ml,     \
+                                 out, out_stride);                                                             \
+    }
+PAGED_DECODE_MMA(64)
+PAGED_DECODE_MMA(128)
