@@ -1,6 +1,7 @@
 //! CPU paged decode attention in ISPC (NEO's CPU half), the CPU KV cache it reads, and the
-//! small kernel that proves the chain. The ISPC objects are compiled for avx2 and avx512 targets with ISPC's own runtime
-//! dispatch; this crate wraps each export in a checked, safe function with a Rust twin.
+//! small kernel that proves the chain. The ISPC objects are compiled for avx2 and avx512
+//! targets with ISPC's own runtime dispatch; this crate wraps each export in a checked, safe
+//! function with a Rust twin.
 
 use half::bf16;
 
