@@ -4,7 +4,10 @@
 //! `K[num_blocks][num_kv_heads][16][head_dim]` and the same for V, bf16, so moving a sequence
 //! between tiers is a copy of whole blocks named by its table.
 //!
-//! Allocation and freeing are O(1) (a LIFO free list); a sequence grows block by block.
+//! Allocation and freeing are O(1) (a LIFO free list); a sequence grows block by block. A block
+//! id names the same block in every layer, so a sequence has one table for all layers and for
+//! both tiers. This is tandem's one KV cache type: the kernel crates take its pools and tables
+//! as slices.
 
 use half::bf16;
 use platform::{HostBuf, MemTier};

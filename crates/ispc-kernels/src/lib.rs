@@ -1,14 +1,12 @@
-//! CPU paged decode attention in ISPC (NEO's CPU half), the CPU KV cache it reads, and the
-//! small kernel that proves the chain. The ISPC objects are compiled for avx2 and avx512
+//! CPU paged decode attention in ISPC (NEO's CPU half) and the small kernel that proves the
+//! chain. The KV cache it reads (block pools, sequences, block tables) belongs to the engine
+//! (`engine::kv`), which shares one block allocator between host and GPU pools. The ISPC objects are compiled for avx2 and avx512
 //! targets with ISPC's own runtime dispatch; this crate wraps each export in a checked, safe
 //! function with a Rust twin.
 
 use half::bf16;
 
-pub mod kv;
 pub mod paged_decode;
-
-pub use kv::{BatchTables, CpuKvCache, HostRegion, KvCacheConfig, SeqId};
 
 pub use paged_decode::{
     paged_decode_bf16, paged_decode_bf16_ref, DecodeBatch, DecodeShape, BLOCK_SIZE,
