@@ -165,12 +165,16 @@ impl Sequences {
         let first = self.seqs.len();
         for &l in &lens {
             let mut s = SeqKv::default();
-            if let Err(e) = s.reserve(&mut self.alloc, l) {
-                s.release(&mut self.alloc);
-                return Err(e);
-            }
+            let r = s.reserve(&mut self.alloc, l);
             s.len = l;
             self.seqs.push(s);
+            if let Err(e) = r {
+                // All or nothing: the prompts of a failed prefill give their blocks back.
+                for mut s in self.seqs.drain(first..) {
+                    s.release(&mut self.alloc);
+                }
+                return Err(e);
+            }
         }
         Ok(self.ids(first, prompts.concat(), lens, &vec![0; prompts.len()]))
     }
@@ -271,5 +275,57 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 3, "no block handed out twice");
+    }
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+
+    #[test]
+    fn step_ids_follow_the_block_tables() {
+        let mut s = Sequences::new(16, 100);
+        let p = s.prefill(&[vec![1; 17], vec![2; 3]]).unwrap();
+        assert_eq!(p.lens, vec![17, 3]);
+        assert_eq!(p.last_rows, vec![16, 19]);
+        assert_eq!(p.ctx, vec![17, 3]);
+        assert_eq!(p.width, 2);
+        let b0 = &s.seqs[0].blocks;
+        assert_eq!(p.slots[16], b0[1] * 16); // token 16 opens the second block
+        assert_eq!(p.positions[17], 0); // second prompt starts over
+        let d = s.decode(&[5, 6]).unwrap();
+        assert_eq!(d.positions, vec![17, 3]);
+        assert_eq!(d.ctx, vec![18, 4]);
+        assert_eq!(d.slots[1], s.seqs[1].blocks[0] * 16 + 3);
+        assert_eq!(&d.tables[..2], &s.seqs[0].blocks[..]);
+        // Bad steps are refused with a reason, and a failed prefill gives its blocks back.
+        assert!(s.decode(&[1]).is_err());
+        assert!(s.prefill(&[vec![]]).is_err());
+        assert!(s
+            .prefill(&[vec![0; 101]])
+            .unwrap_err()
+            .to_string()
+            .contains("100 positions"));
+        let mut small = Sequences::new(3, 1000);
+        let e = small.prefill(&[vec![0; 40], vec![0; 40]]).unwrap_err();
+        assert!(e.to_string().contains("KV cache full"), "{e}");
+        assert_eq!(
+            small.alloc.available(),
+            3,
+            "a failed prefill gives every block back"
+        );
+        assert!(small.seqs.is_empty());
+    }
+
+    #[test]
+    fn host_kv_writes_tokens_to_their_slots() {
+        let mut kv = HostKv::new(&[false, true], 4, 2, 64, MemTier::Pageable).unwrap();
+        assert_eq!(kv.k[0].len(), 0);
+        let k: Vec<bf16> = (0..2 * 2 * 64).map(|i| bf16::from_f32(i as f32)).collect();
+        let v: Vec<bf16> = k.iter().map(|x| -*x).collect();
+        kv.write(1, &[35, 2], &k, &v); // block 2 slot 3, block 0 slot 2
+        let at = |b: usize, h: usize, slot: usize| ((b * 2 + h) * 16 + slot) * 64;
+        assert_eq!(kv.k[1][at(2, 1, 3)], k[64]);
+        assert_eq!(kv.v[1][at(0, 0, 2)], v[128]);
     }
 }
