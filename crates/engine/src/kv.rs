@@ -195,6 +195,19 @@ impl Sequences {
                 self.max_positions
             )));
         }
+        // Checked before any sequence grows, so that a full cache leaves the session as it was.
+        let need = self
+            .seqs
+            .iter()
+            .filter(|s| s.len + 1 > s.blocks.len() * BLOCK_TOKENS)
+            .count();
+        if need > self.alloc.available() {
+            return Err(Error::Placement(format!(
+                "KV cache full: this decode step needs {need} new blocks, {} of {} are free; lower the batch or the lengths",
+                self.alloc.available(),
+                self.alloc.total()
+            )));
+        }
         for s in &mut self.seqs {
             s.reserve(&mut self.alloc, s.len + 1)?;
             s.len += 1;
@@ -315,6 +328,10 @@ mod step_tests {
             "a failed prefill gives every block back"
         );
         assert!(small.seqs.is_empty());
+        small.prefill(&[vec![0; 16], vec![0; 16]]).unwrap();
+        let e = small.decode(&[1, 2]).unwrap_err();
+        assert!(e.to_string().contains("needs 2 new blocks"), "{e}");
+        assert_eq!((small.seqs[0].len, small.seqs[1].len), (16, 16));
     }
 
     #[test]
