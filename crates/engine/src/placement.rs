@@ -250,7 +250,8 @@ mod tests {
 }
 
 /// LIA's split of the non-resident layers when weights live on the host: a fraction
-/// `dram / (dram + pcie)` of them computed on the CPU (policy 1, reading DRAM) and the rest
+/// `cpu / (cpu + pcie)` of them computed on the CPU (policy 1, streaming weights from DRAM at
+/// `cpu` bytes/s) and the rest
 /// streamed to the GPU (policy 0, over PCIe), so that both bandwidths work at once. The two
 /// kinds are interleaved (CPU layers spread evenly among streamed ones) so that the copy of
 /// each streamed layer overlaps the CPU layers before it. Returns one override per CPU layer.

@@ -256,10 +256,16 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
             spec.gpu_percentage = Plan::max_fitting_percentage(&cfg, &spec, &caps).unwrap_or(0.0);
         }
         let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
+        // The CPU side's rate is what its decode GEMV streams, where the probe measured it.
+        let cpu_rate = if profile.cpu_gemv_bytes_s > 0.0 {
+            profile.cpu_gemv_bytes_s
+        } else {
+            profile.dram_read_bytes_s
+        };
         spec.layer_overrides = engine::placement::auto_split(
             cfg.layers,
             resident,
-            profile.dram_read_bytes_s,
+            cpu_rate,
             pcie_rate(&profile, spec.weight_tier),
         );
         auto = true;

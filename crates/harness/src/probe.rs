@@ -16,6 +16,10 @@ pub struct Profile {
     pub dram_read_bytes_s: f64,
     pub dram_copy_bytes_s: f64,
     pub cpu_gemm_bf16_flop_s: f64,
+    /// Weight bytes per second a batch-1 CPU GEMV streams (our kernel, weights past the L3):
+    /// what a CPU layer reads at in decode, below the plain DRAM read.
+    #[serde(default)]
+    pub cpu_gemv_bytes_s: f64,
     pub pcie_h2d_pinned_bytes_s: f64,
     pub pcie_d2h_pinned_bytes_s: f64,
     pub pcie_h2d_pageable_bytes_s: f64,
@@ -92,6 +96,29 @@ pub fn run() -> anyhow::Result<Profile> {
         amx_kernels::gemm_bf16(&a, m, k, &pw, &mut c, Default::default()).unwrap()
     });
     p.cpu_gemm_bf16_flop_s = 2.0 * (m * n * k) as f64 / t;
+    drop((w, a, pw, c));
+
+    // Batch-1 GEMV over weights of the probe size (past the last-level cache).
+    let k = 8192usize;
+    let n = (bytes / 2 / k).max(16);
+    eprintln!(
+        "probe: CPU bf16 GEMV over {:.1} GiB of weights",
+        (n * k * 2) as f64 / (1u64 << 30) as f64
+    );
+    let w: Vec<bf16> = (0..n * k)
+        .map(|i| bf16::from_f32(((i % 61) as f32 - 30.0) / 500.0))
+        .collect();
+    let pw = amx_kernels::PackedWeight::from_bf16(&w, n, k)?;
+    drop(w);
+    let x: Vec<bf16> = (0..k)
+        .map(|i| bf16::from_f32(((i % 7) as f32 - 3.0) / 10.0))
+        .collect();
+    let mut y = vec![0f32; n];
+    amx_kernels::gemm_bf16(&x, 1, k, &pw, &mut y, Default::default())?;
+    let t = best_of(5, || {
+        amx_kernels::gemm_bf16(&x, 1, k, &pw, &mut y, Default::default()).unwrap()
+    });
+    p.cpu_gemv_bytes_s = (n * k * 2) as f64 / t;
 
     gpu_probe(&mut p);
     Ok(p)
@@ -197,6 +224,7 @@ pub fn print(p: &Profile) {
         p.cpu_tier,
         tfs(p.cpu_gemm_bf16_flop_s)
     );
+    println!("CPU GEMV bf16, batch 1    {}", gbs(p.cpu_gemv_bytes_s));
     println!(
         "PCIe H2D pinned           {}",
         gbs(p.pcie_h2d_pinned_bytes_s)
