@@ -6,6 +6,7 @@
 //! (`amx_kernels::PackedWeight`); the attention of a decode step is the ISPC paged kernel over
 //! the host KV cache, which appends the new token's K/V itself.
 
+use amx_kernels::attention::{attention_prefill_bf16, AttnShape};
 use amx_kernels::{gemm_bf16, Epilogue, PackedWeight, Residual};
 use half::bf16;
 use ispc_kernels::{paged_decode_bf16, DecodeBatch, DecodeShape};
@@ -247,71 +248,29 @@ pub fn s1_qkv(
     Ok((q, k, v))
 }
 
-/// S2+S3 for a prefill: causal attention of each prompt over itself (GQA), bf16 in and out.
-/// `lens` are the prompts' lengths; rows of q/k/v are the prompts' tokens back to back.
+/// S2+S3 for a prefill: causal attention of each prompt over itself (GQA), bf16 in and out,
+/// with amx-kernels' flash attention. `lens` are the prompts' lengths; rows of q/k/v are the
+/// prompts' tokens back to back.
 pub fn prefill_attention(
     cfg: &ModelConfig,
     q: &[bf16],
     k: &[bf16],
     v: &[bf16],
     lens: &[usize],
-) -> Vec<bf16> {
-    let (hq, hk, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
-    let group = hq / hk;
-    let scale = 1.0 / (d as f32).sqrt();
-    let total: usize = lens.iter().sum();
-    let mut out = vec![bf16::ZERO; total * hq * d];
-    let starts: Vec<usize> = lens
-        .iter()
-        .scan(0, |s, &l| {
-            let a = *s;
-            *s += l;
-            Some(a)
-        })
-        .collect();
-    // One task per (token, q head): rows are independent.
-    let tasks: Vec<(usize, usize, usize)> = lens
-        .iter()
-        .zip(&starts)
-        .flat_map(|(&len, &s0)| (0..len).map(move |t| (s0, t, len)))
-        .collect();
-    platform::pool().install(|| {
-        out.par_chunks_mut(hq * d)
-            .zip(tasks.par_iter())
-            .for_each(|(orow, &(s0, t, _len))| {
-                let mut scores = vec![0f32; t + 1];
-                for h in 0..hq {
-                    let kh = h / group;
-                    let qv: Vec<f32> = q[((s0 + t) * hq + h) * d..][..d]
-                        .iter()
-                        .map(|x| x.to_f32())
-                        .collect();
-                    let mut mx = f32::NEG_INFINITY;
-                    for (j, sc) in scores.iter_mut().enumerate() {
-                        let kr = &k[((s0 + j) * hk + kh) * d..][..d];
-                        *sc = qv.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
-                        mx = mx.max(*sc);
-                    }
-                    let mut z = 0f32;
-                    scores.iter_mut().for_each(|s| {
-                        *s = (*s - mx).exp();
-                        z += *s;
-                    });
-                    let mut acc = vec![0f32; d];
-                    for (j, &p) in scores.iter().enumerate() {
-                        let vr = &v[((s0 + j) * hk + kh) * d..][..d];
-                        acc.iter_mut()
-                            .zip(vr)
-                            .for_each(|(a, b)| *a += p * b.to_f32());
-                    }
-                    orow[h * d..(h + 1) * d]
-                        .iter_mut()
-                        .zip(&acc)
-                        .for_each(|(o, a)| *o = bf16::from_f32(a / z));
-                }
-            })
-    });
-    out
+) -> Result<Vec<bf16>> {
+    let mut cu = vec![0usize];
+    for &l in lens {
+        cu.push(cu.last().unwrap() + l);
+    }
+    let shape = AttnShape {
+        num_heads: cfg.heads,
+        num_kv_heads: cfg.kv_heads,
+        head_dim: cfg.head_dim,
+    };
+    let mut out = vec![bf16::ZERO; cu[lens.len()] * cfg.q_dim()];
+    let scale = 1.0 / (cfg.head_dim as f32).sqrt();
+    attention_prefill_bf16(q, k, v, &cu, &cu, shape, scale, &mut out).map_err(kerr)?;
+    Ok(out)
 }
 
 /// S4: output projection (+bias) added into the residual stream.
@@ -395,23 +354,31 @@ pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Prefill attention of layer `l` on the CPU: writes the step's K/V into the host cache, then
-/// causal attention of each prompt over itself. Returns `[tokens, q_dim]`.
-pub fn prefill_attention_kv(
+/// S2+S3 of layer `l` on the CPU over the host KV cache: for a prefill, the step's K/V are
+/// written to their slots and each prompt attends to itself; for a decode, the ISPC kernel
+/// appends the new K/V and attends over the whole context. Returns `[tokens, q_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_attention(
     cfg: &ModelConfig,
     kv: &mut HostKv,
     l: usize,
     ids: &StepIds,
+    prefill: bool,
     q: &[bf16],
     k: &[bf16],
     v: &[bf16],
-) -> Vec<bf16> {
-    kv.write(l, &ids.slots, k, v);
-    prefill_attention(cfg, q, k, v, &ids.lens)
+) -> Result<Vec<bf16>> {
+    if prefill {
+        kv.write(l, &ids.slots, k, v);
+        return prefill_attention(cfg, q, k, v, &ids.lens);
+    }
+    let mut att = vec![bf16::ZERO; ids.tokens.len() * cfg.q_dim()];
+    decode_attention(cfg, kv, l, ids, q, k, v, &mut att)?;
+    Ok(att)
 }
 
 /// Decode attention of layer `l` on the CPU (ISPC), which appends the new K/V first.
-pub fn decode_attention(
+fn decode_attention(
     cfg: &ModelConfig,
     kv: &mut HostKv,
     l: usize,
@@ -450,13 +417,7 @@ pub fn cpu_layer(
     let cfg = m.config();
     let t = ids.tokens.len();
     let (q, k, v) = s1_qkv(m, l, x, &ids.positions)?;
-    let att = if prefill {
-        prefill_attention_kv(cfg, kv, l, ids, &q, &k, &v)
-    } else {
-        let mut att = vec![bf16::ZERO; t * cfg.q_dim()];
-        decode_attention(cfg, kv, l, ids, &q, &k, &v, &mut att)?;
-        att
-    };
+    let att = cpu_attention(cfg, kv, l, ids, prefill, &q, &k, &v)?;
     s4_out(m, l, &att, x, t)?;
     s56_mlp(m, l, x, t)
 }

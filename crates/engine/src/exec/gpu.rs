@@ -34,9 +34,7 @@ use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
 use half::bf16;
 
 use crate::config::{Family, ModelConfig};
-use crate::exec::cpu::{
-    argmax_rows, cpu_layer, decode_attention, embed, lm_head, prefill_attention_kv, CpuModel,
-};
+use crate::exec::cpu::{argmax_rows, cpu_attention, cpu_layer, embed, lm_head, CpuModel};
 use crate::kv::{HostKv, Sequences, StepIds};
 use crate::placement::{LayerPlacement, Policy};
 use crate::weights::{LayerWeights, Tensor, Weights};
@@ -450,13 +448,7 @@ impl<'m> GpuSession<'m> {
                 k.extend_from_slice(&row[hq * d..(hq + hk) * d]);
                 v.extend_from_slice(&row[(hq + hk) * d..]);
             }
-            let att = if prefill {
-                prefill_attention_kv(c, &mut self.host_kv, l, ids, &q, &k, &v)
-            } else {
-                let mut att = vec![bf16::ZERO; t * hq * d];
-                decode_attention(c, &mut self.host_kv, l, ids, &q, &k, &v, &mut att)?;
-                att
-            };
+            let att = cpu_attention(c, &mut self.host_kv, l, ids, prefill, &q, &k, &v)?;
             return m.stream.memcpy_htod(&att, &mut a.att).map_err(gerr);
         }
         let rows = |heads| HeadRows {
