@@ -71,6 +71,14 @@ pub enum Error {
         needed: &'static str,
         have: platform::CpuTier,
     },
+    #[error("packed weight memory: {0}")]
+    Alloc(String),
+}
+
+impl From<platform::Error> for Error {
+    fn from(e: platform::Error) -> Self {
+        Error::Alloc(e.to_string())
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

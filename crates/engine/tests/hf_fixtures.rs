@@ -199,12 +199,14 @@ fn check_session(name: &str, what: &str, vocab: usize, s: &mut dyn Engine) {
     eprintln!("{name} {what}: worst relative logit error {worst:.4} over prefill and {steps} decode steps");
 }
 
-fn check_cpu_session(name: &str) {
-    let w = Weights::load(&data_dir(name), MemTier::Pageable, &|_| {}).unwrap();
+/// The CPU engine with weights, packed weights and KV on `tier`.
+fn check_cpu_session(name: &str, tier: MemTier) {
+    let w = Weights::load(&data_dir(name), tier, &|_| {}).unwrap();
     let vocab = w.config.vocab;
     let model = engine::exec::cpu::CpuModel::new(w).unwrap();
-    let mut s = engine::exec::cpu::CpuSession::new(&model, 64, MemTier::Pageable).unwrap();
-    check_session(name, "cpu", vocab, &mut s);
+    assert!(model.layers.iter().flatten().all(|l| l.qkv.tier() == tier));
+    let mut s = engine::exec::cpu::CpuSession::new(&model, 64, tier).unwrap();
+    check_session(name, &format!("cpu, {tier}"), vocab, &mut s);
 }
 
 /// GPU and mixed placements of the 2-layer fixtures: full GPU with 100 %, 50 % (pinned) and
@@ -249,10 +251,15 @@ fn gpu_engine_matches_hf_llama_gqa() {
 
 #[test]
 fn cpu_engine_matches_hf_opt() {
-    check_cpu_session("tiny-opt");
+    check_cpu_session("tiny-opt", MemTier::Pageable);
+}
+
+#[test]
+fn cpu_engine_on_a_numa_node_matches_hf() {
+    check_cpu_session("tiny-llama-gqa", MemTier::Numa(0));
 }
 
 #[test]
 fn cpu_engine_matches_hf_llama_gqa() {
-    check_cpu_session("tiny-llama-gqa");
+    check_cpu_session("tiny-llama-gqa", MemTier::Pageable);
 }

@@ -21,6 +21,7 @@
 //! SiLU·mul epilogue needs nothing from another thread.
 
 use half::bf16;
+use platform::{HostBuf, MemTier};
 use rayon::prelude::*;
 
 use crate::{check_len, Error, Result};
@@ -36,10 +37,6 @@ pub const TILE_ELEMS: usize = BLOCK_N * BLOCK_K;
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 pub struct Tile(pub [bf16; TILE_ELEMS]);
-
-impl Tile {
-    const ZERO: Tile = Tile([bf16::ZERO; TILE_ELEMS]);
-}
 
 /// How the packed column blocks map to the weight's rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +57,9 @@ pub struct PackedWeight {
     pub(crate) kb: usize,
     /// Packed 16-column blocks.
     pub(crate) nblocks: usize,
-    pub(crate) tiles: Vec<Tile>,
+    /// On the host memory tier the weight was packed for (`pageable` or `numa:N`, e.g. a CXL
+    /// node), so that the CPU reads it from where the placement put it.
+    pub(crate) tiles: HostBuf<Tile>,
 }
 
 impl WeightKind {
@@ -110,20 +109,33 @@ impl WeightKind {
 impl PackedWeight {
     /// Packs `w`, row-major `[n, k]` (an HF linear weight), for `C = A · Wᵀ`.
     pub fn from_bf16(w: &[bf16], n: usize, k: usize) -> Result<Self> {
-        Self::pack(w, n, k, false)
+        Self::pack(w, n, k, false, MemTier::Pageable)
     }
 
     /// Packs a fused gate/up weight `[2·inter, k]` (gate rows first, then up) for the SiLU·mul
     /// epilogue: the product then has `inter` output columns, `silu(gate) · up`.
     pub fn from_bf16_gate_up(w: &[bf16], n: usize, k: usize) -> Result<Self> {
-        Self::pack(w, n, k, true)
+        Self::pack(w, n, k, true, MemTier::Pageable)
     }
 
-    fn pack(w: &[bf16], n: usize, k: usize, gate_up: bool) -> Result<Self> {
+    /// [`from_bf16`](Self::from_bf16) or, with `gate_up`,
+    /// [`from_bf16_gate_up`](Self::from_bf16_gate_up), into memory of a host tier.
+    pub fn from_bf16_on(
+        w: &[bf16],
+        n: usize,
+        k: usize,
+        gate_up: bool,
+        tier: MemTier,
+    ) -> Result<Self> {
+        Self::pack(w, n, k, gate_up, tier)
+    }
+
+    fn pack(w: &[bf16], n: usize, k: usize, gate_up: bool, tier: MemTier) -> Result<Self> {
         check_shape(w, n, k)?;
         let (kind, nblocks) = WeightKind::layout(gate_up, n)?;
         let kb = k.div_ceil(BLOCK_K);
-        let mut tiles = vec![Tile::ZERO; nblocks * kb];
+        // Zeroed: the padding of partial tiles must read as zero.
+        let mut tiles = HostBuf::<Tile>::zeroed(nblocks * kb, tier)?;
         // Packed on the shared pool so that the pages are first touched by the threads that
         // will read them.
         platform::pool().install(|| {
@@ -149,6 +161,11 @@ impl PackedWeight {
             nblocks,
             tiles,
         })
+    }
+
+    /// The host memory tier of the packed tiles.
+    pub fn tier(&self) -> MemTier {
+        self.tiles.tier()
     }
 
     /// Rows of the original weight (output features before any SiLU·mul).
@@ -213,6 +230,29 @@ pub(crate) fn check_shape(w: &[bf16], n: usize, k: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packing_on_a_node_matches_and_a_missing_node_is_an_error() {
+        let (n, k) = (40, 95);
+        let w = ramp(n * k);
+        let a = PackedWeight::from_bf16(&w, n, k).unwrap();
+        for gate_up in [false, true] {
+            let b = PackedWeight::from_bf16_on(&w, n, k, gate_up, MemTier::Numa(0)).unwrap();
+            assert_eq!(b.tiles.tier(), MemTier::Numa(0));
+            for r in 0..n {
+                for c in 0..k {
+                    assert_eq!(b.get(r, c), w[r * k + c]);
+                }
+            }
+            if !gate_up {
+                assert!(a.tiles.iter().zip(b.tiles.iter()).all(|(x, y)| x.0 == y.0));
+            }
+        }
+        let e = PackedWeight::from_bf16_on(&w, n, k, false, MemTier::Numa(99))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("numa:99"), "{e}");
+    }
 
     fn ramp(n: usize) -> Vec<bf16> {
         (0..n)

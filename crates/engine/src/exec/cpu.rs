@@ -30,20 +30,18 @@ pub struct CpuLayer {
 }
 
 impl CpuLayer {
+    /// Packs a layer's linears into the memory tier their weights were loaded on (a CXL node
+    /// stays the CXL node).
     pub fn pack(cfg: &ModelConfig, lw: &crate::weights::LayerWeights) -> Result<Self> {
-        let p = |t: &Tensor| PackedWeight::from_bf16(&t.data, t.rows(), t.cols()).map_err(kerr);
-        let up = match cfg.family {
-            Family::Opt => p(&lw.up_w)?,
-            Family::Llama => {
-                PackedWeight::from_bf16_gate_up(&lw.up_w.data, lw.up_w.rows(), lw.up_w.cols())
-                    .map_err(kerr)?
-            }
+        let p = |t: &Tensor, gate_up: bool| {
+            PackedWeight::from_bf16_on(&t.data, t.rows(), t.cols(), gate_up, t.data.tier())
+                .map_err(kerr)
         };
         Ok(CpuLayer {
-            qkv: p(&lw.qkv_w)?,
-            o: p(&lw.o_w)?,
-            up,
-            down: p(&lw.down_w)?,
+            qkv: p(&lw.qkv_w, false)?,
+            o: p(&lw.o_w, false)?,
+            up: p(&lw.up_w, cfg.family == Family::Llama)?,
+            down: p(&lw.down_w, false)?,
         })
     }
 }
@@ -119,7 +117,8 @@ impl CpuModel {
         }
         let head = if head {
             let h = w.lm_head();
-            let p = PackedWeight::from_bf16(&h.data, h.rows(), h.cols()).map_err(kerr)?;
+            let p = PackedWeight::from_bf16_on(&h.data, h.rows(), h.cols(), false, h.data.tier())
+                .map_err(kerr)?;
             if let Some(t) = w.lm_head.as_mut() {
                 *t = Tensor::empty();
             }
