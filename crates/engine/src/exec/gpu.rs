@@ -32,6 +32,7 @@ use cuda_kernels::transfer::{copy_blocks_h2d, PinnedBuf};
 use cuda_kernels::{DeviceIds, Gpu};
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
 use half::bf16;
+use platform::HostBuf;
 
 use crate::config::{Family, ModelConfig};
 use crate::exec::cpu::{argmax_rows, cpu_attention, cpu_layer, embed, lm_head, CpuModel};
@@ -80,7 +81,11 @@ impl FlatLayout {
             // 16-byte aligned starts for every tensor (cuBLASLt and vector loads want them).
             off += n.next_multiple_of(8);
         }
-        FlatLayout { at, len: off }
+        // Whole 4 KiB pages, so that a host copy registers with the driver as whole pages.
+        FlatLayout {
+            at,
+            len: off.next_multiple_of(2048),
+        }
     }
 
     fn flatten(&self, lw: &LayerWeights, out: &mut [bf16]) {
@@ -106,10 +111,11 @@ const UP_B: usize = 9;
 const DOWN_W: usize = 10;
 const DOWN_B: usize = 11;
 
-/// Host copy of a streamed layer: pinned (full PCIe speed) or pageable.
+/// Host copy of a streamed layer, on the tier its weights were loaded on: registered with the
+/// driver (pinned, full PCIe speed) or not.
 enum HostLayer {
     Pinned(PinnedBuf<bf16>),
-    Pageable(Vec<bf16>),
+    Pageable(HostBuf<bf16>),
 }
 
 enum LayerHome {
@@ -205,6 +211,7 @@ impl GpuModel {
                 continue;
             }
             let lw = &mut w.layers[l];
+            let tier = lw.qkv_w.data.tier();
             layout.flatten(lw, &mut flat);
             // The GPU holds these now; free the host copies.
             for t in [&mut lw.qkv_w, &mut lw.o_w, &mut lw.up_w, &mut lw.down_w] {
@@ -213,11 +220,13 @@ impl GpuModel {
             homes.push(if p.gpu_resident {
                 LayerHome::Resident(stream.clone_htod(&flat).map_err(gerr)?)
             } else if pin {
-                let mut pb = PinnedBuf::<bf16>::alloc(&gpu, layout.len).map_err(gerr)?;
-                pb.as_mut_slice().map_err(gerr)?.copy_from_slice(&flat);
-                LayerHome::Streamed(HostLayer::Pinned(pb))
+                // Registered in place, so a node-bound (e.g. CXL) copy stays on its node.
+                let hb = HostBuf::from_slice(&flat, tier)?;
+                LayerHome::Streamed(HostLayer::Pinned(
+                    PinnedBuf::register(&gpu, hb).map_err(gerr)?,
+                ))
             } else {
-                LayerHome::Streamed(HostLayer::Pageable(flat.clone()))
+                LayerHome::Streamed(HostLayer::Pageable(HostBuf::from_slice(&flat, tier)?))
             });
         }
         let any_streamed = homes.iter().any(|l| matches!(l, LayerHome::Streamed(_)));
