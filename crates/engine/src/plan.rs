@@ -179,6 +179,17 @@ impl Plan {
             spec.gpu_percentage,
             &spec.layer_overrides,
         )?;
+        if let Some((l, p)) = layers
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.gpu_resident && !p.prefill.any_gpu() && !p.decode.any_gpu())
+        {
+            return Err(Error::Placement(format!(
+                "layer {l} is GPU-resident ({}% of layers) but its policies (prefill {}, decode {}) run it \
+                 all on the CPU; lower --gpu-percentage or give those layers a GPU policy",
+                spec.gpu_percentage, p.prefill, p.decode
+            )));
+        }
         let memory = Self::memory(cfg, &spec, &layers);
         let needs_gpu = memory.gpu_total() > 0 || spec.weight_tier == MemTier::Pinned;
         if needs_gpu && caps.gpus.is_empty() {
@@ -315,6 +326,19 @@ mod tests {
             p.memory.gpu_staging > 0,
             "streamed layers need staging buffers"
         );
+    }
+
+    #[test]
+    fn resident_layers_must_have_gpu_work() {
+        let cfg = ModelConfig::preset("opt-1.3b").unwrap();
+        let e = Plan::new(&cfg, spec("1", "1", 50.0, 1), &caps(Some(80)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("GPU-resident") && e.contains("--gpu-percentage"),
+            "{e}"
+        );
+        assert!(Plan::new(&cfg, spec("1", "1", 0.0, 1), &caps(Some(80))).is_ok());
     }
 
     #[test]

@@ -225,13 +225,18 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     if a.pin_weight && tier == MemTier::Pageable {
         tier = MemTier::Pinned;
     }
+    let (prefill_policy, decode_policy) = (pol(&a.prefill_policy, d)?, pol(&a.decoding_policy, d)?);
+    // Layers stay resident by default only where some sublayer runs on the GPU.
+    let gpu_default = !no_gpu && (prefill_policy.any_gpu() || decode_policy.any_gpu());
     let spec = RunSpec {
         batch_size: a.batch_size,
         input_tokens: a.input_tokens,
         max_new_tokens: a.max_new_tokens,
-        prefill_policy: pol(&a.prefill_policy, d)?,
-        decode_policy: pol(&a.decoding_policy, d)?,
-        gpu_percentage: a.gpu_percentage.unwrap_or(if no_gpu { 0.0 } else { 100.0 }),
+        prefill_policy,
+        decode_policy,
+        gpu_percentage: a
+            .gpu_percentage
+            .unwrap_or(if gpu_default { 100.0 } else { 0.0 }),
         num_minibatch: a.num_minibatch,
         pin_weight: a.pin_weight,
         weight_tier: tier,
