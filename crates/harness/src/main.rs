@@ -249,17 +249,19 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     if spec.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
     }
-    let profile = load_profile(a.profile.as_deref(), !no_gpu)?;
     let policies_given =
         a.prefill_policy.is_some() || a.decoding_policy.is_some() || !a.layer_policy.is_empty();
+    // No placement asked for: as many layers resident as fit, and LIA's split of the rest
+    // between CPU compute and PCIe streaming from the measured bandwidths.
+    let auto = !no_gpu && !policies_given;
     let mut spec = spec;
-    let mut auto = false;
-    if !no_gpu && !policies_given {
-        // No placement asked for: as many layers resident as fit, and LIA's split of the rest
-        // between CPU compute and PCIe streaming from the measured bandwidths.
-        if a.gpu_percentage.is_none() {
-            spec.gpu_percentage = Plan::max_fitting_percentage(&cfg, &spec, &caps).unwrap_or(0.0);
-        }
+    if auto && a.gpu_percentage.is_none() {
+        spec.gpu_percentage = Plan::max_fitting_percentage(&cfg, &spec, &caps).unwrap_or(0.0);
+    }
+    // Refuse what cannot run before measuring anything.
+    Plan::new(&cfg, spec.clone(), &caps)?;
+    let profile = load_profile(a.profile.as_deref(), !no_gpu)?;
+    if auto {
         let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
         // The CPU side's rate is what its decode GEMV streams, where the probe measured it.
         let cpu_rate = if profile.cpu_gemv_bytes_s > 0.0 {
@@ -273,7 +275,6 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
             cpu_rate,
             pcie_rate(&profile, spec.weight_tier),
         );
-        auto = true;
     }
     let plan = Plan::new(&cfg, spec, &caps)?;
     let full_cpu = plan
@@ -515,5 +516,81 @@ fn main() {
     if let Err(e) = r {
         eprintln!("tandem: {e:#}");
         std::process::exit(2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        let mut v = vec!["tandem", "bench"];
+        if !extra.contains(&"-m") {
+            v.extend_from_slice(&["-m", "opt-1.3b"]);
+        }
+        v.extend_from_slice(extra);
+        match Cli::try_parse_from(v).unwrap().cmd {
+            Cmd::Bench(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Bad flags are refused with a reason before any weight is made.
+    #[test]
+    fn bad_bench_flags_are_refused_before_work() {
+        let cases: [(&[&str], &str); 7] = [
+            (&["--enable-cxl"], "--cxl-node"),
+            (&["--weights-tier", "cxl"], "cxl"),
+            (&["--prefill-policy", "0,1,0,0,0,0"], "S2"),
+            (&["--layer-policy", "40-99:1"], "layers beyond"),
+            (&["--max-new-tokens", "0"], "at least 1"),
+            (&["--batch-size", "0"], "at least 1"),
+            (&["--input-tokens", "5000"], "positions"),
+        ];
+        for (extra, want) in cases {
+            let e = match measure(&args(extra), false) {
+                Err(e) => format!("{e:#}"),
+                Ok(_) => panic!("{extra:?} ran"),
+            };
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
+        let e = format!(
+            "{:#}",
+            measure(&args(&["-m", "no-such-model"]), false)
+                .err()
+                .unwrap()
+        );
+        assert!(e.contains("no-such-model") && e.contains("opt-30b"), "{e}");
+    }
+
+    #[test]
+    fn lia_flag_names_parse() {
+        let a = args(&[
+            "--input-tokens",
+            "256",
+            "--max-new-tokens",
+            "32",
+            "--batch-size",
+            "64",
+            "--num-iter",
+            "2",
+            "--num-warmup",
+            "1",
+            "--token-latency",
+            "--prefill-policy",
+            "0",
+            "--decoding-policy",
+            "1",
+            "--gpu-percentage",
+            "50",
+            "--num-minibatch",
+            "4",
+            "--pin-weight",
+        ]);
+        assert_eq!(
+            (a.batch_size, a.num_minibatch, a.gpu_percentage),
+            (64, 4, Some(50.0))
+        );
+        assert!(a.pin_weight && a.token_latency);
     }
 }
