@@ -112,6 +112,11 @@ impl Generator for crate::exec::gpu::GpuSession<'_> {
     }
 }
 
+/// Runs one iteration's work on a fresh session: the bench hands it the work, it makes the
+/// session (CPU or GPU) and calls the work with it.
+pub type WithSession<'a> =
+    dyn FnMut(&mut dyn FnMut(&mut dyn Generator) -> Result<()>) -> Result<()> + 'a;
+
 /// KV blocks a plan's batch needs.
 pub fn kv_blocks(plan: &Plan) -> usize {
     let s = &plan.spec;
@@ -126,7 +131,7 @@ pub fn run(
     iters: usize,
     warmup: usize,
     seed: u64,
-    session: &mut dyn FnMut(&mut dyn FnMut(&mut dyn Generator) -> Result<()>) -> Result<()>,
+    session: &mut WithSession,
     progress: &dyn Fn(usize),
 ) -> Result<BenchResult> {
     let s = &plan.spec;

@@ -281,7 +281,7 @@ impl ModelConfig {
         {
             return bad("hidden, layers, heads, vocab and ffn must be positive".into());
         }
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return bad(format!(
                 "{} heads is not a multiple of {} KV heads",
                 self.heads, self.kv_heads
@@ -293,7 +293,7 @@ impl ModelConfig {
                 self.hidden, self.heads, self.head_dim
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be even", self.head_dim));
         }
         Ok(())

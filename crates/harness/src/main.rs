@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use engine::bench::{BenchResult, Generator, Roofline};
+use engine::bench::{BenchResult, Roofline};
 use engine::caps::Capabilities;
 use engine::config::ModelConfig;
 use engine::placement::{LayerOverride, Policy};
@@ -323,9 +323,7 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     let progress = |i: usize| pb.set_position(i as u64);
     let blocks = engine::bench::kv_blocks(&plan);
     let vocab = cfg.vocab;
-    let go = |session: &mut dyn FnMut(
-        &mut dyn FnMut(&mut dyn Generator) -> engine::Result<()>,
-    ) -> engine::Result<()>| {
+    let go = |session: &mut engine::bench::WithSession| {
         engine::bench::run(
             &plan,
             vocab,
