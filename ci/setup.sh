@@ -51,6 +51,13 @@ ver_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 ispc_version() { "$1" --version 2>/dev/null | sed -n 's/.*ISPC), \([0-9.]*\).*/\1/p'; }
 
 v=$(ispc_version "$TC/bin/ispc" || true)
+if [ -z "$v" ] && [ -n "${ISPC:-}" ]; then
+    # An ISPC the user names (for example from ISPC's release archive) is used as it is.
+    v=$(ispc_version "$ISPC" || true)
+    [ -n "$v" ] && ver_ge "$v" "$ISPC_MIN" || die "ISPC=$ISPC is not an ispc >= $ISPC_MIN"
+    as_root "the link $TC/bin/ispc"
+    ln -sf "$(readlink -f "$ISPC")" "$TC/bin/ispc"
+fi
 if [ -n "$v" ] && ver_ge "$v" "$ISPC_MIN"; then
     say "ISPC $v present"
 else
