@@ -263,3 +263,62 @@ fn cpu_engine_on_a_numa_node_matches_hf() {
 fn cpu_engine_matches_hf_llama_gqa() {
     check_cpu_session("tiny-llama-gqa", MemTier::Pageable);
 }
+
+/// The same checkpoint split into two shards with an index, one tensor stored as f32: it
+/// loads to the same weights as the single file.
+#[test]
+fn sharded_checkpoint_loads_the_same_weights() {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    let src = data_dir("tiny-llama-gqa");
+    let dir = std::env::temp_dir().join(format!("tandem-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    names.sort();
+    let widened: Vec<u8> = {
+        let t = st.tensor("model.norm.weight").unwrap();
+        t.data()
+            .chunks_exact(2)
+            .flat_map(|b| {
+                half::bf16::from_le_bytes([b[0], b[1]])
+                    .to_f32()
+                    .to_le_bytes()
+            })
+            .collect()
+    };
+    let mut map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let mut views = Vec::new();
+        for n in part {
+            let t = st.tensor(n).unwrap();
+            let v = if n == "model.norm.weight" {
+                TensorView::new(Dtype::F32, t.shape().to_vec(), &widened).unwrap()
+            } else {
+                t
+            };
+            views.push((n.clone(), v));
+            map.insert(n.clone(), serde_json::Value::String(file.clone()));
+        }
+        safetensors::serialize_to_file(views, &None, &dir.join(&file)).unwrap();
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let a = Weights::load(&src, MemTier::Pageable, &|_| {}).unwrap();
+    let b = Weights::load(&dir, MemTier::Pageable, &|_| {}).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let ids = [3u32, 14, 15, 92, 65, 35];
+    assert_eq!(
+        engine::reference::forward(&a, &ids),
+        engine::reference::forward(&b, &ids)
+    );
+    assert_eq!(&a.final_norm_w.data[..], &b.final_norm_w.data[..]);
+    for (x, y) in a.layers.iter().zip(&b.layers) {
+        assert_eq!(&x.qkv_w.data[..], &y.qkv_w.data[..]);
+        assert_eq!(&x.up_w.data[..], &y.up_w.data[..]);
+    }
+}
