@@ -322,3 +322,25 @@ fn sharded_checkpoint_loads_the_same_weights() {
         assert_eq!(&x.up_w.data[..], &y.up_w.data[..]);
     }
 }
+
+/// A config that does not match its weights is an error naming the tensor and both shapes.
+#[test]
+fn config_and_weights_that_disagree_are_a_clear_error() {
+    let src = data_dir("tiny-opt");
+    let dir = std::env::temp_dir().join(format!("tandem-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["ffn_dim"] = 768.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let e = Weights::load(&dir, MemTier::Pageable, &|_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        e.contains("fc1.weight") && e.contains("[768, 128]") && e.contains("[512, 128]"),
+        "{e}"
+    );
+}
