@@ -207,6 +207,15 @@ impl Plan {
                  --gpu-percentage 0 with a pageable or numa:N weights tier"
             )));
         }
+        // What the executor cannot run is refused here, before any weight is made.
+        let full_cpu = layers
+            .iter()
+            .all(|l| !l.gpu_resident && !l.prefill.any_gpu() && !l.decode.any_gpu());
+        if !full_cpu {
+            for (l, p) in layers.iter().enumerate() {
+                crate::exec::gpu::LayerRun::of(l, p)?;
+            }
+        }
         if let Some(gpu) = caps.gpus.first() {
             let free = (gpu.free_mem as f64 * GPU_USABLE) as usize;
             if memory.gpu_total() > free {

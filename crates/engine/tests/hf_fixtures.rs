@@ -210,31 +210,36 @@ fn check_cpu_session(name: &str, tier: MemTier) {
 }
 
 /// GPU and mixed placements of the 2-layer fixtures: full GPU with 100 %, 50 % (pinned) and
-/// 0 % (pageable) resident; attention on the CPU (policy 2); a CPU layer before a streamed GPU
-/// layer; a resident GPU layer before a CPU layer (the head then runs on the CPU).
+/// 0 % (pageable) resident; attention on the CPU (policy 2) in both phases or in one (the
+/// prompt's KV moves between the pools after prefill); a CPU layer before a streamed GPU layer;
+/// a resident GPU layer before a CPU layer (the head then runs on the CPU).
 fn check_gpu_sessions(name: &str) {
     let Some(gpu) = cuda_kernels::gpu_or_skip() else {
         return;
     };
-    let cases: [(&str, f64, bool, &[&str]); 6] = [
-        ("0", 100.0, false, &[]),
-        ("0", 50.0, true, &[]),
-        ("0", 0.0, false, &[]),
-        ("2", 100.0, false, &[]),
-        ("0", 0.0, true, &["0:1"]),
-        ("0", 50.0, false, &["1:1"]),
+    let cases: [(&str, &str, f64, bool, &[&str]); 9] = [
+        ("0", "0", 100.0, false, &[]),
+        ("0", "0", 50.0, true, &[]),
+        ("0", "0", 0.0, false, &[]),
+        ("2", "2", 100.0, false, &[]),
+        ("0", "2", 100.0, false, &[]),
+        ("2", "0", 50.0, true, &[]),
+        ("0", "2", 0.0, false, &["0:1"]),
+        ("0", "0", 0.0, true, &["0:1"]),
+        ("0", "0", 50.0, false, &["1:1"]),
     ];
-    for (policy, pct, pin, overrides) in cases {
+    for (prefill, decode, pct, pin, overrides) in cases {
         let w = Weights::load(&data_dir(name), MemTier::Pageable, &|_| {}).unwrap();
         let vocab = w.config.vocab;
-        let pol: Policy = policy.parse().unwrap();
+        let (pp, dp): (Policy, Policy) = (prefill.parse().unwrap(), decode.parse().unwrap());
         let ov: Vec<engine::placement::LayerOverride> =
             overrides.iter().map(|o| o.parse().unwrap()).collect();
-        let p = engine::placement::layer_placements(w.config.layers, pol, pol, pct, &ov).unwrap();
+        let p = engine::placement::layer_placements(w.config.layers, pp, dp, pct, &ov).unwrap();
         let mut model = engine::exec::gpu::GpuModel::new(gpu.clone(), w, &p, pin).unwrap();
         let mut s = engine::exec::gpu::GpuSession::new(&mut model, 64, MemTier::Pageable).unwrap();
-        let what =
-            format!("policy {policy}, {pct}% resident, pinned {pin}, overrides {overrides:?}");
+        let what = format!(
+            "prefill {prefill}, decode {decode}, {pct}% resident, pinned {pin}, overrides {overrides:?}"
+        );
         check_session(name, &what, vocab, &mut s);
     }
 }

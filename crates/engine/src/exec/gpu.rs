@@ -124,34 +124,68 @@ enum LayerHome {
     Cpu,
 }
 
-/// How one layer runs, from its policy (the same for prefill and decode).
+/// Where one layer's linears run (and so where its weights live), from its policies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerMode {
+    /// S1 and S4–S6 on the GPU; attention on either side, per phase (policies 0 and 2).
     Gpu,
-    GpuAttentionOnCpu,
+    /// Everything on the CPU (policy 1).
     Cpu,
 }
 
-impl LayerMode {
+/// A layer's mode and, per phase, whether its attention runs on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerRun {
+    pub mode: LayerMode,
+    pub attn_cpu_prefill: bool,
+    pub attn_cpu_decode: bool,
+}
+
+impl LayerRun {
+    /// Policies 0 and 2 may differ between prefill and decode (attention moves, with the
+    /// prompt's KV blocks); policy 1 is both or neither, since the weights live on one side.
     pub fn of(l: usize, p: &LayerPlacement) -> Result<Self> {
-        if p.prefill != p.decode {
+        let gpu_linears = |pol: Policy| -> Result<bool> {
+            match pol {
+                Policy::FULL_GPU | Policy::ATTENTION_ON_CPU => Ok(true),
+                Policy::FULL_CPU => Ok(false),
+                other => Err(Error::Placement(format!(
+                    "layer {l}: policy {other} is not executed yet (0, 1 and 2 are: full GPU, full CPU, attention on CPU)"
+                ))),
+            }
+        };
+        let (pg, dg) = (gpu_linears(p.prefill)?, gpu_linears(p.decode)?);
+        if pg != dg {
             return Err(Error::Placement(format!(
-                "layer {l}: prefill policy {} differs from decode policy {}; this executor runs one policy per layer",
+                "layer {l}: prefill policy {} and decode policy {} put its linears on different sides; \
+                 this executor keeps a layer's weights on one side (policies 0 and 2 may be mixed)",
                 p.prefill, p.decode
             )));
         }
-        match p.decode {
-            Policy::FULL_GPU => Ok(LayerMode::Gpu),
-            Policy::ATTENTION_ON_CPU => Ok(LayerMode::GpuAttentionOnCpu),
-            Policy::FULL_CPU if !p.gpu_resident => Ok(LayerMode::Cpu),
-            Policy::FULL_CPU => Err(Error::Placement(format!("layer {l}: policy 1 runs on the CPU, but the layer is GPU-resident"))),
-            other => Err(Error::Placement(format!(
-                "layer {l}: policy {other} is not executed yet (0, 1 and 2 are: full GPU, full CPU, attention on CPU)"
-            ))),
+        if !pg && p.gpu_resident {
+            return Err(Error::Placement(format!(
+                "layer {l}: policy 1 runs on the CPU, but the layer is GPU-resident"
+            )));
+        }
+        Ok(LayerRun {
+            mode: if pg { LayerMode::Gpu } else { LayerMode::Cpu },
+            attn_cpu_prefill: p.prefill.attention_on_cpu(),
+            attn_cpu_decode: p.decode.attention_on_cpu(),
+        })
+    }
+
+    fn attn_cpu(&self, prefill: bool) -> bool {
+        if prefill {
+            self.attn_cpu_prefill
+        } else {
+            self.attn_cpu_decode
         }
     }
-    fn attention_on_cpu(self) -> bool {
-        self != LayerMode::Gpu
+    fn kv_on_gpu(&self) -> bool {
+        !self.attn_cpu_prefill || !self.attn_cpu_decode
+    }
+    fn kv_on_host(&self) -> bool {
+        self.attn_cpu_prefill || self.attn_cpu_decode
     }
 }
 
@@ -164,7 +198,7 @@ pub struct GpuModel {
     blas: Blas,
     layout: FlatLayout,
     homes: Vec<LayerHome>,
-    pub modes: Vec<LayerMode>,
+    pub runs: Vec<LayerRun>,
     /// CPU layers, embeddings, and the head when the last layer is on the CPU.
     cpu: CpuModel,
     staging: Vec<CudaSlice<bf16>>,
@@ -193,10 +227,10 @@ impl GpuModel {
                 w.layers.len()
             )));
         }
-        let modes = placement
+        let runs = placement
             .iter()
             .enumerate()
-            .map(|(l, p)| LayerMode::of(l, p))
+            .map(|(l, p)| LayerRun::of(l, p))
             .collect::<Result<Vec<_>>>()?;
         let stream = gpu.new_stream().map_err(gerr)?;
         let copy_stream = gpu.new_stream().map_err(gerr)?;
@@ -206,7 +240,7 @@ impl GpuModel {
         let mut homes = Vec::with_capacity(w.layers.len());
         let mut flat = vec![bf16::ZERO; layout.len];
         for (l, p) in placement.iter().enumerate() {
-            if modes[l] == LayerMode::Cpu {
+            if runs[l].mode == LayerMode::Cpu {
                 homes.push(LayerHome::Cpu);
                 continue;
             }
@@ -239,7 +273,7 @@ impl GpuModel {
             vec![]
         };
         let up = |t: &Tensor| stream.clone_htod(&t.data[..]).map_err(gerr);
-        let head_on_gpu = modes.last() != Some(&LayerMode::Cpu);
+        let head_on_gpu = runs.last().map(|r| r.mode) != Some(LayerMode::Cpu);
         let head = head_on_gpu.then(|| up(w.lm_head())).transpose()?;
         let final_norm_w = up(&w.final_norm_w)?;
         let final_norm_b = w.final_norm_b.as_ref().map(up).transpose()?;
@@ -255,7 +289,7 @@ impl GpuModel {
             vec![0.0]
         };
         let inv_freq = stream.clone_htod(&inv).map_err(gerr)?;
-        let cpu_mask: Vec<bool> = modes.iter().map(|&m| m == LayerMode::Cpu).collect();
+        let cpu_mask: Vec<bool> = runs.iter().map(|r| r.mode == LayerMode::Cpu).collect();
         let cpu = CpuModel::with_layers(w, &cpu_mask, !head_on_gpu)?;
         stream.synchronize().map_err(gerr)?;
         Ok(GpuModel {
@@ -266,7 +300,7 @@ impl GpuModel {
             blas,
             layout,
             homes,
-            modes,
+            runs,
             cpu,
             staging,
             final_norm_w,
@@ -384,8 +418,8 @@ impl<'m> GpuSession<'m> {
         let s = &model.stream;
         let mut kc = Vec::new();
         let mut vc = Vec::new();
-        for m in &model.modes {
-            let dev = !m.attention_on_cpu();
+        for r in &model.runs {
+            let dev = r.kv_on_gpu();
             kc.push(
                 dev.then(|| s.alloc_zeros::<bf16>(shape.elems()))
                     .transpose()
@@ -397,7 +431,7 @@ impl<'m> GpuSession<'m> {
                     .map_err(gerr)?,
             );
         }
-        let host_mask: Vec<bool> = model.modes.iter().map(|m| m.attention_on_cpu()).collect();
+        let host_mask: Vec<bool> = model.runs.iter().map(|r| r.kv_on_host()).collect();
         let host_kv = HostKv::new(&host_mask, num_blocks, c.kv_heads, c.head_dim, host_tier)?;
         let seqs = Sequences::new(num_blocks, c.max_positions);
         Ok(GpuSession {
@@ -445,7 +479,7 @@ impl<'m> GpuSession<'m> {
         let t = ids.tokens.len();
         let (hq, hk, d, w) = (c.heads, c.kv_heads, c.head_dim, c.qkv_dim());
         let scale = 1.0 / (d as f32).sqrt();
-        if m.modes[l].attention_on_cpu() {
+        if m.runs[l].attn_cpu(prefill) {
             let qkv = m.stream.clone_dtoh(&a.qkv).map_err(gerr)?;
             let (mut q, mut k, mut v) = (
                 Vec::with_capacity(t * hq * d),
@@ -682,6 +716,60 @@ impl<'m> GpuSession<'m> {
             .map_err(gerr)
     }
 
+    /// After a prefill, moves the new sequences' KV blocks of every layer whose attention
+    /// changes sides between prefill and decode (same block ids in both pools). Runs of
+    /// consecutive blocks move as one copy.
+    fn migrate_kv(&mut self, ids: &StepIds) -> Result<()> {
+        let mut blocks: Vec<usize> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for &q in &ids.seq_of {
+            if seen.insert(q) {
+                blocks.extend(self.seqs.seqs[q].blocks.iter().map(|&b| b as usize));
+            }
+        }
+        blocks.sort_unstable();
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for b in blocks {
+            match runs.last_mut() {
+                Some((start, n)) if *start + *n == b => *n += 1,
+                _ => runs.push((b, 1)),
+            }
+        }
+        let be = self.shape.block_elems();
+        let s = self.model.stream.clone();
+        let mut moved = false;
+        for l in 0..self.model.runs.len() {
+            let r = self.model.runs[l];
+            if r.mode != LayerMode::Gpu || r.attn_cpu_prefill == r.attn_cpu_decode {
+                continue;
+            }
+            moved = true;
+            let (kc, vc) = (
+                self.kc[l].as_mut().expect("GPU KV"),
+                self.vc[l].as_mut().expect("GPU KV"),
+            );
+            let (kh, vh) = (&mut self.host_kv.k[l], &mut self.host_kv.v[l]);
+            for &(b, n) in &runs {
+                let range = b * be..(b + n) * be;
+                if r.attn_cpu_decode {
+                    s.memcpy_dtoh(&kc.slice(range.clone()), &mut kh[range.clone()])
+                        .map_err(gerr)?;
+                    s.memcpy_dtoh(&vc.slice(range.clone()), &mut vh[range])
+                        .map_err(gerr)?;
+                } else {
+                    s.memcpy_htod(&kh[range.clone()], &mut kc.slice_mut(range.clone()))
+                        .map_err(gerr)?;
+                    s.memcpy_htod(&vh[range.clone()], &mut vc.slice_mut(range))
+                        .map_err(gerr)?;
+                }
+            }
+        }
+        if moved {
+            s.synchronize().map_err(gerr)?;
+        }
+        Ok(())
+    }
+
     /// Adds a pending delta into the GPU residual (through the final norm, result unused).
     fn flush(&self, t: usize, a: &mut Acts) -> Result<()> {
         let m = &self.model;
@@ -731,7 +819,7 @@ impl<'m> GpuSession<'m> {
             self.model.load(l, i)?;
         }
         for l in 0..c.layers {
-            if self.model.modes[l] == LayerMode::Cpu {
+            if self.model.runs[l].mode == LayerMode::Cpu {
                 if let Residual::Gpu(pending) = at {
                     if pending {
                         self.flush(t, &mut a)?;
@@ -773,6 +861,9 @@ impl<'m> GpuSession<'m> {
                     self.model.load(next, i % 2)?;
                 }
             }
+        }
+        if prefill {
+            self.migrate_kv(ids)?;
         }
         let out = match at {
             Residual::Host => {
@@ -875,4 +966,36 @@ fn layer_buf(m: &GpuModel, l: usize, staging: Option<usize>) -> &CudaSlice<bf16>
 fn view<'a>(layout: &FlatLayout, buf: &'a CudaSlice<bf16>, t: usize) -> Option<CudaView<'a, bf16>> {
     let (o, n) = layout.at[t];
     (n > 0).then(|| buf.slice(o..o + n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::layer_placements;
+
+    fn run(p: &str, d: &str, pct: f64) -> Result<LayerRun> {
+        let l = layer_placements(2, p.parse()?, d.parse()?, pct, &[])?;
+        LayerRun::of(0, &l[0])
+    }
+
+    #[test]
+    fn layer_runs_follow_policies_and_refuse_what_is_not_built() {
+        let r = run("0", "2", 100.0).unwrap();
+        assert_eq!(
+            (r.mode, r.attn_cpu_prefill, r.attn_cpu_decode),
+            (LayerMode::Gpu, false, true)
+        );
+        assert!(r.kv_on_gpu() && r.kv_on_host());
+        let r = run("1", "1", 0.0).unwrap();
+        assert_eq!(r.mode, LayerMode::Cpu);
+        assert!(!r.kv_on_gpu());
+        let e = run("0", "1", 0.0).unwrap_err().to_string();
+        assert!(e.contains("different sides"), "{e}");
+        assert!(run("1", "1", 100.0)
+            .unwrap_err()
+            .to_string()
+            .contains("GPU-resident"));
+        let e = run("0,0,0,0,1,1", "0", 0.0).unwrap_err().to_string();
+        assert!(e.contains("not executed yet"), "{e}");
+    }
 }
