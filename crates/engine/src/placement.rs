@@ -144,6 +144,28 @@ impl LayerPlacement {
     }
 }
 
+/// One character per layer, for a glance at a placement (decode policies): `G` resident on the
+/// GPU, `S` streamed to the GPU over PCIe, `C` computed on the CPU; lower case (`g`, `s`) when
+/// the layer's decode attention runs on the CPU.
+pub fn layer_map(layers: &[LayerPlacement]) -> String {
+    layers
+        .iter()
+        .map(|l| {
+            match (
+                l.gpu_resident,
+                l.decode.gpu_linears(),
+                l.decode.attention_on_cpu(),
+            ) {
+                (_, false, _) => 'C',
+                (true, true, false) => 'G',
+                (true, true, true) => 'g',
+                (false, true, false) => 'S',
+                (false, true, true) => 's',
+            }
+        })
+        .collect()
+}
+
 /// Number of GPU-resident layers for a percentage: the first ⌊L·pct/100⌋ (LIA's rule).
 pub fn resident_layers(layers: usize, gpu_percentage: f64) -> Result<usize> {
     if !(0.0..=100.0).contains(&gpu_percentage) || gpu_percentage.is_nan() {
@@ -232,6 +254,8 @@ mod tests {
         assert_eq!(p[30].prefill, Policy::FULL_CPU);
         assert_eq!(p[30].decode, Policy::ATTENTION_ON_CPU);
         assert!(!p[24].streamed() && p[30].streamed());
+        let map = layer_map(&p);
+        assert_eq!(&map[22..32], "GGCCCCCCsC");
         assert_eq!(resident_layers(48, 100.0).unwrap(), 48);
         assert_eq!(resident_layers(7, 50.0).unwrap(), 3);
         assert!(resident_layers(48, 101.0).is_err());

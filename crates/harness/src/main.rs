@@ -303,6 +303,10 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
         if auto { " (automatic split from the measured DRAM and PCIe bandwidths)" } else { "" }
     );
         println!(
+            "layer map (decode): {}",
+            engine::placement::layer_map(&plan.layers)
+        );
+        println!(
         "placement: prefill {} decode {}, {resident}/{} layers GPU-resident, weights tier {}, CPU tier {} on {} threads",
         s.prefill_policy,
         s.decode_policy,
