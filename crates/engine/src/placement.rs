@@ -138,6 +138,21 @@ pub struct LayerPlacement {
 }
 
 impl LayerPlacement {
+    /// Some sublayer runs on the GPU in prefill or decode.
+    pub fn gpu_work(&self) -> bool {
+        self.prefill.any_gpu() || self.decode.any_gpu()
+    }
+
+    /// Nothing of this layer touches the GPU.
+    pub fn cpu_only(&self) -> bool {
+        !self.gpu_resident && !self.gpu_work()
+    }
+
+    /// A non-resident layer whose decode runs entirely on the CPU.
+    pub fn decode_on_cpu(&self) -> bool {
+        !self.gpu_resident && !self.decode.any_gpu()
+    }
+
     /// A non-resident layer whose GPU sublayers need its weights streamed over PCIe.
     pub fn streamed(&self) -> bool {
         !self.gpu_resident && (self.prefill.gpu_linears() || self.decode.gpu_linears())

@@ -61,6 +61,14 @@ pub struct Plan {
     pub memory: MemoryNeed,
 }
 
+/// How many layers are GPU-resident, streamed over PCIe, and decoded on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerCounts {
+    pub resident: usize,
+    pub streamed: usize,
+    pub cpu: usize,
+}
+
 /// Fraction of the GPU's free memory a plan may use (the rest: CUDA context, cuBLAS workspace,
 /// fragmentation).
 const GPU_USABLE: f64 = 0.92;
@@ -72,6 +80,20 @@ fn gib(b: usize) -> String {
 }
 
 impl Plan {
+    /// Nothing of this plan touches the GPU.
+    pub fn full_cpu(&self) -> bool {
+        self.layers.iter().all(LayerPlacement::cpu_only)
+    }
+
+    pub fn layer_counts(&self) -> LayerCounts {
+        let n = |f: fn(&LayerPlacement) -> bool| self.layers.iter().filter(|l| f(l)).count();
+        LayerCounts {
+            resident: n(|l| l.gpu_resident),
+            streamed: n(LayerPlacement::streamed),
+            cpu: n(LayerPlacement::decode_on_cpu),
+        }
+    }
+
     /// Memory per tier for a placement (no checks).
     pub fn memory(cfg: &ModelConfig, spec: &RunSpec, layers: &[LayerPlacement]) -> MemoryNeed {
         let layer_bytes = 2 * cfg.layer_params();
@@ -109,9 +131,7 @@ impl Plan {
         } else if !cfg.tie_word_embeddings {
             m.host_weights += emb;
         }
-        let any_gpu = layers
-            .iter()
-            .any(|l| l.gpu_resident || l.prefill.any_gpu() || l.decode.any_gpu());
+        let any_gpu = layers.iter().any(|l| !l.cpu_only());
         if any_gpu {
             // Activations of the largest step: a prefill minibatch's tokens × the widest row
             // (gate/up or QKV), f32, a few buffers; logits only for each sequence's last token.
@@ -182,7 +202,7 @@ impl Plan {
         if let Some((l, p)) = layers
             .iter()
             .enumerate()
-            .find(|(_, p)| p.gpu_resident && !p.prefill.any_gpu() && !p.decode.any_gpu())
+            .find(|(_, p)| p.gpu_resident && !p.gpu_work())
         {
             return Err(Error::Placement(format!(
                 "layer {l} is GPU-resident ({}% of layers) but its policies (prefill {}, decode {}) run it \
@@ -208,9 +228,7 @@ impl Plan {
             )));
         }
         // What the executor cannot run is refused here, before any weight is made.
-        let full_cpu = layers
-            .iter()
-            .all(|l| !l.gpu_resident && !l.prefill.any_gpu() && !l.decode.any_gpu());
+        let full_cpu = layers.iter().all(LayerPlacement::cpu_only);
         if !full_cpu {
             for (l, p) in layers.iter().enumerate() {
                 crate::exec::gpu::LayerRun::of(l, p)?;

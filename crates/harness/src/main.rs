@@ -277,10 +277,7 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
         );
     }
     let plan = Plan::new(&cfg, spec, &caps)?;
-    let full_cpu = plan
-        .layers
-        .iter()
-        .all(|l| !l.gpu_resident && !l.prefill.any_gpu() && !l.decode.any_gpu());
+    let full_cpu = plan.full_cpu();
     let s = &plan.spec;
     if !quiet() {
         println!(
@@ -291,13 +288,11 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
             s.input_tokens,
             s.max_new_tokens
         );
-        let resident = plan.layers.iter().filter(|l| l.gpu_resident).count();
-        let on_cpu = plan
-            .layers
-            .iter()
-            .filter(|l| !l.gpu_resident && !l.decode.any_gpu())
-            .count();
-        let streamed = plan.layers.iter().filter(|l| l.streamed()).count();
+        let engine::plan::LayerCounts {
+            resident,
+            streamed,
+            cpu: on_cpu,
+        } = plan.layer_counts();
         println!(
         "layers: {resident} GPU-resident, {streamed} streamed over PCIe, {on_cpu} computed on the CPU{}",
         if auto { " (automatic split from the measured DRAM and PCIe bandwidths)" } else { "" }
@@ -387,7 +382,7 @@ fn load_profile(path: Option<&Path>, gpu: bool) -> anyhow::Result<probe::Profile
         path.display()
     );
     let mut p = probe::Profile {
-        dram_read_bytes_s: platform::membw::read_bandwidth(2 << 30, 3),
+        dram_read_bytes_s: platform::membw::read_bandwidth(probe::probe_bytes(), 3),
         ..Default::default()
     };
     if gpu {

@@ -52,7 +52,7 @@ fn best_of<F: FnMut()>(reps: usize, mut f: F) -> f64 {
 
 /// Bytes for bandwidth probes: past any last-level cache (servers have up to ~0.5 GB), but at
 /// most a quarter of free memory.
-fn probe_bytes() -> usize {
+pub fn probe_bytes() -> usize {
     let free: u64 = platform::numa_nodes().iter().map(|n| n.mem_free).sum();
     (2usize << 30).min((free / 4) as usize).max(64 << 20)
 }

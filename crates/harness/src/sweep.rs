@@ -267,7 +267,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         let row = match crate::measure(&bench_args(&p, &a), false) {
             Ok(m) => {
                 let r = &m.result;
-                let l = &m.plan.layers;
+                let counts = m.plan.layer_counts();
                 Row {
                     key: p.key(),
                     error: None,
@@ -282,12 +282,9 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
                     } else {
                         0.0
                     },
-                    layers_resident: l.iter().filter(|x| x.gpu_resident).count(),
-                    layers_streamed: l.iter().filter(|x| x.streamed()).count(),
-                    layers_cpu: l
-                        .iter()
-                        .filter(|x| !x.gpu_resident && !x.decode.any_gpu())
-                        .count(),
+                    layers_resident: counts.resident,
+                    layers_streamed: counts.streamed,
+                    layers_cpu: counts.cpu,
                     point: p,
                 }
             }
