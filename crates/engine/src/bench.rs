@@ -237,11 +237,7 @@ impl Roofline {
             let p = l.decode;
             // Linear weights: S1 QKV, S4 O, S5 up, S6 down, split by where each runs.
             let h = cfg.hidden;
-            let up_rows = if cfg.family == crate::config::Family::Opt {
-                cfg.ffn
-            } else {
-                2 * cfg.ffn
-            };
+            let up_rows = cfg.up_rows();
             let parts = [
                 (1, cfg.qkv_dim() * h),
                 (4, h * cfg.q_dim()),

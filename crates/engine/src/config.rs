@@ -312,6 +312,14 @@ impl ModelConfig {
         self.q_dim() + 2 * self.kv_dim()
     }
 
+    /// Rows of the S5 weight: OPT's FC1, or LLaMA's fused gate/up (twice the FFN width).
+    pub fn up_rows(&self) -> usize {
+        match self.family {
+            Family::Opt => self.ffn,
+            Family::Llama => 2 * self.ffn,
+        }
+    }
+
     pub fn has_bias(&self) -> bool {
         self.family == Family::Opt
     }

@@ -176,7 +176,7 @@ impl Weights {
         let norm_b = |s: u64| -> Result<Option<Tensor>> {
             opt.then(|| dummy(&[h], tier, s, 0.01)).transpose()
         };
-        let up_rows = if opt { c.ffn } else { 2 * c.ffn };
+        let up_rows = c.up_rows();
         platform::pool().install(|| {
             let embed = dummy(&[c.vocab, h], tier, seed, w)?;
             let positions = opt

@@ -449,11 +449,7 @@ impl<'m> GpuSession<'m> {
         let c = &self.model.cfg;
         let s = &self.model.stream;
         let z = |n: usize| s.alloc_zeros::<bf16>(n.max(1)).map_err(gerr);
-        let up_cols = if c.family == Family::Opt {
-            c.ffn
-        } else {
-            2 * c.ffn
-        };
+        let up_cols = c.up_rows();
         Ok(Acts {
             x: z(t * c.hidden)?,
             a: z(t * c.hidden)?,
