@@ -1,8 +1,8 @@
 //! Memory tiers and aligned host buffers.
 //!
 //! `HostBuf<T>` is the host allocation every CPU kernel reads: 4 KiB aligned (so AMX tile
-//! loads and AVX-512 loads never split a cache line at the start of a row block), zeroed, and
-//! placed on a chosen tier. `pinned` is page-locked memory; page-locking needs the CUDA driver,
+//! loads and AVX-512 loads never split a cache line at the start of a row block; 2 MiB aligned
+//! and backed by transparent huge pages from 2 MiB up), zeroed, and placed on a chosen tier. `pinned` is page-locked memory; page-locking needs the CUDA driver,
 //! so the platform crate makes pageable or node-bound buffers and `cuda-kernels` registers them.
 
 use std::fmt;
@@ -85,11 +85,48 @@ impl MemTier {
 }
 
 const ALIGN: usize = 4096;
+/// Buffers of at least this size are mapped directly, 2 MiB aligned, and asked to be backed by
+/// transparent huge pages: a kernel streaming gigabytes of weights or KV then walks one TLB
+/// entry per 2 MiB instead of per 4 KiB.
+const HUGE: usize = 2 << 20;
 
 enum Backing {
     Std(std::alloc::Layout),
+    /// An anonymous mapping: its start and length (the buffer lies inside, 2 MiB aligned).
+    Map(*mut libc::c_void, usize),
     Numa(usize),
     Empty,
+}
+
+/// Asks for transparent huge pages over `ptr .. ptr + bytes` (a hint: ignored where the kernel
+/// has them off, and harmless where it has them always on).
+fn advise_huge(ptr: *mut u8, bytes: usize) {
+    // SAFETY: madvise only reads the range's mapping; the range is a live mapping of ours.
+    unsafe {
+        libc::madvise(ptr as *mut libc::c_void, bytes, libc::MADV_HUGEPAGE);
+    }
+}
+
+/// A fresh anonymous mapping of at least `bytes`, with a 2 MiB aligned start inside it.
+fn map_huge(bytes: usize) -> Option<(*mut libc::c_void, usize, *mut u8)> {
+    let len = bytes.checked_add(HUGE)?;
+    // SAFETY: a new private anonymous mapping; no existing memory is touched.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return None;
+    }
+    let start = (base as usize).next_multiple_of(HUGE) as *mut u8;
+    advise_huge(start, bytes);
+    Some((base, len, start))
 }
 
 /// A zeroed, 4 KiB aligned host buffer of `len` elements on a host tier.
@@ -130,6 +167,18 @@ impl<T: Copy> HostBuf<T> {
         }
         assert!(std::mem::align_of::<T>() <= ALIGN);
         match tier {
+            MemTier::Pageable if bytes >= HUGE => {
+                // Anonymous pages read as zero; they are placed on first touch.
+                let (base, len_mapped, start) =
+                    map_huge(bytes).ok_or(Error::Alloc { bytes, tier })?;
+                Ok(Self {
+                    ptr: NonNull::new(start as *mut T).ok_or(Error::Alloc { bytes, tier })?,
+                    len,
+                    tier,
+                    backing: Backing::Map(base, len_mapped),
+                    _own: PhantomData,
+                })
+            }
             MemTier::Pageable => {
                 let layout = std::alloc::Layout::from_size_align(bytes, ALIGN)
                     .map_err(|_| Error::Alloc { bytes, tier })?;
@@ -156,6 +205,7 @@ impl<T: Copy> HostBuf<T> {
                 // SAFETY: numa_alloc_onnode returns page-aligned memory bound to the node, or null.
                 let p = unsafe { sys::numa_alloc_onnode(bytes, node as i32) } as *mut T;
                 let ptr = NonNull::new(p).ok_or(Error::Alloc { bytes, tier })?;
+                advise_huge(ptr.as_ptr() as *mut u8, bytes);
                 // SAFETY: fresh mapping of `bytes` bytes; anonymous pages read as zero already, but
                 // writing them here makes the placement happen now instead of on the hot path.
                 unsafe { std::ptr::write_bytes(ptr.as_ptr() as *mut u8, 0, bytes) };
@@ -218,6 +268,10 @@ impl<T: Copy> Drop for HostBuf<T> {
             Backing::Std(layout) => unsafe {
                 std::alloc::dealloc(self.ptr.as_ptr() as *mut u8, layout)
             },
+            // SAFETY: mapped in `map_huge` with exactly this start and length.
+            Backing::Map(base, len) => unsafe {
+                libc::munmap(base, len);
+            },
             // SAFETY: allocated by numa_alloc_onnode with this size.
             Backing::Numa(bytes) => unsafe {
                 sys::numa_free(self.ptr.as_ptr() as *mut libc::c_void, bytes)
@@ -269,6 +323,15 @@ mod tests {
             assert_eq!(b[9_999], 1.5);
             assert_eq!(b.tier(), tier);
         }
+        // Large buffers are mapped 2 MiB aligned (huge-page candidates).
+        let n = (3 << 20) / 4 + 7;
+        let mut b = HostBuf::<f32>::zeroed(n, MemTier::Pageable).unwrap();
+        assert_eq!(b.as_ptr() as usize % HUGE, 0);
+        assert!(b.iter().all(|&x| x == 0.0));
+        b[0] = 2.0;
+        b[n - 1] = 3.0;
+        assert_eq!((b[0], b[n - 1]), (2.0, 3.0));
+        drop(b);
         assert!(HostBuf::<f32>::zeroed(4, MemTier::Pinned).is_err());
         assert_eq!(
             HostBuf::<f32>::zeroed(0, MemTier::Pageable).unwrap().len(),
