@@ -206,8 +206,11 @@ impl Plan {
         let m_items = m.div_ceil(m_block);
         let pairs = nblocks.div_ceil(2);
         // Enough items for every thread to have two (balance), no wider than N_BLOCK_MAX when
-        // the block is reused over many rows (L2), and whole pairs of blocks.
-        let want_items = (2 * threads).div_ceil(m_items).max(1);
+        // the block is reused over many rows (L2), and whole pairs of blocks. Small M streams
+        // the weight once and is bound by DRAM: eight items per thread there, so that a thread
+        // slowed by its neighbours hands work to the others instead of leaving a tail.
+        let per_thread = if m <= M_SMALL { 8 } else { 2 };
+        let want_items = (per_thread * threads).div_ceil(m_items).max(1);
         let mut n_pairs = pairs.div_ceil(want_items).max(1);
         if m > M_SMALL {
             n_pairs = n_pairs.min(N_BLOCK_MAX / 2);
