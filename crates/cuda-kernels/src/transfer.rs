@@ -197,6 +197,59 @@ impl<T: Copy> Drop for PinnedBuf<T> {
     }
 }
 
+/// Host memory owned elsewhere, page-locked in place (`cuMemHostRegister`) while this value
+/// lives, so that plain `memcpy_htod` calls from it run at full PCIe speed and asynchronously.
+/// For memory that another owner keeps using, such as a CPU kernel's prepacked weights that
+/// are also streamed to the GPU; [`PinnedBuf::register`] is the owning form.
+pub struct HostPin {
+    ptr: *mut u8,
+    bytes: usize,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: only the address is kept, to unregister it; the memory belongs to its owner.
+unsafe impl Send for HostPin {}
+unsafe impl Sync for HostPin {}
+
+impl HostPin {
+    /// Registers `bytes` bytes at `ptr` (portable: pinned for every context).
+    ///
+    /// # Safety
+    /// The range must be one live host allocation that stays allocated and in place until this
+    /// value is dropped, and no copy from or to it may still be queued when it is dropped (the
+    /// drop synchronizes the context before unregistering, which covers copies queued through
+    /// this crate's streams).
+    pub unsafe fn register(gpu: &Gpu, ptr: *const u8, bytes: usize) -> Result<Self> {
+        let ctx = gpu.ctx().clone();
+        if bytes > 0 {
+            ctx.bind_to_thread()?;
+            sys::cuMemHostRegister_v2(ptr as *mut _, bytes, sys::CU_MEMHOSTREGISTER_PORTABLE)
+                .result()?;
+        }
+        Ok(HostPin {
+            ptr: ptr as *mut u8,
+            bytes,
+            ctx,
+        })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for HostPin {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let _ = self.ctx.bind_to_thread();
+        let _ = self.ctx.synchronize();
+        // SAFETY: registered in `register`; nothing queued uses it any more (synchronized).
+        let _ = unsafe { sys::cuMemHostUnregister(self.ptr as *mut _) };
+    }
+}
+
 /// Which blocks to copy: `(source block, destination block)` pairs, each block `block_elems`
 /// elements at `block * block_elems` of its buffer.
 fn runs(
