@@ -10,6 +10,7 @@ use cuda_kernels::kv::{kv_append_bf16, KvShape};
 use cuda_kernels::norm::{add_layer_norm_bf16, add_rms_norm_bf16};
 use cuda_kernels::position::{rope_bf16, rope_inv_freq, HeadRows};
 use cuda_kernels::sampling::argmax_bf16;
+use cuda_kernels::unpack::{unpack_vnni_bf16, vnni_packed_len};
 use cuda_kernels::DeviceIds;
 use half::bf16;
 
@@ -32,6 +33,25 @@ fn benches(c: &mut Criterion) {
         Throughput::Bytes(2 * B * n as u64),
         || s.memcpy_dtod(&src, &mut dst).unwrap(),
     );
+
+    // Unpack of AMX-packed weights streamed from the host into the row-major [N, K] the GEMM
+    // takes (the bytes are random: the kernel is a permutation). OPT-30B FC1 and LLaMA-3-8B's
+    // fused gate/up.
+    for (name, n, k, gate_up) in [
+        (
+            "gpu_unpack_vnni_bf16/opt30b_fc1",
+            28672usize,
+            7168usize,
+            false,
+        ),
+        ("gpu_unpack_vnni_bf16/llama3_8b_gate_up", 28672, 4096, true),
+    ] {
+        let packed = src.slice(..vnni_packed_len(n, k, gate_up));
+        let bytes = B * (packed.len() + n * k) as u64;
+        bench(&mut g, &gpu, name, Throughput::Bytes(bytes), || {
+            unpack_vnni_bf16(&gpu, &s, &packed, n, k, gate_up, &mut dst).unwrap()
+        });
+    }
     drop(dst);
 
     let n = 64 << 20;

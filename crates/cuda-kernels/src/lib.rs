@@ -26,6 +26,7 @@ pub mod norm;
 pub mod position;
 pub mod sampling;
 pub mod transfer;
+pub mod unpack;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -187,6 +187,20 @@ impl PackedWeight {
         self.tiles.len() * std::mem::size_of::<Tile>()
     }
 
+    /// The packed tiles as one flat bf16 slice, `nblocks · ceil(K / 32) · 512` elements in the
+    /// layout of the module header (what a copy to another device moves).
+    pub fn packed_bf16(&self) -> &[bf16] {
+        const _: () = assert!(std::mem::size_of::<Tile>() == TILE_ELEMS * 2);
+        // SAFETY: Tile is repr(C) around [bf16; TILE_ELEMS] with no padding (size asserted
+        // above), so the tiles are tiles.len() * TILE_ELEMS contiguous, initialized bf16.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.tiles.as_ptr() as *const bf16,
+                self.tiles.len() * TILE_ELEMS,
+            )
+        }
+    }
+
     /// `W[row][col]` read back from the packed tiles (for references and tests).
     pub fn get(&self, row: usize, col: usize) -> bf16 {
         let (nb, c) = self.kind.block_of(row);
@@ -279,6 +293,12 @@ mod tests {
                 .count();
             let real = w.iter().filter(|v| v.to_f32() != 0.0).count();
             assert_eq!(nonzero, real, "[{n},{k}] padding must be zero");
+            let flat = p.packed_bf16();
+            assert_eq!(flat.len() * 2, p.packed_bytes());
+            assert!(flat
+                .chunks(TILE_ELEMS)
+                .zip(p.tiles.iter())
+                .all(|(f, t)| f == t.0));
         }
     }
 
