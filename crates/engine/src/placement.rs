@@ -290,15 +290,18 @@ mod tests {
 
 /// LIA's split of the non-resident layers when weights live on the host: a fraction
 /// `cpu / (cpu + pcie)` of them computed on the CPU (policy 1, streaming weights from DRAM at
-/// `cpu` bytes/s) and the rest
-/// streamed to the GPU (policy 0, over PCIe), so that both bandwidths work at once. The two
-/// kinds are interleaved (CPU layers spread evenly among streamed ones) so that the copy of
-/// each streamed layer overlaps the CPU layers before it. Returns one override per CPU layer.
+/// `cpu` bytes/s) and the rest streamed to the GPU (policy 0, over PCIe), so that both
+/// bandwidths work at once. The two kinds are interleaved (CPU layers spread evenly among
+/// streamed ones) so that the copy of each streamed layer overlaps the CPU layers before it.
+/// Returns one override per CPU layer, for `phase`: `Decode` keeps the prefill on the GPU
+/// (every layer streamed for it, compute-bound there), `Both` puts the CPU layers' prefill on
+/// the CPU too.
 pub fn auto_split(
     layers: usize,
     resident: usize,
     dram_bytes_s: f64,
     pcie_bytes_s: f64,
+    phase: Phase,
 ) -> Vec<LayerOverride> {
     let n = layers.saturating_sub(resident);
     if n == 0 || dram_bytes_s <= 0.0 {
@@ -310,7 +313,7 @@ pub fn auto_split(
         .map(|j| LayerOverride {
             first: resident + j,
             last: resident + j,
-            phase: Phase::Both,
+            phase,
             policy: Policy::FULL_CPU,
         })
         .collect()
@@ -323,17 +326,17 @@ mod split_tests {
     #[test]
     fn split_follows_bandwidths_and_interleaves() {
         // DRAM 100 GB/s, PCIe 55 GB/s: 64.5 % of 48 host layers on the CPU.
-        let ov = auto_split(48, 0, 100e9, 55e9);
+        let ov = auto_split(48, 0, 100e9, 55e9, Phase::Both);
         assert_eq!(ov.len(), 30);
         // Never more than two CPU layers in a row, never two streamed ones in a row.
         let cpu: Vec<bool> = (0..48).map(|l| ov.iter().any(|o| o.first == l)).collect();
         assert!(cpu.windows(3).all(|w| !(w[0] && w[1] && w[2])));
         assert!(cpu.windows(2).all(|w| w[0] || w[1]));
         // Resident layers are left alone; no PCIe means everything on the CPU.
-        assert!(auto_split(48, 24, 100e9, 55e9)
+        assert!(auto_split(48, 24, 100e9, 55e9, Phase::Both)
             .iter()
             .all(|o| o.first >= 24));
-        assert_eq!(auto_split(10, 0, 100e9, 0.0).len(), 10);
-        assert!(auto_split(10, 10, 100e9, 55e9).is_empty());
+        assert_eq!(auto_split(10, 0, 100e9, 0.0, Phase::Decode).len(), 10);
+        assert!(auto_split(10, 10, 100e9, 55e9, Phase::Both).is_empty());
     }
 }

@@ -5,11 +5,12 @@
 //!
 //! Accounting (bytes):
 //! - GPU: resident layers' weights; two staging buffers of the largest streamed layer when any
-//!   non-resident layer has GPU sublayers; the LM head and final norm when the last layer's
-//!   decode S6 runs on the GPU; KV of every layer whose attention runs on the GPU in either
-//!   phase; an activation workspace.
-//! - Host (the weights tier): non-resident layers' weights, embeddings; plus KV of layers whose
-//!   attention runs on the CPU.
+//!   non-resident layer has GPU sublayers, and a third for the packed form when a layer is
+//!   split (prefill on the GPU, decode on the CPU); the LM head and final norm when the last
+//!   layer has GPU linears in either phase; KV of every layer whose attention runs on the GPU
+//!   in either phase; an activation workspace.
+//! - Host (the weights tier): non-resident layers' weights, once each, embeddings; plus KV of
+//!   layers whose attention runs on the CPU.
 
 use serde::Serialize;
 
@@ -89,7 +90,8 @@ impl Plan {
         let n = |f: fn(&LayerPlacement) -> bool| self.layers.iter().filter(|l| f(l)).count();
         LayerCounts {
             resident: n(|l| l.gpu_resident),
-            streamed: n(LayerPlacement::streamed),
+            // Streamed in decode (a split layer streams only for prefills; it decodes on the CPU).
+            streamed: n(|l| !l.gpu_resident && l.decode.gpu_linears()),
             cpu: n(LayerPlacement::decode_on_cpu),
         }
     }
@@ -105,7 +107,9 @@ impl Plan {
         let emb = 2 * cfg.vocab * cfg.hidden;
         let mut m = MemoryNeed::default();
         let mut any_streamed = false;
+        let mut any_split = false;
         for l in layers {
+            any_split |= !l.gpu_resident && l.prefill.gpu_linears() && !l.decode.gpu_linears();
             if l.gpu_resident {
                 m.gpu_weights += layer_bytes;
             } else {
@@ -122,8 +126,13 @@ impl Plan {
         if any_streamed {
             m.gpu_staging = 2 * layer_bytes;
         }
+        if any_split {
+            m.gpu_staging += layer_bytes;
+        }
         m.host_weights += emb; // the embedding table stays on the host; gathers are tiny
-        let head_on_gpu = layers.last().is_some_and(|l| !l.decode.on_cpu(6));
+        let head_on_gpu = layers
+            .last()
+            .is_some_and(|l| l.prefill.gpu_linears() || l.decode.gpu_linears());
         // The LM head is vocab × hidden whether tied or not; a tied head on the host is the
         // embedding table itself and costs nothing more.
         if head_on_gpu {
@@ -353,6 +362,34 @@ mod tests {
             p.memory.gpu_staging > 0,
             "streamed layers need staging buffers"
         );
+    }
+
+    #[test]
+    fn split_layers_prefill_on_the_gpu_and_decode_on_the_cpu() {
+        // LIA's batch-64 setting: prefill 0, decode 1, all weights on the host once.
+        let cfg = ModelConfig::preset("opt-30b").unwrap();
+        let p = Plan::new(&cfg, spec("0", "1", 0.0, 64), &caps(Some(139))).unwrap();
+        let layer = 2 * cfg.layer_params();
+        assert_eq!(
+            p.memory.gpu_staging,
+            3 * layer,
+            "two staging buffers and the packed one"
+        );
+        assert_eq!(
+            p.memory.host_weights,
+            cfg.layers * layer + 2 * cfg.vocab * cfg.hidden
+        );
+        assert!(
+            p.memory.gpu_kv > 0 && p.memory.host_kv > 0,
+            "prefill KV moves to the host"
+        );
+        let c = p.layer_counts();
+        assert_eq!((c.resident, c.streamed, c.cpu), (0, 0, cfg.layers));
+        // The reverse is refused before any work, naming what runs.
+        let e = Plan::new(&cfg, spec("1", "0", 0.0, 1), &caps(Some(139)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not executed"), "{e}");
     }
 
     #[test]

@@ -123,18 +123,19 @@ impl Engine for engine::exec::cpu::CpuSession<'_> {
     }
 }
 
-impl Engine for engine::exec::gpu::GpuSession<'_> {
+/// A GPU session whose prefills run in this many minibatches.
+struct Minibatched<'m>(engine::exec::gpu::GpuSession<'m>, usize);
+
+impl Engine for Minibatched<'_> {
     fn prefill(&mut self, prompts: &[Vec<u32>]) -> Vec<f32> {
-        engine::exec::gpu::GpuSession::prefill(self, prompts, true)
+        self.0
+            .prefill_minibatches(prompts, self.1, true)
             .unwrap()
             .1
             .unwrap()
     }
     fn decode(&mut self, tokens: &[u32]) -> Vec<f32> {
-        engine::exec::gpu::GpuSession::decode(self, tokens, true)
-            .unwrap()
-            .1
-            .unwrap()
+        self.0.decode(tokens, true).unwrap().1.unwrap()
     }
 }
 
@@ -212,23 +213,34 @@ fn check_cpu_session(name: &str, tier: MemTier) {
 /// GPU and mixed placements of the 2-layer fixtures: full GPU with 100 %, 50 % (pinned) and
 /// 0 % (pageable) resident; attention on the CPU (policy 2) in both phases or in one (the
 /// prompt's KV moves between the pools after prefill); a CPU layer before a streamed GPU layer;
-/// a resident GPU layer before a CPU layer (the head then runs on the CPU).
+/// a resident GPU layer before a CPU layer (the head then runs on the CPU); split layers
+/// (prefill on the GPU from the CPU's packed weights, unpacked there; decode on the CPU) alone,
+/// after a resident layer, before a streamed one, and with prefill attention on the CPU.
 fn check_gpu_sessions(name: &str) {
     let Some(gpu) = cuda_kernels::gpu_or_skip() else {
         return;
     };
-    let cases: [(&str, &str, f64, bool, &[&str]); 9] = [
-        ("0", "0", 100.0, false, &[]),
-        ("0", "0", 50.0, true, &[]),
-        ("0", "0", 0.0, false, &[]),
-        ("2", "2", 100.0, false, &[]),
-        ("0", "2", 100.0, false, &[]),
-        ("2", "0", 50.0, true, &[]),
-        ("0", "2", 0.0, false, &["0:1"]),
-        ("0", "0", 0.0, true, &["0:1"]),
-        ("0", "0", 50.0, false, &["1:1"]),
+    let cases: [(&str, &str, f64, bool, &[&str], usize); 16] = [
+        ("0", "1", 0.0, true, &[], 1),
+        ("2", "1", 0.0, false, &[], 1),
+        ("0", "0", 50.0, false, &["decode@1:1"], 1),
+        ("0", "0", 0.0, true, &["decode@0:1"], 1),
+        ("0", "0", 100.0, false, &[], 1),
+        ("0", "0", 50.0, true, &[], 1),
+        ("0", "0", 0.0, false, &[], 1),
+        ("2", "2", 100.0, false, &[], 1),
+        ("0", "2", 100.0, false, &[], 1),
+        ("2", "0", 50.0, true, &[], 1),
+        ("0", "2", 0.0, false, &["0:1"], 1),
+        ("0", "0", 0.0, true, &["0:1"], 1),
+        ("0", "0", 50.0, false, &["1:1"], 1),
+        // Two minibatches run layer by layer: CPU attention of one overlapping GPU work of
+        // the other; streamed and split layers loaded once for both.
+        ("2", "2", 100.0, false, &[], 2),
+        ("0", "1", 0.0, true, &[], 2),
+        ("0", "2", 0.0, false, &["0:1"], 2),
     ];
-    for (prefill, decode, pct, pin, overrides) in cases {
+    for (prefill, decode, pct, pin, overrides, minibatches) in cases {
         let w = Weights::load(&data_dir(name), MemTier::Pageable, &|_| {}).unwrap();
         let vocab = w.config.vocab;
         let (pp, dp): (Policy, Policy) = (prefill.parse().unwrap(), decode.parse().unwrap());
@@ -236,11 +248,11 @@ fn check_gpu_sessions(name: &str) {
             overrides.iter().map(|o| o.parse().unwrap()).collect();
         let p = engine::placement::layer_placements(w.config.layers, pp, dp, pct, &ov).unwrap();
         let mut model = engine::exec::gpu::GpuModel::new(gpu.clone(), w, &p, pin).unwrap();
-        let mut s = engine::exec::gpu::GpuSession::new(&mut model, 64, MemTier::Pageable).unwrap();
+        let s = engine::exec::gpu::GpuSession::new(&mut model, 64, MemTier::Pageable).unwrap();
         let what = format!(
-            "prefill {prefill}, decode {decode}, {pct}% resident, pinned {pin}, overrides {overrides:?}"
+            "prefill {prefill}, decode {decode}, {pct}% resident, pinned {pin}, overrides {overrides:?}, {minibatches} minibatches"
         );
-        check_session(name, &what, vocab, &mut s);
+        check_session(name, &what, vocab, &mut Minibatched(s, minibatches));
     }
 }
 

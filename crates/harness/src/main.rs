@@ -274,6 +274,13 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
             resident,
             cpu_rate,
             pcie_rate(&profile, spec.weight_tier),
+            // A prefill is compute-bound: on the GPU, every layer streamed, whenever the
+            // prefill policy has GPU linears; the split is for decode.
+            if spec.prefill_policy.gpu_linears() {
+                engine::placement::Phase::Decode
+            } else {
+                engine::placement::Phase::Both
+            },
         );
     }
     let plan = Plan::new(&cfg, spec, &caps)?;
@@ -436,6 +443,19 @@ fn report(r: &BenchResult, roof: &Roofline, per_token: bool) {
         ms(r.next_token.p90),
         ms(r.next_token.p99)
     );
+    for (phase, t) in [("prefill", &r.prefill_trace), ("decode", &r.decode_trace)] {
+        if let Some(t) = t.as_ref().filter(|t| t.layers_copied > 0) {
+            println!(
+                "{phase} overlap        PCIe copies {:.1} ms ({} layers), GPU compute {:.1} ms ({} layers), wall {:.1} ms: {:.0}% of the shorter hidden",
+                ms(t.copy_s),
+                t.layers_copied,
+                ms(t.compute_s),
+                t.layers_computed,
+                ms(t.wall_s),
+                100.0 * t.hidden_fraction()
+            );
+        }
+    }
     let spread = engine::bench::Stats::of(&r.throughput_samples);
     println!(
         "throughput            {:10.2} tokens/s (± {:.2}), decode alone {:.2} tokens/s",

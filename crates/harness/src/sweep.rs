@@ -27,8 +27,10 @@ pub struct SweepArgs {
     /// Comma-separated batch sizes.
     #[arg(long, value_delimiter = ',')]
     pub batch_sizes: Vec<usize>,
-    /// Placements, repeatable: 0, 1, 2, a six-flag vector, or `auto` (no policy flags: as many
-    /// layers resident as fit and LIA's CPU/PCIe split of the rest).
+    /// Placements, repeatable: 0, 1, 2, a six-flag vector, `PREFILL/DECODE` for different
+    /// policies per phase (`0/1`: prefill on the GPU, decode on the CPU, LIA's large-batch
+    /// setting), or `auto` (no policy flags: as many layers resident as fit and LIA's CPU/PCIe
+    /// split of the rest).
     #[arg(long = "policy")]
     pub policies: Vec<String>,
     /// Comma-separated GPU percentages (ignored by `auto`, which picks its own).
@@ -96,7 +98,9 @@ impl SweepArgs {
         }
         for p in &self.policies {
             if p != "auto" {
-                p.parse::<engine::placement::Policy>()?;
+                let (pp, dp) = phase_policies(p);
+                pp.parse::<engine::placement::Policy>()?;
+                dp.parse::<engine::placement::Policy>()?;
             }
         }
         for t in &self.weights_tiers {
@@ -184,8 +188,13 @@ fn grid(a: &SweepArgs, model: &str) -> Vec<Point> {
     v
 }
 
+/// `PREFILL/DECODE`, or one policy for both phases.
+fn phase_policies(p: &str) -> (&str, &str) {
+    p.split_once('/').unwrap_or((p, p))
+}
+
 fn bench_args(p: &Point, a: &SweepArgs) -> BenchArgs {
-    let explicit = (p.policy != "auto").then(|| p.policy.clone());
+    let explicit = (p.policy != "auto").then(|| phase_policies(&p.policy));
     BenchArgs {
         model: Some(p.model.clone()),
         input_tokens: p.input_tokens,
@@ -194,8 +203,8 @@ fn bench_args(p: &Point, a: &SweepArgs) -> BenchArgs {
         num_iter: a.num_iter.unwrap_or(2),
         num_warmup: a.num_warmup.unwrap_or(1),
         token_latency: false,
-        prefill_policy: explicit.clone(),
-        decoding_policy: explicit,
+        prefill_policy: explicit.map(|e| e.0.to_string()),
+        decoding_policy: explicit.map(|e| e.1.to_string()),
         gpu_percentage: p.gpu_percentage,
         num_minibatch: 1,
         pin_weight: false,

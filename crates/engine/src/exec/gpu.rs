@@ -6,7 +6,11 @@
 //!   Q/K/V down to the host, attention over the host KV cache (ISPC for decode), the context
 //!   back up;
 //! - a CPU layer (policy (1,1,1,1,1,1)): AMX linears and ISPC attention over host KV, while the
-//!   copy stream keeps loading the next streamed layers, so that DRAM and PCIe work at once.
+//!   copy stream keeps loading the next streamed layers, so that DRAM and PCIe work at once;
+//! - a split layer (prefill on the GPU, decode on the CPU: LIA's setting for large batches):
+//!   host memory holds its weights once, in the CPU kernels' prepacked layout; for a prefill
+//!   those packed bytes are streamed like a streamed layer's and unpacked on the GPU into the
+//!   staging buffer, and the prompt's KV moves to the host for the CPU decode.
 //!
 //! The residual stream is bf16 on the GPU and f32 on the host; it moves when the next layer
 //! runs on the other side (at batch × hidden elements, a small copy).
@@ -28,7 +32,8 @@ use cuda_kernels::kv::{kv_append_bf16, KvShape};
 use cuda_kernels::norm::{add_layer_norm_bf16, add_rms_norm_bf16, layer_norm_bf16, rms_norm_bf16};
 use cuda_kernels::position::{rope_bf16, HeadRows};
 use cuda_kernels::sampling::argmax_bf16;
-use cuda_kernels::transfer::{copy_blocks_h2d, PinnedBuf};
+use cuda_kernels::transfer::{copy_blocks_d2h, copy_blocks_h2d, HostPin, PinnedBuf};
+use cuda_kernels::unpack::unpack_vnni_bf16;
 use cuda_kernels::{DeviceIds, Gpu};
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
 use half::bf16;
@@ -121,8 +126,14 @@ enum HostLayer {
 enum LayerHome {
     Resident(CudaSlice<bf16>),
     Streamed(HostLayer),
+    /// Linears prepacked on the host (the CPU model's); the norms and biases, small, kept on
+    /// the GPU back to back in layout order.
+    Split(CudaSlice<bf16>),
     Cpu,
 }
+
+/// The large tensors of a layer, which a split layer streams in packed form.
+const LINEARS: [usize; 4] = [QKV_W, O_W, UP_W, DOWN_W];
 
 /// Where one layer's linears run (and so where its weights live), from its policies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +142,9 @@ pub enum LayerMode {
     Gpu,
     /// Everything on the CPU (policy 1).
     Cpu,
+    /// Linears on the GPU for prefill (policies 0 or 2), everything on the CPU for decode
+    /// (policy 1); weights on the host, prepacked, streamed for a prefill.
+    Split,
 }
 
 /// A layer's mode and, per phase, whether its attention runs on the CPU.
@@ -154,24 +168,39 @@ impl LayerRun {
                 ))),
             }
         };
-        let (pg, dg) = (gpu_linears(p.prefill)?, gpu_linears(p.decode)?);
-        if pg != dg {
+        let mode = match (gpu_linears(p.prefill)?, gpu_linears(p.decode)?) {
+            (true, true) => LayerMode::Gpu,
+            (false, false) => LayerMode::Cpu,
+            (true, false) => LayerMode::Split,
+            (false, true) => {
+                return Err(Error::Placement(format!(
+                    "layer {l}: prefill policy {} on the CPU with decode policy {} on the GPU is not executed \
+                     (the reverse, prefill on the GPU and decode on the CPU, is)",
+                    p.prefill, p.decode
+                )))
+            }
+        };
+        if mode != LayerMode::Gpu && p.gpu_resident {
             return Err(Error::Placement(format!(
-                "layer {l}: prefill policy {} and decode policy {} put its linears on different sides; \
-                 this executor keeps a layer's weights on one side (policies 0 and 2 may be mixed)",
+                "layer {l}: policy 1 runs it on the CPU (prefill {}, decode {}), but the layer is GPU-resident; \
+                 lower --gpu-percentage or give the resident layers a GPU policy with --layer-policy",
                 p.prefill, p.decode
             )));
         }
-        if !pg && p.gpu_resident {
-            return Err(Error::Placement(format!(
-                "layer {l}: policy 1 runs on the CPU, but the layer is GPU-resident"
-            )));
-        }
         Ok(LayerRun {
-            mode: if pg { LayerMode::Gpu } else { LayerMode::Cpu },
+            mode,
             attn_cpu_prefill: p.prefill.attention_on_cpu(),
             attn_cpu_decode: p.decode.attention_on_cpu(),
         })
+    }
+
+    /// Whether the linears run on the CPU in this phase.
+    fn on_cpu(&self, prefill: bool) -> bool {
+        match self.mode {
+            LayerMode::Gpu => false,
+            LayerMode::Cpu => true,
+            LayerMode::Split => !prefill,
+        }
     }
 
     fn attn_cpu(&self, prefill: bool) -> bool {
@@ -199,9 +228,16 @@ pub struct GpuModel {
     layout: FlatLayout,
     homes: Vec<LayerHome>,
     pub runs: Vec<LayerRun>,
-    /// CPU layers, embeddings, and the head when the last layer is on the CPU.
+    /// Split layers' packed host weights, page-locked in place (with `pin`). Declared before
+    /// `cpu`, which owns that memory, so that they are unregistered first. Held for `Drop`.
+    #[allow(dead_code)]
+    pins: Vec<HostPin>,
+    /// CPU layers (split ones too), embeddings, and the head when no layer's last step runs on
+    /// the GPU.
     cpu: CpuModel,
     staging: Vec<CudaSlice<bf16>>,
+    /// Where a split layer's packed linears land before they are unpacked into `staging`.
+    packed_stage: Option<CudaSlice<bf16>>,
     final_norm_w: CudaSlice<bf16>,
     final_norm_b: Option<CudaSlice<bf16>>,
     /// The LM head on the GPU, when the last layer runs there.
@@ -210,6 +246,43 @@ pub struct GpuModel {
     /// Per staging buffer: the compute stream is done with it / its next layer has arrived.
     free: Vec<CudaEvent>,
     loaded: Vec<CudaEvent>,
+    /// Timing events of the step in flight, when tracing.
+    trace: Option<TraceEvents>,
+}
+
+/// Timed events of one step: each streamed layer's copy (copy stream) and each GPU layer's
+/// compute (compute stream), and the step's layer loop.
+struct TraceEvents {
+    start: CudaEvent,
+    copies: Vec<(CudaEvent, CudaEvent)>,
+    computes: Vec<(CudaEvent, CudaEvent)>,
+}
+
+/// Where a traced step's time went, from CUDA events: the PCIe copies of streamed layers and
+/// the GPU's compute of every GPU layer, against the step's wall time on the GPU.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StepTrace {
+    pub layers_copied: usize,
+    pub layers_computed: usize,
+    /// Sum of the copies' durations, seconds.
+    pub copy_s: f64,
+    /// Sum of the GPU layers' durations, seconds (from the stream reaching a layer, its
+    /// weights there, to its last kernel).
+    pub compute_s: f64,
+    /// The layer loop, first event to last, seconds.
+    pub wall_s: f64,
+}
+
+impl StepTrace {
+    /// The fraction of the shorter of copy and compute time that ran under the other:
+    /// `(copy + compute − wall) / min(copy, compute)`, in 0..=1.
+    pub fn hidden_fraction(&self) -> f64 {
+        let short = self.copy_s.min(self.compute_s);
+        if short <= 0.0 {
+            return 0.0;
+        }
+        ((self.copy_s + self.compute_s - self.wall_s) / short).clamp(0.0, 1.0)
+    }
 }
 
 impl GpuModel {
@@ -232,6 +305,15 @@ impl GpuModel {
             .enumerate()
             .map(|(l, p)| LayerRun::of(l, p))
             .collect::<Result<Vec<_>>>()?;
+        // The engine orders its streams itself (the staging buffers' `free`/`loaded` events,
+        // pinned buffers' own events, synchronous reads back), so cudarc's per-buffer event
+        // tracking is turned off for the buffers made from here on: at batch 1 it recorded an
+        // event per kernel argument, host time that left the GPU idle between small kernels.
+        // SAFETY: every buffer below is allocated on `stream`, which is synchronized before
+        // `new` returns and before the copy stream first writes a staging buffer; a staging
+        // buffer is written by the copy stream only after `free` and read by the compute stream
+        // only after `loaded`; the model's buffers are dropped after its last synchronous step.
+        unsafe { gpu.ctx().disable_event_tracking() };
         let stream = gpu.new_stream().map_err(gerr)?;
         let copy_stream = gpu.new_stream().map_err(gerr)?;
         let blas = Blas::new(&gpu, stream.clone()).map_err(gerr)?;
@@ -242,6 +324,18 @@ impl GpuModel {
         for (l, p) in placement.iter().enumerate() {
             if runs[l].mode == LayerMode::Cpu {
                 homes.push(LayerHome::Cpu);
+                continue;
+            }
+            if runs[l].mode == LayerMode::Split {
+                // The CPU model packs the linears below; the GPU keeps the small tensors.
+                let small: Vec<bf16> = layer_tensors(&w.layers[l])
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !LINEARS.contains(i))
+                    .flat_map(|(_, t)| t.map_or(&[][..], |t| &t.data[..]))
+                    .copied()
+                    .collect();
+                homes.push(LayerHome::Split(stream.clone_htod(&small).map_err(gerr)?));
                 continue;
             }
             let lw = &mut w.layers[l];
@@ -263,7 +357,9 @@ impl GpuModel {
                 LayerHome::Streamed(HostLayer::Pageable(HostBuf::from_slice(&flat, tier)?))
             });
         }
-        let any_streamed = homes.iter().any(|l| matches!(l, LayerHome::Streamed(_)));
+        let any_streamed = homes
+            .iter()
+            .any(|l| matches!(l, LayerHome::Streamed(_) | LayerHome::Split(_)));
         let staging = if any_streamed {
             vec![
                 stream.alloc_zeros::<bf16>(layout.len).map_err(gerr)?,
@@ -273,6 +369,8 @@ impl GpuModel {
             vec![]
         };
         let up = |t: &Tensor| stream.clone_htod(&t.data[..]).map_err(gerr);
+        // The head runs where the last layer's prefill runs (a split last layer's decode
+        // uploads its residual for it).
         let head_on_gpu = runs.last().map(|r| r.mode) != Some(LayerMode::Cpu);
         let head = head_on_gpu.then(|| up(w.lm_head())).transpose()?;
         let final_norm_w = up(&w.final_norm_w)?;
@@ -289,8 +387,34 @@ impl GpuModel {
             vec![0.0]
         };
         let inv_freq = stream.clone_htod(&inv).map_err(gerr)?;
-        let cpu_mask: Vec<bool> = runs.iter().map(|r| r.mode == LayerMode::Cpu).collect();
+        let cpu_mask: Vec<bool> = runs.iter().map(|r| r.mode != LayerMode::Gpu).collect();
         let cpu = CpuModel::with_layers(w, &cpu_mask, !head_on_gpu)?;
+        let mut pins = Vec::new();
+        let mut packed_len = 0;
+        for (l, r) in runs.iter().enumerate() {
+            if r.mode != LayerMode::Split {
+                continue;
+            }
+            let cl = cpu.layers[l].as_ref().expect("split layers are packed");
+            let ws = [&cl.qkv, &cl.o, &cl.up, &cl.down];
+            packed_len = packed_len.max(ws.iter().map(|p| p.packed_bf16().len()).sum());
+            if pin {
+                for p in ws {
+                    let t = p.packed_bf16();
+                    // SAFETY: the tiles are one live HostBuf of the CPU model, which `self`
+                    // owns and drops after `pins` (field order); every copy from them is on
+                    // the copy stream, synchronized by HostPin's drop.
+                    pins.push(
+                        unsafe { HostPin::register(&gpu, t.as_ptr() as *const u8, 2 * t.len()) }
+                            .map_err(gerr)?,
+                    );
+                }
+            }
+        }
+        let packed_stage = (packed_len > 0)
+            .then(|| stream.alloc_zeros::<bf16>(packed_len))
+            .transpose()
+            .map_err(gerr)?;
         stream.synchronize().map_err(gerr)?;
         Ok(GpuModel {
             gpu,
@@ -301,34 +425,106 @@ impl GpuModel {
             layout,
             homes,
             runs,
+            pins,
             cpu,
             staging,
+            packed_stage,
             final_norm_w,
             final_norm_b,
             head,
             inv_freq,
             free,
             loaded,
+            trace: None,
         })
     }
 
     /// Queues the copy of streamed layer `l` into staging buffer `s` on the copy stream, after
     /// the compute stream has finished with that buffer.
     fn load(&mut self, l: usize, s: usize) -> Result<()> {
-        let LayerHome::Streamed(host) = &self.homes[l] else {
+        let cs = self.copy_stream.clone();
+        if !matches!(self.homes[l], LayerHome::Streamed(_) | LayerHome::Split(_)) {
             return Ok(());
-        };
-        self.copy_stream.wait(&self.free[s]).map_err(gerr)?;
-        let dst = &mut self.staging[s];
-        match host {
-            HostLayer::Pinned(pb) => {
-                copy_blocks_h2d(&self.copy_stream, pb, dst, self.layout.len, &[(0, 0)])
-                    .map_err(gerr)?
-            }
-            HostLayer::Pageable(v) => self.copy_stream.memcpy_htod(&v[..], dst).map_err(gerr)?,
         }
-        self.loaded[s].record(&self.copy_stream).map_err(gerr)?;
+        cs.wait(&self.free[s]).map_err(gerr)?;
+        let t0 = self.mark(&cs)?;
+        let dst = &mut self.staging[s];
+        match &self.homes[l] {
+            LayerHome::Streamed(host) => match host {
+                HostLayer::Pinned(pb) => {
+                    copy_blocks_h2d(&cs, pb, dst, self.layout.len, &[(0, 0)]).map_err(gerr)?
+                }
+                HostLayer::Pageable(v) => cs.memcpy_htod(&v[..], dst).map_err(gerr)?,
+            },
+            LayerHome::Split(small) => {
+                let cl = self.cpu.layers[l]
+                    .as_ref()
+                    .expect("split layers are packed");
+                let stage = self.packed_stage.as_mut().expect("packed staging");
+                let mut at = 0;
+                for (pw, t) in [&cl.qkv, &cl.o, &cl.up, &cl.down].into_iter().zip(LINEARS) {
+                    let src = pw.packed_bf16();
+                    let mut part = stage.slice_mut(at..at + src.len());
+                    // Pinned in place (HostPin) when the weights are pinned: a DMA at full
+                    // speed; otherwise the driver stages the pageable copy.
+                    cs.memcpy_htod(src, &mut part).map_err(gerr)?;
+                    let (o, n) = self.layout.at[t];
+                    let gate_up = matches!(pw.kind(), amx_kernels::WeightKind::GateUp { .. });
+                    unpack_vnni_bf16(
+                        &self.gpu,
+                        &cs,
+                        &part,
+                        pw.n(),
+                        pw.k(),
+                        gate_up,
+                        &mut dst.slice_mut(o..o + n),
+                    )
+                    .map_err(gerr)?;
+                    at += src.len();
+                }
+                let mut so = 0;
+                for i in (0..12).filter(|i| !LINEARS.contains(i)) {
+                    let (o, n) = self.layout.at[i];
+                    if n > 0 {
+                        cs.memcpy_dtod(&small.slice(so..so + n), &mut dst.slice_mut(o..o + n))
+                            .map_err(gerr)?;
+                        so += n;
+                    }
+                }
+            }
+            _ => unreachable!("checked above"),
+        }
+        self.loaded[s].record(&cs).map_err(gerr)?;
+        if let Some(t0) = t0 {
+            let t1 = self.mark(&cs)?.expect("tracing");
+            self.trace.as_mut().expect("tracing").copies.push((t0, t1));
+        }
         Ok(())
+    }
+
+    /// A timing event recorded on `stream` now (tracing or not).
+    fn mark_now(&self, stream: &CudaStream) -> Result<CudaEvent> {
+        let e = self
+            .gpu
+            .ctx()
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(gerr)?;
+        e.record(stream).map_err(gerr)?;
+        Ok(e)
+    }
+
+    /// A timing event recorded on `stream` now, when tracing.
+    fn mark(&self, stream: &CudaStream) -> Result<Option<CudaEvent>> {
+        if self.trace.is_none() {
+            return Ok(None);
+        }
+        let e = self
+            .gpu
+            .ctx()
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(gerr)?;
+        e.record(stream).map_err(gerr)?;
+        Ok(Some(e))
     }
 
     /// `a = norm(x)`, or `x += delta; a = norm(x)`.
@@ -382,6 +578,17 @@ struct DevIds {
     ctx: DeviceIds,
 }
 
+/// One minibatch of a step: its ids, device buffers, host residual and where the residual is.
+struct Minibatch {
+    ids: StepIds,
+    dev: DevIds,
+    a: Acts,
+    x_host: Vec<f32>,
+    at: Residual,
+    /// Its Q/K/V rows on the host, for attention on the CPU (pinned: the copy is asynchronous).
+    qkv_host: Option<PinnedBuf<bf16>>,
+}
+
 /// Where the residual stream is, between layers.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Residual {
@@ -400,6 +607,11 @@ pub struct GpuSession<'m> {
     pub seqs: Sequences,
     /// Step buffers kept for the next step of the same size (every decode step of a batch).
     spare: Option<(usize, Acts)>,
+    /// Pinned buffers for Q/K/V rows going to the CPU, kept between steps.
+    pinned_pool: Vec<PinnedBuf<bf16>>,
+    /// Time the next steps with CUDA events ([`GpuSession::last_trace`]).
+    pub trace: bool,
+    last_trace: Option<StepTrace>,
 }
 
 impl<'m> GpuSession<'m> {
@@ -442,6 +654,9 @@ impl<'m> GpuSession<'m> {
             shape,
             seqs,
             spare: None,
+            pinned_pool: Vec::new(),
+            trace: false,
+            last_trace: None,
         })
     }
 
@@ -461,8 +676,42 @@ impl<'m> GpuSession<'m> {
         })
     }
 
-    /// S2 + S3 of GPU layer `l`: on the GPU over its KV, or on the CPU over host KV.
-    fn attention(
+    /// Queues the copy of a step's Q/K/V rows to the host, for attention on the CPU.
+    fn qkv_to_host(&self, n: usize, a: &Acts, host: &mut PinnedBuf<bf16>) -> Result<()> {
+        copy_blocks_d2h(&self.model.stream, &a.qkv, host, n, &[(0, 0)]).map_err(gerr)
+    }
+
+    /// S2 + S3 of GPU layer `l` on the CPU over host KV, once `qkv` (the rows copied by
+    /// [`Self::qkv_to_host`]) is there; the context goes back up into `a.att`.
+    fn cpu_attention_rows(
+        &mut self,
+        l: usize,
+        ids: &StepIds,
+        prefill: bool,
+        qkv: &PinnedBuf<bf16>,
+        a: &mut Acts,
+    ) -> Result<()> {
+        let m: &GpuModel = self.model;
+        let c = &m.cfg;
+        let t = ids.tokens.len();
+        let (hq, hk, d, w) = (c.heads, c.kv_heads, c.head_dim, c.qkv_dim());
+        let qkv = qkv.as_slice().map_err(gerr)?;
+        let (mut q, mut k, mut v) = (
+            Vec::with_capacity(t * hq * d),
+            Vec::with_capacity(t * hk * d),
+            Vec::with_capacity(t * hk * d),
+        );
+        for row in qkv.chunks(w).take(t) {
+            q.extend_from_slice(&row[..hq * d]);
+            k.extend_from_slice(&row[hq * d..(hq + hk) * d]);
+            v.extend_from_slice(&row[(hq + hk) * d..]);
+        }
+        let att = cpu_attention(c, &mut self.host_kv, l, ids, prefill, &q, &k, &v)?;
+        m.stream.memcpy_htod(&att, &mut a.att).map_err(gerr)
+    }
+
+    /// S2 + S3 of GPU layer `l` on the GPU over its KV.
+    fn gpu_attention(
         &mut self,
         l: usize,
         ids: &StepIds,
@@ -475,21 +724,6 @@ impl<'m> GpuSession<'m> {
         let t = ids.tokens.len();
         let (hq, hk, d, w) = (c.heads, c.kv_heads, c.head_dim, c.qkv_dim());
         let scale = 1.0 / (d as f32).sqrt();
-        if m.runs[l].attn_cpu(prefill) {
-            let qkv = m.stream.clone_dtoh(&a.qkv).map_err(gerr)?;
-            let (mut q, mut k, mut v) = (
-                Vec::with_capacity(t * hq * d),
-                Vec::with_capacity(t * hk * d),
-                Vec::with_capacity(t * hk * d),
-            );
-            for row in qkv.chunks(w).take(t) {
-                q.extend_from_slice(&row[..hq * d]);
-                k.extend_from_slice(&row[hq * d..(hq + hk) * d]);
-                v.extend_from_slice(&row[(hq + hk) * d..]);
-            }
-            let att = cpu_attention(c, &mut self.host_kv, l, ids, prefill, &q, &k, &v)?;
-            return m.stream.memcpy_htod(&att, &mut a.att).map_err(gerr);
-        }
         let rows = |heads| HeadRows {
             tokens: t,
             heads,
@@ -557,19 +791,18 @@ impl<'m> GpuSession<'m> {
         }
     }
 
-    /// One GPU layer; its weights are in `staging` (streamed) or resident.
-    fn gpu_layer(
-        &mut self,
+    /// S1 of a GPU layer (norm, QKV, RoPE); its weights are in `staging` (streamed) or
+    /// resident.
+    fn gpu_s1(
+        &self,
         l: usize,
         staging: Option<usize>,
-        ids: &StepIds,
+        t: usize,
         dev: &DevIds,
-        prefill: bool,
         a: &mut Acts,
         pending: bool,
     ) -> Result<()> {
-        let t = ids.tokens.len();
-        let c = self.model.cfg.clone();
+        let c = &self.model.cfg;
         {
             let m: &GpuModel = self.model;
             let buf = layer_buf(m, l, staging);
@@ -625,7 +858,12 @@ impl<'m> GpuSession<'m> {
                 .map_err(gerr)?;
             }
         }
-        self.attention(l, ids, dev, prefill, a)?;
+        Ok(())
+    }
+
+    /// S4–S6 of a GPU layer, after its attention wrote `a.att`.
+    fn gpu_s4_s6(&self, l: usize, staging: Option<usize>, t: usize, a: &mut Acts) -> Result<()> {
+        let c = &self.model.cfg;
         let m: &GpuModel = self.model;
         let buf = layer_buf(m, l, staging);
         let v = |i| view(&m.layout, buf, i);
@@ -736,7 +974,7 @@ impl<'m> GpuSession<'m> {
         let mut moved = false;
         for l in 0..self.model.runs.len() {
             let r = self.model.runs[l];
-            if r.mode != LayerMode::Gpu || r.attn_cpu_prefill == r.attn_cpu_decode {
+            if r.mode == LayerMode::Cpu || r.attn_cpu_prefill == r.attn_cpu_decode {
                 continue;
             }
             moved = true;
@@ -780,16 +1018,21 @@ impl<'m> GpuSession<'m> {
         )
     }
 
-    fn step(
-        &mut self,
-        ids: &StepIds,
-        prefill: bool,
-        want_logits: bool,
-    ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
-        let c = self.model.cfg.clone();
+    /// A pinned host buffer of at least `n` elements, from those earlier steps gave back
+    /// (page-locking is slow; a decode step with attention on the CPU needs one every layer).
+    fn pinned(&mut self, n: usize) -> Result<PinnedBuf<bf16>> {
+        if let Some(i) = self.pinned_pool.iter().position(|b| b.len() >= n) {
+            return Ok(self.pinned_pool.swap_remove(i));
+        }
+        PinnedBuf::alloc(&self.model.gpu, n).map_err(gerr)
+    }
+
+    /// A minibatch's state through one step.
+    fn minibatch(&mut self, ids: StepIds) -> Result<Minibatch> {
+        let c = &self.model.cfg;
+        let s = &self.model.stream;
         let t = ids.tokens.len();
-        let s = self.model.stream.clone();
-        let up = |v: &[i32]| DeviceIds::upload(&s, v).map_err(gerr);
+        let up = |v: &[i32]| DeviceIds::upload(s, v).map_err(gerr);
         let mut cu = vec![0i32];
         for &l in &ids.lens {
             cu.push(cu.last().unwrap() + l as i32);
@@ -803,54 +1046,142 @@ impl<'m> GpuSession<'m> {
         };
         let mut x_host = vec![0f32; t * c.hidden];
         embed(&self.model.cpu.w, &ids.tokens, &ids.positions, &mut x_host)?;
-        let mut a = match self.spare.take() {
+        let a = match self.spare.take() {
             Some((n, a)) if n == t => a,
             _ => self.acts(t)?,
         };
-        let mut at = Residual::Host;
+        Ok(Minibatch {
+            ids,
+            dev,
+            a,
+            x_host,
+            at: Residual::Host,
+            qkv_host: None,
+        })
+    }
+
+    /// Brings minibatch `mb`'s residual to the GPU (for a GPU layer); returns whether the last
+    /// S6's output is still to be added.
+    fn residual_to_gpu(&self, mb: &mut Minibatch) -> Result<bool> {
+        match mb.at {
+            Residual::Host => {
+                let xb: Vec<bf16> = mb.x_host.iter().map(|&v| bf16::from_f32(v)).collect();
+                self.model
+                    .stream
+                    .memcpy_htod(&xb, &mut mb.a.x)
+                    .map_err(gerr)?;
+                Ok(false)
+            }
+            Residual::Gpu(p) => Ok(p),
+        }
+    }
+
+    /// Brings minibatch `mb`'s residual to the host (for a CPU layer).
+    fn residual_to_host(&self, mb: &mut Minibatch) -> Result<()> {
+        if let Residual::Gpu(pending) = mb.at {
+            let t = mb.ids.tokens.len();
+            if pending {
+                self.flush(t, &mut mb.a)?;
+            }
+            let xb = self.model.stream.clone_dtoh(&mb.a.x).map_err(gerr)?;
+            mb.x_host
+                .iter_mut()
+                .zip(&xb)
+                .for_each(|(h, d)| *h = d.to_f32());
+            mb.at = Residual::Host;
+        }
+        Ok(())
+    }
+
+    /// One step over minibatches, layer by layer: a streamed layer's weights come over PCIe
+    /// once for all of them (the next one's copy overlapping this one's compute), and where
+    /// a GPU layer's attention runs on the CPU, every minibatch's S1 is queued first, so that
+    /// the CPU attends over one minibatch while the GPU computes the others (and then their
+    /// S4–S6 while the CPU attends over the next).
+    fn step(
+        &mut self,
+        mut mbs: Vec<Minibatch>,
+        prefill: bool,
+        want_logits: bool,
+    ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
+        let c = self.model.cfg.clone();
+        let s = self.model.stream.clone();
+        // Layers whose weights come over PCIe in this phase (split layers in a prefill).
         let streamed: Vec<usize> = (0..c.layers)
-            .filter(|&l| matches!(self.model.homes[l], LayerHome::Streamed(_)))
+            .filter(|&l| match self.model.homes[l] {
+                LayerHome::Streamed(_) => true,
+                LayerHome::Split(_) => prefill,
+                _ => false,
+            })
             .collect();
+        if self.trace {
+            let start = self.model.mark_now(&s)?;
+            self.model.trace = Some(TraceEvents {
+                start,
+                copies: Vec::new(),
+                computes: Vec::new(),
+            });
+        }
         for (i, &l) in streamed.iter().take(2).enumerate() {
             self.model.load(l, i)?;
         }
         for l in 0..c.layers {
-            if self.model.runs[l].mode == LayerMode::Cpu {
-                if let Residual::Gpu(pending) = at {
-                    if pending {
-                        self.flush(t, &mut a)?;
-                    }
-                    let xb = s.clone_dtoh(&a.x).map_err(gerr)?;
-                    x_host
-                        .iter_mut()
-                        .zip(&xb)
-                        .for_each(|(h, d)| *h = d.to_f32());
-                    at = Residual::Host;
+            let run = self.model.runs[l];
+            if run.on_cpu(prefill) {
+                for mb in mbs.iter_mut() {
+                    self.residual_to_host(mb)?;
+                    cpu_layer(
+                        &self.model.cpu,
+                        &mut self.host_kv,
+                        l,
+                        &mb.ids,
+                        prefill,
+                        &mut mb.x_host,
+                    )?;
                 }
-                cpu_layer(
-                    &self.model.cpu,
-                    &mut self.host_kv,
-                    l,
-                    ids,
-                    prefill,
-                    &mut x_host,
-                )?;
                 continue;
             }
-            let pending = match at {
-                Residual::Host => {
-                    let xb: Vec<bf16> = x_host.iter().map(|&v| bf16::from_f32(v)).collect();
-                    s.memcpy_htod(&xb, &mut a.x).map_err(gerr)?;
-                    false
-                }
-                Residual::Gpu(p) => p,
-            };
             let slot = streamed.iter().position(|&x| x == l);
             if let Some(i) = slot {
                 s.wait(&self.model.loaded[i % 2]).map_err(gerr)?;
             }
-            self.gpu_layer(l, slot.map(|i| i % 2), ids, &dev, prefill, &mut a, pending)?;
-            at = Residual::Gpu(true);
+            let st = slot.map(|i| i % 2);
+            let t0 = self.model.mark(&s)?;
+            if run.attn_cpu(prefill) {
+                for mb in mbs.iter_mut() {
+                    let pending = self.residual_to_gpu(mb)?;
+                    let t = mb.ids.tokens.len();
+                    self.gpu_s1(l, st, t, &mb.dev, &mut mb.a, pending)?;
+                    let mut host = match mb.qkv_host.take() {
+                        Some(h) => h,
+                        None => self.pinned(t * c.qkv_dim())?,
+                    };
+                    self.qkv_to_host(t * c.qkv_dim(), &mb.a, &mut host)?;
+                    mb.qkv_host = Some(host);
+                }
+                for mb in mbs.iter_mut() {
+                    let host = mb.qkv_host.take().expect("queued above");
+                    let r = self.cpu_attention_rows(l, &mb.ids, prefill, &host, &mut mb.a);
+                    mb.qkv_host = Some(host);
+                    r?;
+                    self.gpu_s4_s6(l, st, mb.ids.tokens.len(), &mut mb.a)?;
+                    mb.at = Residual::Gpu(true);
+                }
+            } else {
+                for mb in mbs.iter_mut() {
+                    let pending = self.residual_to_gpu(mb)?;
+                    let t = mb.ids.tokens.len();
+                    self.gpu_s1(l, st, t, &mb.dev, &mut mb.a, pending)?;
+                    self.gpu_attention(l, &mb.ids, &mb.dev, prefill, &mut mb.a)?;
+                    self.gpu_s4_s6(l, st, t, &mut mb.a)?;
+                    mb.at = Residual::Gpu(true);
+                }
+            }
+            if let Some(t0) = t0 {
+                let t1 = self.model.mark_now(&s)?;
+                let tr = self.model.trace.as_mut().expect("tracing");
+                tr.computes.push((t0, t1));
+            }
             if let Some(i) = slot {
                 self.model.free[i % 2].record(&s).map_err(gerr)?;
                 if let Some(&next) = streamed.get(i + 2) {
@@ -858,19 +1189,57 @@ impl<'m> GpuSession<'m> {
                 }
             }
         }
-        if prefill {
-            self.migrate_kv(ids)?;
-        }
-        let out = match at {
-            Residual::Host => {
-                let logits = lm_head(&self.model.cpu, &x_host, &ids.last_rows)?;
-                Ok((argmax_rows(&logits, c.vocab), want_logits.then_some(logits)))
+        if let Some(tr) = self.model.trace.take() {
+            let end = self.model.mark_now(&s)?;
+            self.model.copy_stream.synchronize().map_err(gerr)?;
+            let secs = |a: &CudaEvent, b: &CudaEvent| -> Result<f64> {
+                Ok(a.elapsed_ms(b).map_err(gerr)? as f64 / 1e3)
+            };
+            let mut t = StepTrace {
+                layers_copied: tr.copies.len(),
+                layers_computed: tr.computes.len(),
+                wall_s: secs(&tr.start, &end)?,
+                ..Default::default()
+            };
+            for (a, b) in &tr.copies {
+                t.copy_s += secs(a, b)?;
             }
-            Residual::Gpu(_) => self.gpu_head(t, &mut a, ids, want_logits),
-        };
-        // Every buffer is fully written before it is read in a step, so reuse needs no reset.
-        self.spare = Some((t, a));
-        out
+            for (a, b) in &tr.computes {
+                t.compute_s += secs(a, b)?;
+            }
+            self.last_trace = Some(t);
+        }
+        let mut toks = Vec::new();
+        let mut logits: Option<Vec<f32>> = want_logits.then(Vec::new);
+        for mut mb in mbs {
+            if prefill {
+                self.migrate_kv(&mb.ids)?;
+            }
+            let t = mb.ids.tokens.len();
+            let (tk, lg) = match mb.at {
+                Residual::Host if self.model.head.is_none() => {
+                    let lg = lm_head(&self.model.cpu, &mb.x_host, &mb.ids.last_rows)?;
+                    (argmax_rows(&lg, c.vocab), want_logits.then_some(lg))
+                }
+                Residual::Host => {
+                    // A split last layer decoded on the CPU; the head lives on the GPU.
+                    self.residual_to_gpu(&mut mb)?;
+                    self.gpu_head(t, &mut mb.a, &mb.ids, false, want_logits)?
+                }
+                Residual::Gpu(pending) => {
+                    self.gpu_head(t, &mut mb.a, &mb.ids, pending, want_logits)?
+                }
+            };
+            toks.extend(tk);
+            if let (Some(all), Some(lg)) = (logits.as_mut(), lg) {
+                all.extend(lg);
+            }
+            // Every buffer is fully written before it is read in a step, so reuse needs no
+            // reset (decode steps of a batch all have the same size).
+            self.spare = Some((t, mb.a));
+            self.pinned_pool.extend(mb.qkv_host);
+        }
+        Ok((toks, logits))
     }
 
     /// Final norm, LM head and argmax on the GPU over each sequence's last row.
@@ -879,6 +1248,7 @@ impl<'m> GpuSession<'m> {
         t: usize,
         a: &mut Acts,
         ids: &StepIds,
+        pending: bool,
         want_logits: bool,
     ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
         let m = &self.model;
@@ -888,7 +1258,19 @@ impl<'m> GpuSession<'m> {
             .head
             .as_ref()
             .ok_or_else(|| Error::Placement("the LM head is not on the GPU".into()))?;
-        self.flush(t, a)?;
+        if pending {
+            self.flush(t, a)?;
+        } else {
+            let fb = m.final_norm_b.as_ref().map(|b| b.slice(0..));
+            m.norm(
+                t,
+                &mut a.x,
+                None,
+                &m.final_norm_w.slice(0..),
+                fb.as_ref(),
+                &mut a.a,
+            )?;
+        }
         let rows: Vec<i32> = ids.last_rows.iter().map(|&r| r as i32).collect();
         let dev_rows = DeviceIds::upload(s, &rows).map_err(gerr)?;
         let mut last = s.alloc_zeros::<bf16>(rows.len() * c.hidden).map_err(gerr)?;
@@ -929,6 +1311,11 @@ impl<'m> GpuSession<'m> {
         Ok((toks, lg))
     }
 
+    /// Where the last traced step's time went (with `trace` set).
+    pub fn last_trace(&self) -> Option<&StepTrace> {
+        self.last_trace.as_ref()
+    }
+
     /// Prefills new sequences; returns each prompt's greedy next token, and its logits
     /// `[B, vocab]` when asked.
     pub fn prefill(
@@ -936,8 +1323,27 @@ impl<'m> GpuSession<'m> {
         prompts: &[Vec<u32>],
         want_logits: bool,
     ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
-        let ids = self.seqs.prefill(prompts)?;
-        self.step(&ids, true, want_logits)
+        self.prefill_minibatches(prompts, 1, want_logits)
+    }
+
+    /// Prefills new sequences in `n` minibatches of consecutive prompts, run layer by layer
+    /// together (see [`Self::step`]); the results are in prompt order.
+    pub fn prefill_minibatches(
+        &mut self,
+        prompts: &[Vec<u32>],
+        n: usize,
+        want_logits: bool,
+    ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
+        if prompts.is_empty() {
+            return Err(Error::Input("prefill: no prompts".into()));
+        }
+        let per = prompts.len().div_ceil(n.clamp(1, prompts.len()));
+        let mut mbs = Vec::new();
+        for chunk in prompts.chunks(per) {
+            let ids = self.seqs.prefill(chunk)?;
+            mbs.push(self.minibatch(ids)?);
+        }
+        self.step(mbs, true, want_logits)
     }
 
     /// One decode step (one new token per sequence, in order).
@@ -947,7 +1353,8 @@ impl<'m> GpuSession<'m> {
         want_logits: bool,
     ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
         let ids = self.seqs.decode(tokens)?;
-        self.step(&ids, false, want_logits)
+        let mb = self.minibatch(ids)?;
+        self.step(vec![mb], false, want_logits)
     }
 }
 
@@ -985,8 +1392,17 @@ mod tests {
         let r = run("1", "1", 0.0).unwrap();
         assert_eq!(r.mode, LayerMode::Cpu);
         assert!(!r.kv_on_gpu());
-        let e = run("0", "1", 0.0).unwrap_err().to_string();
-        assert!(e.contains("different sides"), "{e}");
+        let r = run("0", "1", 0.0).unwrap();
+        assert_eq!(
+            (r.mode, r.attn_cpu_prefill, r.attn_cpu_decode),
+            (LayerMode::Split, false, true)
+        );
+        assert!(r.kv_on_gpu() && r.kv_on_host());
+        assert!(!r.on_cpu(true) && r.on_cpu(false));
+        let e = run("1", "0", 0.0).unwrap_err().to_string();
+        assert!(e.contains("not executed"), "{e}");
+        let e = run("0", "1", 100.0).unwrap_err().to_string();
+        assert!(e.contains("GPU-resident"), "{e}");
         assert!(run("1", "1", 100.0)
             .unwrap_err()
             .to_string()
