@@ -1361,7 +1361,7 @@ impl<'m> GpuSession<'m> {
 fn layer_buf(m: &GpuModel, l: usize, staging: Option<usize>) -> &CudaSlice<bf16> {
     match (&m.homes[l], staging) {
         (LayerHome::Resident(b), _) => b,
-        (LayerHome::Streamed(_), Some(s)) => &m.staging[s],
+        (LayerHome::Streamed(_) | LayerHome::Split(_), Some(s)) => &m.staging[s],
         _ => unreachable!("layer {l} has no GPU weights here"),
     }
 }
