@@ -38,6 +38,8 @@ pub struct RunSpec {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MemoryNeed {
+    /// One layer's weights (the size of a staging buffer).
+    pub layer_bytes: usize,
     pub gpu_weights: usize,
     pub gpu_staging: usize,
     pub gpu_kv: usize,
@@ -105,7 +107,10 @@ impl Plan {
             * cfg.kv_dim()
             * 2;
         let emb = 2 * cfg.vocab * cfg.hidden;
-        let mut m = MemoryNeed::default();
+        let mut m = MemoryNeed {
+            layer_bytes,
+            ..Default::default()
+        };
         let mut any_streamed = false;
         let mut any_split = false;
         for l in layers {
@@ -150,6 +155,20 @@ impl Plan {
                 4 * tokens * widest * 4 + spec.batch_size * cfg.vocab * 4 + (256 << 20);
         }
         m
+    }
+
+    /// Staging buffers for streamed layers: two, plus up to four more where the GPU has room
+    /// left after the plan (so that the copy stream can run further ahead of the compute).
+    pub fn staging_buffers(&self, caps: &Capabilities) -> usize {
+        let Some(gpu) = caps.gpus.first() else {
+            return 2;
+        };
+        if self.memory.gpu_staging == 0 {
+            return 2;
+        }
+        let free = (gpu.free_mem as f64 * GPU_USABLE) as usize;
+        let spare = free.saturating_sub(self.memory.gpu_total());
+        2 + (spare / self.memory.layer_bytes.max(1)).min(4)
     }
 
     /// The largest GPU percentage (whole percent) whose plan fits this machine's GPU, if any.
@@ -383,6 +402,12 @@ mod tests {
             p.memory.gpu_kv > 0 && p.memory.host_kv > 0,
             "prefill KV moves to the host"
         );
+        assert_eq!(
+            p.staging_buffers(&caps(Some(139))),
+            6,
+            "a large GPU gets more buffers"
+        );
+        assert_eq!(p.staging_buffers(&caps(None)), 2);
         let c = p.layer_counts();
         assert_eq!((c.resident, c.streamed, c.cpu), (0, 0, cfg.layers));
         // The reverse is refused before any work, naming what runs.

@@ -263,12 +263,7 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     let profile = load_profile(a.profile.as_deref(), !no_gpu)?;
     if auto {
         let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
-        // The CPU side's rate is what its decode GEMV streams, where the probe measured it.
-        let cpu_rate = if profile.cpu_gemv_bytes_s > 0.0 {
-            profile.cpu_gemv_bytes_s
-        } else {
-            profile.dram_read_bytes_s
-        };
+        let cpu_rate = cpu_decode_rate(&cfg, &spec, &profile);
         spec.layer_overrides = engine::placement::auto_split(
             cfg.layers,
             resident,
@@ -350,7 +345,8 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     } else {
         let gpu = cuda_kernels::Gpu::new(0)?;
         let pin = s.weight_tier == MemTier::Pinned;
-        let mut model = engine::exec::gpu::GpuModel::new(gpu, w, &plan.layers, pin)?;
+        let nbuf = plan.staging_buffers(&caps);
+        let mut model = engine::exec::gpu::GpuModel::with_staging(gpu, w, &plan.layers, pin, nbuf)?;
         go(&mut |f| {
             f(&mut engine::exec::gpu::GpuSession::new(
                 &mut model, blocks, host_tier,
@@ -398,6 +394,36 @@ fn load_profile(path: Option<&Path>, gpu: bool) -> anyhow::Result<probe::Profile
         }
     }
     Ok(p)
+}
+
+/// The rate, in weight bytes per second, at which the CPU decodes a layer at this batch, from
+/// the probe: its linears take the longer of streaming the weights (the GEMV's rate) and
+/// computing them (the 64-row GEMM's rate up to 64 rows, the large GEMM's beyond), and its
+/// attention reads the batch's KV at the DRAM read rate. LIA's split gives the CPU a share of
+/// the layers in proportion to this rate against PCIe's.
+fn cpu_decode_rate(cfg: &engine::config::ModelConfig, spec: &RunSpec, p: &probe::Profile) -> f64 {
+    let stream = if p.cpu_gemv_bytes_s > 0.0 {
+        p.cpu_gemv_bytes_s
+    } else {
+        p.dram_read_bytes_s
+    };
+    let w = 2.0 * cfg.layer_params() as f64;
+    let b = spec.batch_size as f64;
+    let flops = 2.0 * b * cfg.layer_params() as f64;
+    let rate = if spec.batch_size <= 64 && p.cpu_gemm_m64_flop_s > 0.0 {
+        p.cpu_gemm_m64_flop_s
+    } else {
+        p.cpu_gemm_bf16_flop_s
+    };
+    let linears = (w / stream).max(if rate > 0.0 { flops / rate } else { 0.0 });
+    let ctx = (spec.input_tokens + spec.max_new_tokens / 2) as f64;
+    let kv = b * ctx * 2.0 * cfg.kv_dim() as f64 * 2.0;
+    let attention = if p.dram_read_bytes_s > 0.0 {
+        kv / p.dram_read_bytes_s
+    } else {
+        0.0
+    };
+    w / (linears + attention)
 }
 
 /// PCIe bandwidth for weights on `tier` (pinned copies run at full speed, pageable ones not).

@@ -20,6 +20,10 @@ pub struct Profile {
     /// what a CPU layer reads at in decode, below the plain DRAM read.
     #[serde(default)]
     pub cpu_gemv_bytes_s: f64,
+    /// FLOP/s of a 64-row CPU GEMM over the same weights: a batch-64 decode step's linears,
+    /// between the GEMV's bandwidth and the large-M GEMM's compute rate.
+    #[serde(default)]
+    pub cpu_gemm_m64_flop_s: f64,
     pub pcie_h2d_pinned_bytes_s: f64,
     pub pcie_d2h_pinned_bytes_s: f64,
     pub pcie_h2d_pageable_bytes_s: f64,
@@ -119,6 +123,15 @@ pub fn run() -> anyhow::Result<Profile> {
         amx_kernels::gemm_bf16(&x, 1, k, &pw, &mut y, Default::default()).unwrap()
     });
     p.cpu_gemv_bytes_s = (n * k * 2) as f64 / t;
+    let m = 64;
+    let x: Vec<bf16> = (0..m * k)
+        .map(|i| bf16::from_f32(((i % 7) as f32 - 3.0) / 10.0))
+        .collect();
+    let mut y = vec![0f32; m * n];
+    let t = best_of(3, || {
+        amx_kernels::gemm_bf16(&x, m, k, &pw, &mut y, Default::default()).unwrap()
+    });
+    p.cpu_gemm_m64_flop_s = 2.0 * (m * n * k) as f64 / t;
 
     gpu_probe(&mut p);
     Ok(p)
@@ -225,6 +238,7 @@ pub fn print(p: &Profile) {
         tfs(p.cpu_gemm_bf16_flop_s)
     );
     println!("CPU GEMV bf16, batch 1    {}", gbs(p.cpu_gemv_bytes_s));
+    println!("CPU GEMM bf16, 64 rows    {}", tfs(p.cpu_gemm_m64_flop_s));
     println!(
         "PCIe H2D pinned           {}",
         gbs(p.pcie_h2d_pinned_bytes_s)

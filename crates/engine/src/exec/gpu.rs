@@ -248,6 +248,8 @@ pub struct GpuModel {
     loaded: Vec<CudaEvent>,
     /// Timing events of the step in flight, when tracing.
     trace: Option<TraceEvents>,
+    /// Host copies pinned: streamed layers' and, per session, the host KV cache.
+    pin: bool,
 }
 
 /// Timed events of one step: each streamed layer's copy (copy stream) and each GPU layer's
@@ -287,12 +289,22 @@ impl StepTrace {
 
 impl GpuModel {
     /// Places `w` as `placement` says. Streamed layers' host copies are pinned when `pin` is set.
-    pub fn new(
+    /// Two staging buffers.
+    pub fn new(gpu: Arc<Gpu>, w: Weights, placement: &[LayerPlacement], pin: bool) -> Result<Self> {
+        Self::with_staging(gpu, w, placement, pin, 2)
+    }
+
+    /// As [`GpuModel::new`], with `nbuf` (≥ 2) staging buffers: the copy stream may run that
+    /// many streamed layers ahead of the compute, which a placement that interleaves CPU
+    /// layers with streamed ones needs, since the CPU layers wait for the streamed ones.
+    pub fn with_staging(
         gpu: Arc<Gpu>,
         mut w: Weights,
         placement: &[LayerPlacement],
         pin: bool,
+        nbuf: usize,
     ) -> Result<Self> {
+        let nbuf = nbuf.max(2);
         if placement.len() != w.layers.len() {
             return Err(Error::Placement(format!(
                 "{} placements for {} layers",
@@ -360,14 +372,13 @@ impl GpuModel {
         let any_streamed = homes
             .iter()
             .any(|l| matches!(l, LayerHome::Streamed(_) | LayerHome::Split(_)));
-        let staging = if any_streamed {
-            vec![
-                stream.alloc_zeros::<bf16>(layout.len).map_err(gerr)?,
-                stream.alloc_zeros::<bf16>(layout.len).map_err(gerr)?,
-            ]
-        } else {
-            vec![]
-        };
+        let nstreamed = homes
+            .iter()
+            .filter(|l| matches!(l, LayerHome::Streamed(_) | LayerHome::Split(_)))
+            .count();
+        let staging = (0..nbuf.min(nstreamed).max(2 * any_streamed as usize))
+            .map(|_| stream.alloc_zeros::<bf16>(layout.len).map_err(gerr))
+            .collect::<Result<Vec<_>>>()?;
         let up = |t: &Tensor| stream.clone_htod(&t.data[..]).map_err(gerr);
         // The head runs where the last layer's prefill runs (a split last layer's decode
         // uploads its residual for it).
@@ -376,8 +387,8 @@ impl GpuModel {
         let final_norm_w = up(&w.final_norm_w)?;
         let final_norm_b = w.final_norm_b.as_ref().map(up).transpose()?;
         let ev = |_| gpu.ctx().new_event(None).map_err(gerr);
-        let free = (0..2).map(ev).collect::<Result<Vec<_>>>()?;
-        let loaded = (0..2).map(ev).collect::<Result<Vec<_>>>()?;
+        let free = (0..staging.len()).map(ev).collect::<Result<Vec<_>>>()?;
+        let loaded = (0..staging.len()).map(ev).collect::<Result<Vec<_>>>()?;
         for e in &free {
             e.record(&stream).map_err(gerr)?;
         }
@@ -436,6 +447,7 @@ impl GpuModel {
             free,
             loaded,
             trace: None,
+            pin,
         })
     }
 
@@ -602,6 +614,11 @@ pub struct GpuSession<'m> {
     pub model: &'m mut GpuModel,
     kc: Vec<Option<CudaSlice<bf16>>>,
     vc: Vec<Option<CudaSlice<bf16>>>,
+    /// The host KV cache page-locked in place when the model's host copies are pinned (the
+    /// prompt's KV of layers that decode on the CPU comes down at full PCIe speed). Declared
+    /// before `host_kv`, so that it is unregistered first. Held for `Drop`.
+    #[allow(dead_code)]
+    kv_pins: Vec<HostPin>,
     host_kv: HostKv,
     shape: KvShape,
     pub seqs: Sequences,
@@ -645,11 +662,24 @@ impl<'m> GpuSession<'m> {
         }
         let host_mask: Vec<bool> = model.runs.iter().map(|r| r.kv_on_host()).collect();
         let host_kv = HostKv::new(&host_mask, num_blocks, c.kv_heads, c.head_dim, host_tier)?;
+        let mut kv_pins = Vec::new();
+        if model.pin {
+            for b in host_kv.k.iter().chain(&host_kv.v).filter(|b| !b.is_empty()) {
+                // SAFETY: the buffer is owned by `host_kv`, which the session drops after
+                // `kv_pins` (field order) and never reallocates; every copy from or to it is on
+                // the model's stream, synchronized by HostPin's drop.
+                kv_pins.push(
+                    unsafe { HostPin::register(&model.gpu, b.as_ptr() as *const u8, b.bytes()) }
+                        .map_err(gerr)?,
+                );
+            }
+        }
         let seqs = Sequences::new(num_blocks, c.max_positions);
         Ok(GpuSession {
             model,
             kc,
             vc,
+            kv_pins,
             host_kv,
             shape,
             seqs,
@@ -1122,7 +1152,8 @@ impl<'m> GpuSession<'m> {
                 computes: Vec::new(),
             });
         }
-        for (i, &l) in streamed.iter().take(2).enumerate() {
+        let nbuf = self.model.staging.len();
+        for (i, &l) in streamed.iter().take(nbuf).enumerate() {
             self.model.load(l, i)?;
         }
         for l in 0..c.layers {
@@ -1143,9 +1174,9 @@ impl<'m> GpuSession<'m> {
             }
             let slot = streamed.iter().position(|&x| x == l);
             if let Some(i) = slot {
-                s.wait(&self.model.loaded[i % 2]).map_err(gerr)?;
+                s.wait(&self.model.loaded[i % nbuf]).map_err(gerr)?;
             }
-            let st = slot.map(|i| i % 2);
+            let st = slot.map(|i| i % nbuf);
             let t0 = self.model.mark(&s)?;
             if run.attn_cpu(prefill) {
                 for mb in mbs.iter_mut() {
@@ -1183,9 +1214,9 @@ impl<'m> GpuSession<'m> {
                 tr.computes.push((t0, t1));
             }
             if let Some(i) = slot {
-                self.model.free[i % 2].record(&s).map_err(gerr)?;
-                if let Some(&next) = streamed.get(i + 2) {
-                    self.model.load(next, i % 2)?;
+                self.model.free[i % nbuf].record(&s).map_err(gerr)?;
+                if let Some(&next) = streamed.get(i + nbuf) {
+                    self.model.load(next, i % nbuf)?;
                 }
             }
         }
