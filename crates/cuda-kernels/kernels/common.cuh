@@ -28,8 +28,33 @@ __device__ __forceinline__ bf16x8 pack8(const float* f) {
     return v;
 }
 
-__device__ __forceinline__ bf16x8 load8(const __nv_bfloat16* p) { return *reinterpret_cast<const bf16x8*>(p); }
-__device__ __forceinline__ void store8(__nv_bfloat16* p, const bf16x8& v) { *reinterpret_cast<bf16x8*>(p) = v; }
+// One 16-byte access each; p must be 16-byte aligned and in global memory. A plain copy of
+// the struct is done member by member (four 4-byte accesses), and even a uint4 store is left
+// to a vectorizer pass that sometimes splits it, so the load goes through uint4 (which comes
+// out whole) and the store is written out in PTX. That store is also a compiler barrier for
+// memory: issue every load an iteration needs before its first store8.
+__device__ __forceinline__ bf16x8 load8(const __nv_bfloat16* p) {
+    union {
+        uint4 u;
+        bf16x8 v;
+    } t;
+    t.u = *reinterpret_cast<const uint4*>(p);
+    return t.v;
+}
+__device__ __forceinline__ void store8(__nv_bfloat16* p, const bf16x8& v) {
+    union {
+        bf16x8 v;
+        uint4 u;
+    } t;
+    t.v = v;
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(t.u.x), "r"(t.u.y), "r"(t.u.z), "r"(t.u.w)
+                 : "memory");
+}
+// A uint4 to global memory, 16-byte aligned (see store8).
+__device__ __forceinline__ void store16(void* p, const uint4& u) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(u.x), "r"(u.y), "r"(u.z), "r"(u.w)
+                 : "memory");
+}
 
 __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 

@@ -14,16 +14,22 @@ use crate::{check_len, Gpu, Result};
 /// or 4: rows up to 32768 columns; the kernels `*_v1`, `*_v2`, `*_v4`). Wider rows fall back
 /// to the kernel that rereads from L2 (vpt = 0, 8 chunks per thread), as do rows the kernels
 /// cannot take 16 bytes at a time (they check). 64..=1024 threads.
-fn row_config(rows: usize, hidden: usize) -> (LaunchConfig, usize) {
+///
+/// `want` is how many chunks a thread should rather hold: 1 spreads the row over as many
+/// threads as it has chunks (RMSNorm); 4 (LayerNorm, whose kernels keep the row as bf16 and
+/// issue all its loads at once) gives a row a quarter of the threads, so that an SM, limited
+/// to 2048 threads, holds four times as many rows and so more bytes in flight.
+fn row_config(rows: usize, hidden: usize, want: usize) -> (LaunchConfig, usize) {
     let chunks = hidden.div_ceil(8);
-    let vpt = match chunks.div_ceil(1024) {
+    let threads_for =
+        |per_thread: usize| (chunks.div_ceil(per_thread).div_ceil(32) * 32).clamp(64, 1024);
+    let vpt = match chunks.div_ceil(threads_for(want)) {
         1 => 1,
         2 => 2,
         3 | 4 => 4,
         _ => 0,
     };
-    let per_thread = if vpt == 0 { 8 } else { vpt };
-    let threads = (chunks.div_ceil(per_thread).div_ceil(32) * 32).clamp(64, 1024) as u32;
+    let threads = threads_for(if vpt == 0 { 8 } else { vpt }) as u32;
     let cfg = LaunchConfig {
         grid_dim: (rows.min(1 << 30) as u32, 1, 1),
         block_dim: (threads, 1, 1),
@@ -31,6 +37,10 @@ fn row_config(rows: usize, hidden: usize) -> (LaunchConfig, usize) {
     };
     (cfg, vpt)
 }
+
+/// Chunks per thread that each norm's launch aims for (see [`row_config`]).
+const RMS_WANT: usize = 1;
+const LN_WANT: usize = 4;
 
 fn check(
     what: &'static str,
@@ -66,7 +76,7 @@ fn launch_rms(
     if rows == 0 {
         return Ok(());
     }
-    let (cfg, vpt) = row_config(rows, hidden);
+    let (cfg, vpt) = row_config(rows, hidden, RMS_WANT);
     let name = [
         "rms_norm_bf16",
         "rms_norm_bf16_v1",
@@ -197,7 +207,7 @@ fn launch_ln(
     if rows == 0 {
         return Ok(());
     }
-    let (cfg, vpt) = row_config(rows, hidden);
+    let (cfg, vpt) = row_config(rows, hidden, LN_WANT);
     let name = [
         "layer_norm_bf16",
         "layer_norm_bf16_v1",
@@ -434,6 +444,34 @@ mod tests {
                     NORM_RTOL,
                 );
             }
+        }
+    }
+
+    #[test]
+    fn row_configs_cover_the_row() {
+        for hidden in (8usize..=40000).step_by(8).chain([1, 7, 100, 4097]) {
+            let chunks = hidden.div_ceil(8);
+            for want in [RMS_WANT, LN_WANT] {
+                let (cfg, vpt) = row_config(3, hidden, want);
+                let t = cfg.block_dim.0 as usize;
+                assert!(
+                    t % 32 == 0 && (64..=1024).contains(&t),
+                    "{hidden}: {t} threads"
+                );
+                assert!([0, 1, 2, 4].contains(&vpt), "{hidden}: vpt {vpt}");
+                // The register kernels' contract; the fallback loops over the row.
+                assert!(vpt == 0 || t * vpt >= chunks, "{hidden}: {t} x {vpt}");
+                assert_eq!(vpt == 0, chunks > 4096, "{hidden}");
+            }
+            // RMSNorm keeps the configuration it was tuned with: the fewest chunks per thread.
+            let old_vpt = [1, 1, 2, 4, 4]
+                .get(chunks.div_ceil(1024))
+                .copied()
+                .unwrap_or(0);
+            let per = if old_vpt == 0 { 8 } else { old_vpt };
+            let old_t = (chunks.div_ceil(per).div_ceil(32) * 32).clamp(64, 1024) as u32;
+            let (cfg, vpt) = row_config(3, hidden, RMS_WANT);
+            assert_eq!((cfg.block_dim.0, vpt), (old_t, old_vpt), "{hidden}");
         }
     }
 

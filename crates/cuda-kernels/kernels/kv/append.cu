@@ -19,16 +19,29 @@ extern "C" __global__ void kv_append_bf16(int64_t tokens, int heads, int D, cons
                                           __nv_bfloat16* __restrict__ v_cache) {
     // D / 8 is 8 or 16: shifts instead of 64-bit divisions.
     const int shift = D == 128 ? 4 : 3, d8 = 1 << shift;
-    const int64_t n = tokens * heads * d8;
-    for (int64_t i = tandem::gtid(); i < n; i += tandem::gstride()) {
-        const int c = (int)(i & (d8 - 1)) * 8;
-        const uint32_t th = (uint32_t)(i >> shift);  // tokens * heads < 2^32 (checked on the host)
-        const int h = (int)(th % (uint32_t)heads);
-        const int64_t t = th / (uint32_t)heads;
-        const int s = slots[t];
-        if (s < 0) continue;
-        const int64_t dst = (((int64_t)(s / kv_append::BLOCK) * heads + h) * kv_append::BLOCK + s % kv_append::BLOCK) * D + c;
-        tandem::store8(k_cache + dst, tandem::load8(k + t * k_stride + (int64_t)h * D + c));
-        tandem::store8(v_cache + dst, tandem::load8(v + t * v_stride + (int64_t)h * D + c));
+    const int64_t n = tokens * heads * d8, stride = tandem::gstride();
+    // Item i is chunk i % d8 of (token, head) th = i / d8; tokens * heads < 2^32 (checked on
+    // the host).
+    int64_t i = tandem::gtid();
+    // Each item's slot is read one iteration ahead: its latency then overlaps the previous
+    // item's copy, where the row loads (which the compiler keeps behind the slot test) would
+    // otherwise wait for it every time.
+    int s = i < n ? slots[(uint32_t)(i >> shift) / (uint32_t)heads] : -1;
+    for (; i < n; i += stride) {
+        const int s_next = i + stride < n ? slots[(uint32_t)((i + stride) >> shift) / (uint32_t)heads] : -1;
+        if (s >= 0) {
+            const int c = (int)(i & (d8 - 1)) * 8;
+            const uint32_t th = (uint32_t)(i >> shift);
+            const int h = (int)(th % (uint32_t)heads);
+            const int64_t t = th / (uint32_t)heads;
+            const int64_t dst =
+                (((int64_t)(s / kv_append::BLOCK) * heads + h) * kv_append::BLOCK + s % kv_append::BLOCK) * D + c;
+            // Both loads before either store (a store is a compiler barrier, see store8).
+            const tandem::bf16x8 kr = tandem::load8(k + t * k_stride + (int64_t)h * D + c);
+            const tandem::bf16x8 vr = tandem::load8(v + t * v_stride + (int64_t)h * D + c);
+            tandem::store8(k_cache + dst, kr);
+            tandem::store8(v_cache + dst, vr);
+        }
+        s = s_next;
     }
 }

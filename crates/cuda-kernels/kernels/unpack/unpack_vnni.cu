@@ -26,11 +26,11 @@ namespace unpack_vnni {
 __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
-}  // namespace unpack_vnni
 
-extern "C" __global__ void unpack_vnni_bf16(int64_t n, int64_t k, int64_t inter, uint32_t kbn, uint32_t items,
-                                            int mode, const uint4* __restrict__ packed,
-                                            __nv_bfloat16* __restrict__ out) {
+// One instantiation per store width: the mode is tested once, not per row.
+template <int MODE>
+__device__ __forceinline__ void run(int64_t n, int64_t k, int64_t inter, uint32_t kbn, uint32_t items,
+                                    const uint4* __restrict__ packed, __nv_bfloat16* __restrict__ out) {
     const bool gate_up = inter > 0;
     const int64_t lim = gate_up ? inter : n;  // columns of one half
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < items; i += gridDim.x * blockDim.x) {
@@ -49,23 +49,34 @@ extern "C" __global__ void unpack_vnni_bf16(int64_t n, int64_t k, int64_t inter,
         for (int c = 0; c < 4; ++c) {
             if (c0 + c >= lim) break;
             __nv_bfloat16* dst = out + (row0 + c) * k + k0;
-            if (mode == 0) {
-                __stwb(reinterpret_cast<uint4*>(dst), make_uint4(unpack_vnni::word(v[0], c), unpack_vnni::word(v[1], c),
-                                                            unpack_vnni::word(v[2], c), unpack_vnni::word(v[3], c)));
-            } else if (mode == 1) {
+            if (MODE == 0) {
+                tandem::store16(dst, make_uint4(word(v[0], c), word(v[1], c), word(v[2], c), word(v[3], c)));
+            } else if (MODE == 1) {
                 uint32_t* d = reinterpret_cast<uint32_t*>(dst);
 #pragma unroll
                 for (int r = 0; r < 4; ++r)
-                    if (k0 + 2 * r < k) d[r] = unpack_vnni::word(v[r], c);
+                    if (k0 + 2 * r < k) d[r] = word(v[r], c);
             } else {
                 unsigned short* d = reinterpret_cast<unsigned short*>(dst);
 #pragma unroll
                 for (int r = 0; r < 4; ++r) {
-                    const uint32_t w = unpack_vnni::word(v[r], c);
+                    const uint32_t w = word(v[r], c);
                     if (k0 + 2 * r < k) d[2 * r] = (unsigned short)(w & 0xffffu);
                     if (k0 + 2 * r + 1 < k) d[2 * r + 1] = (unsigned short)(w >> 16);
                 }
             }
         }
     }
+}
+}  // namespace unpack_vnni
+
+extern "C" __global__ void unpack_vnni_bf16(int64_t n, int64_t k, int64_t inter, uint32_t kbn, uint32_t items,
+                                            int mode, const uint4* __restrict__ packed,
+                                            __nv_bfloat16* __restrict__ out) {
+    if (mode == 0)
+        unpack_vnni::run<0>(n, k, inter, kbn, items, packed, out);
+    else if (mode == 1)
+        unpack_vnni::run<1>(n, k, inter, kbn, items, packed, out);
+    else
+        unpack_vnni::run<2>(n, k, inter, kbn, items, packed, out);
 }
