@@ -233,6 +233,14 @@ impl HostPin {
         })
     }
 
+    /// Registers the memory of `s` (see [`HostPin::register`]).
+    ///
+    /// # Safety
+    /// As [`HostPin::register`], for the allocation `s` lies in.
+    pub unsafe fn slice<T>(gpu: &Gpu, s: &[T]) -> Result<Self> {
+        Self::register(gpu, s.as_ptr() as *const u8, std::mem::size_of_val(s))
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }

@@ -103,9 +103,8 @@ pub trait Generator {
     }
     /// Prefill in `n` minibatches (LIA's `--num-minibatch`); by default one after another.
     fn prefill_minibatches(&mut self, prompts: &[Vec<u32>], n: usize) -> Result<Vec<u32>> {
-        let per = prompts.len().div_ceil(n.clamp(1, prompts.len().max(1)));
         let mut toks = Vec::with_capacity(prompts.len());
-        for chunk in prompts.chunks(per.max(1)) {
+        for chunk in prompts.chunks(minibatch_len(prompts.len(), n)) {
             toks.extend(self.prefill(chunk)?);
         }
         Ok(toks)
@@ -141,6 +140,11 @@ impl Generator for crate::exec::gpu::GpuSession<'_> {
     fn last_trace(&self) -> Option<StepTrace> {
         crate::exec::gpu::GpuSession::last_trace(self).cloned()
     }
+}
+
+/// Prompts per minibatch when `batch` prompts are cut into `n` minibatches (at least one).
+pub fn minibatch_len(batch: usize, n: usize) -> usize {
+    batch.div_ceil(n.clamp(1, batch.max(1))).max(1)
 }
 
 /// Runs one iteration's work on a fresh session: the bench hands it the work, it makes the

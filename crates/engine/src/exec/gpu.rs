@@ -415,10 +415,7 @@ impl GpuModel {
                     // SAFETY: the tiles are one live HostBuf of the CPU model, which `self`
                     // owns and drops after `pins` (field order); every copy from them is on
                     // the copy stream, synchronized by HostPin's drop.
-                    pins.push(
-                        unsafe { HostPin::register(&gpu, t.as_ptr() as *const u8, 2 * t.len()) }
-                            .map_err(gerr)?,
-                    );
+                    pins.push(unsafe { HostPin::slice(&gpu, t) }.map_err(gerr)?);
                 }
             }
         }
@@ -530,13 +527,7 @@ impl GpuModel {
         if self.trace.is_none() {
             return Ok(None);
         }
-        let e = self
-            .gpu
-            .ctx()
-            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(gerr)?;
-        e.record(stream).map_err(gerr)?;
-        Ok(Some(e))
+        self.mark_now(stream).map(Some)
     }
 
     /// `a = norm(x)`, or `x += delta; a = norm(x)`.
@@ -668,10 +659,7 @@ impl<'m> GpuSession<'m> {
                 // SAFETY: the buffer is owned by `host_kv`, which the session drops after
                 // `kv_pins` (field order) and never reallocates; every copy from or to it is on
                 // the model's stream, synchronized by HostPin's drop.
-                kv_pins.push(
-                    unsafe { HostPin::register(&model.gpu, b.as_ptr() as *const u8, b.bytes()) }
-                        .map_err(gerr)?,
-                );
+                kv_pins.push(unsafe { HostPin::slice(&model.gpu, b) }.map_err(gerr)?);
             }
         }
         let seqs = Sequences::new(num_blocks, c.max_positions);
@@ -1368,7 +1356,7 @@ impl<'m> GpuSession<'m> {
         if prompts.is_empty() {
             return Err(Error::Input("prefill: no prompts".into()));
         }
-        let per = prompts.len().div_ceil(n.clamp(1, prompts.len()));
+        let per = crate::bench::minibatch_len(prompts.len(), n);
         let mut mbs = Vec::new();
         for chunk in prompts.chunks(per) {
             let ids = self.seqs.prefill(chunk)?;
