@@ -38,6 +38,26 @@ impl DeviceIds {
         })
     }
 
+    /// Replaces the ids with `ids` of the same length, copied into the same device allocation
+    /// (work captured in a CUDA graph keeps reading them there).
+    pub fn update(&mut self, stream: &Arc<CudaStream>, ids: &[i32]) -> Result<()> {
+        if ids.len() != self.host.len() {
+            return Err(crate::shape_err(format!(
+                "DeviceIds::update: {} ids for a buffer of {}",
+                ids.len(),
+                self.host.len()
+            )));
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        stream.memcpy_htod(ids, &mut self.dev)?;
+        self.host.copy_from_slice(ids);
+        self.min = ids.iter().copied().min().unwrap_or(0);
+        self.max = ids.iter().copied().max().unwrap_or(0);
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.host.len()
     }

@@ -71,6 +71,9 @@ pub struct BenchResult {
     /// (PCIe copies of streamed layers against GPU compute), when a GPU ran them.
     pub prefill_trace: Option<StepTrace>,
     pub decode_trace: Option<StepTrace>,
+    /// With `TANDEM_PROFILE=1`: seconds per timed decode step spent in each CPU sublayer
+    /// (empty otherwise).
+    pub decode_profile: Vec<(String, f64)>,
 }
 
 /// Synthetic prompts of `len` tokens each, reproducible for a seed.
@@ -185,6 +188,8 @@ pub fn run(
         session(&mut |g: &mut dyn Generator| {
             g.set_trace(last);
             let t0 = std::time::Instant::now();
+            // The CPU profile (TANDEM_PROFILE) counts the timed iterations' decode steps.
+            crate::profile::pause(true);
             // Prefill in `num_minibatch` sub-batches; decode runs the whole batch.
             let mut toks = g.prefill_minibatches(&prompts, s.num_minibatch)?;
             if last {
@@ -193,6 +198,7 @@ pub fn run(
             let t_first = t0.elapsed().as_secs_f64();
             let mut out = vec![toks[0]];
             let mut iter_steps = Vec::new();
+            crate::profile::pause(it < warmup);
             for _ in 1..s.max_new_tokens {
                 let t = std::time::Instant::now();
                 toks = g.decode(&toks)?;
@@ -203,6 +209,7 @@ pub fn run(
                 }
                 out.push(toks[0]);
             }
+            crate::profile::pause(true);
             let total = t0.elapsed().as_secs_f64();
             if it >= warmup {
                 ttft.push(t_first);
@@ -215,6 +222,16 @@ pub fn run(
         })?;
         progress(it + 1);
     }
+    crate::profile::pause(false);
+    let n = steps.len().max(1) as f64;
+    let decode_profile = if crate::profile::enabled() {
+        crate::profile::take()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v / n))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let next_token = Stats::of(&steps);
     let first_token = Stats::of(&ttft);
     let end_to_end = Stats::of(&e2e);
@@ -233,6 +250,7 @@ pub fn run(
         sample_output: sample,
         prefill_trace,
         decode_trace,
+        decode_profile,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod exec;
 pub mod kv;
 pub mod placement;
 pub mod plan;
+pub mod profile;
 pub mod reference;
 pub mod weights;
 

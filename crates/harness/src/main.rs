@@ -482,6 +482,19 @@ fn report(r: &BenchResult, roof: &Roofline, per_token: bool) {
             );
         }
     }
+    if !r.decode_profile.is_empty() {
+        let total: f64 = r.decode_profile.iter().map(|(_, v)| v).sum();
+        let parts: Vec<String> = r
+            .decode_profile
+            .iter()
+            .map(|(k, v)| format!("{k} {:.1}", ms(*v)))
+            .collect();
+        println!(
+            "CPU per decode step   {:.1} ms: {} ms (TANDEM_PROFILE)",
+            ms(total),
+            parts.join(", ")
+        );
+    }
     let spread = engine::bench::Stats::of(&r.throughput_samples);
     println!(
         "throughput            {:10.2} tokens/s (± {:.2}), decode alone {:.2} tokens/s",

@@ -8,7 +8,8 @@ pub mod paged_decode;
 pub mod prefill;
 
 pub use paged_decode::{
-    paged_decode_bf16, paged_decode_bf16_ref, paged_decode_bf16_with, DecodeKernel, DecodeSeqs,
+    paged_decode_bf16, paged_decode_bf16_ref, paged_decode_bf16_scratch, paged_decode_bf16_with,
+    DecodeKernel, DecodeScratch, DecodeSeqs,
 };
 pub use prefill::{
     prefill_attention_append_bf16, prefill_attention_bf16, prefill_attention_bf16_ref,

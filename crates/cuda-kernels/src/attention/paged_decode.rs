@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::{gqa_group, LOG2E};
@@ -151,6 +151,31 @@ pub fn paged_decode_bf16_with(
     out: &mut impl DevicePtrMut<bf16>,
     kernel: DecodeKernel,
 ) -> Result<()> {
+    paged_decode_bf16_scratch(
+        gpu, stream, q, q_rows, cache, k_cache, v_cache, seqs, scale, out, kernel, None,
+    )
+}
+
+/// [`paged_decode_bf16_with`], and with a preallocated [`DecodeScratch`] where one is given:
+/// then nothing is allocated and the grid depends only on the scratch's plan, not on this
+/// step's context lengths, so that the launch can be captured once in a CUDA graph and replayed
+/// while the contexts grow (up to the plan's `max_pages`; splits past a sequence's context exit
+/// at once). The scratch must have been planned for this shape and `kernel`.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_decode_bf16_scratch(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    q: &impl DevicePtr<bf16>,
+    q_rows: HeadRows,
+    cache: KvShape,
+    k_cache: &impl DevicePtr<bf16>,
+    v_cache: &impl DevicePtr<bf16>,
+    seqs: DecodeSeqs<'_>,
+    scale: f32,
+    out: &mut impl DevicePtrMut<bf16>,
+    kernel: DecodeKernel,
+    scratch: Option<&mut DecodeScratch>,
+) -> Result<()> {
     let what = "paged_decode_bf16";
     let g = check(
         what,
@@ -178,63 +203,60 @@ pub fn paged_decode_bf16_with(
             "{what}: {b} sequences, at most 65535 per launch"
         )));
     }
-    let (d, hq, hkv) = (cache.head_dim, q_rows.heads, cache.kv_heads);
     let (pq, _gq) = q.device_ptr(stream);
     if pq % 16 != 0 || q_rows.token_stride % 8 != 0 {
         return Err(shape_err(format!(
             "{what}: q must start 16-byte aligned with a token stride of 8 elements"
         )));
     }
-    let kernel = kernel.pick(g);
-    let (maxg, resident) = match kernel {
-        DecodeKernel::TensorCores => (g.min(MAX_GROUP_MMA), RESIDENT_MMA),
-        _ => (g.next_power_of_two().min(MAX_GROUP_CUDA), RESIDENT_CUDA),
-    };
-    let groups = g.div_ceil(maxg);
     let max_pages = (seqs.context_lens.max() as usize).div_ceil(BLOCK_TOKENS);
-    let base = b * hkv * groups;
-    let target = resident * gpu.sms() as usize;
-    let mut split_pages = MAX_SPLIT_PAGES;
-    while split_pages > MIN_SPLIT_PAGES && base * max_pages.div_ceil(split_pages) < target {
-        split_pages /= 2;
-    }
-    let num_splits = max_pages.div_ceil(split_pages);
-    let (name, smem): (&'static str, usize) = match (kernel, d, maxg) {
-        (DecodeKernel::TensorCores, _, _) => {
-            let ring = WARPS * MMA_STAGES * 2 * BLOCK_TOKENS * (d + 8) * 2;
-            let merge = (WARPS * 16 * d + 2 * WARPS * 16) * 4;
-            let name = if d == 64 {
-                "paged_decode_mma_bf16_d64"
-            } else {
-                "paged_decode_mma_bf16_d128"
-            };
-            (name, ring.max(merge))
+    let (plan, mut owned, scratch) = match scratch {
+        Some(sc) => {
+            if sc.seqs != b
+                || sc.q_heads != q_rows.heads
+                || sc.cache != cache
+                || sc.kernel != kernel.pick(g)
+            {
+                return Err(shape_err(format!(
+                    "{what}: the scratch was planned for {} sequences x {} q heads, {:?}, kernel \
+                     {:?}; this call has {b} x {}, {cache:?}, {kernel:?}",
+                    sc.seqs, sc.q_heads, sc.cache, sc.kernel, q_rows.heads
+                )));
+            }
+            if max_pages > sc.max_pages {
+                return Err(shape_err(format!(
+                    "{what}: a context of {max_pages} pages exceeds the scratch's plan of {}",
+                    sc.max_pages
+                )));
+            }
+            (sc.plan, None, Some(sc))
         }
-        (_, 64, 1) => ("paged_decode_bf16_d64_g1", 0),
-        (_, 64, 2) => ("paged_decode_bf16_d64_g2", 0),
-        (_, 64, _) => ("paged_decode_bf16_d64_g4", 0),
-        (_, _, 1) => ("paged_decode_bf16_d128_g1", 0),
-        (_, _, 2) => ("paged_decode_bf16_d128_g2", 0),
-        _ => ("paged_decode_bf16_d128_g4", 0),
+        None => {
+            let plan = SplitPlan::new(gpu, b, cache, g, kernel.pick(g), max_pages);
+            let parts = plan.parts(b, q_rows.heads);
+            // SAFETY: uninitialized scratch; the kernel writes every partial the reduce reads
+            // (an empty split writes its (m, l) and the reduce skips its acc).
+            let acc = unsafe { stream.alloc::<f32>(parts * cache.head_dim) }?;
+            // SAFETY: as above.
+            let ml = unsafe { stream.alloc::<f32>(parts * 2) }?;
+            (plan, Some((acc, ml)), None)
+        }
     };
-    let smem = if smem > 0 {
-        smem
-    } else {
-        (maxg * split_pages * BLOCK_TOKENS + WARPS * maxg * d) * 4
+    let (part_acc, part_ml) = match (owned.as_mut(), scratch) {
+        (Some((a, m)), _) => (a, m),
+        (None, Some(sc)) => (&mut sc.part_acc, &mut sc.part_ml),
+        (None, None) => unreachable!("one of the two is set above"),
     };
-
+    let SplitPlan {
+        groups,
+        split_pages,
+        num_splits,
+        name,
+        smem,
+        ..
+    } = plan;
+    let (d, hq, hkv) = (cache.head_dim, q_rows.heads, cache.kv_heads);
     let f = gpu.function_with_smem(name, smem as u32)?;
-    // Partials only when the context is split; a one-element placeholder otherwise.
-    let parts = if num_splits > 1 {
-        b * hq * num_splits
-    } else {
-        1
-    };
-    // SAFETY: uninitialized scratch; the kernel writes every partial the reduce reads (an
-    // empty split writes its (m, l) and the reduce skips its acc).
-    let mut part_acc = unsafe { stream.alloc::<f32>(parts * d) }?;
-    // SAFETY: as above.
-    let mut part_ml = unsafe { stream.alloc::<f32>(parts * 2) }?;
     let (pk, _gk) = k_cache.device_ptr(stream);
     let (pv, _gv) = v_cache.device_ptr(stream);
     let (pt, _gt) = seqs.block_tables.dev().device_ptr(stream);
@@ -298,6 +320,136 @@ pub fn paged_decode_bf16_with(
         unsafe { lb.launch(cfg) }?;
     }
     Ok(())
+}
+
+/// How a decode launch cuts the work: kernel, q heads per block, pages per split.
+#[derive(Clone, Copy, Debug)]
+struct SplitPlan {
+    groups: usize,
+    split_pages: usize,
+    num_splits: usize,
+    name: &'static str,
+    smem: usize,
+}
+
+impl SplitPlan {
+    /// The plan for `b` sequences of at most `max_pages` pages, `g` q heads per kv head, with
+    /// `kernel` already picked.
+    fn new(
+        gpu: &Gpu,
+        b: usize,
+        cache: KvShape,
+        g: usize,
+        kernel: DecodeKernel,
+        max_pages: usize,
+    ) -> Self {
+        let (d, hkv) = (cache.head_dim, cache.kv_heads);
+        let (maxg, resident) = match kernel {
+            DecodeKernel::TensorCores => (g.min(MAX_GROUP_MMA), RESIDENT_MMA),
+            _ => (g.next_power_of_two().min(MAX_GROUP_CUDA), RESIDENT_CUDA),
+        };
+        let groups = g.div_ceil(maxg);
+        let base = b * hkv * groups;
+        let target = resident * gpu.sms() as usize;
+        let mut split_pages = MAX_SPLIT_PAGES;
+        while split_pages > MIN_SPLIT_PAGES && base * max_pages.div_ceil(split_pages) < target {
+            split_pages /= 2;
+        }
+        let num_splits = max_pages.div_ceil(split_pages).max(1);
+        let (name, smem): (&'static str, usize) = match (kernel, d, maxg) {
+            (DecodeKernel::TensorCores, _, _) => {
+                let ring = WARPS * MMA_STAGES * 2 * BLOCK_TOKENS * (d + 8) * 2;
+                let merge = (WARPS * 16 * d + 2 * WARPS * 16) * 4;
+                let name = if d == 64 {
+                    "paged_decode_mma_bf16_d64"
+                } else {
+                    "paged_decode_mma_bf16_d128"
+                };
+                (name, ring.max(merge))
+            }
+            (_, 64, 1) => ("paged_decode_bf16_d64_g1", 0),
+            (_, 64, 2) => ("paged_decode_bf16_d64_g2", 0),
+            (_, 64, _) => ("paged_decode_bf16_d64_g4", 0),
+            (_, _, 1) => ("paged_decode_bf16_d128_g1", 0),
+            (_, _, 2) => ("paged_decode_bf16_d128_g2", 0),
+            _ => ("paged_decode_bf16_d128_g4", 0),
+        };
+        let smem = if smem > 0 {
+            smem
+        } else {
+            (maxg * split_pages * BLOCK_TOKENS + WARPS * maxg * d) * 4
+        };
+        SplitPlan {
+            groups,
+            split_pages,
+            num_splits,
+            name,
+            smem,
+        }
+    }
+
+    /// Rows of partial results the plan needs for `b` sequences of `hq` heads (a one-element
+    /// placeholder when the context is not split).
+    fn parts(&self, b: usize, hq: usize) -> usize {
+        if self.num_splits > 1 {
+            b * hq * self.num_splits
+        } else {
+            1
+        }
+    }
+}
+
+/// The partial-result buffers and work split of paged decode, planned once for a batch shape
+/// and a largest context (see [`paged_decode_bf16_planned`]).
+pub struct DecodeScratch {
+    seqs: usize,
+    q_heads: usize,
+    cache: KvShape,
+    kernel: DecodeKernel,
+    max_pages: usize,
+    plan: SplitPlan,
+    part_acc: CudaSlice<f32>,
+    part_ml: CudaSlice<f32>,
+}
+
+impl DecodeScratch {
+    /// For `seqs` sequences of `q_heads` q heads over `cache`, contexts of up to `max_pages`
+    /// pages of [`BLOCK_TOKENS`] tokens, the kernel `kernel` picks.
+    pub fn new(
+        gpu: &Gpu,
+        stream: &Arc<CudaStream>,
+        seqs: usize,
+        q_heads: usize,
+        cache: KvShape,
+        max_pages: usize,
+        kernel: DecodeKernel,
+    ) -> Result<Self> {
+        let what = "DecodeScratch";
+        let q = HeadRows::packed(seqs.max(1), q_heads, cache.head_dim);
+        let g = gqa_group(what, q, cache.kv_heads, cache.head_dim)?;
+        if max_pages == 0 {
+            return Err(shape_err(format!("{what}: max_pages must be at least 1")));
+        }
+        let kernel = kernel.pick(g);
+        let plan = SplitPlan::new(gpu, seqs, cache, g, kernel, max_pages);
+        let parts = plan.parts(seqs, q_heads);
+        Ok(DecodeScratch {
+            seqs,
+            q_heads,
+            cache,
+            kernel,
+            max_pages,
+            plan,
+            // Zeroed, so that nothing uninitialized is ever read even if a plan changes.
+            part_acc: stream.alloc_zeros::<f32>(parts * cache.head_dim)?,
+            part_ml: stream.alloc_zeros::<f32>(parts * 2)?,
+        })
+    }
+
+    /// The largest context, in pages, the plan covers.
+    pub fn max_pages(&self) -> usize {
+        self.max_pages
+    }
 }
 
 /// Reference twin of [`paged_decode_bf16`] on host slices, f64 softmax and sums.
@@ -459,6 +611,38 @@ mod tests {
                 DECODE_ATOL
             };
             assert_close(&what, seed, &s.clone_dtoh(&dout).unwrap(), &want, tol, 0.0);
+            // Planned for contexts well past these (as a CUDA graph's launch is): the splits
+            // past each context must not change the result.
+            let pages = lens
+                .iter()
+                .map(|&l| l as usize)
+                .max()
+                .unwrap()
+                .div_ceil(BLOCK_TOKENS);
+            let mut sc = DecodeScratch::new(gpu, s, b, hq, cache, 4 * pages + 3, kernel).unwrap();
+            let mut dout = s.clone_htod(&poisoned(b * hq * d)).unwrap();
+            let seqs = DecodeSeqs {
+                block_tables: &dt,
+                table_width: width,
+                context_lens: &dl,
+            };
+            paged_decode_bf16_scratch(
+                gpu,
+                s,
+                &dq,
+                rows,
+                cache,
+                &dk,
+                &dv,
+                seqs,
+                scale,
+                &mut dout,
+                kernel,
+                Some(&mut sc),
+            )
+            .unwrap();
+            let what = format!("{what}, planned for {} pages", sc.max_pages());
+            assert_close(&what, seed, &s.clone_dtoh(&dout).unwrap(), &want, tol, 0.0);
         }
     }
 
@@ -479,6 +663,55 @@ mod tests {
         let long: Vec<i32> = (0..3).map(|_| rng.gen_range(3000..9000)).collect();
         case(&gpu, &mut rng, seed, &long, 32, 8, 128);
         case(&gpu, &mut rng, seed, &[20_000], 8, 8, 64);
+    }
+
+    #[test]
+    fn gpu_planned_decode_refuses_what_its_plan_does_not_cover() {
+        let Some(gpu) = crate::gpu_or_skip() else {
+            return;
+        };
+        let s = gpu.stream();
+        let cache = KvShape {
+            num_blocks: 4,
+            kv_heads: 2,
+            head_dim: 64,
+        };
+        let rows = HeadRows::packed(1, 4, 64);
+        let kc = s.alloc_zeros::<bf16>(cache.elems()).unwrap();
+        let q = s.alloc_zeros::<bf16>(4 * 64).unwrap();
+        let mut out = s.alloc_zeros::<bf16>(4 * 64).unwrap();
+        let tables = DeviceIds::upload(s, &[0, 1, 2, 3]).unwrap();
+        let lens = DeviceIds::upload(s, &[40]).unwrap();
+        let seqs = || DecodeSeqs {
+            block_tables: &tables,
+            table_width: 4,
+            context_lens: &lens,
+        };
+        let run = |sc: &mut DecodeScratch, out: &mut CudaSlice<bf16>| {
+            let k = DecodeKernel::Auto;
+            paged_decode_bf16_scratch(
+                &gpu,
+                s,
+                &q,
+                rows,
+                cache,
+                &kc,
+                &kc,
+                seqs(),
+                0.1,
+                out,
+                k,
+                Some(sc),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let mut short = DecodeScratch::new(&gpu, s, 1, 4, cache, 2, DecodeKernel::Auto).unwrap();
+        assert!(run(&mut short, &mut out).unwrap_err().contains("exceeds"));
+        let mut two = DecodeScratch::new(&gpu, s, 2, 4, cache, 4, DecodeKernel::Auto).unwrap();
+        assert!(run(&mut two, &mut out).unwrap_err().contains("planned for"));
+        let mut ok = DecodeScratch::new(&gpu, s, 1, 4, cache, 4, DecodeKernel::Auto).unwrap();
+        assert!(run(&mut ok, &mut out).is_ok());
+        assert!(DecodeScratch::new(&gpu, s, 1, 3, cache, 4, DecodeKernel::Auto).is_err());
     }
 
     #[test]

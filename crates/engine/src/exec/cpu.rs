@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::config::{Family, ModelConfig, OPT_POSITION_OFFSET};
 use crate::kv::{HostKv, Sequences, StepIds};
+use crate::profile::{span, Part};
 use crate::weights::{Tensor, Weights};
 use crate::{Error, Result};
 
@@ -287,24 +288,33 @@ pub fn s4_out(m: &CpuModel, l: usize, att: &[bf16], x: &mut [f32], tokens: usize
 pub fn s56_mlp(m: &CpuModel, l: usize, x: &mut [f32], tokens: usize) -> Result<()> {
     let cfg = m.config();
     let lw = &m.w.layers[l];
-    let mut a = vec![bf16::ZERO; tokens * cfg.hidden];
-    norm_bf16(cfg, x, &lw.mlp_norm_w, lw.mlp_norm_b.as_ref(), &mut a);
-    let mut act = vec![bf16::ZERO; tokens * cfg.ffn];
-    let ep = match cfg.family {
-        Family::Opt => Epilogue::bias_relu(&lw.up_b.as_ref().expect("OPT has FC1 bias").data),
-        Family::Llama => Epilogue::silu_mul(),
-    };
-    gemm_bf16(&a, tokens, cfg.hidden, &m.layer(l)?.up, &mut act, ep).map_err(kerr)?;
+    let act = span(Part::Up, || -> Result<Vec<bf16>> {
+        let mut a = vec![bf16::ZERO; tokens * cfg.hidden];
+        norm_bf16(cfg, x, &lw.mlp_norm_w, lw.mlp_norm_b.as_ref(), &mut a);
+        let mut act = vec![bf16::ZERO; tokens * cfg.ffn];
+        let ep = match cfg.family {
+            Family::Opt => Epilogue::bias_relu(&lw.up_b.as_ref().expect("OPT has FC1 bias").data),
+            Family::Llama => Epilogue::silu_mul(),
+        };
+        gemm_bf16(&a, tokens, cfg.hidden, &m.layer(l)?.up, &mut act, ep).map_err(kerr)?;
+        Ok(act)
+    })?;
     let ep = Epilogue {
         bias: lw.down_b.as_ref().map(|b| &b.data[..]),
         residual: Residual::Output,
         ..Default::default()
     };
-    gemm_bf16(&act, tokens, cfg.ffn, &m.layer(l)?.down, x, ep).map_err(kerr)
+    span(Part::Down, || {
+        gemm_bf16(&act, tokens, cfg.ffn, &m.layer(l)?.down, x, ep).map_err(kerr)
+    })
 }
 
 /// Final norm and LM head over the given rows of `x`: logits `[rows.len(), vocab]`.
 pub fn lm_head(m: &CpuModel, x: &[f32], rows: &[usize]) -> Result<Vec<f32>> {
+    span(Part::Head, || lm_head_inner(m, x, rows))
+}
+
+fn lm_head_inner(m: &CpuModel, x: &[f32], rows: &[usize]) -> Result<Vec<f32>> {
     let cfg = m.config();
     let h = cfg.hidden;
     let picked: Vec<f32> = rows
@@ -415,9 +425,11 @@ pub fn cpu_layer(
 ) -> Result<()> {
     let cfg = m.config();
     let t = ids.tokens.len();
-    let (q, k, v) = s1_qkv(m, l, x, &ids.positions)?;
-    let att = cpu_attention(cfg, kv, l, ids, prefill, &q, &k, &v)?;
-    s4_out(m, l, &att, x, t)?;
+    let (q, k, v) = span(Part::Qkv, || s1_qkv(m, l, x, &ids.positions))?;
+    let att = span(Part::Attention, || {
+        cpu_attention(cfg, kv, l, ids, prefill, &q, &k, &v)
+    })?;
+    span(Part::Out, || s4_out(m, l, &att, x, t))?;
     s56_mlp(m, l, x, t)
 }
 

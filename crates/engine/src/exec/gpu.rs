@@ -24,7 +24,8 @@
 use std::sync::Arc;
 
 use cuda_kernels::attention::{
-    paged_decode::DecodeSeqs, paged_decode_bf16, prefill_attention_append_bf16,
+    paged_decode::DecodeSeqs, paged_decode_bf16_scratch, prefill_attention_append_bf16,
+    DecodeKernel, DecodeScratch,
 };
 use cuda_kernels::elementwise::{silu_mul_bf16, GateUp};
 use cuda_kernels::gemm::{Blas, Epilogue as GEpi};
@@ -35,13 +36,13 @@ use cuda_kernels::sampling::argmax_bf16;
 use cuda_kernels::transfer::{copy_blocks_d2h, copy_blocks_h2d, HostPin, PinnedBuf};
 use cuda_kernels::unpack::unpack_vnni_bf16;
 use cuda_kernels::{DeviceIds, Gpu};
-use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
+use cudarc::driver::{sys, CudaEvent, CudaGraph, CudaSlice, CudaStream, CudaView};
 use half::bf16;
 use platform::HostBuf;
 
 use crate::config::{Family, ModelConfig};
 use crate::exec::cpu::{argmax_rows, cpu_attention, cpu_layer, embed, lm_head, CpuModel};
-use crate::kv::{HostKv, Sequences, StepIds};
+use crate::kv::{HostKv, Sequences, StepIds, BLOCK_TOKENS};
 use crate::placement::{LayerPlacement, Policy};
 use crate::weights::{LayerWeights, Tensor, Weights};
 use crate::{Error, Result};
@@ -581,6 +582,25 @@ struct DevIds {
     ctx: DeviceIds,
 }
 
+/// A decode step captured once as a CUDA graph and replayed: every buffer its kernels touch is
+/// its own or the session's and stays where it is, so each step only rewrites the ids and the
+/// embedded rows in place before the launch. Valid while the batch keeps its size and every
+/// context fits `pages` pages (the block tables are padded to that width and the paged
+/// attention's split is planned for it); otherwise the session captures a new one.
+struct DecodeGraph {
+    /// Declared first: the graph is destroyed before the buffers it uses.
+    exec: CudaGraph,
+    batch: usize,
+    pages: usize,
+    dev: DevIds,
+    a: Acts,
+    /// Written and read by the graph's attention kernels only.
+    #[allow(dead_code)]
+    scratch: DecodeScratch,
+    logits: CudaSlice<bf16>,
+    top: CudaSlice<i32>,
+}
+
 /// One minibatch of a step: its ids, device buffers, host residual and where the residual is.
 struct Minibatch {
     ids: StepIds,
@@ -620,6 +640,10 @@ pub struct GpuSession<'m> {
     /// Time the next steps with CUDA events ([`GpuSession::last_trace`]).
     pub trace: bool,
     last_trace: Option<StepTrace>,
+    /// Replay decode steps from a captured CUDA graph where the whole model runs on the GPU
+    /// from resident weights (see [`DecodeGraph`]); on unless `TANDEM_CUDA_GRAPHS=0`.
+    pub graphs: bool,
+    graph: Option<DecodeGraph>,
 }
 
 impl<'m> GpuSession<'m> {
@@ -675,6 +699,8 @@ impl<'m> GpuSession<'m> {
             pinned_pool: Vec::new(),
             trace: false,
             last_trace: None,
+            graphs: std::env::var("TANDEM_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            graph: None,
         })
     }
 
@@ -736,6 +762,7 @@ impl<'m> GpuSession<'m> {
         dev: &DevIds,
         prefill: bool,
         a: &mut Acts,
+        scratch: Option<&mut DecodeScratch>,
     ) -> Result<()> {
         let m: &GpuModel = self.model;
         let c = &m.cfg;
@@ -793,7 +820,7 @@ impl<'m> GpuSession<'m> {
                 table_width: ids.width,
                 context_lens: &dev.ctx,
             };
-            paged_decode_bf16(
+            paged_decode_bf16_scratch(
                 &m.gpu,
                 &m.stream,
                 &q,
@@ -804,6 +831,8 @@ impl<'m> GpuSession<'m> {
                 seqs,
                 scale,
                 &mut a.att,
+                DecodeKernel::Auto,
+                scratch,
             )
             .map_err(gerr)
         }
@@ -856,20 +885,12 @@ impl<'m> GpuSession<'m> {
                     head_dim: c.head_dim,
                     token_stride: c.qkv_dim(),
                 };
+                // Q's heads and K's follow each other in a row: one launch rotates both.
                 rope_bf16(
                     g,
                     s,
                     &mut a.qkv.slice_mut(0..),
-                    rows(c.heads),
-                    &dev.positions,
-                    &m.inv_freq,
-                )
-                .map_err(gerr)?;
-                rope_bf16(
-                    g,
-                    s,
-                    &mut a.qkv.slice_mut(c.q_dim()..),
-                    rows(c.kv_heads),
+                    rows(c.heads + c.kv_heads),
                     &dev.positions,
                     &m.inv_freq,
                 )
@@ -1191,7 +1212,7 @@ impl<'m> GpuSession<'m> {
                     let pending = self.residual_to_gpu(mb)?;
                     let t = mb.ids.tokens.len();
                     self.gpu_s1(l, st, t, &mb.dev, &mut mb.a, pending)?;
-                    self.gpu_attention(l, &mb.ids, &mb.dev, prefill, &mut mb.a)?;
+                    self.gpu_attention(l, &mb.ids, &mb.dev, prefill, &mut mb.a, None)?;
                     self.gpu_s4_s6(l, st, t, &mut mb.a)?;
                     mb.at = Residual::Gpu(true);
                 }
@@ -1372,9 +1393,189 @@ impl<'m> GpuSession<'m> {
         want_logits: bool,
     ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
         let ids = self.seqs.decode(tokens)?;
+        if self.graph_fits() {
+            return self.decode_graph(ids, want_logits);
+        }
         let mb = self.minibatch(ids)?;
         self.step(vec![mb], false, want_logits)
     }
+
+    /// Whether decode steps can replay a CUDA graph: every layer on the GPU with resident
+    /// weights and its attention there, the head too, and no tracing (whose events are
+    /// recorded per step).
+    fn graph_fits(&self) -> bool {
+        let m = &self.model;
+        self.graphs
+            && !self.trace
+            && m.head.is_some()
+            && m.runs
+                .iter()
+                .all(|r| r.mode == LayerMode::Gpu && !r.attn_cpu(false))
+            && m.homes.iter().all(|h| matches!(h, LayerHome::Resident(_)))
+    }
+
+    /// A decode step through the captured graph, capturing a new one where the batch size
+    /// changed or a context outgrew the graph's pages.
+    fn decode_graph(
+        &mut self,
+        mut ids: StepIds,
+        want_logits: bool,
+    ) -> Result<(Vec<u32>, Option<Vec<f32>>)> {
+        let c = self.model.cfg.clone();
+        let s = self.model.stream.clone();
+        let b = ids.tokens.len();
+        if ids.last_rows.iter().enumerate().any(|(i, &r)| i != r) {
+            return Err(Error::Input(
+                "a decode step has one token per sequence".into(),
+            ));
+        }
+        let keep = matches!(&self.graph, Some(g) if g.batch == b && g.pages >= ids.width);
+        if !keep {
+            // Dropped before the new one is built: its buffers are freed first.
+            self.graph = None;
+        }
+        let pages = match &self.graph {
+            Some(g) => g.pages,
+            // Powers of two: a batch decoding up to its model's length captures a handful.
+            None => ids
+                .width
+                .next_power_of_two()
+                .max(4)
+                .min(c.max_positions.div_ceil(BLOCK_TOKENS))
+                .max(ids.width),
+        };
+        pad_tables(&mut ids, pages);
+        let positions: Vec<i32> = ids.positions.iter().map(|&p| p as i32).collect();
+        let mut x_host = vec![0f32; b * c.hidden];
+        embed(&self.model.cpu.w, &ids.tokens, &ids.positions, &mut x_host)?;
+        let xb: Vec<bf16> = x_host.iter().map(|&v| bf16::from_f32(v)).collect();
+        let g = match self.graph.take() {
+            Some(mut g) => {
+                g.dev.positions.update(&s, &positions).map_err(gerr)?;
+                g.dev.slots.update(&s, &ids.slots).map_err(gerr)?;
+                g.dev.tables.update(&s, &ids.tables).map_err(gerr)?;
+                g.dev.ctx.update(&s, &ids.ctx).map_err(gerr)?;
+                s.memcpy_htod(&xb, &mut g.a.x).map_err(gerr)?;
+                g
+            }
+            None => {
+                let mut g = self.capture_decode(&ids, &positions, pages)?;
+                s.memcpy_htod(&xb, &mut g.a.x).map_err(gerr)?;
+                // Capturing queued nothing: the step runs below, as every replay does.
+                g
+            }
+        };
+        let r = (|| -> Result<(Vec<u32>, Option<Vec<f32>>)> {
+            g.exec.launch().map_err(gerr)?;
+            let toks = s
+                .clone_dtoh(&g.top)
+                .map_err(gerr)?
+                .into_iter()
+                .map(|x| x as u32)
+                .collect();
+            let lg = want_logits
+                .then(|| s.clone_dtoh(&g.logits).map_err(gerr))
+                .transpose()?
+                .map(|v| v.into_iter().map(|x| x.to_f32()).collect());
+            Ok((toks, lg))
+        })();
+        self.graph = Some(g);
+        r
+    }
+
+    /// Captures one decode step of `ids` (tables padded to `pages`) over buffers of its own.
+    fn capture_decode(
+        &mut self,
+        ids: &StepIds,
+        positions: &[i32],
+        pages: usize,
+    ) -> Result<DecodeGraph> {
+        let m: &GpuModel = self.model;
+        let c = m.cfg.clone();
+        let s = m.stream.clone();
+        let b = ids.tokens.len();
+        let up = |v: &[i32]| DeviceIds::upload(&s, v).map_err(gerr);
+        let dev = DevIds {
+            positions: up(positions)?,
+            slots: up(&ids.slots)?,
+            cu: up(&(0..=b as i32).collect::<Vec<_>>())?,
+            tables: up(&ids.tables)?,
+            ctx: up(&ids.ctx)?,
+        };
+        let mut a = self.acts(b)?;
+        let mut scratch = DecodeScratch::new(
+            &m.gpu,
+            &s,
+            b,
+            c.heads,
+            self.shape,
+            pages,
+            DecodeKernel::Auto,
+        )
+        .map_err(gerr)?;
+        let mut logits = s.alloc_zeros::<bf16>(b * c.vocab).map_err(gerr)?;
+        let mut top = s.alloc_zeros::<i32>(b).map_err(gerr)?;
+        // Everything above is in place before the capture starts.
+        s.synchronize().map_err(gerr)?;
+        s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(gerr)?;
+        let queued = (|| -> Result<()> {
+            for l in 0..c.layers {
+                self.gpu_s1(l, None, b, &dev, &mut a, l > 0)?;
+                self.gpu_attention(l, ids, &dev, false, &mut a, Some(&mut scratch))?;
+                self.gpu_s4_s6(l, None, b, &mut a)?;
+            }
+            // Final norm (with the last delta), LM head over every row, argmax.
+            self.flush(b, &mut a)?;
+            let m: &GpuModel = self.model;
+            let head = m.head.as_ref().expect("graph_fits checked the head");
+            m.blas
+                .linear_bf16(
+                    b,
+                    c.vocab,
+                    c.hidden,
+                    &a.a,
+                    head,
+                    GEpi::None,
+                    false,
+                    &mut logits,
+                )
+                .map_err(gerr)?;
+            argmax_bf16(&m.gpu, &m.stream, &logits, c.vocab, &mut top).map_err(gerr)
+        })();
+        // The capture ends whatever happened, so that the stream is usable again.
+        let graph = s.end_capture(sys::CUgraphInstantiate_flags(0));
+        queued?;
+        let exec = graph
+            .map_err(gerr)?
+            .ok_or_else(|| Error::Kernel("the decode step's CUDA graph came back empty".into()))?;
+        Ok(DecodeGraph {
+            exec,
+            batch: b,
+            pages,
+            dev,
+            a,
+            scratch,
+            logits,
+            top,
+        })
+    }
+}
+
+/// Pads a step's block tables to `pages` entries per sequence (entries past a context are
+/// never read; block 0 is a valid id).
+fn pad_tables(ids: &mut StepIds, pages: usize) {
+    if ids.width == pages {
+        return;
+    }
+    let n = ids.ctx.len();
+    let mut t = vec![0i32; n * pages];
+    for i in 0..n {
+        t[i * pages..i * pages + ids.width]
+            .copy_from_slice(&ids.tables[i * ids.width..(i + 1) * ids.width]);
+    }
+    ids.tables = t;
+    ids.width = pages;
 }
 
 fn layer_buf(m: &GpuModel, l: usize, staging: Option<usize>) -> &CudaSlice<bf16> {
