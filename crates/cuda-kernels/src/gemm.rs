@@ -17,7 +17,7 @@ use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut};
 use half::bf16;
 
-use crate::{check_len, Gpu, Result};
+use crate::{check_len, Error, Gpu, Result};
 
 /// What cuBLASLt adds after the product.
 #[derive(Clone, Copy)]
@@ -279,8 +279,8 @@ impl Blas {
                 WORKSPACE_BYTES,
                 s.cu_stream() as sys::cudaStream_t,
             )
-        }?;
-        Ok(())
+        }
+        .map_err(|source| Error::Matmul { m, n, k, source })
     }
 }
 

@@ -52,6 +52,13 @@ pub enum Error {
     Cublas(#[from] cudarc::cublas::result::CublasError),
     #[error("cuBLASLt: {0}")]
     CublasLt(#[from] cudarc::cublaslt::result::CublasError),
+    #[error("cuBLASLt matmul of {m}x{n}x{k} (M x N x K): {source}")]
+    Matmul {
+        m: usize,
+        n: usize,
+        k: usize,
+        source: cudarc::cublaslt::result::CublasError,
+    },
     #[error("{what}: expected {expected} elements, got {got}")]
     Len {
         what: &'static str,

@@ -220,6 +220,7 @@ fn check_gpu_sessions(name: &str) {
     let Some(gpu) = cuda_kernels::gpu_or_skip() else {
         return;
     };
+    let _one = gpu_lock();
     let cases: [(&str, &str, f64, bool, &[&str], usize); 16] = [
         ("0", "1", 0.0, true, &[], 1),
         ("2", "1", 0.0, false, &[], 1),
@@ -362,6 +363,13 @@ fn config_and_weights_that_disagree_are_a_clear_error() {
     );
 }
 
+/// The GPU tests of this file, one at a time: a CUDA graph capture in one test must not be
+/// invalidated by another test synchronizing the same device.
+fn gpu_lock() -> std::sync::MutexGuard<'static, ()> {
+    static GPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GPU.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Same-run agreement of graph and stream decode: the graph's paged attention is planned for a
 /// padded table, so sums may be ordered differently; 1e-2 of the largest logit is far below
 /// the error of a wrong position, block or sequence.
@@ -392,23 +400,30 @@ fn check_graph_decode(name: &str) {
     let (first, third) = (&prompts[..2], &prompts[2..3]);
     let longest = first.iter().map(Vec::len).max().unwrap();
     let steps1 = 70.min(maxp - longest - 20);
+    let _one = gpu_lock();
     let run = |model: &mut engine::exec::gpu::GpuModel, graphs: bool| -> Vec<Vec<f32>> {
         let mut s = engine::exec::gpu::GpuSession::new(model, 64, MemTier::Pageable).unwrap();
         s.graphs = graphs;
         let mut out = Vec::new();
+        let what = |step: usize, e: engine::Error| {
+            panic!("{name}, graphs {graphs}: decode step {step}: {e}")
+        };
         let (mut toks, _) = s.prefill(first, false).unwrap();
-        for _ in 0..steps1 {
-            let (t, lg) = s.decode(&toks, true).unwrap();
+        for i in 0..steps1 {
+            let (t, lg) = s.decode(&toks, true).unwrap_or_else(|e| what(i, e));
             out.push(lg.unwrap());
             toks = t;
         }
         let (t3, _) = s.prefill(third, false).unwrap();
         toks.extend(t3);
-        for _ in 0..8 {
-            let (t, lg) = s.decode(&toks, true).unwrap();
+        for i in steps1..steps1 + 8 {
+            let (t, lg) = s.decode(&toks, true).unwrap_or_else(|e| what(i, e));
             out.push(lg.unwrap());
             toks = t;
         }
+        // Every step from a graph (the GPU tests of this process run one at a time, so nothing
+        // invalidates a capture).
+        assert_eq!(s.graph_replays(), if graphs { out.len() } else { 0 });
         out
     };
     let graph = run(&mut model, true);

@@ -644,6 +644,10 @@ pub struct GpuSession<'m> {
     /// from resident weights (see [`DecodeGraph`]); on unless `TANDEM_CUDA_GRAPHS=0`.
     pub graphs: bool,
     graph: Option<DecodeGraph>,
+    /// Decode steps run from a graph so far.
+    graph_replays: usize,
+    /// A capture failed once (noted once).
+    capture_failed: bool,
 }
 
 impl<'m> GpuSession<'m> {
@@ -701,6 +705,8 @@ impl<'m> GpuSession<'m> {
             last_trace: None,
             graphs: std::env::var("TANDEM_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             graph: None,
+            graph_replays: 0,
+            capture_failed: false,
         })
     }
 
@@ -1400,6 +1406,11 @@ impl<'m> GpuSession<'m> {
         self.step(vec![mb], false, want_logits)
     }
 
+    /// Decode steps this session ran from a captured CUDA graph.
+    pub fn graph_replays(&self) -> usize {
+        self.graph_replays
+    }
+
     /// Whether decode steps can replay a CUDA graph: every layer on the GPU with resident
     /// weights and its attention there, the head too, and no tracing (whose events are
     /// recorded per step).
@@ -1458,13 +1469,26 @@ impl<'m> GpuSession<'m> {
                 s.memcpy_htod(&xb, &mut g.a.x).map_err(gerr)?;
                 g
             }
-            None => {
-                let mut g = self.capture_decode(&ids, &positions, pages)?;
-                s.memcpy_htod(&xb, &mut g.a.x).map_err(gerr)?;
-                // Capturing queued nothing: the step runs below, as every replay does.
-                g
-            }
+            None => match self.capture_decode(&ids, &positions, pages) {
+                Ok(mut g) => {
+                    s.memcpy_htod(&xb, &mut g.a.x).map_err(gerr)?;
+                    // Capturing queued nothing: the step runs below, as every replay does.
+                    g
+                }
+                Err(e) => {
+                    // A capture can be invalidated from outside (another thread of the
+                    // process synchronizing the device); nothing of the step ran, so it runs
+                    // launch by launch, and the next step tries again.
+                    if !self.capture_failed {
+                        eprintln!("note: decode step not captured as a CUDA graph ({e}); launching its kernels one by one");
+                        self.capture_failed = true;
+                    }
+                    let mb = self.minibatch(ids)?;
+                    return self.step(vec![mb], false, want_logits);
+                }
+            },
         };
+        self.graph_replays += 1;
         let r = (|| -> Result<(Vec<u32>, Option<Vec<f32>>)> {
             g.exec.launch().map_err(gerr)?;
             let toks = s
