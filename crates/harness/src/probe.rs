@@ -16,8 +16,9 @@ pub struct Profile {
     pub dram_read_bytes_s: f64,
     pub dram_copy_bytes_s: f64,
     pub cpu_gemm_bf16_flop_s: f64,
-    /// Weight bytes per second a batch-1 CPU GEMV streams (our kernel, weights past the L3):
-    /// what a CPU layer reads at in decode, below the plain DRAM read.
+    /// Weight bytes per second batch-1 CPU GEMVs stream (our kernel, weights past the L3, four
+    /// layer-shaped linears back to back, mean of five layers): what a CPU layer reads at in
+    /// decode, below the plain DRAM read.
     #[serde(default)]
     pub cpu_gemv_bytes_s: f64,
     /// FLOP/s of a 64-row CPU GEMM over the same weights: a batch-64 decode step's linears,
@@ -102,34 +103,53 @@ pub fn run() -> anyhow::Result<Profile> {
     p.cpu_gemm_bf16_flop_s = 2.0 * (m * n * k) as f64 / t;
     drop((w, a, pw, c));
 
-    // Batch-1 GEMV over weights of the probe size (past the last-level cache).
+    // Batch-1 GEMVs as a decode step runs them: weights of the probe size (past the last-level
+    // cache) cut into a layer's four linears in a transformer's proportions (QKV 3, out 1,
+    // up 4, down 4 parts of 12), one after the other, each its own parallel pass; the mean of
+    // five such layers, not the best, since a decode step pays every pass's ramp and tail.
     let k = 8192usize;
     let n = (bytes / 2 / k).max(16);
     eprintln!(
-        "probe: CPU bf16 GEMV over {:.1} GiB of weights",
+        "probe: CPU bf16 GEMV over {:.1} GiB of weights, as four layer-shaped linears",
         (n * k * 2) as f64 / (1u64 << 30) as f64
     );
-    let w: Vec<bf16> = (0..n * k)
-        .map(|i| bf16::from_f32(((i % 61) as f32 - 30.0) / 500.0))
+    let parts: Vec<usize> = [3usize, 1, 4, 4]
+        .iter()
+        .map(|&p| (n * p / 12).max(16))
         .collect();
-    let pw = amx_kernels::PackedWeight::from_bf16(&w, n, k)?;
-    drop(w);
+    let mut linears = Vec::new();
+    for &pn in &parts {
+        let w: Vec<bf16> = (0..pn * k)
+            .map(|i| bf16::from_f32(((i % 61) as f32 - 30.0) / 500.0))
+            .collect();
+        linears.push(amx_kernels::PackedWeight::from_bf16(&w, pn, k)?);
+    }
     let x: Vec<bf16> = (0..k)
         .map(|i| bf16::from_f32(((i % 7) as f32 - 3.0) / 10.0))
         .collect();
-    let mut y = vec![0f32; n];
-    amx_kernels::gemm_bf16(&x, 1, k, &pw, &mut y, Default::default())?;
-    let t = best_of(5, || {
-        amx_kernels::gemm_bf16(&x, 1, k, &pw, &mut y, Default::default()).unwrap()
-    });
-    p.cpu_gemv_bytes_s = (n * k * 2) as f64 / t;
+    let mut y = vec![0f32; parts.iter().copied().max().unwrap_or(16)];
+    let layer = |y: &mut [f32]| {
+        for (pw, &pn) in linears.iter().zip(&parts) {
+            amx_kernels::gemm_bf16(&x, 1, k, pw, &mut y[..pn], Default::default()).unwrap();
+        }
+    };
+    layer(&mut y);
+    let reps = 5;
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        layer(&mut y);
+    }
+    let t = t0.elapsed().as_secs_f64() / reps as f64;
+    p.cpu_gemv_bytes_s = (parts.iter().sum::<usize>() * k * 2) as f64 / t;
+    // The 64-row GEMM over the largest linear (a third of the bytes, still past the cache).
+    let (pw, n) = (&linears[2], parts[2]);
     let m = 64;
     let x: Vec<bf16> = (0..m * k)
         .map(|i| bf16::from_f32(((i % 7) as f32 - 3.0) / 10.0))
         .collect();
     let mut y = vec![0f32; m * n];
     let t = best_of(3, || {
-        amx_kernels::gemm_bf16(&x, m, k, &pw, &mut y, Default::default()).unwrap()
+        amx_kernels::gemm_bf16(&x, m, k, pw, &mut y, Default::default()).unwrap()
     });
     p.cpu_gemm_m64_flop_s = 2.0 * (m * n * k) as f64 / t;
 

@@ -251,6 +251,10 @@ pub struct GpuModel {
     trace: Option<TraceEvents>,
     /// Host copies pinned: streamed layers' and, per session, the host KV cache.
     pin: bool,
+    /// Staging buffer of the next step's first streamed layer (see `GpuSession::step`).
+    stage_base: usize,
+    /// (layer, staging buffer) copies already queued for the next step by the last one.
+    prefetched: Vec<(usize, usize)>,
 }
 
 /// Timed events of one step: each streamed layer's copy (copy stream) and each GPU layer's
@@ -446,6 +450,8 @@ impl GpuModel {
             loaded,
             trace: None,
             pin,
+            stage_base: 0,
+            prefetched: Vec::new(),
         })
     }
 
@@ -1168,8 +1174,16 @@ impl<'m> GpuSession<'m> {
             });
         }
         let nbuf = self.model.staging.len();
+        // Streamed layer i of this step goes through buffer (base + i) % nbuf; the base moves
+        // on by the step's count, so that the previous decode step could already load this
+        // step's first layers into the buffers it freed last (see the end of the loop below).
+        let base = self.model.stage_base;
+        let buf = |i: usize| (base + i) % nbuf.max(1);
+        let ahead = std::mem::take(&mut self.model.prefetched);
         for (i, &l) in streamed.iter().take(nbuf).enumerate() {
-            self.model.load(l, i)?;
+            if !ahead.contains(&(l, buf(i))) {
+                self.model.load(l, buf(i))?;
+            }
         }
         for l in 0..c.layers {
             let run = self.model.runs[l];
@@ -1189,9 +1203,9 @@ impl<'m> GpuSession<'m> {
             }
             let slot = streamed.iter().position(|&x| x == l);
             if let Some(i) = slot {
-                s.wait(&self.model.loaded[i % nbuf]).map_err(gerr)?;
+                s.wait(&self.model.loaded[buf(i)]).map_err(gerr)?;
             }
-            let st = slot.map(|i| i % nbuf);
+            let st = slot.map(buf);
             let t0 = self.model.mark(&s)?;
             if run.attn_cpu(prefill) {
                 for mb in mbs.iter_mut() {
@@ -1229,11 +1243,25 @@ impl<'m> GpuSession<'m> {
                 tr.computes.push((t0, t1));
             }
             if let Some(i) = slot {
-                self.model.free[i % nbuf].record(&s).map_err(gerr)?;
+                self.model.free[buf(i)].record(&s).map_err(gerr)?;
                 if let Some(&next) = streamed.get(i + nbuf) {
-                    self.model.load(next, i % nbuf)?;
+                    self.model.load(next, buf(i))?;
+                } else if !prefill
+                    && self.model.trace.is_none()
+                    && i + nbuf - streamed.len() < streamed.len()
+                {
+                    // A decode step is most likely followed by another with the same streamed
+                    // layers: load the next step's first ones now, over this step's last CPU
+                    // layers and head, into the buffers they will use there. (Not while
+                    // tracing: the trace sums this step's copies.)
+                    let j = i + nbuf - streamed.len();
+                    self.model.load(streamed[j], buf(i))?;
+                    self.model.prefetched.push((streamed[j], buf(i)));
                 }
             }
+        }
+        if nbuf > 0 {
+            self.model.stage_base = (base + streamed.len()) % nbuf;
         }
         if let Some(tr) = self.model.trace.take() {
             let end = self.model.mark_now(&s)?;
