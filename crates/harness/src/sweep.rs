@@ -33,9 +33,14 @@ pub struct SweepArgs {
     /// split of the rest).
     #[arg(long = "policy")]
     pub policies: Vec<String>,
-    /// Comma-separated GPU percentages (ignored by `auto`, which picks its own).
+    /// Comma-separated GPU percentages (default 0); `auto` takes each as its resident share
+    /// and splits the rest, or, with none given, picks its own (as many layers as fit).
     #[arg(long, value_delimiter = ',')]
     pub gpu_percentages: Vec<f64>,
+    /// Set by `resolve`: no percentages were given.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub auto_picks: bool,
     /// Comma-separated weight tiers: pageable, pinned, numa:N.
     #[arg(long, value_delimiter = ',')]
     pub weights_tiers: Vec<String>,
@@ -90,9 +95,14 @@ impl SweepArgs {
         if self.policies.is_empty() {
             self.policies = vec!["auto".into()];
         }
-        if self.gpu_percentages.is_empty() {
+        // No percentages: 0 % for explicit policies, and `auto` picks its own (as many
+        // layers resident as fit); given ones apply to `auto` too (that share resident, LIA's
+        // CPU/PCIe split of the rest).
+        let auto_picks = self.gpu_percentages.is_empty();
+        if auto_picks {
             self.gpu_percentages = vec![0.0];
         }
+        self.auto_picks = auto_picks;
         if self.weights_tiers.is_empty() {
             self.weights_tiers = vec!["pageable".into()];
         }
@@ -165,7 +175,7 @@ fn grid(a: &SweepArgs, model: &str) -> Vec<Point> {
     let mut v = Vec::new();
     for tier in &a.weights_tiers {
         for policy in &a.policies {
-            let pcts: Vec<Option<f64>> = if policy == "auto" {
+            let pcts: Vec<Option<f64>> = if policy == "auto" && a.auto_picks {
                 vec![None]
             } else {
                 a.gpu_percentages.iter().map(|&g| Some(g)).collect()
@@ -477,7 +487,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grid_skips_percentages_for_auto_and_keys_are_distinct() {
+    fn grid_applies_percentages_to_auto_when_given_and_keys_are_distinct() {
         let a = SweepArgs {
             batch_sizes: vec![1, 8],
             policies: vec!["auto".into(), "1".into()],
@@ -488,9 +498,23 @@ mod tests {
         .resolve()
         .unwrap();
         let g = grid(&a, "opt-1.3b");
-        assert_eq!(g.len(), 2 + 4);
+        assert_eq!(g.len(), 4 + 4);
         let keys: HashSet<String> = g.iter().map(Point::key).collect();
         assert_eq!(keys.len(), g.len());
+        // Without percentages, `auto` picks its own: one point per batch.
+        let a = SweepArgs {
+            batch_sizes: vec![1, 8],
+            policies: vec!["auto".into(), "1".into()],
+            weights_tiers: vec!["pageable".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let g = grid(&a, "opt-1.3b");
+        assert_eq!(g.len(), 2 + 2);
+        assert!(g
+            .iter()
+            .any(|p| p.policy == "auto" && p.gpu_percentage.is_none()));
     }
 
     #[test]
