@@ -21,10 +21,12 @@
 //! that does not fill its last tile ends with one step whose A tile comes from a zero-padded
 //! copy of the last bytes of each row (the weights are zero-padded already).
 //!
-//! Blocking: K is cut into chunks of [`kc_tiles`] tiles (64); within a chunk the block's rows are
-//! taken 32 at a time and its columns 32 at a time, so the A panel (≤ 128 rows) and the B
-//! panel (≤ 128 columns) of one chunk stay in L2 while they are reused.
-//! C goes to the thread's f32 scratch between chunks.
+//! Blocking: K is cut into chunks of [`kc_tiles`] tiles (64). Within a chunk every row group
+//! of 32 rows is packed first (the A panel, ≤ 128 rows × 4 KiB, stays in L2); then the block's
+//! columns are walked 32 at a time, each pair of B blocks (128 KiB) going through every row
+//! group before the next pair, so that each B tile comes from memory once however wide the
+//! block (a decode block spans thousands of columns). C goes to the thread's f32 scratch
+//! between chunks.
 //!
 //! `ldtilecfg` is per thread: each call configures the tiles itself and releases them at the
 //! end, so any pool thread can run any block.
@@ -79,10 +81,6 @@ fn apack(bytes: usize) -> *mut u8 {
 /// Bytes of one tile row, and of one B tile.
 const ROW: usize = 64;
 const TILE_BYTES: usize = 16 * ROW;
-
-/// The zero-padded last K bytes of 32 rows of A (one tail tile per A tile).
-#[repr(C, align(64))]
-struct TailTiles([[u8; ROW]; 32]);
 
 fn config(r0: usize, r1: usize) -> TileConfig {
     let mut cfg = TileConfig::palette1();
@@ -195,31 +193,37 @@ pub(crate) unsafe fn gemm_block_amx<const INT8: bool>(
     let ldc = (pb1 - pb0) * BLOCK_N;
     let (lda_bytes, ldc_bytes) = (op.lda, ldc * 4);
     let k_steps = if INT8 { k_steps_int8 } else { k_steps_bf16 };
-    let mut tail = TailTiles([[0u8; ROW]; 32]);
     let mut configured = None;
     let kc = kc_tiles();
     let pack = pack_a();
+    let groups = rows.div_ceil(32);
+    let group_rows = |g: usize| {
+        let mp = g * 32;
+        let r0 = (rows - mp).min(16);
+        (mp, r0, (rows - mp - r0).min(16))
+    };
     for kc0 in (0..kb).step_by(kc) {
         let kc1 = (kc0 + kc).min(kb);
         let has_tail = op.tail_bytes != 0 && kc1 == kb;
         let steps = if has_tail { kfull - kc0 } else { kc1 - kc0 };
-        for mp in (0..rows).step_by(32) {
-            let r0 = (rows - mp).min(16);
-            let r1 = (rows - mp - r0).min(16);
-            if configured != Some((r0, r1)) {
-                let cfg = config(r0, if r1 > 0 { r1 } else { r0 });
-                // SAFETY: AMX is available (caller's contract); the configuration is a valid
-                // palette-1 layout (rows ≤ 16, 64-byte rows).
-                asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly));
-                configured = Some((r0, r1));
-            }
+        // This thread's panel: every row group's A for the chunk (when packed), then every
+        // group's zero-padded tail tiles (when K ends inside a tile).
+        let packed = if pack {
+            groups * steps * 2 * TILE_BYTES
+        } else {
+            0
+        };
+        let tails = if has_tail { groups * 2 * TILE_BYTES } else { 0 };
+        let panel = apack(packed + tails);
+        for g in 0..groups {
+            let (mp, r0, r1) = group_rows(g);
             let arow0 = op.a.add(mp * lda_bytes);
-            // A first copied tile by tile into a contiguous panel (2 KiB per K step: no
-            // cache-set conflicts between the 16 rows of one tile load when the row stride is a
-            // multiple of 4 KiB, and the copy is reused by every column pair), or read in place
-            // (TANDEM_AMX_PACK_A=0).
-            let (a0, a_lda, a_step) = if pack && steps > 0 {
-                let dst = apack(steps * 2 * TILE_BYTES);
+            // A copied tile by tile into the contiguous panel (2 KiB per K step: no
+            // cache-set conflicts between the 16 rows of one tile load when the row stride is
+            // a multiple of 4 KiB, and the copy is reused by every column pair), or read in
+            // place (TANDEM_AMX_PACK_A=0).
+            if pack {
+                let dst = panel.add(g * steps * 2 * TILE_BYTES);
                 for s in 0..steps {
                     for r in 0..r0 + r1 {
                         let src = arow0.add(r * lda_bytes + (kc0 + s) * ROW);
@@ -230,29 +234,58 @@ pub(crate) unsafe fn gemm_block_amx<const INT8: bool>(
                         );
                     }
                 }
-                (dst as *const u8, ROW, 2 * TILE_BYTES)
-            } else {
-                (arow0.add(kc0 * ROW), lda_bytes, ROW)
-            };
-            let a1 = if r1 > 0 { a0.add(16 * a_lda) } else { a0 };
+            }
             if has_tail {
-                for (r, t) in tail.0.iter_mut().enumerate().take(r0 + r1) {
-                    let src = arow0.add(r * lda_bytes + kfull * ROW);
-                    std::ptr::copy_nonoverlapping(src, t.as_mut_ptr(), op.tail_bytes);
-                    t[op.tail_bytes..].fill(0);
+                let t = panel.add(packed + g * 2 * TILE_BYTES);
+                for r in 0..32 {
+                    let row = t.add(r * ROW);
+                    let n = if r < r0 + r1 { op.tail_bytes } else { 0 };
+                    if n > 0 {
+                        std::ptr::copy_nonoverlapping(
+                            arow0.add(r * lda_bytes + kfull * ROW),
+                            row,
+                            n,
+                        );
+                    }
+                    std::ptr::write_bytes(row.add(n), 0, ROW - n);
                 }
             }
-            let t0 = tail.0.as_ptr() as *const u8;
-            let t1 = if r1 > 0 { t0.add(16 * ROW) } else { t0 };
-            for np in (pb0..pb1).step_by(2) {
-                let two = np + 1 < pb1;
-                let b0 = op.b.add(np * op.b_stride + kc0 * TILE_BYTES);
-                let b1 = if two { b0.add(op.b_stride) } else { b0 };
+        }
+        // Column pairs outside, row groups inside: a pair's B tiles of the chunk (128 KiB) are
+        // read from memory once and reused from the cache by every row group, however many
+        // columns the block spans (a small-M block spans thousands: with the row groups
+        // outside, a 64-row block read each B tile from memory twice).
+        for np in (pb0..pb1).step_by(2) {
+            let two = np + 1 < pb1;
+            let b0 = op.b.add(np * op.b_stride + kc0 * TILE_BYTES);
+            let b1 = if two { b0.add(op.b_stride) } else { b0 };
+            for g in 0..groups {
+                let (mp, r0, r1) = group_rows(g);
+                if configured != Some((r0, r1)) {
+                    let cfg = config(r0, if r1 > 0 { r1 } else { r0 });
+                    // SAFETY: AMX is available (caller's contract); the configuration is a
+                    // valid palette-1 layout (rows ≤ 16, 64-byte rows).
+                    asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly));
+                    configured = Some((r0, r1));
+                }
+                let (a0, a_lda, a_step) = if pack {
+                    (
+                        panel.add(g * steps * 2 * TILE_BYTES) as *const u8,
+                        ROW,
+                        2 * TILE_BYTES,
+                    )
+                } else {
+                    (op.a.add(mp * lda_bytes + kc0 * ROW), lda_bytes, ROW)
+                };
+                let a1 = if r1 > 0 { a0.add(16 * a_lda) } else { a0 };
+                let t0 = panel.wrapping_add(packed + g * 2 * TILE_BYTES) as *const u8;
+                let t1 = if r1 > 0 { t0.add(16 * ROW) } else { t0 };
                 let c00 = c.as_mut_ptr().add(mp * ldc + (np - pb0) * BLOCK_N);
                 let c10 = c00.wrapping_add(16 * ldc);
                 // SAFETY: the C tiles are inside the scratch (rows × ldc), only the ones this
                 // block owns are loaded or stored; A rows m0+mp .. +r0+r1 and K tiles
-                // kc0 .. kc0+steps are inside A; B tiles kc0 .. kc1 are inside the weight.
+                // kc0 .. kc0+steps are inside A (or its panel); B tiles kc0 .. kc1 are inside
+                // the weight; the tail tiles are in the panel.
                 if kc0 == 0 {
                     zero_c0();
                     zero_c1();

@@ -188,8 +188,9 @@ fn check<O: OutElem + std::fmt::Debug>(
     }
 }
 
-/// Shapes (m, n, k): tile edges, M = 1, M past one work block, K chunks, K ≥ 8192.
-const SHAPES: [(usize, usize, usize); 9] = [
+/// Shapes (m, n, k): tile edges, M = 1, M past one work block, K chunks, K ≥ 8192, and a
+/// decode-sized batch (two row groups over many column pairs, three K chunks, a K tail).
+const SHAPES: [(usize, usize, usize); 10] = [
     (1, 16, 32),
     (1, 17, 33),
     (3, 40, 95),
@@ -199,6 +200,7 @@ const SHAPES: [(usize, usize, usize); 9] = [
     (150, 48, 100),
     (2, 20, 8195),
     (4, 130, 256),
+    (64, 300, 4170),
 ];
 
 fn check_tier(dtype: Dtype, tier: CpuTier) {
