@@ -56,6 +56,13 @@ pub fn pack_a() -> bool {
     *PACK.get_or_init(|| std::env::var("TANDEM_AMX_PACK_A").map_or(true, |v| v != "0"))
 }
 
+/// Whether row groups are walked outside the column pairs (the order before column pairs
+/// went outside; `TANDEM_AMX_ROWS_OUTER=1`, a tuning knob for side-by-side timing).
+pub fn rows_outer() -> bool {
+    static R: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *R.get_or_init(|| std::env::var("TANDEM_AMX_ROWS_OUTER").is_ok_and(|v| v == "1"))
+}
+
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct Line([u8; 64]);
@@ -196,6 +203,7 @@ pub(crate) unsafe fn gemm_block_amx<const INT8: bool>(
     let mut configured = None;
     let kc = kc_tiles();
     let pack = pack_a();
+    let rows_outer = rows_outer();
     let groups = rows.div_ceil(32);
     let group_rows = |g: usize| {
         let mp = g * 32;
@@ -255,11 +263,18 @@ pub(crate) unsafe fn gemm_block_amx<const INT8: bool>(
         // read from memory once and reused from the cache by every row group, however many
         // columns the block spans (a small-M block spans thousands: with the row groups
         // outside, a 64-row block read each B tile from memory twice).
-        for np in (pb0..pb1).step_by(2) {
+        let pairs = (pb1 - pb0).div_ceil(2);
+        for i in 0..pairs * groups {
+            let (pi, g) = if rows_outer {
+                (i % pairs, i / pairs)
+            } else {
+                (i / groups, i % groups)
+            };
+            let np = pb0 + 2 * pi;
             let two = np + 1 < pb1;
             let b0 = op.b.add(np * op.b_stride + kc0 * TILE_BYTES);
             let b1 = if two { b0.add(op.b_stride) } else { b0 };
-            for g in 0..groups {
+            {
                 let (mp, r0, r1) = group_rows(g);
                 if configured != Some((r0, r1)) {
                     let cfg = config(r0, if r1 > 0 { r1 } else { r0 });
