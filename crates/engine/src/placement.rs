@@ -308,15 +308,25 @@ pub fn auto_split(
         return Vec::new();
     }
     let f = dram_bytes_s / (dram_bytes_s + pcie_bytes_s.max(0.0));
-    (0..n)
-        .filter(|&j| ((j + 1) as f64 * f).floor() > (j as f64 * f).floor())
-        .map(|j| LayerOverride {
+    let k = (n as f64 * f).floor() as usize;
+    spread(n, k)
+        .into_iter()
+        .enumerate()
+        .filter(|&(_, on)| on)
+        .map(|(j, _)| LayerOverride {
             first: resident + j,
             last: resident + j,
             phase,
             policy: Policy::FULL_CPU,
         })
         .collect()
+}
+
+/// `k` of `n` slots marked, spread evenly (never two unmarked in a row while at least half
+/// are marked, and the reverse).
+pub fn spread(n: usize, k: usize) -> Vec<bool> {
+    let k = k.min(n);
+    (0..n).map(|j| (j + 1) * k / n > j * k / n).collect()
 }
 
 #[cfg(test)]
@@ -338,5 +348,10 @@ mod split_tests {
             .all(|o| o.first >= 24));
         assert_eq!(auto_split(10, 0, 100e9, 0.0, Phase::Decode).len(), 10);
         assert!(auto_split(10, 10, 100e9, 55e9, Phase::Both).is_empty());
+        for (n, k) in [(48, 0), (48, 1), (48, 30), (48, 48), (7, 3), (0, 0)] {
+            let s = spread(n, k);
+            assert_eq!((s.len(), s.iter().filter(|&&x| x).count()), (n, k));
+        }
+        assert_eq!(spread(4, 2), [false, true, false, true]);
     }
 }

@@ -370,6 +370,60 @@ fn gpu_lock() -> std::sync::MutexGuard<'static, ()> {
     GPU.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A GPU session whose split layers change sides every decode step: step i streams i mod
+/// (n + 1) of the n split layers to the GPU (attention on the CPU) and computes the rest on the
+/// CPU.
+struct CyclingSplit<'m>(engine::exec::gpu::GpuSession<'m>, usize);
+
+impl Engine for CyclingSplit<'_> {
+    fn prefill(&mut self, prompts: &[Vec<u32>]) -> Vec<f32> {
+        self.0.prefill(prompts, true).unwrap().1.unwrap()
+    }
+    fn decode(&mut self, tokens: &[u32]) -> Vec<f32> {
+        let (c, g) = self.0.model.split_counts();
+        self.0.model.set_adaptive_split(self.1 % (c + g + 1), 55e9);
+        self.1 += 1;
+        self.0.decode(tokens, true).unwrap().1.unwrap()
+    }
+}
+
+/// Every host layer split (prefill on the GPU from the packed weights, decode on the CPU), and
+/// decode steps moving them between the CPU and the GPU as the adaptive split does.
+fn check_adaptive_split(name: &str) {
+    let Some(gpu) = cuda_kernels::gpu_or_skip() else {
+        return;
+    };
+    let _one = gpu_lock();
+    for pin in [false, true] {
+        let w = Weights::load(&data_dir(name), MemTier::Pageable, &|_| {}).unwrap();
+        let vocab = w.config.vocab;
+        let p = engine::placement::layer_placements(
+            w.config.layers,
+            Policy::FULL_GPU,
+            Policy::FULL_GPU,
+            0.0,
+            &["decode@0-1:1".parse().unwrap()],
+        )
+        .unwrap();
+        let mut model = engine::exec::gpu::GpuModel::new(gpu.clone(), w, &p, pin).unwrap();
+        model.set_adaptive_split(0, 55e9);
+        assert_eq!(model.split_counts(), (2, 0));
+        let s = engine::exec::gpu::GpuSession::new(&mut model, 64, MemTier::Pageable).unwrap();
+        let what = format!("adaptive split, pinned {pin}");
+        check_session(name, &what, vocab, &mut CyclingSplit(s, 1));
+    }
+}
+
+#[test]
+fn gpu_adaptive_split_matches_hf_opt() {
+    check_adaptive_split("tiny-opt");
+}
+
+#[test]
+fn gpu_adaptive_split_matches_hf_llama_gqa() {
+    check_adaptive_split("tiny-llama-gqa");
+}
+
 /// Same-run agreement of graph and stream decode: the graph's paged attention is planned for a
 /// padded table, so sums may be ordered differently; 1e-2 of the largest logit is far below
 /// the error of a wrong position, block or sequence.

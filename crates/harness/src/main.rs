@@ -261,24 +261,38 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     // Refuse what cannot run before measuring anything.
     Plan::new(&cfg, spec.clone(), &caps)?;
     let profile = load_profile(a.profile.as_deref(), !no_gpu)?;
+    // With the automatic split and a GPU prefill, every host layer is a split layer (packed
+    // once for the CPU, streamed and unpacked for prefills), and decode steps move split layers
+    // between CPU compute and PCIe streaming as the measured times say (`adaptive` holds the
+    // first step's number on the GPU, from the probe).
+    let mut adaptive = None;
     if auto {
         let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
         let cpu_rate = cpu_decode_rate(&cfg, &spec, &profile);
-        spec.layer_overrides = engine::placement::auto_split(
-            cfg.layers,
-            resident,
-            cpu_rate,
-            pcie_rate(&profile, spec.weight_tier),
-            // A prefill is compute-bound: on the GPU, every layer streamed, whenever the
-            // prefill policy has GPU linears; the split is for decode.
-            if spec.prefill_policy.gpu_linears() {
-                engine::placement::Phase::Decode
-            } else {
-                engine::placement::Phase::Both
-            },
-        );
+        let pcie = pcie_rate(&profile, spec.weight_tier);
+        // A prefill is compute-bound: on the GPU, every layer streamed, whenever the prefill
+        // policy has GPU linears; the split is for decode.
+        let gpu_prefill = spec.prefill_policy.gpu_linears();
+        let phase = if gpu_prefill {
+            engine::placement::Phase::Decode
+        } else {
+            engine::placement::Phase::Both
+        };
+        spec.layer_overrides =
+            engine::placement::auto_split(cfg.layers, resident, cpu_rate, pcie, phase);
+        let host = cfg.layers - resident;
+        // A split layer streamed for decode still attends on the CPU over its host KV: only
+        // worth it while a layer's KV is a small part of its weights (small batches).
+        let ctx = spec.input_tokens + spec.max_new_tokens;
+        let kv_layer = spec.batch_size * ctx * 2 * cfg.kv_dim() * 2;
+        let small_kv = 20 * kv_layer <= 2 * cfg.layer_params();
+        if gpu_prefill && host > 0 && pcie > 0.0 && small_kv {
+            adaptive = Some((host - spec.layer_overrides.len(), pcie));
+            spec.layer_overrides =
+                engine::placement::auto_split(cfg.layers, resident, 1.0, 0.0, phase);
+        }
     }
-    let plan = Plan::new(&cfg, spec, &caps)?;
+    let mut plan = Plan::new(&cfg, spec, &caps)?;
     let full_cpu = plan.full_cpu();
     let s = &plan.spec;
     if !quiet() {
@@ -347,11 +361,38 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
         let pin = s.weight_tier == MemTier::Pinned;
         let nbuf = plan.staging_buffers(&caps);
         let mut model = engine::exec::gpu::GpuModel::with_staging(gpu, w, &plan.layers, pin, nbuf)?;
-        go(&mut |f| {
+        if let Some((gpu_layers, pcie)) = adaptive {
+            model.set_adaptive_split(gpu_layers, pcie);
+        }
+        let r = go(&mut |f| {
             f(&mut engine::exec::gpu::GpuSession::new(
                 &mut model, blocks, host_tier,
             )?)
-        })?
+        })?;
+        if let Some((first, _)) = adaptive {
+            // The roofline and the layer map below are for the split the steps settled on.
+            let (on_cpu, on_gpu) = model.split_counts();
+            let marks = engine::placement::spread(on_cpu + on_gpu, on_gpu);
+            let mut split = marks.into_iter();
+            for l in plan.layers.iter_mut() {
+                if !l.gpu_resident && l.prefill.gpu_linears() && !l.decode.gpu_linears() {
+                    if split.next() == Some(true) {
+                        l.decode = engine::placement::Policy::ATTENTION_ON_CPU;
+                    }
+                }
+            }
+            if !quiet() {
+                println!(
+                    "adaptive split: decode began with {first} of {} host layers streamed and ended with {on_gpu} (the CPU computing {on_cpu})",
+                    on_cpu + on_gpu
+                );
+                println!(
+                    "layer map (last decode step): {}",
+                    engine::placement::layer_map(&plan.layers)
+                );
+            }
+        }
+        r
     };
     pb.finish();
 

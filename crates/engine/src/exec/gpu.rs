@@ -251,6 +251,11 @@ pub struct GpuModel {
     trace: Option<TraceEvents>,
     /// Host copies pinned: streamed layers' and, per session, the host KV cache.
     pin: bool,
+    /// Split layers that decode steps run on the GPU (their packed weights streamed and
+    /// unpacked there, attention on the CPU over the host KV) instead of on the CPU.
+    split_gpu: Vec<bool>,
+    /// Rebalances split layers between the CPU and PCIe from measured times.
+    adaptive: Option<AdaptiveSplit>,
     /// Staging buffer of the next step's first streamed layer (see `GpuSession::step`).
     stage_base: usize,
     /// (layer, staging buffer) copies already queued for the next step by the last one.
@@ -292,7 +297,84 @@ impl StepTrace {
     }
 }
 
+/// Balances the split layers of decode steps between the CPU and PCIe: each step measures the
+/// CPU's time per split layer it computed, and the next step streams to the GPU the share of
+/// split layers that makes the CPU's work and the copies take equally long (the copy time per
+/// layer from its bytes and the PCIe rate). The CPU's rate moves with the batch, the context,
+/// and whatever else reads DRAM (the copies themselves), so it is measured, not assumed.
+#[derive(Clone, Debug)]
+struct AdaptiveSplit {
+    pcie_s_per_layer: f64,
+    /// Smoothed CPU seconds per split layer (none until a step computed one).
+    cpu_s_per_layer: Option<f64>,
+    gpu_layers: usize,
+}
+
+/// Of `n` split layers, how many to stream so that the CPU's share (`cpu_s` each) and the
+/// copies (`pcie_s` each) take equally long: `(n − g)·cpu_s = g·pcie_s`.
+fn balanced_gpu_layers(n: usize, cpu_s: f64, pcie_s: f64) -> usize {
+    if !(cpu_s > 0.0) || !(pcie_s > 0.0) {
+        return if cpu_s > 0.0 { n } else { 0 };
+    }
+    ((n as f64 * cpu_s / (cpu_s + pcie_s)).round() as usize).min(n)
+}
+
 impl GpuModel {
+    /// Lets decode steps move split layers (prefill on the GPU, decode on the CPU) to the GPU
+    /// and back, starting with `gpu_layers` of them on the GPU, balanced as
+    /// [`AdaptiveSplit`] says; `pcie_bytes_s` is the host-to-device rate of their copies.
+    pub fn set_adaptive_split(&mut self, gpu_layers: usize, pcie_bytes_s: f64) {
+        let bytes = 2 * self.cfg.layer_params();
+        self.adaptive = Some(AdaptiveSplit {
+            pcie_s_per_layer: bytes as f64 / pcie_bytes_s.max(1.0),
+            cpu_s_per_layer: None,
+            gpu_layers,
+        });
+        self.apply_split(gpu_layers);
+    }
+
+    /// Split layers decoded on the CPU and on the GPU now.
+    pub fn split_counts(&self) -> (usize, usize) {
+        let split: Vec<usize> = (0..self.runs.len())
+            .filter(|&l| self.runs[l].mode == LayerMode::Split)
+            .collect();
+        let gpu = split.iter().filter(|&&l| self.split_gpu[l]).count();
+        (split.len() - gpu, gpu)
+    }
+
+    /// Marks `gpu_layers` of the split layers, spread evenly among them, to decode on the GPU.
+    fn apply_split(&mut self, gpu_layers: usize) {
+        let split: Vec<usize> = (0..self.runs.len())
+            .filter(|&l| self.runs[l].mode == LayerMode::Split)
+            .collect();
+        let marks = crate::placement::spread(split.len(), gpu_layers);
+        for (&l, on) in split.iter().zip(marks) {
+            self.split_gpu[l] = on;
+        }
+    }
+
+    /// After a decode step that computed `cpu_layers` split layers on the CPU in `cpu_s`
+    /// seconds: the next step's split.
+    fn rebalance(&mut self, cpu_layers: usize, cpu_s: f64) {
+        let (n_cpu, n_gpu) = self.split_counts();
+        let Some(a) = self.adaptive.as_mut() else {
+            return;
+        };
+        if cpu_layers > 0 {
+            let c = cpu_s / cpu_layers as f64;
+            a.cpu_s_per_layer = Some(a.cpu_s_per_layer.map_or(c, |old| 0.5 * old + 0.5 * c));
+        }
+        let Some(c) = a.cpu_s_per_layer else {
+            return;
+        };
+        let want = balanced_gpu_layers(n_cpu + n_gpu, c, a.pcie_s_per_layer);
+        if want != a.gpu_layers {
+            a.gpu_layers = want;
+            let g = a.gpu_layers;
+            self.apply_split(g);
+        }
+    }
+
     /// Places `w` as `placement` says. Streamed layers' host copies are pinned when `pin` is set.
     /// Two staging buffers.
     pub fn new(gpu: Arc<Gpu>, w: Weights, placement: &[LayerPlacement], pin: bool) -> Result<Self> {
@@ -322,6 +404,7 @@ impl GpuModel {
             .enumerate()
             .map(|(l, p)| LayerRun::of(l, p))
             .collect::<Result<Vec<_>>>()?;
+        let w_layers = w.layers.len();
         // The engine orders its streams itself (the staging buffers' `free`/`loaded` events,
         // pinned buffers' own events, synchronous reads back), so cudarc's per-buffer event
         // tracking is turned off for the buffers made from here on: at batch 1 it recorded an
@@ -450,6 +533,8 @@ impl GpuModel {
             loaded,
             trace: None,
             pin,
+            split_gpu: vec![false; w_layers],
+            adaptive: None,
             stage_base: 0,
             prefetched: Vec::new(),
         })
@@ -1161,10 +1246,11 @@ impl<'m> GpuSession<'m> {
         let streamed: Vec<usize> = (0..c.layers)
             .filter(|&l| match self.model.homes[l] {
                 LayerHome::Streamed(_) => true,
-                LayerHome::Split(_) => prefill,
+                LayerHome::Split(_) => prefill || self.model.split_gpu[l],
                 _ => false,
             })
             .collect();
+        let (mut cpu_layers, mut cpu_s) = (0usize, 0f64);
         if self.trace {
             let start = self.model.mark_now(&s)?;
             self.model.trace = Some(TraceEvents {
@@ -1187,9 +1273,10 @@ impl<'m> GpuSession<'m> {
         }
         for l in 0..c.layers {
             let run = self.model.runs[l];
-            if run.on_cpu(prefill) {
+            if run.on_cpu(prefill) && !self.model.split_gpu[l] {
                 for mb in mbs.iter_mut() {
                     self.residual_to_host(mb)?;
+                    let t = std::time::Instant::now();
                     cpu_layer(
                         &self.model.cpu,
                         &mut self.host_kv,
@@ -1198,7 +1285,11 @@ impl<'m> GpuSession<'m> {
                         prefill,
                         &mut mb.x_host,
                     )?;
+                    if run.mode == LayerMode::Split {
+                        cpu_s += t.elapsed().as_secs_f64();
+                    }
                 }
+                cpu_layers += (run.mode == LayerMode::Split) as usize;
                 continue;
             }
             let slot = streamed.iter().position(|&x| x == l);
@@ -1262,6 +1353,9 @@ impl<'m> GpuSession<'m> {
         }
         if nbuf > 0 {
             self.model.stage_base = (base + streamed.len()) % nbuf;
+        }
+        if !prefill {
+            self.model.rebalance(cpu_layers, cpu_s);
         }
         if let Some(tr) = self.model.trace.take() {
             let end = self.model.mark_now(&s)?;
@@ -1651,6 +1745,16 @@ mod tests {
     fn run(p: &str, d: &str, pct: f64) -> Result<LayerRun> {
         let l = layer_placements(2, p.parse()?, d.parse()?, pct, &[])?;
         LayerRun::of(0, &l[0])
+    }
+
+    #[test]
+    fn adaptive_split_balances_cpu_and_pcie_time() {
+        // OPT-30B at batch 1: 13.6 ms per CPU layer, 22.5 ms per copied layer, 48 layers.
+        assert_eq!(balanced_gpu_layers(48, 13.6e-3, 22.5e-3), 18);
+        assert_eq!(balanced_gpu_layers(48, 1.0, 1.0), 24);
+        assert_eq!(balanced_gpu_layers(10, 0.0, 1.0), 0);
+        assert_eq!(balanced_gpu_layers(10, 1.0, 0.0), 10);
+        assert_eq!(balanced_gpu_layers(0, 1.0, 1.0), 0);
     }
 
     #[test]
