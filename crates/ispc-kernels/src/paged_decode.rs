@@ -3,8 +3,8 @@
 //! For a batch of sequences, each with one new query token, this appends the token's K and V to
 //! its block (fused: the same parallel pass that reads the cache writes the slot first) and
 //! computes `softmax(q·Kᵀ·scale)·V` over the whole context. The ISPC kernel
-//! (`kernels/paged_decode.ispc`) does one segment of one sequence for one KV head; this module
-//! validates, plans the segments, runs them on the shared pinned pool and merges.
+//! (`kernels/paged_decode.ispc`) does one segment of one sequence for a range of KV heads; this
+//! module validates, plans the segments, runs them on the shared pinned pool and merges.
 //!
 //! Layouts (row-major, DESIGN.md):
 //! - `k_cache`, `v_cache`: `[num_blocks][num_kv_heads][16][head_dim]`;
@@ -15,12 +15,20 @@
 //! - `block_tables`: `[batch][max_blocks]` `i32` block ids; `context_lens`: `[batch]` tokens
 //!   per sequence *including* the new one, which goes to token index `context_len - 1`.
 //!
-//! Work split: the unit is one (sequence, KV head, run of blocks). Every (sequence, KV head) is
-//! cut into segments of `S` blocks, with `S` chosen from the total number of (head, block) pairs
-//! so that each pool thread gets several segments; a short sequence is one segment that writes
-//! its output directly, a long one (a 100k-token context) is spread over all threads and its
-//! partial results `(Σ p·V, max, Σ p)` are merged by log-sum-exp. All query heads of a KV head
-//! are one segment's work, so K and V are read from DRAM once per KV head.
+//! Work split: the unit is one (sequence, range of KV heads, run of blocks). The range is as
+//! many KV heads as one kernel call holds state for (`kv_per_call`: up to 64 query heads and
+//! 16 KiB of f32 accumulators; all 8 KV heads of LLaMA-3-8B at head_dim 128), and the kernel
+//! loops over blocks outside and heads inside, so each block's K (all heads' pages back to back,
+//! 32 KiB there) and V are read as two contiguous runs. Cutting by KV head instead made every
+//! block one 4 KiB K page and one V page at unrelated addresses; on the GPU host a thread's
+//! compute and memory time then added up rather than overlapped (59-73% of the plain read's
+//! bandwidth). Every (sequence, head range) is cut into segments of `S` blocks, with `S` chosen
+//! from the total number of (KV head, block) pairs so that each pool thread gets several
+//! segments; a short sequence is one segment that writes its output directly, a long one (a
+//! 100k-token context) is spread over all threads and its partial results `(Σ p·V, max, Σ p)`
+//! are merged by log-sum-exp. All query heads of a KV head are in the same call, so K and V are
+//! read from DRAM once per KV head; a query group larger than one pass takes (16 heads) runs one
+//! KV head per call in passes.
 //!
 //! Threads: rayon over `platform::pool()`, each task calling the single-threaded ISPC segment
 //! function, rather than ISPC `launch` tasks. One pinned pool then serves every CPU kernel of the
