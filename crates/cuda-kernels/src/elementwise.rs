@@ -1,10 +1,12 @@
 //! Elementwise kernels (`kernels/elementwise/*.cu`): axpy, bf16↔f32 casts, SiLU·mul, ReLU,
 //! bias add. Layouts are written at the top of each `.cu`.
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
 use half::bf16;
 
-use crate::{check_len, check_min_len, grid_stride, shape_err, strided_need, Gpu, Result};
+use crate::{
+    check_len, check_min_len, grid_stride, grid_stride_sms, shape_err, strided_need, Gpu, Result,
+};
 
 /// `y = a·x + y` on bf16 vectors, on the GPU's default stream.
 pub fn axpy_bf16(gpu: &Gpu, a: f32, x: &CudaSlice<bf16>, y: &mut CudaSlice<bf16>) -> Result<()> {
@@ -143,11 +145,27 @@ pub fn silu_mul_bf16(
     layout: GateUp,
     out: &mut impl DevicePtrMut<bf16>,
 ) -> Result<()> {
+    let f = gpu.function("silu_mul_bf16")?;
+    silu_mul_launch(&f, gpu.sms(), stream, rows, cols, input, layout, out)
+}
+
+/// [`silu_mul_bf16`] with the kernel already looked up (`f` is `silu_mul_bf16` of the module,
+/// `sms` the device's multiprocessors): for callers that keep the function, like `Blas`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn silu_mul_launch(
+    f: &CudaFunction,
+    sms: u32,
+    stream: &CudaStream,
+    rows: usize,
+    cols: usize,
+    input: &impl DevicePtr<bf16>,
+    layout: GateUp,
+    out: &mut impl DevicePtrMut<bf16>,
+) -> Result<()> {
     check_gate_up("silu_mul_bf16", rows, cols, layout, input.len(), out.len())?;
     if rows * cols == 0 {
         return Ok(());
     }
-    let f = gpu.function("silu_mul_bf16")?;
     let (pi, _gi) = input.device_ptr(stream);
     let (po, _go) = out.device_ptr_mut(stream);
     let (pg, pu) = (
@@ -155,11 +173,11 @@ pub fn silu_mul_bf16(
         pi + 2 * layout.up_offset as u64,
     );
     let (r, c, s) = (rows as i64, cols as i64, layout.stride as i64);
-    let mut b = stream.launch_builder(&f);
+    let mut b = stream.launch_builder(f);
     b.arg(&r).arg(&c).arg(&pg).arg(&s).arg(&pu).arg(&s).arg(&po);
     // SAFETY: (rows, cols, gate, gate_stride, up, up_stride, out); the input holds every row of
     // both halves and out rows*cols elements (checked above).
-    unsafe { b.launch(grid_stride(gpu, rows * cols / 8 + 1)) }?;
+    unsafe { b.launch(grid_stride_sms(sms, rows * cols / 8 + 1)) }?;
     Ok(())
 }
 

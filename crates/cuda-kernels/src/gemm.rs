@@ -8,16 +8,30 @@
 //!
 //! Descriptors and the algorithm chosen by cuBLASLt's heuristic are cached per shape and
 //! epilogue; a `Blas` is bound to one stream, like a cuBLAS handle.
+//!
+//! Decode-sized calls (m <= 8 rows of x, k a multiple of 8, x and w 16-byte aligned) go to the
+//! GEMV kernel of [`crate::gemv`] instead, which streams the weight closer to HBM bandwidth than
+//! cuBLASLt does on these shapes; `TANDEM_GEMV=0` (read once per process) sends every call to
+//! cuBLASLt. [`Blas::linear_bf16_lt`] and [`Blas::linear_silu_mul_bf16_lt`] always take the
+//! cuBLASLt path (tests and benches compare the two).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublaslt::{result as lt, sys};
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut};
 use half::bf16;
 
+use crate::elementwise::{silu_mul_launch, GateUp};
+use crate::gemv::{Gemv, FLAG_ACC, FLAG_BIAS, FLAG_RELU, FLAG_SILU, GEMV_MAX_M};
 use crate::{check_len, Error, Gpu, Result};
+
+/// Whether `Blas` may use the GEMV kernel: not when `TANDEM_GEMV=0` (read once).
+fn gemv_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TANDEM_GEMV").map_or(true, |v| v != "0"))
+}
 
 /// What cuBLASLt adds after the product.
 #[derive(Clone, Copy)]
@@ -57,12 +71,17 @@ impl Drop for Plan {
     }
 }
 
-/// A cuBLASLt handle bound to one stream, with its workspace and plan cache.
+/// A cuBLASLt handle bound to one stream, with its workspace and plan cache, and the GEMV and
+/// SiLU·mul kernels of the device for decode-sized calls.
 pub struct Blas {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
     stream: Arc<CudaStream>,
     plans: Mutex<HashMap<Key, Plan>>,
+    gemv: Gemv,
+    silu_mul: CudaFunction,
+    sms: u32,
+    use_gemv: bool,
 }
 
 // SAFETY: the handle is used under the plans mutex or for launches on the bound stream, which
@@ -109,6 +128,10 @@ impl Blas {
             workspace,
             stream,
             plans: Mutex::new(HashMap::new()),
+            gemv: Gemv::new(gpu)?,
+            silu_mul: gpu.function("silu_mul_bf16")?,
+            sms: gpu.sms(),
+            use_gemv: gemv_enabled(),
         })
     }
 
@@ -198,9 +221,125 @@ impl Blas {
     }
 
     /// `y = x · wᵀ` (+ bias, ReLU as `epilogue` says) (+ y when `accumulate`), with `x`
-    /// `[m, k]`, `w` `[n, k]`, `y` `[m, n]`, all row-major bf16, accumulation in f32.
+    /// `[m, k]`, `w` `[n, k]`, `y` `[m, n]`, all row-major bf16, accumulation in f32. Calls with
+    /// m <= 8 that the GEMV kernel takes ([`Gemv::qualifies`]) run there unless
+    /// `TANDEM_GEMV=0`; the rest through cuBLASLt.
     #[allow(clippy::too_many_arguments)]
     pub fn linear_bf16(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        x: &impl DevicePtr<bf16>,
+        w: &impl DevicePtr<bf16>,
+        epilogue: Epilogue<'_>,
+        accumulate: bool,
+        y: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        if !self.use_gemv || !(1..=GEMV_MAX_M).contains(&m) || n == 0 || !k.is_multiple_of(8) {
+            return self.linear_bf16_lt(m, n, k, x, w, epilogue, accumulate, y);
+        }
+        let what = "linear_bf16";
+        check_len(what, m * k, x.len())?;
+        check_len(what, n * k, w.len())?;
+        check_len(what, m * n, y.len())?;
+        let (mut flags, bias) = match epilogue {
+            Epilogue::None => (0, None),
+            Epilogue::Bias(b) => (FLAG_BIAS, Some(b)),
+            Epilogue::BiasRelu(b) => (FLAG_BIAS | FLAG_RELU, Some(b)),
+        };
+        if let Some(b) = bias {
+            check_len("linear_bf16: bias", n, b.len())?;
+        }
+        if accumulate {
+            flags |= FLAG_ACC;
+        }
+        let s = &self.stream;
+        {
+            let (px, _gx) = x.device_ptr(s);
+            let (pw, _gw) = w.device_ptr(s);
+            if Gemv::qualifies(m, k, px, pw) {
+                let pb = bias.map(|b| b.device_ptr(s));
+                let (py, _gy) = y.device_ptr_mut(s);
+                let pbias = pb.as_ref().map_or(0, |(p, _)| *p);
+                return self.gemv.launch(s, m, n, k, px, pw, pbias, py, flags);
+            }
+        }
+        self.linear_bf16_lt(m, n, k, x, w, epilogue, accumulate, y)
+    }
+
+    /// LLaMA's gate/up projection and activation: `act[m, f] = silu(x · gateᵀ) · (x · upᵀ)`
+    /// with `w_gate_up` the fused `[2f, k]` weight (gate rows first), what
+    /// [`Blas::linear_bf16`] into `[m, 2f]` followed by
+    /// [`silu_mul_bf16`](crate::elementwise::silu_mul_bf16) with [`GateUp::fused`] computes.
+    ///
+    /// Calls the GEMV kernel takes (m <= 8, see [`Gemv::qualifies`]) run in one pass that never
+    /// writes the `[m, 2f]` product; the others run the two steps with `scratch` (exactly
+    /// `m · 2f` elements, caller-owned so that the hot path allocates nothing) holding the
+    /// product. `scratch` is checked either way, so a call's validity does not depend on the
+    /// path, and its contents afterwards are unspecified.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_silu_mul_bf16(
+        &self,
+        m: usize,
+        f: usize,
+        k: usize,
+        x: &impl DevicePtr<bf16>,
+        w_gate_up: &impl DevicePtr<bf16>,
+        scratch: &mut (impl DevicePtr<bf16> + DevicePtrMut<bf16>),
+        act: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        let what = "linear_silu_mul_bf16";
+        check_len(what, m * k, x.len())?;
+        check_len(what, 2 * f * k, w_gate_up.len())?;
+        check_len("linear_silu_mul_bf16: scratch", m * 2 * f, scratch.len())?;
+        check_len(what, m * f, act.len())?;
+        if m == 0 || f == 0 {
+            return Ok(());
+        }
+        if self.use_gemv && m <= GEMV_MAX_M && k.is_multiple_of(8) {
+            let s = &self.stream;
+            let (px, _gx) = x.device_ptr(s);
+            let (pw, _gw) = w_gate_up.device_ptr(s);
+            if Gemv::qualifies(m, k, px, pw) {
+                let (py, _gy) = act.device_ptr_mut(s);
+                return self.gemv.launch(s, m, f, k, px, pw, 0, py, FLAG_SILU);
+            }
+        }
+        self.linear_silu_mul_bf16_lt(m, f, k, x, w_gate_up, scratch, act)
+    }
+
+    /// [`Blas::linear_silu_mul_bf16`] always in two steps: cuBLASLt into `scratch`, then
+    /// `silu_mul_bf16`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_silu_mul_bf16_lt(
+        &self,
+        m: usize,
+        f: usize,
+        k: usize,
+        x: &impl DevicePtr<bf16>,
+        w_gate_up: &impl DevicePtr<bf16>,
+        scratch: &mut (impl DevicePtr<bf16> + DevicePtrMut<bf16>),
+        act: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        check_len("linear_silu_mul_bf16: scratch", m * 2 * f, scratch.len())?;
+        check_len("linear_silu_mul_bf16", m * f, act.len())?;
+        self.linear_bf16_lt(m, 2 * f, k, x, w_gate_up, Epilogue::None, false, scratch)?;
+        silu_mul_launch(
+            &self.silu_mul,
+            self.sms,
+            &self.stream,
+            m,
+            f,
+            scratch,
+            GateUp::fused(f),
+            act,
+        )
+    }
+
+    /// [`Blas::linear_bf16`] always through cuBLASLt (what `TANDEM_GEMV=0` selects).
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_bf16_lt(
         &self,
         m: usize,
         n: usize,

@@ -20,6 +20,7 @@ pub mod device;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
+pub mod gemv;
 pub mod ids;
 pub mod kv;
 pub mod norm;
@@ -123,7 +124,12 @@ pub(crate) const ELEMENTWISE_BLOCK: u32 = 256;
 /// A grid-stride launch over `n` work items: enough blocks to fill every SM several times
 /// over; the loop inside the kernel covers the rest.
 pub(crate) fn grid_stride(gpu: &Gpu, n: usize) -> cudarc::driver::LaunchConfig {
-    let blocks = (n.div_ceil(ELEMENTWISE_BLOCK as usize) as u32).clamp(1, gpu.sms() * 16);
+    grid_stride_sms(gpu.sms(), n)
+}
+
+/// [`grid_stride`] for a device of `sms` multiprocessors.
+pub(crate) fn grid_stride_sms(sms: u32, n: usize) -> cudarc::driver::LaunchConfig {
+    let blocks = (n.div_ceil(ELEMENTWISE_BLOCK as usize) as u32).clamp(1, sms * 16);
     cudarc::driver::LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (ELEMENTWISE_BLOCK, 1, 1),

@@ -27,7 +27,6 @@ use cuda_kernels::attention::{
     paged_decode::DecodeSeqs, paged_decode_bf16_scratch, prefill_attention_append_bf16,
     DecodeKernel, DecodeScratch,
 };
-use cuda_kernels::elementwise::{silu_mul_bf16, GateUp};
 use cuda_kernels::gemm::{Blas, Epilogue as GEpi};
 use cuda_kernels::kv::{kv_append_bf16, KvShape};
 use cuda_kernels::norm::{add_layer_norm_bf16, add_rms_norm_bf16, layer_norm_bf16, rms_norm_bf16};
@@ -1045,28 +1044,19 @@ impl<'m> GpuSession<'m> {
                     .map_err(gerr)?;
             }
             Family::Llama => {
+                // Gate/up and SiLU·mul: one pass for small batches (`a.up` unused), the
+                // product through `a.up` otherwise.
                 m.blas
-                    .linear_bf16(
+                    .linear_silu_mul_bf16(
                         t,
-                        2 * c.ffn,
+                        c.ffn,
                         c.hidden,
                         &a.a,
                         &v(UP_W).unwrap(),
-                        GEpi::None,
-                        false,
                         &mut a.up,
+                        &mut a.act,
                     )
                     .map_err(gerr)?;
-                silu_mul_bf16(
-                    &m.gpu,
-                    &m.stream,
-                    t,
-                    c.ffn,
-                    &a.up,
-                    GateUp::fused(c.ffn),
-                    &mut a.act,
-                )
-                .map_err(gerr)?;
             }
         }
         // S6: delta = act·Wdownᵀ + b (added by the next norm or flush).
