@@ -9,10 +9,10 @@
 //! Descriptors and the algorithm chosen by cuBLASLt's heuristic are cached per shape and
 //! epilogue; a `Blas` is bound to one stream, like a cuBLAS handle.
 //!
-//! Decode-sized calls (m <= 8 rows of x, k a multiple of 8, x and w 16-byte aligned) go to the
-//! GEMV kernel of [`crate::gemv`] instead, which streams the weight closer to HBM bandwidth than
-//! cuBLASLt does on these shapes; `TANDEM_GEMV=0` (read once per process) sends every call to
-//! cuBLASLt. [`Blas::linear_bf16_lt`] and [`Blas::linear_silu_mul_bf16_lt`] always take the
+//! One-row calls (batch-1 decode; k a multiple of 8, x and w 16-byte aligned) go to the GEMV
+//! kernel of [`crate::gemv`] instead, which streams the weight about as fast as cuBLASLt and
+//! fuses LLaMA's SiLU·mul into gate/up (see `GEMV_AUTO_MAX_M` for the measured limit);
+//! `TANDEM_GEMV=0` (read once per process) sends every call to cuBLASLt. [`Blas::linear_bf16_lt`] and [`Blas::linear_silu_mul_bf16_lt`] always take the
 //! cuBLASLt path (tests and benches compare the two).
 
 use std::collections::HashMap;
@@ -24,8 +24,13 @@ use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, D
 use half::bf16;
 
 use crate::elementwise::{silu_mul_launch, GateUp};
-use crate::gemv::{Gemv, FLAG_ACC, FLAG_BIAS, FLAG_RELU, FLAG_SILU, GEMV_MAX_M};
+use crate::gemv::{Gemv, FLAG_SILU};
 use crate::{check_len, Error, Gpu, Result};
+
+/// Rows up to which `Blas` hands a product to the GEMV kernel. Measured on the H200 host
+/// (LLaMA-3-8B and OPT-30B linears): at one row it matches cuBLASLt (0.84–1.09×, and saves the
+/// SiLU·mul pass of gate/up); at 4 and 8 rows cuBLASLt is 1.1–2.1× faster.
+const GEMV_AUTO_MAX_M: usize = 1;
 
 /// Whether `Blas` may use the GEMV kernel: not when `TANDEM_GEMV=0` (read once).
 fn gemv_enabled() -> bool {
@@ -49,6 +54,9 @@ struct Key {
     n: usize,
     k: usize,
     epilogue: u8,
+    /// The largest power of two, up to 16, that every operand's address is a multiple of:
+    /// cuBLASLt's heuristic assumes 16 unless told, and its pick then refuses less.
+    align: u8,
 }
 
 struct Plan {
@@ -210,6 +218,27 @@ impl Blas {
                 )
             }
         })
+        .and_then(|_| {
+            let align = key.align as u32;
+            [
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+            ]
+            .into_iter()
+            .try_for_each(|attr| {
+                // SAFETY: pref is live; the attribute is a u32.
+                unsafe {
+                    lt::set_matmul_pref_attribute(
+                        pref,
+                        attr,
+                        &align as *const u32 as *const c_void,
+                        std::mem::size_of::<u32>(),
+                    )
+                }
+            })
+        })
         // SAFETY: every descriptor is live.
         .and_then(|_| unsafe {
             lt::get_matmul_algo_heuristic(self.handle, desc, plan.a, plan.b, plan.c, plan.c, pref)
@@ -222,7 +251,7 @@ impl Blas {
 
     /// `y = x · wᵀ` (+ bias, ReLU as `epilogue` says) (+ y when `accumulate`), with `x`
     /// `[m, k]`, `w` `[n, k]`, `y` `[m, n]`, all row-major bf16, accumulation in f32. Calls with
-    /// m <= 8 that the GEMV kernel takes ([`Gemv::qualifies`]) run there unless
+    /// one row of x that the GEMV kernel takes ([`Gemv::qualifies`]) run there unless
     /// `TANDEM_GEMV=0`; the rest through cuBLASLt.
     #[allow(clippy::too_many_arguments)]
     pub fn linear_bf16(
@@ -236,33 +265,17 @@ impl Blas {
         accumulate: bool,
         y: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
-        if !self.use_gemv || !(1..=GEMV_MAX_M).contains(&m) || n == 0 || !k.is_multiple_of(8) {
-            return self.linear_bf16_lt(m, n, k, x, w, epilogue, accumulate, y);
-        }
-        let what = "linear_bf16";
-        check_len(what, m * k, x.len())?;
-        check_len(what, n * k, w.len())?;
-        check_len(what, m * n, y.len())?;
-        let (mut flags, bias) = match epilogue {
-            Epilogue::None => (0, None),
-            Epilogue::Bias(b) => (FLAG_BIAS, Some(b)),
-            Epilogue::BiasRelu(b) => (FLAG_BIAS | FLAG_RELU, Some(b)),
-        };
-        if let Some(b) = bias {
-            check_len("linear_bf16: bias", n, b.len())?;
-        }
-        if accumulate {
-            flags |= FLAG_ACC;
-        }
-        let s = &self.stream;
-        {
-            let (px, _gx) = x.device_ptr(s);
-            let (pw, _gw) = w.device_ptr(s);
-            if Gemv::qualifies(m, k, px, pw) {
-                let pb = bias.map(|b| b.device_ptr(s));
-                let (py, _gy) = y.device_ptr_mut(s);
-                let pbias = pb.as_ref().map_or(0, |(p, _)| *p);
-                return self.gemv.launch(s, m, n, k, px, pw, pbias, py, flags);
+        if self.use_gemv && (1..=GEMV_AUTO_MAX_M).contains(&m) && n > 0 {
+            let s = &self.stream;
+            let fits = {
+                let (px, _gx) = x.device_ptr(s);
+                let (pw, _gw) = w.device_ptr(s);
+                Gemv::qualifies(m, k, px, pw)
+            };
+            if fits {
+                return self
+                    .gemv
+                    .linear_bf16(s, m, n, k, x, w, epilogue, accumulate, y);
             }
         }
         self.linear_bf16_lt(m, n, k, x, w, epilogue, accumulate, y)
@@ -273,7 +286,7 @@ impl Blas {
     /// [`Blas::linear_bf16`] into `[m, 2f]` followed by
     /// [`silu_mul_bf16`](crate::elementwise::silu_mul_bf16) with [`GateUp::fused`] computes.
     ///
-    /// Calls the GEMV kernel takes (m <= 8, see [`Gemv::qualifies`]) run in one pass that never
+    /// One-row calls the GEMV kernel takes (see [`Gemv::qualifies`]) run in one pass that never
     /// writes the `[m, 2f]` product; the others run the two steps with `scratch` (exactly
     /// `m · 2f` elements, caller-owned so that the hot path allocates nothing) holding the
     /// product. `scratch` is checked either way, so a call's validity does not depend on the
@@ -297,7 +310,7 @@ impl Blas {
         if m == 0 || f == 0 {
             return Ok(());
         }
-        if self.use_gemv && m <= GEMV_MAX_M && k.is_multiple_of(8) {
+        if self.use_gemv && m <= GEMV_AUTO_MAX_M && k.is_multiple_of(8) {
             let s = &self.stream;
             let (px, _gx) = x.device_ptr(s);
             let (pw, _gw) = w_gate_up.device_ptr(s);
@@ -371,11 +384,20 @@ impl Blas {
             ));
         }
         let s = &self.stream;
+        let (px, _gx) = x.device_ptr(s);
+        let (pw, _gw) = w.device_ptr(s);
+        let (py, _gy) = y.device_ptr_mut(s);
+        let align = [px, pw, py]
+            .iter()
+            .map(|&p| 1u64 << p.trailing_zeros().min(4))
+            .min()
+            .unwrap_or(16) as u8;
         let key = Key {
             m,
             n,
             k,
             epilogue: code,
+            align,
         };
         let mut plans = self.plans.lock().unwrap();
         if !plans.contains_key(&key) {
@@ -391,9 +413,6 @@ impl Blas {
                 p,
             )?;
         }
-        let (px, _gx) = x.device_ptr(s);
-        let (pw, _gw) = w.device_ptr(s);
-        let (py, _gy) = y.device_ptr_mut(s);
         let (pws, _gws) = self.workspace.device_ptr(s);
         let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
         // SAFETY: the layouts describe exactly the checked buffer sizes (w: K×N, x: K×M, y:
