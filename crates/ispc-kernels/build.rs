@@ -4,10 +4,6 @@
 //! ISPC is found, in order, at `$ISPC`, `$TANDEM_TOOLCHAIN/bin/ispc` (default toolchain folder
 //! `/opt/tandem/toolchain`, where `ci/setup.sh` puts it), or `ispc` on PATH. Without it the build
 //! fails and says how to get it: nothing is stubbed.
-//!
-//! `TANDEM_ISPC_DEFINES` (whitespace-separated `-DNAME=VALUE` flags, unset normally) is passed to
-//! every ISPC compile, for trying a kernel's tuning constants (e.g. `paged_decode.ispc`'s
-//! `PF_AHEAD` and `PREFETCH`) on a machine without editing the source.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -49,18 +45,6 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-env-changed=ISPC");
     println!("cargo:rerun-if-env-changed=TANDEM_TOOLCHAIN");
-    println!("cargo:rerun-if-env-changed=TANDEM_ISPC_DEFINES");
-    let extra: Vec<String> = env::var("TANDEM_ISPC_DEFINES")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(|d| {
-            assert!(
-                d.starts_with("-D"),
-                "ispc-kernels: TANDEM_ISPC_DEFINES takes -DNAME=VALUE flags only, got `{d}`"
-            );
-            d.to_string()
-        })
-        .collect();
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let ispc = find_ispc();
     match version(&ispc) {
@@ -96,7 +80,6 @@ fn main() {
             .args(["-O3", "--pic", "--addressing=64", "--woff"])
             .arg(format!("--target={targets}"))
             .args(defines)
-            .args(&extra)
             .arg("-I")
             .arg("kernels")
             .arg("-o")

@@ -5,13 +5,6 @@
 //! one layer's K and V is 4 KiB. Cases of 1 GiB and more measure DRAM on the GPU host (its L3 is
 //! 300 MB); the smaller ones measure the caches. Thread scaling: run with `TANDEM_THREADS=n`.
 //! `Throughput` is bytes of KV read per call.
-//!
-//! Diagnostics beside the ceiling: the same KV read (XOR, as `cpu_read_bf16`) in the order the
-//! kernel reads it, `cpu_read_kvorder_blocks_bf16` (tasks of one sequence's run of blocks, each
-//! block's K then V whole: the kernel's order since it takes all KV heads per call) and
-//! `cpu_read_kvorder_pages_bf16` (tasks of one KV head, one 4 KiB K page and one V page per
-//! block: its order before). Where the kernel falls short of `cpu_read_bf16`, these say how
-//! much of the gap the access pattern alone explains.
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use half::bf16;
@@ -178,53 +171,6 @@ fn xor_words_avx512(w: &[u64]) -> u64 {
     lanes.iter().fold(tail, |a, b| a ^ b)
 }
 
-/// Blocks per task of the kernel-order reads (the kernel's segments are of this order).
-const ORDER_TASK_BLOCKS: usize = 64;
-
-/// Reads the used blocks of every sequence in block-table order, as XORs of u64 words; with
-/// `per_head`, one KV head's K and V pages per block per task (tasks over heads too), else
-/// whole blocks' K then V.
-fn read_in_order(d: &Data, per_head: bool) -> u64 {
-    let (kvh, hd) = (SHAPE.num_kv_heads, SHAPE.head_dim);
-    let block = kvh * BLOCK_SIZE * hd;
-    let page = BLOCK_SIZE * hd;
-    let heads = if per_head { kvh } else { 1 };
-    let mut tasks = Vec::new();
-    for (i, &len) in d.lens.iter().enumerate() {
-        let nb = (len as usize).div_ceil(BLOCK_SIZE);
-        for h in 0..heads {
-            for b0 in (0..nb).step_by(ORDER_TASK_BLOCKS) {
-                tasks.push((i, h, b0, nb.min(b0 + ORDER_TASK_BLOCKS)));
-            }
-        }
-    }
-    let (k, v) = (&d.k[..], &d.v[..]);
-    let words = |x: &[bf16]| {
-        // SAFETY: blocks and pages start at multiples of 4 KiB in a 4 KiB aligned HostBuf, and
-        // any bit pattern is a valid u64.
-        let (_, w, _) = unsafe { x.align_to::<u64>() };
-        xor_words(w)
-    };
-    platform::pool().install(|| {
-        tasks
-            .par_iter()
-            .map(|&(i, h, b0, b1)| {
-                let mut x = 0;
-                for pos in b0..b1 {
-                    let id = d.tables[i * d.max_blocks + pos] as usize;
-                    let (o, n) = if per_head {
-                        (id * block + h * page, page)
-                    } else {
-                        (id * block, block)
-                    };
-                    x ^= words(&k[o..o + n]) ^ words(&v[o..o + n]);
-                }
-                x
-            })
-            .reduce(|| 0, |a, b| a ^ b)
-    })
-}
-
 /// Short runs: ten flat samples, so a 1 GiB case on one thread still ends in seconds.
 fn settings(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>) {
     g.sample_size(10)
@@ -263,19 +209,6 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(((k.len() + v.len()) * 2) as u64));
         g.bench_function(&id, |b| b.iter(|| std::hint::black_box(read_all([k, v]))));
         g.finish();
-
-        for (group, per_head) in [
-            ("cpu_read_kvorder_blocks_bf16", false),
-            ("cpu_read_kvorder_pages_bf16", true),
-        ] {
-            let mut g = c.benchmark_group(group);
-            settings(&mut g);
-            g.throughput(Throughput::Bytes(bytes));
-            g.bench_function(&id, |b| {
-                b.iter(|| std::hint::black_box(read_in_order(&d, per_head)))
-            });
-            g.finish();
-        }
     }
 }
 

@@ -1,39 +1,25 @@
-// Paged decode attention, bf16 KV, f32 accumulation: one segment (a run of blocks) of one
-// sequence for a range of KV heads and all the query heads that share them. Threads,
-// segmentation and the log-sum-exp merge of segments are the Rust side's
-// (src/paged_decode.rs); these functions are single-threaded SPMD code, compiled for
-// avx2-i32x8 and avx512skx-x16 with ISPC's dispatch.
+// Paged decode attention, bf16 KV, f32 accumulation: one segment of one sequence for one KV
+// head and all (up to MAX_G) query heads that share it. Threads, segmentation and the
+// log-sum-exp merge of segments are the Rust side's (src/paged_decode.rs); these functions are
+// single-threaded SPMD code, compiled for avx2-i32x8 and avx512skx-x16 with ISPC's dispatch.
 //
 // Layouts (row-major; bf16 travels as its 16 raw bits):
 //   k_cache, v_cache  [num_blocks][num_kv_heads][16][d]   (DESIGN.md's paged layout)
-//   q                 [nkv][g][d]  the query heads of KV heads kv0 .. kv0+nkv-1 (consecutive
-//                     rows of the caller's [batch][num_q_heads][d]); head_off = kv0·16·d
+//   q                 [g][d]   the g query heads of this KV head (heads kv*g .. kv*g+g-1)
 //   blocks            the segment's slice of the sequence's block table: blocks[i] holds the
 //                     segment's tokens 16i .. 16i+15; the segment starts on a block boundary
-//   new_k, new_v      [nkv][d]     the new token's K and V for these KV heads
-//   out               [nkv·g][d]   bf16, written when the segment is the whole sequence
-//   part_o, part_ml   [nkv·g][d], [nkv·g][2]: unnormalised Σ p·V and (max score m, Σ p) of
-//                     the segment, for the merge when the sequence was cut into segments
+//   new_k, new_v      [d]      the new token's K and V for this KV head
+//   out               [g][d]   bf16, written when the segment is the whole sequence
+//   part_o, part_ml   [g][d], [g][2]: unnormalised Σ p·V and (max score m, Σ p) of the
+//                     segment, for the merge when the sequence was cut into several segments
 //
 //   part_o's f32 rows, like every f32 copy of a row here, hold each chunk of 2W values
 //   (W = programCount) as [W even elements][W odd elements]; see `pair` below.
 //
-// Reading order, and why. A block holds all KV heads: one head's 16 rows are one 4 KiB page
-// (d = 128) and the block's K is num_kv_heads such pages back to back (32 KiB for 8 heads),
-// V the same. A call over one KV head touched one K page and one V page per block at
-// unrelated addresses: short streams on which the hardware prefetchers start cold, and on the
-// GPU host compute and memory time added up instead of overlapping (7.35 GiB/s per thread,
-// ~1.35 µs per page pair = 0.52 µs compute + 0.83 µs memory at 16 threads). So the block loop
-// is outside and the head loop inside: a call walks each block's K and V as two contiguous
-// runs of nkv pages (the Rust side gives it as many heads as MAX_H and MAX_ACC allow: all 8
-// of LLaMA-3-8B), keeping every head's accumulator, max and sum (acc: nkv·g·d f32, ≤ 16 KiB)
-// for the whole segment. q is not copied: its bf16 rows are read in place (L1 after the first
-// block) and widened and scaled per use, which keeps L1 for acc, the staged K page and the
-// streams.
-//
-// Per (block, KV head) (W = 16 on avx512, 8 on avx2; d = 128, g query heads):
-//   - K: the page's 16 rows are widened once into `stage` (f32, L1); every query head then
-//     reads them from there, so the g heads share one pass over DRAM;
+// Per block of 16 tokens (W = 16 on avx512, 8 on avx2; d = 128, g query heads):
+//   - K: the block's 16 rows of this head (16·d contiguous bf16, one 4 KiB page for d = 128)
+//     are widened once into `stage` (f32, L1); every query head then reads them from there, so
+//     the g heads share one pass over DRAM;
 //   - QKᵀ, per head: 16 vector accumulators r[t] (registers), one per token, each summing
 //     q·k over the row's chunks with lanes over head_dim; `reduce16` folds the 16 into
 //     16/W vectors of per-token scores (15 two-permute-and-add folds, no per-token horizontal
@@ -42,12 +28,7 @@
 //     exp(m_old - m_new); tokens past the sequence's end get weight 0;
 //   - PV: V is widened in registers, 8 tokens × (even, odd) = 16 vectors per chunk, and every
 //     head accumulates p[t]·v[t] into its f32 accumulator (`acc`, L1) with p broadcast;
-//   - software prefetch: the K and V pages PF_AHEAD steps ahead in the reading order (for 8
-//     heads per call: the same head of the next block, 64 KiB ahead) go to L2, one prefetch
-//     per line spread over the loops. On the 2-core AMD build machine prefetch_l2 at 4, 8 and
-//     16 pages ahead were alike (within its noise), no prefetch ran at half the speed, and
-//     prefetch_l1 or prefetch_nt lost 40-50%. PF_AHEAD and PREFETCH can be set with -D to
-//     try others (build.rs passes TANDEM_ISPC_DEFINES).
+//   - K and V lines PF_L2 blocks ahead are prefetched to L2, spread over the loops.
 // Registers (avx512, 32 zmm): QKᵀ holds r[0..15] plus the two q halves; PV holds 16 widened V
 // vectors, two accumulators and broadcasts.
 
@@ -66,19 +47,10 @@
 // larger query group into passes of MAX_G heads.
 #define MAX_D 256
 #define MAX_G 16
-// Query heads of one call (all its KV heads together), and their f32 accumulators' size.
-#define MAX_H 64
-#define MAX_ACC 4096
-// Head pages (one KV head's 16 rows of K and of V in one block) ahead in the call's reading
-// order that K and V are prefetched, and the prefetch used. Before the heads moved inside the
-// block loop, 4 blocks of one head (4 pages) ran 7-18% faster on the GPU host than 2 except at
-// 1k-token contexts (3% slower), and an added L1 prefetch of the next block lost 3-11%.
-#ifndef PF_AHEAD
-#define PF_AHEAD 8
-#endif
-#ifndef PREFETCH
-#define PREFETCH prefetch_l2
-#endif
+// Blocks ahead that K and V are prefetched to L2. On the GPU host (16 threads, batch × context
+// from 1 × 4k to 2 × 128k) 4 ran 7-18% faster than 2 except at 1k-token contexts (3% slower);
+// an added L1 prefetch of the next block lost 3-11%.
+#define PF_L2 4
 
 // Sums of 16 vectors, one per token, transposed into 16/programCount vectors of per-token sums
 // (token t in lane t % programCount of vector t / programCount). Each level folds pairs of
@@ -149,41 +121,41 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
     uniform const uint16 q[],
     uniform uint16 k_cache[], uniform uint16 v_cache[],
     uniform const int32 blocks[], uniform int32 ntok,
-    uniform int64 block_stride, uniform int64 head_off, uniform int32 nkv,
+    uniform int64 block_stride, uniform int64 head_off,
     uniform int32 d, uniform int32 g, uniform float scale,
     uniform const uint16 new_k[], uniform const uint16 new_v[], uniform int32 append_at,
     uniform uint16 out[], uniform float part_o[], uniform float part_ml[])
 {
-    uniform const int W = programCount;
-    uniform const int nc = d / (2 * W); // chunks per row
-    uniform const int hw = d / 2;       // words per row
-    uniform const int64 page = BLOCK * d; // elements of one head's 16 rows in a block
-    uniform const int nh = nkv * g;     // query heads of this call
-
-    // Fused KV append: the new token's slots are written before anything of this segment is
-    // read.
+    // Fused KV append: the new token's slot is written before anything of this segment is read.
     if (append_at >= 0) {
-        for (uniform int h = 0; h < nkv; h++) {
-            uniform int64 off = (uniform int64)blocks[append_at / BLOCK] * block_stride + head_off
-                + h * page + (uniform int64)(append_at % BLOCK) * d;
-            foreach (j = 0 ... d) {
-                k_cache[off + j] = new_k[h * d + j];
-                v_cache[off + j] = new_v[h * d + j];
-            }
+        uniform int64 off = (uniform int64)blocks[append_at / BLOCK] * block_stride + head_off
+            + (uniform int64)(append_at % BLOCK) * d;
+        foreach (j = 0 ... d) {
+            k_cache[off + j] = new_k[j];
+            v_cache[off + j] = new_v[j];
         }
     }
 
-    uniform float acc[MAX_ACC];
-    uniform float m[MAX_H];
-    uniform float l[MAX_H];
-    foreach (i = 0 ... nh * d) {
-        acc[i] = 0.0f;
-    }
-    for (uniform int h = 0; h < nh; h++) {
+    uniform const int W = programCount;
+    uniform const int nc = d / (2 * W); // chunks per row
+    uniform const int hw = d / 2;       // words per row
+    uniform float qs[MAX_G * MAX_D];
+    uniform float acc[MAX_G * MAX_D];
+    uniform float m[MAX_G];
+    uniform float l[MAX_G];
+    uniform const pair * uniform q32 = (uniform const pair * uniform)q;
+    for (uniform int h = 0; h < g; h++) {
+        for (uniform int c = 0; c < nc; c++) {
+            pair w = q32[h * hw + c * W + programIndex];
+            uniform int o = h * d + c * 2 * W;
+            qs[o + programIndex] = lo_f32(w) * scale;
+            qs[o + W + programIndex] = hi_f32(w) * scale;
+            acc[o + programIndex] = 0.0f;
+            acc[o + W + programIndex] = 0.0f;
+        }
         m[h] = -floatbits(0x7f800000);
         l[h] = 0.0f;
     }
-    uniform const pair * uniform q32 = (uniform const pair * uniform)q;
 
     uniform float stage[BLOCK * MAX_D];
     uniform float p[MAX_G][BLOCK];
@@ -191,123 +163,115 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
     uniform const int nblocks = (ntok + BLOCK - 1) / BLOCK;
     for (uniform int b = 0; b < nblocks; b++) {
         uniform const int valid = min(BLOCK, ntok - b * BLOCK);
-        uniform const int64 block_base = (uniform int64)blocks[b] * block_stride + head_off;
-        for (uniform int kv = 0; kv < nkv; kv++) {
-            uniform const int64 base = block_base + kv * page;
-            uniform const pair * uniform k32 = (uniform const pair * uniform)(k_cache + base);
-            uniform const pair * uniform v32 = (uniform const pair * uniform)(v_cache + base);
-            // Software prefetch of the head page PF_AHEAD steps ahead in this call's reading order
-            // (block by block, heads in order within a block), spread over this page's loops.
-            // (Table entries past the segment's last block are never read: the ids are loaded
-            // under an `if`, not a select, which could evaluate both sides.)
-            uniform const int ahead_i = b * nkv + kv + PF_AHEAD;
-            uniform const int ahead_b = ahead_i / nkv;
-            uniform const bool pf = ahead_b < nblocks;
-            uniform int64 ahead = base;
+        uniform const int64 base = (uniform int64)blocks[b] * block_stride + head_off;
+        uniform const pair * uniform k32 = (uniform const pair * uniform)(k_cache + base);
+        uniform const pair * uniform v32 = (uniform const pair * uniform)(v_cache + base);
+        // Software prefetch PF_L2 blocks ahead, spread over this block's loops: each block of a
+        // head is one 4 KiB page (d = 128) at an unrelated address, where the hardware
+        // prefetcher would start cold.
+        // (Table entries past the segment's last block are never read: the ids are loaded
+        // under an `if`, not a select, which could evaluate both sides.)
+        uniform const bool pf = b + PF_L2 < nblocks;
+        uniform int64 ahead = base;
+        if (pf) {
+            ahead = (uniform int64)blocks[b + PF_L2] * block_stride + head_off;
+        }
+        uniform const int8 * uniform kn = (uniform const int8 * uniform)(k_cache + ahead);
+        uniform const int8 * uniform vn = (uniform const int8 * uniform)(v_cache + ahead);
+
+        // K widened once into `stage` ([t][chunk][even|odd][W]); rows past `valid` are zeros,
+        // never the slots' contents (unwritten, or another step's).
+        for (uniform int t = 0; t < BLOCK; t++) {
+            for (uniform int c = 0; c < nc; c++) {
+                pair w = 0;
+                if (t < valid) {
+                    w = k32[t * hw + c * W + programIndex];
+                }
+                uniform int o = t * d + c * 2 * W;
+                stage[o + programIndex] = lo_f32(w);
+                stage[o + W + programIndex] = hi_f32(w);
+            }
             if (pf) {
-                ahead = (uniform int64)blocks[ahead_b] * block_stride + head_off
-                    + (ahead_i % nkv) * page;
+                for (uniform int x = 0; x < 2 * d; x += 64) {
+                    prefetch_l2(kn + t * 2 * d + x);
+                }
             }
-            uniform const int8 * uniform kn = (uniform const int8 * uniform)(k_cache + ahead);
-            uniform const int8 * uniform vn = (uniform const int8 * uniform)(v_cache + ahead);
+        }
 
-            // K widened once into `stage` ([t][chunk][even|odd][W]); rows past `valid` are zeros,
-            // never the slots' contents (unwritten, or another step's).
+        // QKᵀ: 16 per-token accumulators over head_dim, folded into per-token scores.
+        for (uniform int h = 0; h < g; h++) {
+            float r[BLOCK];
+            #pragma unroll
             for (uniform int t = 0; t < BLOCK; t++) {
-                for (uniform int c = 0; c < nc; c++) {
-                    pair w = 0;
-                    if (t < valid) {
-                        w = k32[t * hw + c * W + programIndex];
-                    }
-                    uniform int o = t * d + c * 2 * W;
-                    stage[o + programIndex] = lo_f32(w);
-                    stage[o + W + programIndex] = hi_f32(w);
-                }
-                if (pf) {
-                    for (uniform int x = 0; x < 2 * d; x += 64) {
-                        PREFETCH(kn + t * 2 * d + x);
-                    }
-                }
+                r[t] = 0.0f;
             }
-
-            // QKᵀ: 16 per-token accumulators over head_dim, folded into per-token scores. q is
-            // read from the caller's bf16 rows (L1 after the first block) and scaled as it widens.
-            for (uniform int h = 0; h < g; h++) {
-                float r[BLOCK];
+            for (uniform int c = 0; c < nc; c++) {
+                uniform int o = c * 2 * W;
+                float qe = qs[h * d + o + programIndex];
+                float qo = qs[h * d + o + W + programIndex];
                 #pragma unroll
                 for (uniform int t = 0; t < BLOCK; t++) {
-                    r[t] = 0.0f;
+                    r[t] += qe * stage[t * d + o + programIndex];
+                    r[t] += qo * stage[t * d + o + W + programIndex];
                 }
-                for (uniform int c = 0; c < nc; c++) {
-                    uniform int o = c * 2 * W;
-                    pair w = q32[(kv * g + h) * hw + c * W + programIndex];
-                    float qe = lo_f32(w) * scale;
-                    float qo = hi_f32(w) * scale;
-                    #pragma unroll
-                    for (uniform int t = 0; t < BLOCK; t++) {
-                        r[t] += qe * stage[t * d + o + programIndex];
-                        r[t] += qo * stage[t * d + o + W + programIndex];
-                    }
-                }
-                reduce16(r);
+            }
+            reduce16(r);
+            #pragma unroll
+            for (uniform int v = 0; v < BLOCK / programCount; v++) {
+                uniform int t0 = v * programCount;
+                p[h][t0 + programIndex] = (t0 + programIndex < valid) ? r[v] : -floatbits(0x7f800000);
+            }
+        }
+
+        // Online softmax over the block; masked tokens have score -inf, weight 0.
+        for (uniform int h = 0; h < g; h++) {
+            float mx = -floatbits(0x7f800000);
+            foreach (t = 0 ... BLOCK) {
+                mx = max(mx, p[h][t]);
+            }
+            uniform float m_new = max(m[h], reduce_max(mx));
+            alpha[h] = (m[h] == -floatbits(0x7f800000)) ? 0.0f : exp(m[h] - m_new);
+            float sum = 0.0f;
+            foreach (t = 0 ... BLOCK) {
+                float e = (t < valid) ? exp(p[h][t] - m_new) : 0.0f;
+                p[h][t] = e;
+                sum += e;
+            }
+            l[h] = l[h] * alpha[h] + reduce_add(sum);
+            m[h] = m_new;
+        }
+
+        // PV: lanes over head_dim, V widened in registers (8 tokens at a time, even and odd
+        // halves: 16 registers), the weights broadcast; every head of the group reuses them.
+        for (uniform int c = 0; c < nc; c++) {
+            for (uniform int t0 = 0; t0 < BLOCK; t0 += 8) {
+                float ve[8];
+                float vo[8];
                 #pragma unroll
-                for (uniform int v = 0; v < BLOCK / programCount; v++) {
-                    uniform int t0 = v * programCount;
-                    p[h][t0 + programIndex] = (t0 + programIndex < valid) ? r[v] : -floatbits(0x7f800000);
+                for (uniform int i = 0; i < 8; i++) {
+                    pair w = 0;
+                    if (t0 + i < valid) {
+                        w = v32[(t0 + i) * hw + c * W + programIndex];
+                    }
+                    ve[i] = lo_f32(w);
+                    vo[i] = hi_f32(w);
                 }
-            }
-
-            // Online softmax over the block; masked tokens have score -inf, weight 0.
-            for (uniform int h = 0; h < g; h++) {
-                uniform int hh = kv * g + h;
-                float mx = -floatbits(0x7f800000);
-                foreach (t = 0 ... BLOCK) {
-                    mx = max(mx, p[h][t]);
-                }
-                uniform float m_new = max(m[hh], reduce_max(mx));
-                alpha[h] = (m[hh] == -floatbits(0x7f800000)) ? 0.0f : exp(m[hh] - m_new);
-                float sum = 0.0f;
-                foreach (t = 0 ... BLOCK) {
-                    float e = (t < valid) ? exp(p[h][t] - m_new) : 0.0f;
-                    p[h][t] = e;
-                    sum += e;
-                }
-                l[hh] = l[hh] * alpha[h] + reduce_add(sum);
-                m[hh] = m_new;
-            }
-
-            // PV: lanes over head_dim, V widened in registers (8 tokens at a time, even and odd
-            // halves: 16 registers), the weights broadcast; every head of the group reuses them.
-            for (uniform int c = 0; c < nc; c++) {
-                for (uniform int t0 = 0; t0 < BLOCK; t0 += 8) {
-                    float ve[8];
-                    float vo[8];
+                for (uniform int h = 0; h < g; h++) {
+                    uniform int o = h * d + c * 2 * W;
+                    uniform float sc = (t0 == 0) ? alpha[h] : 1.0f;
+                    float ae = acc[o + programIndex] * sc;
+                    float ao = acc[o + W + programIndex] * sc;
                     #pragma unroll
                     for (uniform int i = 0; i < 8; i++) {
-                        pair w = 0;
-                        if (t0 + i < valid) {
-                            w = v32[(t0 + i) * hw + c * W + programIndex];
-                        }
-                        ve[i] = lo_f32(w);
-                        vo[i] = hi_f32(w);
+                        ae += p[h][t0 + i] * ve[i];
+                        ao += p[h][t0 + i] * vo[i];
                     }
-                    for (uniform int h = 0; h < g; h++) {
-                        uniform int o = (kv * g + h) * d + c * 2 * W;
-                        uniform float sc = (t0 == 0) ? alpha[h] : 1.0f;
-                        float ae = acc[o + programIndex] * sc;
-                        float ao = acc[o + W + programIndex] * sc;
-                        #pragma unroll
-                        for (uniform int i = 0; i < 8; i++) {
-                            ae += p[h][t0 + i] * ve[i];
-                            ao += p[h][t0 + i] * vo[i];
-                        }
-                        acc[o + programIndex] = ae;
-                        acc[o + W + programIndex] = ao;
-                    }
-                    if (pf) {
-                        for (uniform int i = 0; i < 8; i++) {
-                            PREFETCH(vn + (t0 + i) * 2 * d + c * 4 * W);
-                        }
+                    acc[o + programIndex] = ae;
+                    acc[o + W + programIndex] = ao;
+                }
+                if (pf) {
+                    for (uniform int i = 0; i < 8; i++) {
+                        prefetch_l2(vn + (t0 + i) * 2 * d + c * 4 * W);
                     }
                 }
             }
@@ -316,7 +280,7 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
 
     if (out != NULL) {
         uniform pair * uniform o32 = (uniform pair * uniform)out;
-        for (uniform int h = 0; h < nh; h++) {
+        for (uniform int h = 0; h < g; h++) {
             uniform float inv = 1.0f / l[h];
             for (uniform int c = 0; c < nc; c++) {
                 uniform int o = h * d + c * 2 * W;
@@ -325,10 +289,10 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
             }
         }
     } else {
-        foreach (i = 0 ... nh * d) {
+        foreach (i = 0 ... g * d) {
             part_o[i] = acc[i];
         }
-        for (uniform int h = 0; h < nh; h++) {
+        for (uniform int h = 0; h < g; h++) {
             part_ml[2 * h] = m[h];
             part_ml[2 * h + 1] = l[h];
         }

@@ -3,8 +3,8 @@
 //! For a batch of sequences, each with one new query token, this appends the token's K and V to
 //! its block (fused: the same parallel pass that reads the cache writes the slot first) and
 //! computes `softmax(q·Kᵀ·scale)·V` over the whole context. The ISPC kernel
-//! (`kernels/paged_decode.ispc`) does one segment of one sequence for a range of KV heads; this
-//! module validates, plans the segments, runs them on the shared pinned pool and merges.
+//! (`kernels/paged_decode.ispc`) does one segment of one sequence for one KV head; this module
+//! validates, plans the segments, runs them on the shared pinned pool and merges.
 //!
 //! Layouts (row-major, DESIGN.md):
 //! - `k_cache`, `v_cache`: `[num_blocks][num_kv_heads][16][head_dim]`;
@@ -15,20 +15,12 @@
 //! - `block_tables`: `[batch][max_blocks]` `i32` block ids; `context_lens`: `[batch]` tokens
 //!   per sequence *including* the new one, which goes to token index `context_len - 1`.
 //!
-//! Work split: the unit is one (sequence, range of KV heads, run of blocks). The range is as
-//! many KV heads as one kernel call holds state for (`kv_per_call`: up to 64 query heads and
-//! 16 KiB of f32 accumulators; all 8 KV heads of LLaMA-3-8B at head_dim 128), and the kernel
-//! loops over blocks outside and heads inside, so each block's K (all heads' pages back to back,
-//! 32 KiB there) and V are read as two contiguous runs. Cutting by KV head instead made every
-//! block one 4 KiB K page and one V page at unrelated addresses; on the GPU host a thread's
-//! compute and memory time then added up rather than overlapped (59-73% of the plain read's
-//! bandwidth). Every (sequence, head range) is cut into segments of `S` blocks, with `S` chosen
-//! from the total number of (KV head, block) pairs so that each pool thread gets several
-//! segments; a short sequence is one segment that writes its output directly, a long one (a
-//! 100k-token context) is spread over all threads and its partial results `(Σ p·V, max, Σ p)`
-//! are merged by log-sum-exp. All query heads of a KV head are in the same call, so K and V are
-//! read from DRAM once per KV head; a query group larger than one pass takes (16 heads) runs one
-//! KV head per call in passes.
+//! Work split: the unit is one (sequence, KV head, run of blocks). Every (sequence, KV head) is
+//! cut into segments of `S` blocks, with `S` chosen from the total number of (head, block) pairs
+//! so that each pool thread gets several segments; a short sequence is one segment that writes
+//! its output directly, a long one (a 100k-token context) is spread over all threads and its
+//! partial results `(Σ p·V, max, Σ p)` are merged by log-sum-exp. All query heads of a KV head
+//! are one segment's work, so K and V are read from DRAM once per KV head.
 //!
 //! Threads: rayon over `platform::pool()`, each task calling the single-threaded ISPC segment
 //! function, rather than ISPC `launch` tasks. One pinned pool then serves every CPU kernel of the
@@ -49,19 +41,12 @@ use crate::{sys, Error, Result};
 pub const BLOCK_SIZE: usize = 16;
 /// Largest head dimension the kernel takes (its f32 staging arrays are sized for it).
 pub const MAX_HEAD_DIM: usize = 256;
-/// Query heads of one KV head that one kernel pass handles (the kernel's `MAX_G`); a larger
-/// group is split into passes (which re-read K/V).
+/// Query heads one kernel pass handles; a larger group is split into passes (which re-read K/V).
 const MAX_GROUP_PASS: usize = 16;
-/// Query heads of one kernel call, over all its KV heads (the kernel's `MAX_H`).
-const MAX_CALL_HEADS: usize = 64;
-/// f32 accumulator elements of one call, query heads × head_dim (the kernel's `MAX_ACC`):
-/// 16 KiB, which with the 8 KiB staged K block (head_dim 128) leaves L1 room for the streams.
-const MAX_CALL_ACC: usize = 4096;
-/// Fewest (KV head, block) pairs in a segment of a cut sequence: each segment writes a partial
-/// result per head that the merge reads back, about a block's worth of work per head; at 8
-/// blocks of one head a 4k-token sequence on 16 threads ran 20% slower than at 32 on the GPU
-/// host.
-const MIN_SEGMENT_HEAD_BLOCKS: usize = 32;
+/// Fewest blocks in a segment of a cut sequence: each segment converts its queries and writes
+/// a partial result that the merge reads back, about a block's worth of work; at 8 blocks a
+/// 4k-token sequence on 16 threads ran 20% slower than at 32 on the GPU host.
+const MIN_SEGMENT_BLOCKS: usize = 32;
 /// Segments per pool thread that the split aims for: many more segments than threads, so that
 /// work stealing evens out threads slowed by anything else.
 const SEGMENTS_PER_THREAD: usize = 16;
@@ -153,7 +138,7 @@ fn check(
         )));
     }
     let block_elems = kvh * BLOCK_SIZE * d;
-    if k_cache.is_empty() || !k_cache.len().is_multiple_of(block_elems) {
+    if k_cache.is_empty() || k_cache.len() % block_elems != 0 {
         return Err(Error::Invalid(format!(
             "paged_decode: k_cache holds {} elements, not a positive multiple of one block's {block_elems} \
              (num_kv_heads {kvh} × 16 × head_dim {d})",
@@ -240,69 +225,43 @@ fn check(
     })
 }
 
-/// KV heads per kernel call: as many as the kernel's per-call limits take (all of them for
-/// LLaMA-3-8B's 8 KV heads × 4 query heads, head_dim 128), so that a call reads each block's K
-/// and V as two contiguous runs; 1 when a query group needs several passes.
-fn kv_per_call(num_kv_heads: usize, group: usize, head_dim: usize) -> usize {
-    if group > MAX_GROUP_PASS || group * head_dim > MAX_CALL_ACC {
-        1
-    } else {
-        num_kv_heads
-            .min(MAX_CALL_HEADS / group)
-            .min(MAX_CALL_ACC / (group * head_dim))
-            .max(1)
-    }
-}
-
-/// One unit of parallel work: blocks `b0 ..` of one sequence for KV heads `kv0 .. kv0 + nkv`.
+/// One unit of parallel work: blocks `b0 ..` of one sequence for one KV head.
 #[derive(Clone, Copy, Debug)]
 struct Segment {
     seq: usize,
-    kv0: usize,
-    nkv: usize,
-    /// Index among the (sequence, head range)'s segments, and their count.
+    kv: usize,
+    /// Index among the (sequence, head)'s segments, and their count.
     seg: usize,
     nseg: usize,
     b0: usize,
     ntok: usize,
-    /// First partial-result row (one per query head) of this (sequence, head range)'s slots
-    /// when nseg > 1; slot `seg` holds rows `part + seg·nkv·group ..`.
+    /// First partial-result slot of this (sequence, head) when nseg > 1.
     part: usize,
 }
 
-/// Blocks per segment for a batch whose calls take `nkv` KV heads each: enough segments for
-/// every thread to take several, none shorter than [`MIN_SEGMENT_HEAD_BLOCKS`] (KV head, block)
-/// pairs.
-fn segment_blocks(lens: &[usize], num_kv_heads: usize, nkv: usize, threads: usize) -> usize {
+/// Blocks per segment for a batch: enough segments for every thread to take several, none
+/// shorter than [`MIN_SEGMENT_BLOCKS`].
+fn segment_blocks(lens: &[usize], num_kv_heads: usize, threads: usize) -> usize {
     let total: usize = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).sum::<usize>() * num_kv_heads;
     total
         .div_ceil(threads.max(1) * SEGMENTS_PER_THREAD)
-        .max(MIN_SEGMENT_HEAD_BLOCKS)
-        .div_ceil(nkv.max(1))
+        .max(MIN_SEGMENT_BLOCKS)
 }
 
-/// The segments of a batch, and the number of partial-result rows they need.
-fn plan(
-    lens: &[usize],
-    num_kv_heads: usize,
-    nkv: usize,
-    group: usize,
-    seg_blocks: usize,
-) -> (Vec<Segment>, usize) {
+/// The segments of a batch, and the number of partial-result slots they need.
+fn plan(lens: &[usize], num_kv_heads: usize, seg_blocks: usize) -> (Vec<Segment>, usize) {
     let mut segs = Vec::new();
     let mut parts = 0;
     for (seq, &len) in lens.iter().enumerate() {
         let nb = len.div_ceil(BLOCK_SIZE);
         let nseg = nb.div_ceil(seg_blocks);
-        for kv0 in (0..num_kv_heads).step_by(nkv) {
-            let n = nkv.min(num_kv_heads - kv0);
+        for kv in 0..num_kv_heads {
             for seg in 0..nseg {
                 let b0 = seg * seg_blocks;
                 let ntok = (len - b0 * BLOCK_SIZE).min(seg_blocks * BLOCK_SIZE);
                 segs.push(Segment {
                     seq,
-                    kv0,
-                    nkv: n,
+                    kv,
                     seg,
                     nseg,
                     b0,
@@ -311,7 +270,7 @@ fn plan(
                 });
             }
             if nseg > 1 {
-                parts += nseg * n * group;
+                parts += nseg;
             }
         }
     }
@@ -351,7 +310,6 @@ type SegmentFn = unsafe extern "C" fn(
     i32,
     i64,
     i64,
-    i32,
     i32,
     i32,
     f32,
@@ -398,24 +356,12 @@ pub fn paged_decode_bf16(
     out: &mut [bf16],
 ) -> Result<()> {
     let c = check(shape, batch, k_cache, v_cache, out)?;
-    let nkv = kv_per_call(shape.num_kv_heads, c.group, shape.head_dim);
-    let s = segment_blocks(&c.lens, shape.num_kv_heads, nkv, platform::pool_threads());
-    run_checked(
-        shape,
-        batch,
-        &c,
-        s,
-        nkv,
-        Path::current(),
-        k_cache,
-        v_cache,
-        out,
-    );
+    let s = segment_blocks(&c.lens, shape.num_kv_heads, platform::pool_threads());
+    run_checked(shape, batch, &c, s, Path::current(), k_cache, v_cache, out);
     Ok(())
 }
 
-/// [`paged_decode_bf16`] with a forced segment length, KV heads per call (capped at what the
-/// kernel takes) and code path, for tests.
+/// [`paged_decode_bf16`] with a forced segment length and code path, for tests.
 #[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 fn paged_decode_bf16_with(
@@ -425,16 +371,12 @@ fn paged_decode_bf16_with(
     v_cache: &mut [bf16],
     out: &mut [bf16],
     seg_blocks: Option<usize>,
-    kv_heads: Option<usize>,
     path: Path,
 ) -> Result<()> {
     let c = check(shape, batch, k_cache, v_cache, out)?;
-    let most = kv_per_call(shape.num_kv_heads, c.group, shape.head_dim);
-    let nkv = kv_heads.map_or(most, |n| n.clamp(1, most));
-    let s = seg_blocks.unwrap_or_else(|| {
-        segment_blocks(&c.lens, shape.num_kv_heads, nkv, platform::pool_threads())
-    });
-    run_checked(shape, batch, &c, s.max(1), nkv, path, k_cache, v_cache, out);
+    let s = seg_blocks
+        .unwrap_or_else(|| segment_blocks(&c.lens, shape.num_kv_heads, platform::pool_threads()));
+    run_checked(shape, batch, &c, s.max(1), path, k_cache, v_cache, out);
     Ok(())
 }
 
@@ -444,7 +386,6 @@ fn run_checked(
     b: &DecodeBatch,
     c: &Checked,
     seg_blocks: usize,
-    nkv: usize,
     path: Path,
     k_cache: &mut [bf16],
     v_cache: &mut [bf16],
@@ -459,9 +400,9 @@ fn run_checked(
         shape.head_dim,
         c.group,
     );
-    let (segs, parts) = plan(&c.lens, kvh, nkv, g, seg_blocks);
-    let mut part_o = vec![0f32; parts * d];
-    let mut part_ml = vec![0f32; parts * 2];
+    let (segs, parts) = plan(&c.lens, kvh, seg_blocks);
+    let mut part_o = vec![0f32; parts * g * d];
+    let mut part_ml = vec![0f32; parts * g * 2];
     let kc = Shared(k_cache.as_mut_ptr() as *mut u16);
     let vc = Shared(v_cache.as_mut_ptr() as *mut u16);
     let o = Shared(out.as_mut_ptr() as *mut u16);
@@ -471,51 +412,45 @@ fn run_checked(
     let run_segment = |s: &Segment| {
         let table = &b.block_tables[s.seq * b.max_blocks + s.b0..(s.seq + 1) * b.max_blocks];
         let last = s.seg + 1 == s.nseg;
-        // Query heads of this (sequence, head range): rows of `out` from `first`, and rows
-        // per partial slot. Several passes only when nkv is 1 (kv_per_call).
-        let first = s.seq * qh + s.kv0 * g;
-        let rows = s.nkv * g;
         for h0 in (0..g).step_by(MAX_GROUP_PASS) {
             let gp = (g - h0).min(MAX_GROUP_PASS);
+            let head = s.seq * qh + s.kv * g + h0;
             let append_at = if last && h0 == 0 {
                 (s.ntok - 1) as i32
             } else {
                 -1
             };
-            let nk = (s.seq * kvh + s.kv0) * d;
+            let nk = (s.seq * kvh + s.kv) * d;
             let (out_p, po_p, pml_p) = if s.nseg == 1 {
                 (
-                    o.ptr().wrapping_add((first + h0) * d),
+                    o.ptr().wrapping_add(head * d),
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                 )
             } else {
-                let row = s.part + s.seg * rows + h0;
+                let slot = s.part + s.seg;
                 (
                     std::ptr::null_mut(),
-                    po.ptr().wrapping_add(row * d),
-                    pml.ptr().wrapping_add(row * 2),
+                    po.ptr().wrapping_add((slot * g + h0) * d),
+                    pml.ptr().wrapping_add((slot * g + h0) * 2),
                 )
             };
             // SAFETY: `check` proved every block id of the sequence's used blocks in range, the
-            // shapes of q/new_k/new_v/out, head_dim ≤ MAX_HEAD_DIM; kv_per_call keeps
-            // gp ≤ MAX_GROUP_PASS, nkv·gp ≤ MAX_CALL_HEADS and nkv·gp·d ≤ MAX_CALL_ACC (the
-            // kernel's array sizes), and nkv > 1 only with one pass (gp = g), so the call's
-            // q, new_k/new_v and out rows are contiguous. Writes are disjoint between
-            // segments: a segment writes only its own (sequence, head range) of `out` or its own
-            // partial rows, and the append goes to these KV heads' rows of the sequence's last
-            // block, which `check` proved no other sequence reads and which lies in this (the
-            // last) segment only, written before this segment reads it.
+            // shapes of q/new_k/new_v/out, head_dim ≤ MAX_HEAD_DIM and gp ≤ MAX_GROUP_PASS (the
+            // kernel's array sizes). Writes are disjoint between segments: a segment writes only
+            // its own (sequence, head range) of `out` or its own partial slot, and the append
+            // goes to this KV head's rows of the sequence's last block, which `check` proved no
+            // other sequence reads and which lies in this (the last) segment only, written
+            // before this segment reads it.
             unsafe {
                 segment_fn(
-                    b.q.as_ptr().add((first + h0) * d) as *const u16,
+                    b.q.as_ptr().add(head * d) as *const u16,
                     kc.ptr(),
                     vc.ptr(),
                     table.as_ptr(),
                     s.ntok as i32,
                     block_stride,
-                    (s.kv0 * BLOCK_SIZE * d) as i64,
-                    s.nkv as i32,
+                    (s.kv * BLOCK_SIZE * d) as i64,
                     d as i32,
                     gp as i32,
                     shape.scale,
@@ -533,18 +468,16 @@ fn run_checked(
     platform::pool().install(|| {
         segs.par_iter().for_each(run_segment);
         merges.par_iter().for_each(|s| {
-            let rows = s.nkv * g;
-            // SAFETY: the nseg slots of `rows` rows from s.part were all written by the
-            // segments above, and this (sequence, head range)'s output rows are written by this
-            // merge only.
+            // SAFETY: slots s.part .. s.part + nseg were all written by the segments above, and
+            // this (sequence, KV head)'s g output rows are written by this merge only.
             unsafe {
                 merge_fn(
-                    po.ptr().add(s.part * d),
-                    pml.ptr().add(s.part * 2),
+                    po.ptr().add(s.part * g * d),
+                    pml.ptr().add(s.part * g * 2),
                     s.nseg as i32,
-                    rows as i32,
+                    g as i32,
                     d as i32,
-                    o.ptr().add((s.seq * qh + s.kv0 * g) * d),
+                    o.ptr().add((s.seq * qh + s.kv * g) * d),
                 );
             }
         });

@@ -99,17 +99,8 @@ impl Case {
     }
 
     /// Runs every ISPC build this CPU can run (`seg_blocks` forced, or chosen) and the twin on
-    /// copies of the cache; compares outputs within tolerance and caches bit for bit. Every
-    /// build runs with the KV heads per kernel call chosen, and forced to 1 and to 3 (capped
-    /// at what the kernel takes), so that calls over one head, over all of them and over
-    /// ranges with a short last one are all checked.
+    /// copies of the cache; compares outputs within tolerance and caches bit for bit.
     fn check(&self, seg_blocks: Option<usize>, seed: u64) {
-        for kv_heads in [None, Some(1), Some(3)] {
-            self.check_split(seg_blocks, kv_heads, seed);
-        }
-    }
-
-    fn check_split(&self, seg_blocks: Option<usize>, kv_heads: Option<usize>, seed: u64) {
         let n_out = self.q.len();
         let (mut k2, mut v2, mut o2) = (self.k.clone(), self.v.clone(), vec![NAN; n_out]);
         paged_decode_bf16_ref(&self.shape, &self.batch(), &mut k2, &mut v2, &mut o2).unwrap();
@@ -124,12 +115,11 @@ impl Case {
                 &mut v1,
                 &mut o1,
                 seg_blocks,
-                kv_heads,
                 path,
             )
             .unwrap();
             let ctx = format!(
-                "seed {seed}, {path:?}, {:?}, seg_blocks {seg_blocks:?}, kv_heads {kv_heads:?}, batch {}",
+                "seed {seed}, {path:?}, {:?}, seg_blocks {seg_blocks:?}, batch {}",
                 self.shape,
                 self.lens.len()
             );
@@ -174,7 +164,6 @@ fn scalar_tier_runs_the_twin() {
         &mut k1,
         &mut v1,
         &mut o1,
-        None,
         None,
         Path::Scalar,
     )
@@ -240,8 +229,8 @@ fn long_sequence_is_split_across_threads() {
     let (mut r, seed) = rng();
     let len = 100_000 - 7;
     let sh = shape(4, 1, 128);
-    let s = segment_blocks(&[len], 1, 1, platform::pool_threads());
-    let (segs, _) = plan(&[len], 1, 1, 4, s);
+    let s = segment_blocks(&[len], 1, platform::pool_threads());
+    let (segs, _) = plan(&[len], 1, s);
     assert!(
         segs.len() > 1,
         "a {len}-token sequence should be cut into segments, got {}",
@@ -391,47 +380,4 @@ fn bad_inputs_are_errors() {
     );
     // Nothing was appended by the refused calls.
     assert!(k.iter().zip(&c.k).all(|(a, b)| a.to_bits() == b.to_bits()));
-}
-
-#[test]
-fn kv_head_ranges_match_reference() {
-    let (mut r, seed) = rng();
-    // (q heads, KV heads, head_dim): all 16 KV heads in one call (d 64), 8 KV heads in two
-    // calls of 4 (group 8, d 128: the accumulator limit), LLaMA-3-8B (one call of 8), and
-    // MHA with 12 heads (one call of 12).
-    for (qh, kvh, d) in [(64, 16, 64), (64, 8, 128), (32, 8, 128), (12, 12, 128)] {
-        let sh = shape(qh, kvh, d);
-        let nkv = kv_per_call(kvh, qh / kvh, d);
-        assert!(
-            nkv > 1,
-            "{sh:?}: expected several KV heads per call, got {nkv}"
-        );
-        let c = Case::new(&mut r, sh, &[1, 15, 16, 17, 100, 333], 2.0);
-        c.check(Some(2), seed);
-        c.check(None, seed);
-    }
-}
-
-#[test]
-fn long_sequence_over_all_kv_heads_is_split_across_threads() {
-    let (mut r, seed) = rng();
-    let len = 20_000 - 3;
-    let sh = shape(32, 8, 128);
-    let nkv = kv_per_call(8, 4, 128);
-    assert_eq!(nkv, 8);
-    let s = segment_blocks(&[len], 8, nkv, platform::pool_threads());
-    let (segs, _) = plan(&[len], 8, nkv, 4, s);
-    assert!(
-        segs.len() > 1,
-        "a {len}-token sequence should be cut into segments, got {}",
-        segs.len()
-    );
-    Case::new(&mut r, sh, &[len, 1, 40], 4.0).check_split(None, None, seed);
-}
-
-#[test]
-fn batch_of_512_over_all_kv_heads() {
-    let (mut r, seed) = rng();
-    let lens: Vec<usize> = (0..512).map(|_| r.gen_range(1..=50)).collect();
-    Case::new(&mut r, shape(32, 8, 128), &lens, 2.0).check_split(None, None, seed);
 }
