@@ -369,9 +369,11 @@ mod tests {
                     assert_close(&format!("{what} blas"), seed, &via_blas, &want, atol, rtol);
                     assert_close(&format!("{what} cublaslt"), seed, &lt, &want, atol, rtol);
                 }
-                if direct {
+                if direct && !accumulate {
                     // GEMV vs cuBLASLt (TANDEM_GEMV=0): each within tolerance of the
-                    // reference, so within twice it of each other.
+                    // reference, so within twice it of each other. (With accumulate, each was
+                    // held to the reference above with a bound on the product's magnitude,
+                    // which the two results do not carry.)
                     for (j, (g, l)) in got.iter().zip(&lt).enumerate() {
                         let (g, l) = (g.to_f32(), l.to_f32());
                         let tol = 2.0 * atol + 3.0 * rtol * l.abs().max(g.abs());
