@@ -31,6 +31,11 @@ use crate::{check_len, Error, Gpu, Result};
 /// (LLaMA-3-8B and OPT-30B linears): at one row it matches cuBLASLt (0.84–1.09×, and saves the
 /// SiLU·mul pass of gate/up); at 4 and 8 rows cuBLASLt is 1.1–2.1× faster.
 const GEMV_AUTO_MAX_M: usize = 1;
+/// ... and only for weights with at least this many rows per column (wide outputs: gate/up,
+/// FC1, OPT's QKV, the LM head), where it was 0–8 % faster; on square and tall weights (o,
+/// down, FC2, LLaMA's QKV) cuBLASLt was 1–16 % faster. The fused SiLU·mul entry takes the
+/// GEMV kernel at one row regardless (it saves a pass).
+const GEMV_AUTO_MIN_N_PER_K: usize = 2;
 
 /// Whether `Blas` may use the GEMV kernel: not when `TANDEM_GEMV=0` (read once).
 fn gemv_enabled() -> bool {
@@ -265,7 +270,7 @@ impl Blas {
         accumulate: bool,
         y: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
-        if self.use_gemv && (1..=GEMV_AUTO_MAX_M).contains(&m) && n > 0 {
+        if self.use_gemv && (1..=GEMV_AUTO_MAX_M).contains(&m) && n >= GEMV_AUTO_MIN_N_PER_K * k {
             let s = &self.stream;
             let fits = {
                 let (px, _gx) = x.device_ptr(s);
