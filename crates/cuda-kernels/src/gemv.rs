@@ -328,9 +328,6 @@ mod tests {
                 ][i];
                 let mut want = y0.clone();
                 linear_bf16_ref(m, n, k, &x, &w, epi_ref, accumulate, &mut want).unwrap();
-                // What cuBLASLt rounds on the way under accumulate: the product with its bias.
-                let mut prod = vec![bf16::ZERO; m * n];
-                linear_bf16_ref(m, n, k, &x, &w, epi_ref, false, &mut prod).unwrap();
                 let what = format!("gemv m {m} n {n} k {k} epilogue {i} accumulate {accumulate}");
                 // The kernel itself (qualifying shapes), then Blas's dispatch (GEMV unless
                 // TANDEM_GEMV=0 or k % 8 != 0), then cuBLASLt forced.
@@ -351,20 +348,12 @@ mod tests {
                     .unwrap();
                 let lt = s.clone_dtoh(&dy).unwrap();
                 if accumulate {
-                    // cuBLASLt rounds more than once with beta = 1 (see gemm.rs): allow one
-                    // bf16 step of the product (with its bias: cuBLASLt rounds the two together,
-                    // seen 8 steps at |y| = 0.05, k 8) and two of the result, over gemm.rs's
-                    // absolute floor.
+                    // cuBLASLt rounds more than once with beta = 1 (see assert_accumulated).
+                    let rounded = lt_intermediates(m, n, k, &x, &w, epi_ref);
                     let atol = atol.max(LT_ACCUMULATE_ATOL);
                     for (name, v) in [("blas", &via_blas), ("cublaslt", &lt)] {
-                        for (j, ((g, w), p)) in v.iter().zip(&want).zip(&prod).enumerate() {
-                            let (g, w, p) = (g.to_f32(), w.to_f32(), p.to_f32());
-                            let tol = atol + rtol * (2.0 * w.abs() + p.abs());
-                            assert!(
-                                (g - w).abs() <= tol,
-                                "{what} {name}: element {j}: got {g}, want {w} (seed {seed})"
-                            );
-                        }
+                        let what = format!("{what} {name}");
+                        assert_accumulated(&what, seed, v, &want, &rounded, atol);
                     }
                 } else {
                     assert_close(&format!("{what} blas"), seed, &via_blas, &want, atol, rtol);
