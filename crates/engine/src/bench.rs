@@ -273,16 +273,21 @@ pub struct Roofline {
     pub dram_read_bytes_s: f64,
     pub hbm_bytes_s: f64,
     pub pcie_bytes_s: f64,
+    /// Host memory read by the CPU and the PCIe DMA together (probe); 0 where not measured.
+    pub host_total_bytes_s: f64,
 }
 
 impl Roofline {
-    /// `dram`, `hbm`, `pcie`: measured bandwidths in bytes/s (0 where absent).
+    /// `dram`, `hbm`, `pcie`: measured bandwidths in bytes/s (0 where absent); `host_total`:
+    /// what host memory gives the CPU and the PCIe DMA together (0 where not measured), which
+    /// bounds a step whose CPU reads and streamed weights both come from host memory.
     pub fn decode(
         plan: &Plan,
         cfg: &crate::config::ModelConfig,
         dram: f64,
         hbm: f64,
         pcie: f64,
+        host_total: f64,
     ) -> Roofline {
         let s = &plan.spec;
         let ctx = s.input_tokens + s.max_new_tokens / 2;
@@ -291,6 +296,7 @@ impl Roofline {
             dram_read_bytes_s: dram,
             hbm_bytes_s: hbm,
             pcie_bytes_s: pcie,
+            host_total_bytes_s: host_total,
             ..Default::default()
         };
         for l in &plan.layers {
@@ -338,6 +344,10 @@ impl Roofline {
         r.step_bound_s = t(r.host_weight_bytes + r.host_kv_bytes, dram)
             .max(t(r.gpu_weight_bytes + r.gpu_kv_bytes, hbm))
             .max(t(r.pcie_bytes, pcie));
+        if host_total > 0.0 && r.pcie_bytes > 0 && r.host_weight_bytes + r.host_kv_bytes > 0 {
+            let host = r.host_weight_bytes + r.host_kv_bytes + r.pcie_bytes;
+            r.step_bound_s = r.step_bound_s.max(t(host, host_total));
+        }
         r
     }
 }

@@ -403,6 +403,11 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
         profile.dram_read_bytes_s,
         profile.hbm_copy_bytes_s,
         pcie,
+        if s.weight_tier == MemTier::Pinned {
+            profile.host_read_with_h2d_bytes_s
+        } else {
+            0.0
+        },
     );
     Ok(Measured {
         cfg,
@@ -566,6 +571,13 @@ fn report(r: &BenchResult, roof: &Roofline, per_token: bool) {
                 gb(roof.pcie_bytes),
                 roof.pcie_bytes_s / 1e9
             ));
+            if roof.host_total_bytes_s > 0.0 && roof.host_weight_bytes + roof.host_kv_bytes > 0 {
+                parts.push(format!(
+                    "host memory {:.2} GB for CPU and PCIe together at {:.1} GB/s",
+                    gb(roof.host_weight_bytes + roof.host_kv_bytes + roof.pcie_bytes),
+                    roof.host_total_bytes_s / 1e9
+                ));
+            }
         }
         println!(
             "roofline              decode step ≥ {:.2} ms ({}) → {:.0} % of roofline",

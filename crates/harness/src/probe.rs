@@ -28,6 +28,16 @@ pub struct Profile {
     pub pcie_h2d_pinned_bytes_s: f64,
     pub pcie_d2h_pinned_bytes_s: f64,
     pub pcie_h2d_pageable_bytes_s: f64,
+    /// Host memory read by the CPU and by the GPU's DMA at once (CPU parallel read of one
+    /// buffer while pinned host→device copies of another run back to back), in total, and the
+    /// two shares: a decode step with CPU layers and streamed layers draws on both, and where
+    /// the memory channels cannot feed both at full rate this sum, not DRAM + PCIe, bounds it.
+    #[serde(default)]
+    pub host_read_with_h2d_bytes_s: f64,
+    #[serde(default)]
+    pub host_read_with_h2d_cpu_bytes_s: f64,
+    #[serde(default)]
+    pub host_read_with_h2d_dma_bytes_s: f64,
     pub hbm_copy_bytes_s: f64,
     pub gpu_gemm_bf16_flop_s: f64,
     pub notes: Vec<String>,
@@ -212,6 +222,7 @@ pub fn gpu_ceilings(
         Ok(copy_blocks_d2h(&s, &src, &mut pinned, n, &[(0, 0)])?)
     })?;
     p.pcie_d2h_pinned_bytes_s = (n * 2) as f64 / t;
+    host_read_with_h2d(gpu, &s, &pinned, &mut dst, n, p)?;
     let pageable = vec![bf16::ZERO; n];
     let t = time_gpu(gpu, &s, 3, || Ok(s.memcpy_htod(&pageable, &mut dst)?))?;
     p.pcie_h2d_pageable_bytes_s = (n * 2) as f64 / t;
@@ -228,6 +239,89 @@ pub fn gpu_ceilings(
         Ok(blas.linear_bf16(m, m, m, &x, &w, ep, false, &mut y)?)
     })?;
     p.gpu_gemm_bf16_flop_s = 2.0 * (m * m * m) as f64 / t;
+    Ok(())
+}
+
+/// The CPU reads a probe-sized buffer pass after pass on the pool (from a thread of its own,
+/// so that this one can watch the GPU) while the GPU copies `pinned` to `dst` sixteen times;
+/// only the CPU passes that began after the copies started and ended before they finished
+/// count, so each share is measured under the other's load. Best total of three rounds.
+fn host_read_with_h2d(
+    gpu: &cuda_kernels::Gpu,
+    s: &std::sync::Arc<cudarc::driver::CudaStream>,
+    pinned: &cuda_kernels::transfer::PinnedBuf<bf16>,
+    dst: &mut cudarc::driver::CudaSlice<bf16>,
+    n: usize,
+    p: &mut Profile,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let bytes = probe_bytes();
+    eprintln!(
+        "probe: CPU read of {:.1} GiB while the GPU copies pinned memory in",
+        bytes as f64 / (1u64 << 30) as f64
+    );
+    let mut host =
+        platform::mem::HostBuf::<u64>::zeroed(bytes / 8, platform::mem::MemTier::Pageable)?;
+    host.iter_mut().enumerate().for_each(|(i, x)| *x = i as u64);
+    let copies = 16;
+    for _ in 0..3 {
+        let stop = AtomicBool::new(false);
+        let (passes, window) = std::thread::scope(|sc| -> anyhow::Result<_> {
+            let reader = sc.spawn(|| {
+                let mut passes = Vec::new();
+                let mut sink = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    sink ^= platform::membw::parallel_read(std::hint::black_box(&host));
+                    passes.push((t0, Instant::now()));
+                }
+                std::hint::black_box(sink);
+                passes
+            });
+            // Let the reader get going, then copy, and note when the copies ran on the host's
+            // clock (polled every 100 µs).
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            let (a, b) = (gpu.timing_event()?, gpu.timing_event()?);
+            a.record(s)?;
+            for _ in 0..copies {
+                cuda_kernels::transfer::copy_blocks_h2d(s, pinned, dst, n, &[(0, 0)])?;
+            }
+            b.record(s)?;
+            let poll = |e: &cudarc::driver::CudaEvent| -> anyhow::Result<Instant> {
+                while !e.try_is_complete()? {
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+                Ok(Instant::now())
+            };
+            let started = poll(&a);
+            let ended = poll(&b);
+            stop.store(true, Ordering::Relaxed);
+            let passes = reader.join().expect("probe reader thread");
+            let dma_s = a.elapsed_ms(&b)? as f64 / 1e3;
+            Ok((passes, (started?, ended?, dma_s)))
+        })?;
+        let (started, ended, dma_s) = window;
+        let inside: Vec<_> = passes
+            .iter()
+            .filter(|(t0, t1)| *t0 >= started && *t1 <= ended)
+            .collect();
+        if inside.len() < 2 {
+            p.notes.push(format!(
+                "host read with H2D: {} CPU passes inside the {:.0} ms of copies; not measured",
+                inside.len(),
+                dma_s * 1e3
+            ));
+            return Ok(());
+        }
+        let cpu_s = inside.last().unwrap().1 - inside[0].0;
+        let cpu = (inside.len() * bytes / 8 * 8) as f64 / cpu_s.as_secs_f64();
+        let dma = (copies * n * 2) as f64 / dma_s;
+        if cpu + dma > p.host_read_with_h2d_bytes_s {
+            p.host_read_with_h2d_bytes_s = cpu + dma;
+            p.host_read_with_h2d_cpu_bytes_s = cpu;
+            p.host_read_with_h2d_dma_bytes_s = dma;
+        }
+    }
     Ok(())
 }
 
@@ -271,6 +365,14 @@ pub fn print(p: &Profile) {
         "PCIe H2D pageable         {}",
         gbs(p.pcie_h2d_pageable_bytes_s)
     );
+    if p.host_read_with_h2d_bytes_s > 0.0 {
+        println!(
+            "host read with H2D        {} (CPU {} + DMA {})",
+            gbs(p.host_read_with_h2d_bytes_s),
+            gbs(p.host_read_with_h2d_cpu_bytes_s).trim(),
+            gbs(p.host_read_with_h2d_dma_bytes_s).trim()
+        );
+    }
     println!("HBM copy (read+write)     {}", gbs(p.hbm_copy_bytes_s));
     println!("GPU GEMM bf16             {}", tfs(p.gpu_gemm_bf16_flop_s));
     for n in &p.notes {

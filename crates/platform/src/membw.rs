@@ -48,7 +48,20 @@ pub fn parallel_copy(dst: &mut [u64], src: &[u64]) {
 /// Best-of-`reps` read bandwidth in bytes/s over a buffer of `bytes` (use several times the
 /// last-level cache, or this measures the cache).
 pub fn read_bandwidth(bytes: usize, reps: usize) -> f64 {
-    let mut buf = vec![0u64; bytes / 8];
+    // A huge-page buffer, as the engine's weights and KV are (`HostBuf`), else a plain one.
+    let mut buf = match crate::mem::HostBuf::<u64>::zeroed(bytes / 8, crate::mem::MemTier::Pageable)
+    {
+        Ok(b) => b,
+        Err(_) => return read_bandwidth_vec(bytes, reps),
+    };
+    fill_and_read(&mut buf, reps)
+}
+
+fn read_bandwidth_vec(bytes: usize, reps: usize) -> f64 {
+    fill_and_read(&mut vec![0u64; bytes / 8], reps)
+}
+
+fn fill_and_read(buf: &mut [u64], reps: usize) -> f64 {
     crate::pool().install(|| {
         buf.par_iter_mut()
             .enumerate()
@@ -58,7 +71,7 @@ pub fn read_bandwidth(bytes: usize, reps: usize) -> f64 {
     let mut sink = 0u64;
     for _ in 0..reps.max(1) {
         let t = std::time::Instant::now();
-        sink ^= parallel_read(std::hint::black_box(&buf));
+        sink ^= parallel_read(std::hint::black_box(&*buf));
         best = best.min(t.elapsed().as_secs_f64());
     }
     std::hint::black_box(sink);
