@@ -347,8 +347,9 @@ mod tests {
                 blas.linear_bf16_lt(m, n, k, &dx, &dw, epi, accumulate, &mut dy)
                     .unwrap();
                 let lt = s.clone_dtoh(&dy).unwrap();
-                if accumulate {
-                    // cuBLASLt rounds more than once with beta = 1 (see assert_accumulated).
+                if accumulate || i > 0 {
+                    // cuBLASLt may round the product before adding the bias and the old y
+                    // (see assert_accumulated; seen 0.0029 off at |y| = 0.11, k 4100, bias).
                     let rounded = lt_intermediates(m, n, k, &x, &w, epi_ref);
                     let atol = atol.max(LT_ACCUMULATE_ATOL);
                     for (name, v) in [("blas", &via_blas), ("cublaslt", &lt)] {

@@ -56,10 +56,11 @@ pub fn assert_close_f32(what: &str, seed: u64, got: &[f32], want: &[f32], atol: 
 /// neighbouring bf16 values when they straddle a rounding boundary.
 pub const BF16_ULP: f32 = 1.0 / 128.0;
 
-/// The check for cuBLASLt's `y += x·wᵀ (+ bias)` (beta = 1) into a bf16 `y`: it was seen to
-/// round more than once on the way (the product to bf16 before adding the old y; with a bias,
-/// the product alone and again with its bias, so a bias that cancels a large product leaves
-/// the product's rounding in a small result: 14 steps at |y| = 0.018, k 8). Allowed: one bf16
+/// The check for cuBLASLt's `y = x·wᵀ + bias` and `y += x·wᵀ (+ bias)` (beta = 1) into a bf16
+/// `y`: it was seen to round more than once on the way (the product to bf16 before adding the
+/// old y; with a bias, the product alone and again with its bias, so a bias that cancels a
+/// large product leaves the product's rounding in a small result: 14 steps at |y| = 0.018,
+/// k 8, accumulating; 0.0029 at |y| = 0.11, k 4100, bias alone). Allowed: one bf16
 /// step of each intermediate it may round (`rounded[i]`: |x·w| and |x·w + bias|), two of the
 /// result's, over an absolute floor `atol`.
 pub fn assert_accumulated(
