@@ -141,16 +141,22 @@ fn benches(c: &mut Criterion) {
         || embedding_bf16(&gpu, &s, &table, hidden, &dids, &mut out).unwrap(),
     );
 
-    let batch = 256usize;
-    let logits = table.slice(..batch * vocab);
-    let mut am = s.alloc_zeros::<i32>(batch).unwrap();
-    bench(
-        &mut g,
-        &gpu,
-        "gpu_argmax_bf16",
-        Throughput::Bytes(B * (batch * vocab) as u64),
-        || argmax_bf16(&gpu, &s, &logits, vocab, &mut am).unwrap(),
-    );
+    // A decode step's logits (256 rows, 66 MB: about the L2's size) and a large batch's
+    // (2048 rows, 525 MB: well past it, the size the memory-bound target is set at).
+    for (batch, name) in [
+        (256usize, "gpu_argmax_bf16"),
+        (2048, "gpu_argmax_bf16_2048"),
+    ] {
+        let logits = table.slice(..batch * vocab);
+        let mut am = s.alloc_zeros::<i32>(batch).unwrap();
+        bench(
+            &mut g,
+            &gpu,
+            name,
+            Throughput::Bytes(B * (batch * vocab) as u64),
+            || argmax_bf16(&gpu, &s, &logits, vocab, &mut am).unwrap(),
+        );
+    }
     drop(table);
 
     // KV append of 16k prefill tokens (8 kv heads x 128) into a cache of 2048 blocks.

@@ -55,6 +55,19 @@ const MIN_SPLIT_PAGES: usize = 4;
 /// SM), the tensor-core one 168 registers and 68 KiB of shared memory (3 blocks per SM).
 const RESIDENT_CUDA: usize = 4;
 const RESIDENT_MMA: usize = 3;
+/// Waves of resident blocks the splits aim for (`TANDEM_DECODE_WAVES`, read once; default 1):
+/// more waves cut each block's share and the last wave's idle tail, at the cost of more
+/// partial rows for the merge pass.
+fn target_waves() -> usize {
+    static W: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *W.get_or_init(|| {
+        std::env::var("TANDEM_DECODE_WAVES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&w| (1..=64).contains(&w))
+            .unwrap_or(1)
+    })
+}
 /// q heads served per block at most: CUDA-core kernels exist for 1, 2 and 4, the tensor-core
 /// kernel serves one 16-row mma tile.
 const MAX_GROUP_CUDA: usize = 4;
@@ -350,7 +363,7 @@ impl SplitPlan {
         };
         let groups = g.div_ceil(maxg);
         let base = b * hkv * groups;
-        let target = resident * gpu.sms() as usize;
+        let target = target_waves() * resident * gpu.sms() as usize;
         let mut split_pages = MAX_SPLIT_PAGES;
         while split_pages > MIN_SPLIT_PAGES && base * max_pages.div_ceil(split_pages) < target {
             split_pages /= 2;
