@@ -14,6 +14,10 @@ const TARGETS: &str = "avx2-i32x8,avx512skx-x16";
 /// Kernels also compiled for avx2 alone, their exports suffixed `_avx2` (`NAME_SUFFIX`), so that
 /// `TANDEM_CPU_TIER=avx2` can force that path on a machine whose dispatch would pick avx512.
 const FORCED_AVX2: &[&str] = &["paged_decode"];
+/// Kernels also compiled for avx512 with `-DBF16DOT`, exports suffixed `_dot`: the build whose
+/// hot dot products call the AVX512-BF16 C helpers of `kernels/*.c` (run where the CPU has
+/// `vdpbf16ps`).
+const BF16DOT: &[&str] = &["paged_decode"];
 const MIN_VERSION: (u32, u32) = (1, 23);
 const DEFAULT_TOOLCHAIN: &str = "/opt/tandem/toolchain";
 
@@ -112,8 +116,32 @@ fn main() {
             objects.push(obj);
             headers.push(hdr);
         }
+        if BF16DOT.contains(&stem.as_str()) {
+            let obj = out.join(format!("{stem}_dot.o"));
+            let hdr = out.join(format!("{stem}_dot_ispc.h"));
+            compile(
+                src,
+                &obj,
+                &hdr,
+                "avx512skx-x16",
+                &["-DNAME_SUFFIX=_dot", "-DBF16DOT"],
+            );
+            objects.push(obj);
+            headers.push(hdr);
+        }
     }
+    // C helpers for what ISPC cannot express (bf16 dot products); each function carries its own
+    // `target` attribute, so the archive assumes nothing of the CPU.
+    let mut c_sources: Vec<PathBuf> = std::fs::read_dir("kernels")
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "c"))
+        .collect();
+    c_sources.sort();
     let mut ar = cc::Build::new();
+    ar.files(&c_sources)
+        .opt_level(3)
+        .flag_if_supported("-std=c11");
     for o in &objects {
         assert!(
             o.exists(),

@@ -5,6 +5,13 @@
 //! one layer's K and V is 4 KiB. Cases of 1 GiB and more measure DRAM on the GPU host (its L3 is
 //! 300 MB); the smaller ones measure the caches. Thread scaling: run with `TANDEM_THREADS=n`.
 //! `Throughput` is bytes of KV read per call.
+//!
+//! Beside the ceiling, two diagnostics: `b1_ctx256` (1 MiB, inside one core's 2 MiB L2) run
+//! with `TANDEM_THREADS=1` is the kernel's compute rate on one core with no DRAM in the way; and
+//! `cpu_read_kvorder_bf16` reads the KV in the kernel's order (tasks of one KV head's run of
+//! blocks, each block's 4 KiB K page then its V page, XORed as `cpu_read_bf16` does), so that
+//! where the kernel falls short of the plain read, it says how much of the gap the scattered
+//! pages alone explain.
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use half::bf16;
@@ -22,6 +29,7 @@ const SHAPE: DecodeShape = DecodeShape {
 /// (name, context lengths).
 fn cases() -> Vec<(String, Vec<usize>)> {
     let mut v: Vec<(String, Vec<usize>)> = [
+        (1, 256),
         (1, 4096),
         (16, 1024),
         (256, 1024),
@@ -30,7 +38,14 @@ fn cases() -> Vec<(String, Vec<usize>)> {
         (2, 131072),
     ]
     .into_iter()
-    .map(|(b, ctx)| (format!("b{b}_ctx{}k", ctx / 1024), vec![ctx; b]))
+    .map(|(b, ctx)| {
+        let name = if ctx >= 1024 {
+            format!("b{b}_ctx{}k", ctx / 1024)
+        } else {
+            format!("b{b}_ctx{ctx}")
+        };
+        (name, vec![ctx; b])
+    })
     .collect();
     // Ragged: 512 sequences of 1 to 1023 tokens (0.5 GiB on average), a fixed spread.
     v.push((
@@ -171,6 +186,47 @@ fn xor_words_avx512(w: &[u64]) -> u64 {
     lanes.iter().fold(tail, |a, b| a ^ b)
 }
 
+/// Blocks per task of the kernel-order read (the kernel's segments are of this order).
+const ORDER_TASK_BLOCKS: usize = 64;
+
+/// Reads the used blocks of every sequence in block-table order, one KV head's K and V pages
+/// per block per task (tasks over sequences, heads and runs of blocks), as XORs of u64 words.
+fn read_in_order(d: &Data) -> u64 {
+    let (kvh, hd) = (SHAPE.num_kv_heads, SHAPE.head_dim);
+    let block = kvh * BLOCK_SIZE * hd;
+    let page = BLOCK_SIZE * hd;
+    let mut tasks = Vec::new();
+    for (i, &len) in d.lens.iter().enumerate() {
+        let nb = (len as usize).div_ceil(BLOCK_SIZE);
+        for h in 0..kvh {
+            for b0 in (0..nb).step_by(ORDER_TASK_BLOCKS) {
+                tasks.push((i, h, b0, nb.min(b0 + ORDER_TASK_BLOCKS)));
+            }
+        }
+    }
+    let (k, v) = (&d.k[..], &d.v[..]);
+    let words = |x: &[bf16]| {
+        // SAFETY: pages start at multiples of 4 KiB in a 4 KiB aligned HostBuf, and any bit
+        // pattern is a valid u64.
+        let (_, w, _) = unsafe { x.align_to::<u64>() };
+        xor_words(w)
+    };
+    platform::pool().install(|| {
+        tasks
+            .par_iter()
+            .map(|&(i, h, b0, b1)| {
+                let mut x = 0;
+                for pos in b0..b1 {
+                    let id = d.tables[i * d.max_blocks + pos] as usize;
+                    let o = id * block + h * page;
+                    x ^= words(&k[o..o + page]) ^ words(&v[o..o + page]);
+                }
+                x
+            })
+            .reduce(|| 0, |a, b| a ^ b)
+    })
+}
+
 /// Short runs: ten flat samples, so a 1 GiB case on one thread still ends in seconds.
 fn settings(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>) {
     g.sample_size(10)
@@ -208,6 +264,12 @@ fn bench(c: &mut Criterion) {
         settings(&mut g);
         g.throughput(Throughput::Bytes(((k.len() + v.len()) * 2) as u64));
         g.bench_function(&id, |b| b.iter(|| std::hint::black_box(read_all([k, v]))));
+        g.finish();
+
+        let mut g = c.benchmark_group("cpu_read_kvorder_bf16");
+        settings(&mut g);
+        g.throughput(Throughput::Bytes(bytes));
+        g.bench_function(&id, |b| b.iter(|| std::hint::black_box(read_in_order(&d))));
         g.finish();
     }
 }

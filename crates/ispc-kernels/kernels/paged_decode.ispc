@@ -28,7 +28,9 @@
 //     exp(m_old - m_new); tokens past the sequence's end get weight 0;
 //   - PV: V is widened in registers, 8 tokens × (even, odd) = 16 vectors per chunk, and every
 //     head accumulates p[t]·v[t] into its f32 accumulator (`acc`, L1) with p broadcast;
-//   - K and V lines PF_L2 blocks ahead are prefetched to L2, spread over the loops.
+//   - K and V lines `pf_ahead` blocks ahead are prefetched to L2, spread over the loops.
+//   - The `_dot` build (BF16DOT, avx512 with AVX512-BF16) replaces the K staging and the f32
+//     QKᵀ by one C call per block (kernels/bf16dot.c, `vdpbf16ps` on the bf16 rows).
 // Registers (avx512, 32 zmm): QKᵀ holds r[0..15] plus the two q halves; PV holds 16 widened V
 // vectors, two accumulators and broadcasts.
 
@@ -47,10 +49,17 @@
 // larger query group into passes of MAX_G heads.
 #define MAX_D 256
 #define MAX_G 16
-// Blocks ahead that K and V are prefetched to L2. On the GPU host (16 threads, batch × context
-// from 1 × 4k to 2 × 128k) 4 ran 7-18% faster than 2 except at 1k-token contexts (3% slower);
-// an added L1 prefetch of the next block lost 3-11%.
-#define PF_L2 4
+// K and V are prefetched to L2 `pf_ahead` blocks ahead (the wrapper's choice, default 4). On
+// the GPU host (16 threads, batch × context from 1 × 4k to 2 × 128k) 4 ran 7-18% faster than 2
+// except at 1k-token contexts (3% slower); an added L1 prefetch of the next block lost 3-11%.
+
+#ifdef BF16DOT
+// kernels/bf16dot.c: scores[h][t] = q[h]·k[t] for one block, with AVX512-BF16 `vdpbf16ps`.
+extern "C" void tandem_qk16_bf16dot(uniform const uint16 * uniform q,
+                                    uniform const uint16 * uniform k, uniform int32 d,
+                                    uniform int32 g, uniform const uint16 * uniform pf,
+                                    uniform int32 pf_lines, uniform float * uniform scores);
+#endif
 
 // Sums of 16 vectors, one per token, transposed into 16/programCount vectors of per-token sums
 // (token t in lane t % programCount of vector t / programCount). Each level folds pairs of
@@ -124,7 +133,8 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
     uniform int64 block_stride, uniform int64 head_off,
     uniform int32 d, uniform int32 g, uniform float scale,
     uniform const uint16 new_k[], uniform const uint16 new_v[], uniform int32 append_at,
-    uniform uint16 out[], uniform float part_o[], uniform float part_ml[])
+    uniform uint16 out[], uniform float part_o[], uniform float part_ml[],
+    uniform int32 pf_ahead, uniform int32 pf_lines)
 {
     // Fused KV append: the new token's slot is written before anything of this segment is read.
     if (append_at >= 0) {
@@ -146,10 +156,12 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
     uniform const pair * uniform q32 = (uniform const pair * uniform)q;
     for (uniform int h = 0; h < g; h++) {
         for (uniform int c = 0; c < nc; c++) {
-            pair w = q32[h * hw + c * W + programIndex];
             uniform int o = h * d + c * 2 * W;
+#ifndef BF16DOT
+            pair w = q32[h * hw + c * W + programIndex];
             qs[o + programIndex] = lo_f32(w) * scale;
             qs[o + W + programIndex] = hi_f32(w) * scale;
+#endif
             acc[o + programIndex] = 0.0f;
             acc[o + W + programIndex] = 0.0f;
         }
@@ -166,19 +178,31 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
         uniform const int64 base = (uniform int64)blocks[b] * block_stride + head_off;
         uniform const pair * uniform k32 = (uniform const pair * uniform)(k_cache + base);
         uniform const pair * uniform v32 = (uniform const pair * uniform)(v_cache + base);
-        // Software prefetch PF_L2 blocks ahead, spread over this block's loops: each block of a
+        // Software prefetch `pf_ahead` blocks ahead, spread over this block's loops: each block of a
         // head is one 4 KiB page (d = 128) at an unrelated address, where the hardware
         // prefetcher would start cold.
         // (Table entries past the segment's last block are never read: the ids are loaded
         // under an `if`, not a select, which could evaluate both sides.)
-        uniform const bool pf = b + PF_L2 < nblocks;
+        uniform const bool pf = pf_ahead > 0 && b + pf_ahead < nblocks;
         uniform int64 ahead = base;
         if (pf) {
-            ahead = (uniform int64)blocks[b + PF_L2] * block_stride + head_off;
+            ahead = (uniform int64)blocks[b + pf_ahead] * block_stride + head_off;
         }
         uniform const int8 * uniform kn = (uniform const int8 * uniform)(k_cache + ahead);
         uniform const int8 * uniform vn = (uniform const int8 * uniform)(v_cache + ahead);
 
+#ifdef BF16DOT
+        // QKᵀ in C with vdpbf16ps, straight on the block's bf16 rows; scores past `valid`
+        // (slots never or not yet written) are replaced by -inf below.
+        // (The C side prefetches the K rows `pf_ahead` blocks ahead, spread over its loads.)
+        uniform float sc[MAX_G * BLOCK];
+        tandem_qk16_bf16dot(q, k_cache + base, d, g, pf ? k_cache + ahead : NULL, pf_lines, sc);
+        for (uniform int h = 0; h < g; h++) {
+            foreach (t = 0 ... BLOCK) {
+                p[h][t] = (t < valid) ? sc[h * BLOCK + t] * scale : -floatbits(0x7f800000);
+            }
+        }
+#else
         // K widened once into `stage` ([t][chunk][even|odd][W]); rows past `valid` are zeros,
         // never the slots' contents (unwritten, or another step's).
         for (uniform int t = 0; t < BLOCK; t++) {
@@ -193,7 +217,9 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
             }
             if (pf) {
                 for (uniform int x = 0; x < 2 * d; x += 64) {
-                    prefetch_l2(kn + t * 2 * d + x);
+                    if (t * 2 * d + x < 64 * pf_lines) {
+                        prefetch_l2(kn + t * 2 * d + x);
+                    }
                 }
             }
         }
@@ -222,6 +248,7 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
                 p[h][t0 + programIndex] = (t0 + programIndex < valid) ? r[v] : -floatbits(0x7f800000);
             }
         }
+#endif
 
         // Online softmax over the block; masked tokens have score -inf, weight 0.
         for (uniform int h = 0; h < g; h++) {
@@ -271,7 +298,9 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
                 }
                 if (pf) {
                     for (uniform int i = 0; i < 8; i++) {
-                        prefetch_l2(vn + (t0 + i) * 2 * d + c * 4 * W);
+                        if ((t0 + i) * 2 * d + c * 4 * W < 64 * pf_lines) {
+                            prefetch_l2(vn + (t0 + i) * 2 * d + c * 4 * W);
+                        }
                     }
                 }
             }

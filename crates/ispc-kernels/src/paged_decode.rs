@@ -28,9 +28,14 @@
 //! cores, and the planning, merging and error handling stay in Rust; ISPC tasks would have
 //! needed an ISPCLaunch/ISPCSync runtime bridged onto the same pool anyway.
 //!
-//! Code paths, from `platform::cpu_tier()` (lowered by `TANDEM_CPU_TIER`): avx512 and above
-//! run ISPC's dispatched build (avx512skx-x16 where the CPU has it), `avx2` forces the
+//! Code paths, from `platform::cpu_tier()` (lowered by `TANDEM_CPU_TIER`): avx512bf16 and above
+//! run the `_dot` build (avx512skx-x16 whose QKᵀ is `vdpbf16ps` in `kernels/bf16dot.c`), avx512
+//! runs ISPC's dispatched build (avx512skx-x16 where the CPU has it), `avx2` forces the
 //! avx2-i32x8 build, `scalar` runs the reference twin.
+//!
+//! `TANDEM_CPU_DECODE_PREFETCH` (read once; `BLOCKS` or `BLOCKS:LINES`, default 2:64, 0 blocks
+//! turns it off) sets how many blocks ahead the kernel prefetches K and V into L2, and how many
+//! 64-byte lines from the start of each 4 KiB page.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -50,6 +55,41 @@ const MIN_SEGMENT_BLOCKS: usize = 32;
 /// Segments per pool thread that the split aims for: many more segments than threads, so that
 /// work stealing evens out threads slowed by anything else.
 const SEGMENTS_PER_THREAD: usize = 16;
+/// Blocks ahead that K and V are prefetched to L2 unless `TANDEM_CPU_DECODE_PREFETCH` says.
+const PREFETCH_BLOCKS: i32 = 2;
+/// 64-byte lines prefetched from the start of each K and V page (a block's rows of one KV head)
+/// unless `TANDEM_CPU_DECODE_PREFETCH` says; 64 is a whole 4 KiB page.
+const PREFETCH_LINES: i32 = 64;
+
+/// The prefetch plan `(blocks ahead, lines per page)`: `TANDEM_CPU_DECODE_PREFETCH` as
+/// `BLOCKS` or `BLOCKS:LINES` (0..=64 each; 0 blocks turns prefetching off), read once.
+fn prefetch_plan() -> (i32, i32) {
+    static PF: std::sync::OnceLock<(i32, i32)> = std::sync::OnceLock::new();
+    *PF.get_or_init(|| {
+        let default = (PREFETCH_BLOCKS, PREFETCH_LINES);
+        let Ok(v) = std::env::var("TANDEM_CPU_DECODE_PREFETCH") else {
+            return default;
+        };
+        let num = |x: &str| {
+            x.trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|n| (0..=64).contains(n))
+        };
+        let parsed = match v.split_once(':') {
+            None => num(&v).map(|b| (b, PREFETCH_LINES)),
+            Some((b, l)) => num(b).zip(num(l)),
+        };
+        parsed.unwrap_or_else(|| {
+            eprintln!(
+                "tandem: TANDEM_CPU_DECODE_PREFETCH={v:?} is not BLOCKS or BLOCKS:LINES with each \
+                 in 0..=64; using {}:{}",
+                default.0, default.1
+            );
+            default
+        })
+    })
+}
 
 /// Head counts, head size and softmax scale of one attention layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -292,11 +332,12 @@ impl<T> Shared<T> {
     }
 }
 
-/// Which code runs: ISPC with its own dispatch (avx512 here), ISPC's avx2 build forced, or the
-/// scalar twin where the CPU has neither. Chosen from `platform::cpu_tier()`, which
-/// `TANDEM_CPU_TIER` lowers.
+/// Which code runs: ISPC's avx512 build with the AVX512-BF16 QKᵀ, ISPC with its own dispatch
+/// (avx512 here), ISPC's avx2 build forced, or the scalar twin where the CPU has none of them.
+/// Chosen from `platform::cpu_tier()`, which `TANDEM_CPU_TIER` lowers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
+    IspcDot,
     Ispc,
     IspcAvx2,
     Scalar,
@@ -319,12 +360,15 @@ type SegmentFn = unsafe extern "C" fn(
     *mut u16,
     *mut f32,
     *mut f32,
+    i32,
+    i32,
 );
 type MergeFn = unsafe extern "C" fn(*const f32, *const f32, i32, i32, i32, *mut u16);
 
 impl Path {
     fn current() -> Path {
         match platform::cpu_tier() {
+            t if t >= platform::CpuTier::Avx512Bf16 => Path::IspcDot,
             t if t >= platform::CpuTier::Avx512 => Path::Ispc,
             platform::CpuTier::Avx2 => Path::IspcAvx2,
             _ => Path::Scalar,
@@ -333,6 +377,10 @@ impl Path {
 
     fn kernels(self) -> Option<(SegmentFn, MergeFn)> {
         match self {
+            Path::IspcDot => Some((
+                sys::ispc_paged_decode_segment_bf16_dot,
+                sys::ispc_paged_decode_merge_bf16_dot,
+            )),
             Path::Ispc => Some((
                 sys::ispc_paged_decode_segment_bf16,
                 sys::ispc_paged_decode_merge_bf16,
@@ -409,6 +457,7 @@ fn run_checked(
     let po = Shared(part_o.as_mut_ptr());
     let pml = Shared(part_ml.as_mut_ptr());
     let block_stride = (kvh * BLOCK_SIZE * d) as i64;
+    let (pf_blocks, pf_lines) = prefetch_plan();
     let run_segment = |s: &Segment| {
         let table = &b.block_tables[s.seq * b.max_blocks + s.b0..(s.seq + 1) * b.max_blocks];
         let last = s.seg + 1 == s.nseg;
@@ -460,6 +509,8 @@ fn run_checked(
                     out_p,
                     po_p,
                     pml_p,
+                    pf_blocks,
+                    pf_lines,
                 );
             }
         }
