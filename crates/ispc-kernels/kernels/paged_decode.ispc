@@ -29,8 +29,9 @@
 //   - PV: V is widened in registers, 8 tokens × (even, odd) = 16 vectors per chunk, and every
 //     head accumulates p[t]·v[t] into its f32 accumulator (`acc`, L1) with p broadcast;
 //   - K and V lines `pf_ahead` blocks ahead are prefetched to L2, spread over the loops.
-//   - The `_dot` build (BF16DOT, avx512 with AVX512-BF16) replaces the K staging and the f32
-//     QKᵀ by one C call per block (kernels/bf16dot.c, `vdpbf16ps` on the bf16 rows).
+//   - The `_dot` build (BF16DOT, avx512 with AVX512-BF16) replaces all of the above per block
+//     by one C call (kernels/bf16dot.c: `vdpbf16ps` on the bf16 K rows, a vector softmax
+//     update, PV with each chunk's accumulators in registers across the block's tokens).
 // Registers (avx512, 32 zmm): QKᵀ holds r[0..15] plus the two q halves; PV holds 16 widened V
 // vectors, two accumulators and broadcasts.
 
@@ -54,11 +55,16 @@
 // except at 1k-token contexts (3% slower); an added L1 prefetch of the next block lost 3-11%.
 
 #ifdef BF16DOT
-// kernels/bf16dot.c: scores[h][t] = q[h]·k[t] for one block, with AVX512-BF16 `vdpbf16ps`.
-extern "C" void tandem_qk16_bf16dot(uniform const uint16 * uniform q,
-                                    uniform const uint16 * uniform k, uniform int32 d,
-                                    uniform int32 g, uniform const uint16 * uniform pf,
-                                    uniform int32 pf_lines, uniform float * uniform scores);
+// kernels/bf16dot.c: one block's scores (`vdpbf16ps`), online softmax and PV for all g heads.
+extern "C" void tandem_block16_bf16dot(uniform const uint16 * uniform q,
+                                       uniform const uint16 * uniform k,
+                                       uniform const uint16 * uniform v, uniform int32 d,
+                                       uniform int32 g, uniform int32 valid, uniform float scale,
+                                       uniform float * uniform m, uniform float * uniform l,
+                                       uniform float * uniform acc,
+                                       uniform const uint16 * uniform pfk,
+                                       uniform const uint16 * uniform pfv,
+                                       uniform int32 pf_lines);
 #endif
 
 // Sums of 16 vectors, one per token, transposed into 16/programCount vectors of per-token sums
@@ -192,16 +198,11 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
         uniform const int8 * uniform vn = (uniform const int8 * uniform)(v_cache + ahead);
 
 #ifdef BF16DOT
-        // QKᵀ in C with vdpbf16ps, straight on the block's bf16 rows; scores past `valid`
-        // (slots never or not yet written) are replaced by -inf below.
-        // (The C side prefetches the K rows `pf_ahead` blocks ahead, spread over its loads.)
-        uniform float sc[MAX_G * BLOCK];
-        tandem_qk16_bf16dot(q, k_cache + base, d, g, pf ? k_cache + ahead : NULL, pf_lines, sc);
-        for (uniform int h = 0; h < g; h++) {
-            foreach (t = 0 ... BLOCK) {
-                p[h][t] = (t < valid) ? sc[h * BLOCK + t] * scale : -floatbits(0x7f800000);
-            }
-        }
+        // The whole block in C (kernels/bf16dot.c): QKᵀ by vdpbf16ps on the bf16 rows, the
+        // softmax update and PV with the accumulators in registers; it prefetches too.
+        tandem_block16_bf16dot(q, k_cache + base, v_cache + base, d, g, valid, scale, m, l, acc,
+                               pf ? k_cache + ahead : NULL, pf ? v_cache + ahead : NULL,
+                               pf_lines);
 #else
         // K widened once into `stage` ([t][chunk][even|odd][W]); rows past `valid` are zeros,
         // never the slots' contents (unwritten, or another step's).
@@ -248,7 +249,6 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
                 p[h][t0 + programIndex] = (t0 + programIndex < valid) ? r[v] : -floatbits(0x7f800000);
             }
         }
-#endif
 
         // Online softmax over the block; masked tokens have score -inf, weight 0.
         for (uniform int h = 0; h < g; h++) {
@@ -305,6 +305,7 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
                 }
             }
         }
+#endif
     }
 
     if (out != NULL) {

@@ -28,9 +28,10 @@
 //! cores, and the planning, merging and error handling stay in Rust; ISPC tasks would have
 //! needed an ISPCLaunch/ISPCSync runtime bridged onto the same pool anyway.
 //!
-//! Code paths, from `platform::cpu_tier()` (lowered by `TANDEM_CPU_TIER`): avx512bf16 and above
-//! run the `_dot` build (avx512skx-x16 whose QKᵀ is `vdpbf16ps` in `kernels/bf16dot.c`), avx512
-//! runs ISPC's dispatched build (avx512skx-x16 where the CPU has it), `avx2` forces the
+//! Code paths, from `platform::cpu_tier()` (lowered by `TANDEM_CPU_TIER`): avx512 and above run
+//! ISPC's dispatched build (avx512skx-x16 where the CPU has it); with `TANDEM_CPU_DECODE_DOT=1`
+//! and AVX512-BF16, the `_dot` build (each block in `kernels/bf16dot.c`: `vdpbf16ps` QKᵀ,
+//! vector softmax, register-blocked PV), slower on the GPU host's cores; `avx2` forces the
 //! avx2-i32x8 build, `scalar` runs the reference twin.
 //!
 //! `TANDEM_CPU_DECODE_PREFETCH` (read once; `BLOCKS` or `BLOCKS:LINES`, default 2:64, 0 blocks
@@ -332,7 +333,24 @@ impl<T> Shared<T> {
     }
 }
 
-/// Which code runs: ISPC's avx512 build with the AVX512-BF16 QKᵀ, ISPC with its own dispatch
+/// `TANDEM_CPU_DECODE_DOT=1` (read once) asks for the `_dot` build where the CPU has
+/// AVX512-BF16. It is not the default: `vdpbf16ps` retires one zmm every two cycles on the GPU
+/// host's cores (two f32 FMAs a cycle), and that build ran at 75-85 GiB/s against the f32
+/// build's 99-106 GiB/s there (16 threads, 1 GiB of KV, the same run).
+fn dot_requested() -> bool {
+    static DOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DOT.get_or_init(|| match std::env::var("TANDEM_CPU_DECODE_DOT") {
+        Ok(v) if v == "1" => true,
+        Ok(v) if v == "0" || v.is_empty() => false,
+        Ok(v) => {
+            eprintln!("tandem: TANDEM_CPU_DECODE_DOT={v:?} is not 0 or 1; using the f32 build");
+            false
+        }
+        Err(_) => false,
+    })
+}
+
+/// Which code runs: ISPC's avx512 build with the AVX512-BF16 QKᵀ (on request), ISPC with its own dispatch
 /// (avx512 here), ISPC's avx2 build forced, or the scalar twin where the CPU has none of them.
 /// Chosen from `platform::cpu_tier()`, which `TANDEM_CPU_TIER` lowers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -368,7 +386,7 @@ type MergeFn = unsafe extern "C" fn(*const f32, *const f32, i32, i32, i32, *mut 
 impl Path {
     fn current() -> Path {
         match platform::cpu_tier() {
-            t if t >= platform::CpuTier::Avx512Bf16 => Path::IspcDot,
+            t if t >= platform::CpuTier::Avx512Bf16 && dot_requested() => Path::IspcDot,
             t if t >= platform::CpuTier::Avx512 => Path::Ispc,
             platform::CpuTier::Avx2 => Path::IspcAvx2,
             _ => Path::Scalar,
