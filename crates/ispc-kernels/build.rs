@@ -109,25 +109,29 @@ fn main() {
             objects.push(out.join(format!("{stem}_{isa}.o")));
         }
         headers.push(hdr);
-        if FORCED_AVX2.contains(&stem.as_str()) {
-            let obj = out.join(format!("{stem}_only_avx2.o"));
-            let hdr = out.join(format!("{stem}_only_avx2_ispc.h"));
-            compile(src, &obj, &hdr, "avx2-i32x8", &["-DNAME_SUFFIX=_avx2"]);
-            objects.push(obj);
-            headers.push(hdr);
-        }
-        if BF16DOT.contains(&stem.as_str()) {
-            let obj = out.join(format!("{stem}_dot.o"));
-            let hdr = out.join(format!("{stem}_dot_ispc.h"));
-            compile(
-                src,
-                &obj,
-                &hdr,
+        // Single-target builds beside the dispatched one: (kernels, object suffix, target, flags).
+        let extra: [(&[&str], &str, &str, &[&str]); 2] = [
+            (
+                FORCED_AVX2,
+                "only_avx2",
+                "avx2-i32x8",
+                &["-DNAME_SUFFIX=_avx2"],
+            ),
+            (
+                BF16DOT,
+                "dot",
                 "avx512skx-x16",
                 &["-DNAME_SUFFIX=_dot", "-DBF16DOT"],
-            );
-            objects.push(obj);
-            headers.push(hdr);
+            ),
+        ];
+        for (kernels, suffix, target, flags) in extra {
+            if kernels.contains(&stem.as_str()) {
+                let obj = out.join(format!("{stem}_{suffix}.o"));
+                let hdr = out.join(format!("{stem}_{suffix}_ispc.h"));
+                compile(src, &obj, &hdr, target, flags);
+                objects.push(obj);
+                headers.push(hdr);
+            }
         }
     }
     // C helpers for what ISPC cannot express (bf16 dot products); each function carries its own

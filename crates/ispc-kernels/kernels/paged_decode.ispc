@@ -50,9 +50,10 @@
 // larger query group into passes of MAX_G heads.
 #define MAX_D 256
 #define MAX_G 16
-// K and V are prefetched to L2 `pf_ahead` blocks ahead (the wrapper's choice, default 4). On
-// the GPU host (16 threads, batch × context from 1 × 4k to 2 × 128k) 4 ran 7-18% faster than 2
-// except at 1k-token contexts (3% slower); an added L1 prefetch of the next block lost 3-11%.
+// K and V are prefetched to L2 `pf_ahead` blocks ahead, the first `pf_lines` lines of each page
+// (the wrapper's choice, default 2 blocks, whole pages: the best of 0, 1, 2, 3, 4 and 8 blocks,
+// and of 4, 8, 16 and 64 lines, on the GPU host's 16 threads over 1 GiB of KV). An added L1
+// prefetch of the next block lost 3-11%.
 
 #ifdef BF16DOT
 // kernels/bf16dot.c: one block's scores (`vdpbf16ps`), online softmax and PV for all g heads.

@@ -350,9 +350,10 @@ fn dot_requested() -> bool {
     })
 }
 
-/// Which code runs: ISPC's avx512 build with the AVX512-BF16 QKᵀ (on request), ISPC with its own dispatch
-/// (avx512 here), ISPC's avx2 build forced, or the scalar twin where the CPU has none of them.
-/// Chosen from `platform::cpu_tier()`, which `TANDEM_CPU_TIER` lowers.
+/// Which code runs: the avx512 build whose blocks run in `kernels/bf16dot.c` (AVX512-BF16, on
+/// request), ISPC with its own dispatch (avx512 here), ISPC's avx2 build forced, or the scalar
+/// twin where the CPU has none of them. Chosen from `platform::cpu_tier()`, which
+/// `TANDEM_CPU_TIER` lowers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
     IspcDot,
