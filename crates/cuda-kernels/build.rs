@@ -14,9 +14,12 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// SASS for each of these, plus PTX of the last for newer GPUs to JIT.
-const SM_ARCHS: &[u32] = &[80, 86, 89, 90];
-const PTX_ARCH: u32 = 90;
+/// SASS for each of these, plus PTX of `PTX_ARCH` for newer GPUs to JIT. Hopper gets the
+/// arch-specific `90a` image (wgmma, in `__CUDA_ARCH_FEAT_SM90_ALL` blocks), which loads on
+/// compute capability 9.0 only; the PTX is plain `compute_90`, so later GPUs JIT code without
+/// those blocks (their kernels trap and the launchers never pick them there).
+const SM_ARCHS: &[&str] = &["80", "86", "89", "90a"];
+const PTX_ARCH: &str = "90";
 const REQUIRED_VERSION: &str = "13.0";
 const DEFAULT_TOOLCHAIN: &str = "/opt/tandem/toolchain";
 

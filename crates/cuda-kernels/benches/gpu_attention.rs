@@ -5,7 +5,8 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cuda_kernels::attention::{
-    paged_decode_bf16_with, prefill_attention_bf16, DecodeKernel, DecodeSeqs,
+    paged_decode_bf16_with, prefill_attention_bf16, prefill_attention_bf16_with, DecodeKernel,
+    DecodeSeqs, PrefillKernel,
 };
 use cuda_kernels::kv::{KvShape, BLOCK_TOKENS};
 use cuda_kernels::position::HeadRows;
@@ -94,6 +95,26 @@ fn benches(c: &mut Criterion) {
         let (qr, kr) = (HeadRows::packed(t, hq, d), HeadRows::packed(t, hkv, d));
         bench(&mut g, &gpu, &name, Throughput::Elements(flops), || {
             prefill_attention_bf16(&gpu, &s, &q, qr, &k, kr, &v, kr, &dcu, 0.088, &mut out).unwrap()
+        });
+        // The mma.sync kernel on the same inputs, for the side-by-side (the default is wgmma
+        // on compute capability 9.0).
+        let name = name.replace("gpu_prefill_bf16/", "gpu_prefill_mma_bf16/");
+        bench(&mut g, &gpu, &name, Throughput::Elements(flops), || {
+            prefill_attention_bf16_with(
+                &gpu,
+                &s,
+                &q,
+                qr,
+                &k,
+                kr,
+                &v,
+                kr,
+                &dcu,
+                0.088,
+                &mut out,
+                PrefillKernel::Mma,
+            )
+            .unwrap()
         });
     }
     g.finish();

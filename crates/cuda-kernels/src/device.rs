@@ -58,6 +58,7 @@ pub struct Gpu {
     module: Arc<CudaModule>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     sms: u32,
+    cc: (i32, i32),
 }
 
 impl Gpu {
@@ -81,12 +82,14 @@ impl Gpu {
         let sms = ctx.attribute(
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
+        let cc = ctx.compute_capability()?;
         Ok(Arc::new(Gpu {
             ctx,
             stream,
             module,
             functions: Mutex::new(HashMap::new()),
             sms: sms.max(1) as u32,
+            cc,
         }))
     }
 
@@ -97,6 +100,11 @@ impl Gpu {
     /// Streaming multiprocessors of the device (grid sizing).
     pub fn sms(&self) -> u32 {
         self.sms
+    }
+
+    /// Compute capability (major, minor); (9, 0) is Hopper, whose kernels may use wgmma.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
     }
 
     /// A new non-default stream of this device (copy streams, sub-batch streams).

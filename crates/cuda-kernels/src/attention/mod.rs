@@ -13,6 +13,7 @@ pub use paged_decode::{
 };
 pub use prefill::{
     prefill_attention_append_bf16, prefill_attention_bf16, prefill_attention_bf16_ref,
+    prefill_attention_bf16_with, PrefillKernel,
 };
 
 use crate::position::HeadRows;

@@ -1,6 +1,8 @@
-//! Causal prefill attention over a packed variable-length batch
-//! (`kernels/attention/prefill.cu`: FlashAttention-2 on `mma.sync` tensor cores; its header
-//! gives the tiling and the register layout).
+//! Causal prefill attention over a packed variable-length batch, two kernels with one
+//! contract: `kernels/attention/prefill.cu` (FlashAttention-2 on `mma.sync` tensor cores, any
+//! GPU from sm_80) and `kernels/attention/prefill_wgmma.cu` (Hopper's warpgroup `wgmma`, from
+//! the sm_90a image, compute capability 9.0 only). Each file's header gives its tiling and
+//! register layout.
 
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -10,10 +12,52 @@ use crate::kv::{kv_append_bf16, KvShape};
 use crate::position::HeadRows;
 use crate::{shape_err, DeviceIds, Gpu, Result};
 
-/// Query rows per block and key rows per tile (the kernel's BR and BC).
+/// Query rows per block (both kernels' BR).
 const BR: usize = 128;
+/// Key rows per tile of the mma.sync kernel and its row padding (elements).
 const BC: usize = 64;
 const PAD: usize = 8;
+/// Key rows per tile of the wgmma kernel; its shared memory is one Q tile and two K and two V
+/// tiles, plus 1 KiB to align them for the 128-byte swizzle.
+const WG_BC: usize = 128;
+
+/// Which prefill kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefillKernel {
+    /// mma.sync; `TANDEM_PREFILL_KERNEL=wgmma` (or `mma`) forces one.
+    Auto,
+    /// `prefill.cu`, mma.sync.m16n8k16 (sm_80 and later).
+    Mma,
+    /// `prefill_wgmma.cu`, wgmma (compute capability 9.0).
+    Wgmma,
+}
+
+impl PrefillKernel {
+    /// The kernel that runs on `gpu`; asking for wgmma off Hopper is an error.
+    pub fn pick(self, gpu: &Gpu) -> Result<PrefillKernel> {
+        let hopper = gpu.compute_capability() == (9, 0);
+        let k = match self {
+            PrefillKernel::Auto => match std::env::var("TANDEM_PREFILL_KERNEL").as_deref() {
+                Ok("mma") => PrefillKernel::Mma,
+                Ok("wgmma") => PrefillKernel::Wgmma,
+                Ok(other) if !other.is_empty() => {
+                    return Err(shape_err(format!(
+                        "TANDEM_PREFILL_KERNEL={other}: expected mma or wgmma"
+                    )))
+                }
+                _ => PrefillKernel::Mma,
+            },
+            k => k,
+        };
+        if k == PrefillKernel::Wgmma && !hopper {
+            let (ma, mi) = gpu.compute_capability();
+            return Err(shape_err(format!(
+                "the wgmma prefill kernel needs compute capability 9.0 (this GPU is {ma}.{mi})"
+            )));
+        }
+        Ok(k)
+    }
+}
 
 /// Checks the packed batch: `cu_seqlens` starts at 0, never decreases and ends at the token
 /// count; returns the longest sequence.
@@ -63,7 +107,7 @@ fn check(
 /// `out[t, h] = softmax(scale · q[t, h] · K_sᵀ + causal mask) · V_s` over the tokens of t's
 /// sequence s (from `cu_seqlens`); q, k and v rows as their `HeadRows` say (strides of 8
 /// elements, 16-byte aligned starts: a packed QKV row works), `out` packed `[tokens, q_heads,
-/// head_dim]`.
+/// head_dim]`. Runs [`PrefillKernel::Auto`].
 #[allow(clippy::too_many_arguments)]
 pub fn prefill_attention_bf16(
     gpu: &Gpu,
@@ -77,6 +121,38 @@ pub fn prefill_attention_bf16(
     cu_seqlens: &DeviceIds,
     scale: f32,
     out: &mut impl DevicePtrMut<bf16>,
+) -> Result<()> {
+    prefill_attention_bf16_with(
+        gpu,
+        stream,
+        q,
+        q_rows,
+        k,
+        k_rows,
+        v,
+        v_rows,
+        cu_seqlens,
+        scale,
+        out,
+        PrefillKernel::Auto,
+    )
+}
+
+/// [`prefill_attention_bf16`] with the kernel chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn prefill_attention_bf16_with(
+    gpu: &Gpu,
+    stream: &CudaStream,
+    q: &impl DevicePtr<bf16>,
+    q_rows: HeadRows,
+    k: &impl DevicePtr<bf16>,
+    k_rows: HeadRows,
+    v: &impl DevicePtr<bf16>,
+    v_rows: HeadRows,
+    cu_seqlens: &DeviceIds,
+    scale: f32,
+    out: &mut impl DevicePtrMut<bf16>,
+    kernel: PrefillKernel,
 ) -> Result<()> {
     let what = "prefill_attention_bf16";
     let (_, max_len) = check(
@@ -116,11 +192,23 @@ pub fn prefill_attention_bf16(
             "{what}: q, k, v and out must start 16-byte aligned with token strides of 8 elements"
         )));
     }
-    let smem = (2 * 2 * BC * (d + PAD) * 2) as u32;
-    let name = if d == 64 {
-        "prefill_attention_bf16_d64"
-    } else {
-        "prefill_attention_bf16_d128"
+    let (smem, name) = match (kernel.pick(gpu)?, d) {
+        (PrefillKernel::Wgmma, 64) => (
+            ((BR + 4 * WG_BC) * d * 2 + 1024) as u32,
+            "prefill_attention_wgmma_bf16_d64",
+        ),
+        (PrefillKernel::Wgmma, _) => (
+            ((BR + 4 * WG_BC) * d * 2 + 1024) as u32,
+            "prefill_attention_wgmma_bf16_d128",
+        ),
+        (_, 64) => (
+            (2 * 2 * BC * (d + PAD) * 2) as u32,
+            "prefill_attention_bf16_d64",
+        ),
+        _ => (
+            (2 * 2 * BC * (d + PAD) * 2) as u32,
+            "prefill_attention_bf16_d128",
+        ),
     };
     let f = gpu.function_with_smem(name, smem)?;
     let (pc, _gc) = cu_seqlens.dev().device_ptr(stream);
@@ -260,8 +348,10 @@ mod tests {
     /// V in [-1, 1] the two together stay under 2^-7.
     const PREFILL_ATOL: f32 = 1.0 / 128.0;
 
+    #[allow(clippy::too_many_arguments)]
     fn case(
         gpu: &Gpu,
+        kernel: PrefillKernel,
         rng: &mut rand::rngs::StdRng,
         seed: u64,
         lens: &[usize],
@@ -306,16 +396,27 @@ mod tests {
             dqkv.slice(hq * d..),
             dqkv.slice((hq + hkv) * d..),
         );
-        prefill_attention_append_bf16(
-            gpu, s, &qv, q_rows, &kv, kv_rows, &vv, kv_rows, &dcu, scale, &mut dout, &dslots,
-            cache, &mut dkc, &mut dvc,
-        )
-        .unwrap();
+        if kernel == PrefillKernel::Auto {
+            prefill_attention_append_bf16(
+                gpu, s, &qv, q_rows, &kv, kv_rows, &vv, kv_rows, &dcu, scale, &mut dout, &dslots,
+                cache, &mut dkc, &mut dvc,
+            )
+            .unwrap();
+        } else {
+            kv_append_bf16(
+                gpu, s, &kv, kv_rows, &vv, kv_rows, &dslots, cache, &mut dkc, &mut dvc,
+            )
+            .unwrap();
+            prefill_attention_bf16_with(
+                gpu, s, &qv, q_rows, &kv, kv_rows, &vv, kv_rows, &dcu, scale, &mut dout, kernel,
+            )
+            .unwrap();
+        }
         let mut want = vec![bf16::ZERO; tokens * hq * d];
         let (qh, kh, vh) = (&qkv[..], &qkv[hq * d..], &qkv[(hq + hkv) * d..]);
         prefill_attention_bf16_ref(qh, q_rows, kh, kv_rows, vh, kv_rows, &cu, scale, &mut want)
             .unwrap();
-        let what = format!("prefill lens {lens:?} hq {hq} hkv {hkv} d {d}");
+        let what = format!("prefill {kernel:?} lens {lens:?} hq {hq} hkv {hkv} d {d}");
         assert_close(
             &what,
             seed,
@@ -350,12 +451,38 @@ mod tests {
             return;
         };
         let (mut rng, seed) = rng();
-        case(&gpu, &mut rng, seed, &[1], 1, 1, 64);
-        case(&gpu, &mut rng, seed, &[64], 2, 1, 128);
-        case(&gpu, &mut rng, seed, &[5, 70, 129, 1], 12, 4, 64);
-        case(&gpu, &mut rng, seed, &[200, 63, 65], 8, 2, 128);
-        case(&gpu, &mut rng, seed, &[777], 4, 4, 128);
-        case(&gpu, &mut rng, seed, &[0, 300, 0], 6, 3, 64);
+        let mut kernels = vec![PrefillKernel::Auto, PrefillKernel::Mma];
+        if gpu.compute_capability() == (9, 0) {
+            kernels.push(PrefillKernel::Wgmma);
+        } else {
+            println!(
+                "SKIP wgmma prefill cases: compute capability {:?} is not 9.0",
+                gpu.compute_capability()
+            );
+        }
+        for kernel in kernels {
+            case(&gpu, kernel, &mut rng, seed, &[1], 1, 1, 64);
+            case(&gpu, kernel, &mut rng, seed, &[64], 2, 1, 128);
+            case(&gpu, kernel, &mut rng, seed, &[5, 70, 129, 1], 12, 4, 64);
+            case(&gpu, kernel, &mut rng, seed, &[200, 63, 65], 8, 2, 128);
+            case(&gpu, kernel, &mut rng, seed, &[777], 4, 4, 128);
+            case(&gpu, kernel, &mut rng, seed, &[0, 300, 0], 6, 3, 64);
+            // Several key tiles past the diagonal for both warpgroups' rows, GQA 8.
+            case(&gpu, kernel, &mut rng, seed, &[1100, 257], 8, 1, 128);
+        }
+    }
+
+    #[test]
+    fn gpu_prefill_wgmma_off_hopper_is_an_error() {
+        let Some(gpu) = crate::gpu_or_skip() else {
+            return;
+        };
+        let picked = PrefillKernel::Wgmma.pick(&gpu);
+        if gpu.compute_capability() == (9, 0) {
+            assert_eq!(picked.unwrap(), PrefillKernel::Wgmma);
+        } else {
+            assert!(picked.unwrap_err().to_string().contains("9.0"));
+        }
     }
 
     #[test]
