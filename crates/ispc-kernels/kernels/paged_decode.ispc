@@ -16,24 +16,26 @@
 //   part_o's f32 rows, like every f32 copy of a row here, hold each chunk of 2W values
 //   (W = programCount) as [W even elements][W odd elements]; see `pair` below.
 //
-// Per block of 16 tokens (W = 16 on avx512, 8 on avx2; d = 128, g query heads):
-//   - K: the block's 16 rows of this head (16·d contiguous bf16, one 4 KiB page for d = 128)
-//     are widened once into `stage` (f32, L1); every query head then reads them from there, so
-//     the g heads share one pass over DRAM;
-//   - QKᵀ, per head: 16 vector accumulators r[t] (registers), one per token, each summing
-//     q·k over the row's chunks with lanes over head_dim; `reduce16` folds the 16 into
-//     16/W vectors of per-token scores (15 two-permute-and-add folds, no per-token horizontal
-//     sums);
-//   - online softmax per head: running max m, running sum l, accumulator rescaled by
-//     exp(m_old - m_new); tokens past the sequence's end get weight 0;
-//   - PV: V is widened in registers, 8 tokens × (even, odd) = 16 vectors per chunk, and every
-//     head accumulates p[t]·v[t] into its f32 accumulator (`acc`, L1) with p broadcast;
-//   - K and V lines `pf_ahead` blocks ahead are prefetched to L2, spread over the loops.
+// Per block of 16 tokens (W = 16 on avx512, 8 on avx2; d = 128, g query heads), in three
+// phases, each a separate non-inlined function (kernels/paged_decode_pass.isph, block_softmax)
+// so that registers are allocated for each alone:
+//   - QKᵀ for all heads, in passes of 4 heads (avx512; 2 on avx2): the block's K rows are read
+//     as bf16 pairs and widened in registers, each word once per pass for all its heads; 4
+//     tokens × 4 heads = 16 accumulators (registers) with lanes over head_dim; every 4 tokens'
+//     accumulators are folded (`fold4`) into one vector of partial sums;
+//   - then the online softmax of every head (running max m, running sum l, accumulator rescaled
+//     by alpha = exp(m_old - m_new), computed for all heads in one vector): with all the scores
+//     done first, the max -> exp -> sum chains of different heads overlap; tokens past the
+//     sequence's end get score -inf and weight 0;
+//   - PV in passes of 4 heads over 2 chunks of every row (avx512; 1 on avx2), the 16
+//     accumulators in registers across the block's tokens, each V word widened once for the 4
+//     heads, p[h][t] broadcast;
+//   - K and V lines `pf_ahead` blocks ahead are prefetched to L2, spread over the passes.
 //   - The `_dot` build (BF16DOT, avx512 with AVX512-BF16) replaces all of the above per block
 //     by one C call (kernels/bf16dot.c: `vdpbf16ps` on the bf16 K rows, a vector softmax
 //     update, PV with each chunk's accumulators in registers across the block's tokens).
-// Registers (avx512, 32 zmm): QKᵀ holds r[0..15] plus the two q halves; PV holds 16 widened V
-// vectors, two accumulators and broadcasts.
+// Registers (avx512, 32 zmm): QKᵀ holds 16 accumulators, 8 q vectors (4 heads × even, odd) and
+// the widened K word; PV 16 accumulators, 4 broadcast weights and 2 widened V words.
 
 #include "bf16.isph"
 
@@ -68,11 +70,13 @@ extern "C" void tandem_block16_bf16dot(uniform const uint16 * uniform q,
                                        uniform int32 pf_lines);
 #endif
 
-// Sums of 16 vectors, one per token, transposed into 16/programCount vectors of per-token sums
-// (token t in lane t % programCount of vector t / programCount). Each level folds pairs of
-// vectors: the lower and upper halves of every token's lane group are added, and the two
-// vectors' tokens are packed into one. 15 folds of two permutes and an add each, instead of 16
-// separate cross-lane reductions. Every index is a compile-time constant after unrolling.
+// Per-token sums of vectors of partial sums, without a horizontal sum per token: a vector at
+// level s holds programCount / s consecutive tokens, each in a group of s lanes whose sum is
+// the token's total. fold(x, y, s) adds the lower and upper halves of every group of x and y
+// and packs x's tokens then y's into one vector at level s / 2 (two permutes and an add).
+// 16 vectors of one token each (level programCount) become 16 / programCount vectors of
+// per-token sums (token t in lane t % programCount) in 15 folds. Every index is a compile-time
+// constant after inlining.
 static inline float fold(float x, float y, uniform int s) {
     int h = s / 2;
     int k = programIndex / h;
@@ -82,49 +86,11 @@ static inline float fold(float x, float y, uniform int s) {
     return shuffle(x, y, src) + shuffle(x, y, src + h);
 }
 
-// Written out level by level: as a loop, the compiler kept r[] on the stack.
-static inline void reduce16(float r[BLOCK]) {
-#if TARGET_WIDTH == 16
-    r[0] = fold(r[0], r[1], 16);
-    r[1] = fold(r[2], r[3], 16);
-    r[2] = fold(r[4], r[5], 16);
-    r[3] = fold(r[6], r[7], 16);
-    r[4] = fold(r[8], r[9], 16);
-    r[5] = fold(r[10], r[11], 16);
-    r[6] = fold(r[12], r[13], 16);
-    r[7] = fold(r[14], r[15], 16);
-    r[0] = fold(r[0], r[1], 8);
-    r[1] = fold(r[2], r[3], 8);
-    r[2] = fold(r[4], r[5], 8);
-    r[3] = fold(r[6], r[7], 8);
-    r[0] = fold(r[0], r[1], 4);
-    r[1] = fold(r[2], r[3], 4);
-    r[0] = fold(r[0], r[1], 2);
-#elif TARGET_WIDTH == 8
-    r[0] = fold(r[0], r[1], 8);
-    r[1] = fold(r[2], r[3], 8);
-    r[2] = fold(r[4], r[5], 8);
-    r[3] = fold(r[6], r[7], 8);
-    r[4] = fold(r[8], r[9], 8);
-    r[5] = fold(r[10], r[11], 8);
-    r[6] = fold(r[12], r[13], 8);
-    r[7] = fold(r[14], r[15], 8);
-    r[0] = fold(r[0], r[1], 4);
-    r[1] = fold(r[2], r[3], 4);
-    r[2] = fold(r[4], r[5], 4);
-    r[3] = fold(r[6], r[7], 4);
-    r[0] = fold(r[0], r[1], 2);
-    r[1] = fold(r[2], r[3], 2);
-#else
-#error "paged_decode.ispc: reduce16 is written for 8- and 16-wide targets"
-#endif
-}
-
 typedef unsigned int32 pair;
 
 // A 32-bit word holds two adjacent bf16 values; each widens to f32 with one shift or one mask.
 // Rows are therefore processed in chunks of 2·programCount values read as programCount words,
-// and every f32 copy of a row (staged K, q, the accumulators, the partial results) keeps a
+// and every f32 copy of a row (q, the accumulators, the partial results) keeps a
 // chunk as [even elements][odd elements]. Dot products do not care about the order, and the
 // output is re-interleaved when it is packed back into bf16 pairs.
 static inline float lo_f32(pair w) { return floatbits(w << 16); }
@@ -132,6 +98,160 @@ static inline float hi_f32(pair w) { return floatbits(w & 0xffff0000); }
 static inline pair pack_bf16(float lo, float hi) {
     return (pair)f32_to_bf16(lo) | ((pair)f32_to_bf16(hi) << 16);
 }
+
+// Four consecutive token vectors at level s (s lanes per token) folded into one at level s / 4.
+static inline float fold4(float a, float b, float c, float d, uniform int s) {
+    return fold(fold(a, b, s), fold(c, d, s), s / 2);
+}
+
+#ifndef BF16DOT // (the `_dot` build runs its blocks in kernels/bf16dot.c)
+// One pass of QKᵀ over HG query heads and one pass of PV over HG heads and CC chunks, each a
+// separate function compiled from kernels/paged_decode_pass.isph with HG, TT and CC as literal
+// constants (with template parameters as loop bounds, ISPC 1.26 kept the accumulator arrays on
+// the stack), and not inlined, so that registers are allocated for each pass alone.
+#if TARGET_WIDTH == 16
+#define HG 4
+#define TT 4
+#define QK_NAME qk_pass_4
+#include "paged_decode_pass.isph"
+#define HG 2
+#define TT 8
+#define QK_NAME qk_pass_2
+#include "paged_decode_pass.isph"
+#define HG 1
+#define TT 16
+#define QK_NAME qk_pass_1
+#include "paged_decode_pass.isph"
+#define HG 4
+#define CC 2
+#define PV_NAME pv_chunks_4
+#include "paged_decode_pass.isph"
+#define HG 2
+#define CC 4
+#define PV_NAME pv_chunks_2
+#include "paged_decode_pass.isph"
+#define HG 1
+#define CC 4
+#define PV_NAME pv_chunks_1
+#include "paged_decode_pass.isph"
+#else
+#define HG 2
+#define TT 4
+#define QK_NAME qk_pass_2
+#include "paged_decode_pass.isph"
+#define HG 1
+#define TT 8
+#define QK_NAME qk_pass_1
+#include "paged_decode_pass.isph"
+#define HG 4
+#define CC 1
+#define PV_NAME pv_chunks_4
+#include "paged_decode_pass.isph"
+#define HG 2
+#define CC 2
+#define PV_NAME pv_chunks_2
+#include "paged_decode_pass.isph"
+#define HG 1
+#define CC 2
+#define PV_NAME pv_chunks_1
+#include "paged_decode_pass.isph"
+#endif
+// Tail passes of one chunk (head_dim not a multiple of CC chunks).
+#define HG 4
+#define CC 1
+#define PV_NAME pv_tail_4
+#include "paged_decode_pass.isph"
+#define HG 2
+#define CC 1
+#define PV_NAME pv_tail_2
+#include "paged_decode_pass.isph"
+#define HG 1
+#define CC 1
+#define PV_NAME pv_tail_1
+#include "paged_decode_pass.isph"
+
+// All nc chunks of PV for HG heads: passes of CC chunks (the CC of pv_chunks_HG), then one.
+#define PV_PASS(HGN, CCN)                                                                      \
+    static inline void pv_pass_##HGN(uniform const pair * uniform v32, uniform int hw,          \
+                                     uniform int nc, uniform int valid,                         \
+                                     uniform const float * uniform ph,                          \
+                                     uniform const float * uniform al,                          \
+                                     uniform float * uniform acch, uniform int d,               \
+                                     uniform const int8 * uniform pf, uniform int pf_lines) {   \
+        uniform int c0 = 0;                                                                    \
+        for (; c0 + CCN <= nc; c0 += CCN) {                                                    \
+            pv_chunks_##HGN(v32, hw, c0, valid, ph, al, acch, d, pf, pf_lines);                \
+        }                                                                                      \
+        for (; c0 < nc; c0++) {                                                                \
+            pv_tail_##HGN(v32, hw, c0, valid, ph, al, acch, d, pf, pf_lines);                  \
+        }                                                                                      \
+    }
+#if TARGET_WIDTH == 16
+PV_PASS(4, 2)
+PV_PASS(2, 4)
+PV_PASS(1, 4)
+#else
+PV_PASS(4, 1)
+PV_PASS(2, 2)
+PV_PASS(1, 2)
+#endif
+
+// The online softmax update of one block for all g heads: grp holds each head's 16 scores as
+// qk_pass left them (4 vectors of 4 tokens' partial sums), folded here into per-token scores.
+// Head by head after all the scores (the max -> exp -> sum chains of different heads overlap),
+// then alpha = e^(m_old - m_new) for all heads in one vector. Tokens from `valid` on get score
+// -inf and weight 0. p [g][16] receives the weights; m, l are updated.
+static noinline void block_softmax(uniform const float * uniform grp, uniform int g,
+                                   uniform int valid, uniform float * uniform m,
+                                   uniform float * uniform l, uniform float * uniform p,
+                                   uniform float * uniform alpha) {
+    unmasked {
+    uniform const int W = programCount;
+    uniform float mnew[MAX_G];
+    uniform float bsum[MAX_G];
+    // Online softmax over the block, head by head after all the scores (the max -> exp ->
+    // sum chains of different heads overlap); masked tokens get score -inf and weight 0.
+    for (uniform int h = 0; h < g; h++) {
+        uniform const float * uniform gv = grp + h * 4 * W;
+#if TARGET_WIDTH == 16
+        float s0 = fold4(gv[programIndex], gv[W + programIndex], gv[2 * W + programIndex],
+                         gv[3 * W + programIndex], 4);
+        s0 = (programIndex < valid) ? s0 : -floatbits(0x7f800000);
+        uniform float mn = max(m[h], reduce_max(s0));
+        float e0 = exp(s0 - mn);
+        e0 = (programIndex < valid) ? e0 : 0.0f;
+        p[h * BLOCK + programIndex] = e0;
+        bsum[h] = reduce_add(e0);
+#else
+        float s0 = fold(gv[programIndex], gv[W + programIndex], 2);
+        float s1 = fold(gv[2 * W + programIndex], gv[3 * W + programIndex], 2);
+        s0 = (programIndex < valid) ? s0 : -floatbits(0x7f800000);
+        s1 = (W + programIndex < valid) ? s1 : -floatbits(0x7f800000);
+        uniform float mn = max(m[h], reduce_max(max(s0, s1)));
+        float e0 = exp(s0 - mn);
+        float e1 = exp(s1 - mn);
+        e0 = (programIndex < valid) ? e0 : 0.0f;
+        e1 = (W + programIndex < valid) ? e1 : 0.0f;
+        p[h * BLOCK + programIndex] = e0;
+        p[h * BLOCK + W + programIndex] = e1;
+        bsum[h] = reduce_add(e0 + e1);
+#endif
+        mnew[h] = mn;
+    }
+    // alpha = e^(m_old - m_new) for all heads at once; 0 on the segment's first block.
+    foreach (h = 0 ... g) {
+        float mo = m[h];
+        float mn = mnew[h];
+        float a = (mo == -floatbits(0x7f800000)) ? 0.0f : exp(mo - mn);
+        alpha[h] = a;
+        l[h] = l[h] * a + bsum[h];
+        m[h] = mn;
+    }
+
+    }
+}
+
+#endif // !BF16DOT
 
 export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
     uniform const uint16 q[],
@@ -176,7 +296,7 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
         l[h] = 0.0f;
     }
 
-    uniform float stage[BLOCK * MAX_D];
+    uniform float grp[MAX_G * 4 * 16]; // [g][4][W]: per head, 4 vectors of 4 tokens' partial sums
     uniform float p[MAX_G][BLOCK];
     uniform float alpha[MAX_G];
     uniform const int nblocks = (ntok + BLOCK - 1) / BLOCK;
@@ -205,105 +325,44 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
                                pf ? k_cache + ahead : NULL, pf ? v_cache + ahead : NULL,
                                pf_lines);
 #else
-        // K widened once into `stage` ([t][chunk][even|odd][W]); rows past `valid` are zeros,
-        // never the slots' contents (unwritten, or another step's).
-        for (uniform int t = 0; t < BLOCK; t++) {
-            for (uniform int c = 0; c < nc; c++) {
-                pair w = 0;
-                if (t < valid) {
-                    w = k32[t * hw + c * W + programIndex];
-                }
-                uniform int o = t * d + c * 2 * W;
-                stage[o + programIndex] = lo_f32(w);
-                stage[o + W + programIndex] = hi_f32(w);
+        // Scores of all heads first (QKᵀ in passes of up to 4 heads on avx512, 2 on avx2, the
+        // K rows widened in registers), then the softmax of every head, then PV.
+        {
+            uniform int h0 = 0;
+#if TARGET_WIDTH == 16
+            for (; h0 + 4 <= g; h0 += 4) {
+                qk_pass_4(k32, hw, nc, qs + h0 * d, d, grp + h0 * 4 * W, h0 == 0 && pf ? kn : NULL,
+                          pf_lines);
             }
-            if (pf) {
-                for (uniform int x = 0; x < 2 * d; x += 64) {
-                    if (t * 2 * d + x < 64 * pf_lines) {
-                        prefetch_l2(kn + t * 2 * d + x);
-                    }
-                }
+#endif
+            for (; h0 + 2 <= g; h0 += 2) {
+                qk_pass_2(k32, hw, nc, qs + h0 * d, d, grp + h0 * 4 * W, h0 == 0 && pf ? kn : NULL,
+                          pf_lines);
             }
-        }
-
-        // QKᵀ: 16 per-token accumulators over head_dim, folded into per-token scores.
-        for (uniform int h = 0; h < g; h++) {
-            float r[BLOCK];
-            #pragma unroll
-            for (uniform int t = 0; t < BLOCK; t++) {
-                r[t] = 0.0f;
-            }
-            for (uniform int c = 0; c < nc; c++) {
-                uniform int o = c * 2 * W;
-                float qe = qs[h * d + o + programIndex];
-                float qo = qs[h * d + o + W + programIndex];
-                #pragma unroll
-                for (uniform int t = 0; t < BLOCK; t++) {
-                    r[t] += qe * stage[t * d + o + programIndex];
-                    r[t] += qo * stage[t * d + o + W + programIndex];
-                }
-            }
-            reduce16(r);
-            #pragma unroll
-            for (uniform int v = 0; v < BLOCK / programCount; v++) {
-                uniform int t0 = v * programCount;
-                p[h][t0 + programIndex] = (t0 + programIndex < valid) ? r[v] : -floatbits(0x7f800000);
+            if (h0 < g) {
+                qk_pass_1(k32, hw, nc, qs + h0 * d, d, grp + h0 * 4 * W, h0 == 0 && pf ? kn : NULL,
+                          pf_lines);
             }
         }
 
-        // Online softmax over the block; masked tokens have score -inf, weight 0.
-        for (uniform int h = 0; h < g; h++) {
-            float mx = -floatbits(0x7f800000);
-            foreach (t = 0 ... BLOCK) {
-                mx = max(mx, p[h][t]);
-            }
-            uniform float m_new = max(m[h], reduce_max(mx));
-            alpha[h] = (m[h] == -floatbits(0x7f800000)) ? 0.0f : exp(m[h] - m_new);
-            float sum = 0.0f;
-            foreach (t = 0 ... BLOCK) {
-                float e = (t < valid) ? exp(p[h][t] - m_new) : 0.0f;
-                p[h][t] = e;
-                sum += e;
-            }
-            l[h] = l[h] * alpha[h] + reduce_add(sum);
-            m[h] = m_new;
-        }
+        // Online softmax over the block, after the scores of all heads.
+        block_softmax(grp, g, valid, m, l, &p[0][0], alpha);
 
-        // PV: lanes over head_dim, V widened in registers (8 tokens at a time, even and odd
-        // halves: 16 registers), the weights broadcast; every head of the group reuses them.
-        for (uniform int c = 0; c < nc; c++) {
-            for (uniform int t0 = 0; t0 < BLOCK; t0 += 8) {
-                float ve[8];
-                float vo[8];
-                #pragma unroll
-                for (uniform int i = 0; i < 8; i++) {
-                    pair w = 0;
-                    if (t0 + i < valid) {
-                        w = v32[(t0 + i) * hw + c * W + programIndex];
-                    }
-                    ve[i] = lo_f32(w);
-                    vo[i] = hi_f32(w);
-                }
-                for (uniform int h = 0; h < g; h++) {
-                    uniform int o = h * d + c * 2 * W;
-                    uniform float sc = (t0 == 0) ? alpha[h] : 1.0f;
-                    float ae = acc[o + programIndex] * sc;
-                    float ao = acc[o + W + programIndex] * sc;
-                    #pragma unroll
-                    for (uniform int i = 0; i < 8; i++) {
-                        ae += p[h][t0 + i] * ve[i];
-                        ao += p[h][t0 + i] * vo[i];
-                    }
-                    acc[o + programIndex] = ae;
-                    acc[o + W + programIndex] = ao;
-                }
-                if (pf) {
-                    for (uniform int i = 0; i < 8; i++) {
-                        if ((t0 + i) * 2 * d + c * 4 * W < 64 * pf_lines) {
-                            prefetch_l2(vn + (t0 + i) * 2 * d + c * 4 * W);
-                        }
-                    }
-                }
+        // PV: passes of 4 heads (then 2, 1) over CC chunks at a time, accumulators in registers.
+        {
+            uniform int h0 = 0;
+            for (; h0 + 4 <= g; h0 += 4) {
+                pv_pass_4(v32, hw, nc, valid, &p[h0][0], alpha + h0, acc + h0 * d, d,
+                          h0 == 0 && pf ? vn : NULL, pf_lines);
+            }
+            if (h0 + 2 <= g) {
+                pv_pass_2(v32, hw, nc, valid, &p[h0][0], alpha + h0, acc + h0 * d, d,
+                          h0 == 0 && pf ? vn : NULL, pf_lines);
+                h0 += 2;
+            }
+            if (h0 < g) {
+                pv_pass_1(v32, hw, nc, valid, &p[h0][0], alpha + h0, acc + h0 * d, d,
+                          h0 == 0 && pf ? vn : NULL, pf_lines);
             }
         }
 #endif

@@ -243,6 +243,19 @@ fn long_sequence_is_split_across_threads() {
 }
 
 #[test]
+fn other_head_dims_match_reference() {
+    let (mut r, seed) = rng();
+    // 32, 96 and 256: one chunk, a chunk count the PV passes do not divide, the largest.
+    for d in [32, 96, 256] {
+        for (qh, kvh) in [(4, 1), (6, 2), (8, 1)] {
+            let c = Case::new(&mut r, shape(qh, kvh, d), &[1, 17, 70], 2.0);
+            c.check(Some(2), seed);
+            c.check(None, seed);
+        }
+    }
+}
+
+#[test]
 fn batch_of_512() {
     let (mut r, seed) = rng();
     let lens: Vec<usize> = (0..512).map(|_| r.gen_range(1..=80)).collect();
