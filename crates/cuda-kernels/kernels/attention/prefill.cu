@@ -81,7 +81,7 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
     float o[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.f, l1 = 0.f;
+    float m[2] = {-CUDART_INF_F, -CUDART_INF_F}, l[2] = {0.f, 0.f};
 
     const int kv_end = min(len, q0 + BR);
     const int n_kt = (kv_end + BC - 1) / BC;
@@ -122,49 +122,17 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
             }
         }
 
-        // Causal mask, online softmax. The max is taken on raw scores (scale > 0 keeps the
-        // order); exp2(s * scale_log2 - m) is one FFMA and one MUFU.EX2 (ex2.approx.ftz).
-        const bool need_mask = kb + BC - 1 > q0 + warp * 16 || kb + BC > len;
-        float mx0 = -CUDART_INF_F, mx1 = -CUDART_INF_F;
-#pragma unroll
-        for (int n = 0; n < BC / 8; ++n) {
-            if (need_mask) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int key = kb + n * 8 + 2 * c + (e & 1);
-                    const int row = e < 2 ? row0 : row1;
-                    if (key > row || key >= len) s[n][e] = -CUDART_INF_F;
-                }
-            }
-            mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
-        }
-#pragma unroll
-        for (int off = 1; off < 4; off <<= 1) {
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-        }
-        const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
-        const float a0 = ex2(m0 - mn0), a1 = ex2(m1 - mn1);
-        m0 = mn0;
-        m1 = mn1;
-        l0 *= a0;
-        l1 *= a1;
+        // Causal mask, online softmax.
+        float alpha[2];
+        causal_softmax_step<BC / 8>([&](int n, int e) -> float& { return s[n][e]; },
+                                    kb + BC - 1 > q0 + warp * 16 || kb + BC > len, kb, c, row0, row1, len,
+                                    scale_log2, m, l, alpha);
 #pragma unroll
         for (int i = 0; i < D / 8; ++i) {
-            o[i][0] *= a0;
-            o[i][1] *= a0;
-            o[i][2] *= a1;
-            o[i][3] *= a1;
-        }
-#pragma unroll
-        for (int n = 0; n < BC / 8; ++n) {
-            s[n][0] = ex2(fmaf(s[n][0], scale_log2, -mn0));
-            s[n][1] = ex2(fmaf(s[n][1], scale_log2, -mn0));
-            s[n][2] = ex2(fmaf(s[n][2], scale_log2, -mn1));
-            s[n][3] = ex2(fmaf(s[n][3], scale_log2, -mn1));
-            l0 += s[n][0] + s[n][1];
-            l1 += s[n][2] + s[n][3];
+            o[i][0] *= alpha[0];
+            o[i][1] *= alpha[0];
+            o[i][2] *= alpha[1];
+            o[i][3] *= alpha[1];
         }
 
         // O += P V
@@ -188,10 +156,10 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
 
 #pragma unroll
     for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+        l[0] += __shfl_xor_sync(0xffffffffu, l[0], off);
+        l[1] += __shfl_xor_sync(0xffffffffu, l[1], off);
     }
-    const float i0 = 1.f / l0, i1 = 1.f / l1;
+    const float i0 = 1.f / l[0], i1 = 1.f / l[1];
     __nv_bfloat16* o_r0 = out + (int64_t)(start + row0) * o_stride + (int64_t)h * D;
     __nv_bfloat16* o_r1 = out + (int64_t)(start + row1) * o_stride + (int64_t)h * D;
 #pragma unroll

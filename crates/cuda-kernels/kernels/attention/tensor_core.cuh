@@ -10,6 +10,7 @@
 // columns 2(t % 4).. of each (transposed: rows 2(t % 4).., column t / 4).
 #pragma once
 #include "common.cuh"
+#include <math_constants.h>
 
 namespace tc {
 __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
@@ -57,6 +58,55 @@ __device__ __forceinline__ float ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
+}
+
+// One causal online-softmax step over a tile of NB x 8 keys whose scores sit in the mma
+// accumulator layout: at(n, e) is key block n's element e, e 0-1 of row row0 (keys kb + 8n +
+// 2c, +1), e 2-3 of row row1. With need_mask, keys after the row or at/after len get -inf.
+// Updates the rows' running max m (log2 domain; the max is taken on raw scores since scale >
+// 0 keeps the order) and sum l, replaces each score s by P = exp2(s * scale_log2 - m) (one
+// FFMA and one MUFU.EX2), and returns in alpha the factors by which the rows' earlier sums were
+// scaled (l already is; the caller rescales its O). The four lanes of a row (c = 0..3) agree.
+template <int NB, typename At>
+__device__ __forceinline__ void causal_softmax_step(At at, bool need_mask, int kb, int c, int row0, int row1, int len,
+                                                    float scale_log2, float (&m)[2], float (&l)[2],
+                                                    float (&alpha)[2]) {
+    float mx0 = -CUDART_INF_F, mx1 = -CUDART_INF_F;
+#pragma unroll
+    for (int n = 0; n < NB; ++n) {
+        if (need_mask) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = kb + n * 8 + 2 * c + (e & 1);
+                const int row = e < 2 ? row0 : row1;
+                if (key > row || key >= len) at(n, e) = -CUDART_INF_F;
+            }
+        }
+        mx0 = fmaxf(mx0, fmaxf(at(n, 0), at(n, 1)));
+        mx1 = fmaxf(mx1, fmaxf(at(n, 2), at(n, 3)));
+    }
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+    }
+    const float mn0 = fmaxf(m[0], mx0 * scale_log2), mn1 = fmaxf(m[1], mx1 * scale_log2);
+    alpha[0] = ex2(m[0] - mn0);
+    alpha[1] = ex2(m[1] - mn1);
+    m[0] = mn0;
+    m[1] = mn1;
+    float l0 = l[0] * alpha[0], l1 = l[1] * alpha[1];
+#pragma unroll
+    for (int n = 0; n < NB; ++n) {
+        at(n, 0) = ex2(fmaf(at(n, 0), scale_log2, -mn0));
+        at(n, 1) = ex2(fmaf(at(n, 1), scale_log2, -mn0));
+        at(n, 2) = ex2(fmaf(at(n, 2), scale_log2, -mn1));
+        at(n, 3) = ex2(fmaf(at(n, 3), scale_log2, -mn1));
+        l0 += at(n, 0) + at(n, 1);
+        l1 += at(n, 2) + at(n, 3);
+    }
+    l[0] = l0;
+    l[1] = l1;
 }
 
 __device__ __forceinline__ uint32_t ld32(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
