@@ -1,7 +1,8 @@
 // Greedy sampling: out[r] = argmax_c logits[r, c] over a row-major [rows, vocab] matrix, the
-// lowest index among equal maxima (as torch.argmax). NaN never wins. One block of 1024
-// threads per row (argmax::THREADS; the launcher's block size): each thread scans a strided share of the row, then warp
-// shuffles and one shared-memory round pick the winner.
+// lowest index among equal maxima (as torch.argmax). NaN never wins; a row with no value
+// above -inf gives 0. One block of 1024 threads per row (argmax::THREADS; the launcher's block
+// size): each thread scans a strided share of the row, then warp shuffles and one
+// shared-memory round pick the winner.
 //
 // Fast path (vocab % 8 == 0, row 16-byte aligned): a thread reads 16-byte chunks of 8 logits,
 // UNROLL loads in flight before the first compare. Per chunk it takes the maximum with three
@@ -79,7 +80,16 @@ __device__ __forceinline__ void run(int64_t rows, int64_t vocab, const __nv_bflo
                     if (f[k] == best) bi = bc + k;
             }
         } else {
-            for (int64_t c = threadIdx.x; c < vocab; c += blockDim.x) better(best, bi, tandem::to_f32(x[c]), (int)c);
+            // Strictly greater, in ascending order: the thread's lowest index of its maximum,
+            // and, as on the vectorized path, nothing for -inf or NaN (a row with no value
+            // above -inf gives index 0 below).
+            for (int64_t c = threadIdx.x; c < vocab; c += blockDim.x) {
+                const float f = tandem::to_f32(x[c]);
+                if (f > best) {
+                    best = f;
+                    bi = (int)c;
+                }
+            }
         }
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1)
