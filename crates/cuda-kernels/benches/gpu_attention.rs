@@ -5,8 +5,8 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cuda_kernels::attention::{
-    paged_decode_bf16_with, prefill_attention_bf16, prefill_attention_bf16_with, DecodeKernel,
-    DecodeSeqs, PrefillKernel,
+    paged_decode_bf16_scratch, paged_decode_bf16_with, prefill_attention_bf16,
+    prefill_attention_bf16_with, DecodeKernel, DecodeScratch, DecodeSeqs, PrefillKernel,
 };
 use cuda_kernels::kv::{KvShape, BLOCK_TOKENS};
 use cuda_kernels::position::HeadRows;
@@ -64,6 +64,38 @@ fn benches(c: &mut Criterion) {
                 .unwrap()
             });
         }
+        // The engine's path: a scratch planned once (no allocation per call), as a captured
+        // CUDA graph replays it.
+        let kernel = DecodeKernel::TensorCores;
+        let mut sc = DecodeScratch::new(&gpu, &s, b, hq, cache, pages, kernel).unwrap();
+        let (splits, fused) = sc.splits();
+        eprintln!(
+            "b{b}_ctx{ctx}_h{hq}_kv{hkv}_d{d}: mma plan {splits} splits, fused merge {fused}"
+        );
+        let name = format!("gpu_paged_decode_bf16/mma_planned_b{b}_ctx{ctx}_h{hq}_kv{hkv}_d{d}");
+        bench(&mut g, &gpu, &name, Throughput::Bytes(kv_bytes), || {
+            let seqs = DecodeSeqs {
+                block_tables: &dt,
+                table_width: pages,
+                context_lens: &dl,
+            };
+            let rows = HeadRows::packed(b, hq, d);
+            paged_decode_bf16_scratch(
+                &gpu,
+                &s,
+                &q,
+                rows,
+                cache,
+                &kc,
+                &vc,
+                seqs,
+                0.088,
+                &mut out,
+                kernel,
+                Some(&mut sc),
+            )
+            .unwrap()
+        });
     }
 
     // Prefill: one sequence of `len` tokens, 32 heads of 128 (the anchor's SDPA shape), and a

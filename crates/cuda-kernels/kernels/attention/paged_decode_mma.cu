@@ -7,7 +7,21 @@
 // G FP32 dot products per token: the FMA count that bounds the CUDA-core kernel at G = 4 and 8
 // disappears, and the kernel is left with streaming K/V.
 //
-// Grid (num_splits, Hkv * head_groups, B), 128 threads = 4 warps. Warp w takes pages
+// Grid (num_splits, Hkv * head_groups, B), 128 threads = 4 warps. Split sizes: with
+// split_pages > 0 every split holds that many pages (the CUDA-core kernel's rule); with
+// split_pages = 0 each sequence's own pages are dealt evenly over the num_splits splits
+// (ceil(n_pages / num_splits) each), so that the blocks of a grid planned for long contexts
+// (a CUDA graph replayed while contexts grow) still share the work of short ones.
+//
+// Merge of the splits: with `counters` null, paged_decode_reduce_bf16 runs after this kernel.
+// Otherwise the block that finishes last among the num_splits blocks of one (sequence, kv
+// head, head group) merges them: every block writes its partial, fences, and takes a ticket
+// from counters[b][Hkv * head_groups]; the one whose ticket is num_splits - 1 reads all the
+// partials back (from L2) and writes out, and puts the counter back to 0 for the next launch
+// (so the counters, zeroed once, stay zero between launches). That saves the second launch and
+// its wait for the whole grid to drain.
+//
+// Warp w takes pages
 // page_begin + w, + 4 + w, ... of the block's split and keeps its own online softmax (running
 // max m and sum l per row, in the log2 domain) and O accumulator; the four are merged through
 // shared memory at the end.
@@ -26,6 +40,45 @@
 namespace paged_decode_mma {
 using namespace tc;
 constexpr int BLOCK = 16, WARPS = 4, NST = 2, PAD = 8;
+
+// After this block's partial rows (head0 .. head0 + gcount of sequence b, split `split`) are
+// written: the last of the num_splits blocks to get here merges all of them into out. Every
+// thread of the block calls it.
+template <int D>
+__device__ __forceinline__ void merge_if_last(int* counters, int b, int Hq, int head0, int gcount, int num_splits,
+                                              const float* part_acc, const float* part_ml,
+                                              __nv_bfloat16* __restrict__ out, int64_t out_stride) {
+    __shared__ int last;
+    __threadfence();  // this thread's partial is visible device-wide before the ticket
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* cnt = counters + (int64_t)b * gridDim.y + blockIdx.y;
+        last = atomicAdd(cnt, 1) == num_splits - 1;
+        if (last) *cnt = 0;  // every block of this group has taken its ticket
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const int64_t row0 = ((int64_t)b * Hq + head0) * num_splits;
+    for (int e = threadIdx.x; e < gcount * D; e += blockDim.x) {
+        const int r = e / D, d = e % D;
+        const float* ml = part_ml + (row0 + (int64_t)r * num_splits) * 2;
+        const float* acc = part_acc + (row0 + (int64_t)r * num_splits) * D + d;
+        float M = -CUDART_INF_F;
+        for (int s = 0; s < num_splits; ++s)
+            if (__ldcg(ml + 2 * s + 1) > 0.f) M = fmaxf(M, __ldcg(ml + 2 * s));
+        float a = 0.f, L = 0.f;
+        for (int s = 0; s < num_splits; ++s) {
+            const float l = __ldcg(ml + 2 * s + 1);
+            if (l > 0.f) {  // empty splits wrote no acc
+                const float w = ex2(__ldcg(ml + 2 * s) - M);
+                a += __ldcg(acc + (int64_t)s * D) * w;
+                L += l * w;
+            }
+        }
+        out[b * out_stride + (int64_t)(head0 + r) * D + d] = tandem::to_bf16(a / L);
+    }
+}
 
 // Copies one page of one kv head; token rows >= `rows` (past the context end, where a stale
 // cache may hold anything, NaN included) are written as zeros, since a zero softmax weight
@@ -48,7 +101,7 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
                                     int bt_stride, const int* __restrict__ context_lens, int Hq, int Hkv,
                                     int head_groups, float scale_log2, int split_pages, int num_splits,
                                     float* __restrict__ part_acc, float* __restrict__ part_ml,
-                                    __nv_bfloat16* __restrict__ out, int64_t out_stride) {
+                                    __nv_bfloat16* __restrict__ out, int64_t out_stride, int* counters) {
     constexpr int LDS = D + PAD, PAGE = BLOCK * LDS;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -63,16 +116,19 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
     const int gcount = min(16, G - hg * 16);
     const int ctx = context_lens[b];
     const int n_pages = (ctx + BLOCK - 1) / BLOCK;
-    const int page_begin = split * split_pages;
+    const int sp = split_pages > 0 ? split_pages : (n_pages + num_splits - 1) / num_splits;
+    const int page_begin = split * sp;
     if (page_begin >= n_pages) {  // this split lies past the context: an empty partial
         if (threadIdx.x < gcount) {
             float* ml = part_ml + (((int64_t)b * Hq + head0 + threadIdx.x) * num_splits + split) * 2;
             ml[0] = -CUDART_INF_F;
             ml[1] = 0.f;
         }
+        if (counters)
+            merge_if_last<D>(counters, b, Hq, head0, gcount, num_splits, part_acc, part_ml, out, out_stride);
         return;
     }
-    const int page_end = min(page_begin + split_pages, n_pages);
+    const int page_end = min(page_begin + sp, n_pages);
     const int* table = block_tables + (int64_t)b * bt_stride;
     const int first = page_begin + warp;
     const int mine = first < page_end ? (page_end - first + WARPS - 1) / WARPS : 0;
@@ -234,6 +290,8 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
             }
         }
     }
+    if (num_splits > 1 && counters)
+        merge_if_last<D>(counters, b, Hq, head0, gcount, num_splits, part_acc, part_ml, out, out_stride);
 }
 }  // namespace paged_decode_mma
 
@@ -242,10 +300,10 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
         const __nv_bfloat16* q, int64_t q_stride, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, \
         const int* block_tables, int bt_stride, const int* context_lens, int Hq, int Hkv, int head_groups,      \
         float scale_log2, int split_pages, int num_splits, float* part_acc, float* part_ml,                    \
-        __nv_bfloat16* out, int64_t out_stride) {                                                              \
+        __nv_bfloat16* out, int64_t out_stride, int* counters) {                                               \
         paged_decode_mma::run<D>(q, q_stride, k_cache, v_cache, block_tables, bt_stride, context_lens, Hq,     \
                                  Hkv, head_groups, scale_log2, split_pages, num_splits, part_acc, part_ml,     \
-                                 out, out_stride);                                                             \
+                                 out, out_stride, counters);                                                   \
     }
 PAGED_DECODE_MMA(64)
 PAGED_DECODE_MMA(128)

@@ -50,14 +50,17 @@ impl DecodeKernel {
 const MAX_SPLIT_PAGES: usize = 32;
 /// Fewer pages per split than this makes the merge cost more than the parallelism gains.
 const MIN_SPLIT_PAGES: usize = 4;
-/// Splits shrink (halving from MAX_SPLIT_PAGES) until the grid fills the blocks that fit an
-/// SM at once: the CUDA-core D = 128 kernel uses 128 registers x 128 threads (4 blocks per
-/// SM), the tensor-core one 168 registers and 68 KiB of shared memory (3 blocks per SM).
+/// CUDA-core kernel: splits shrink (halving from MAX_SPLIT_PAGES) until the grid fills the
+/// blocks that fit an SM at once: the D = 128 kernel uses 128 registers x 128 threads (4 blocks
+/// per SM). The tensor-core kernel (168 registers and 68 KiB of shared memory at D = 128: 3
+/// blocks per SM) is planned from the driver's occupancy figure (see [`mma_splits`]);
+/// RESIDENT_MMA is its fallback and the fixed plan's (the default).
 const RESIDENT_CUDA: usize = 4;
 const RESIDENT_MMA: usize = 3;
-/// Waves of resident blocks the splits aim for (`TANDEM_DECODE_WAVES`, read once; default 1):
-/// more waves cut each block's share and the last wave's idle tail, at the cost of more
-/// partial rows for the merge pass.
+/// Waves of resident blocks the CUDA-core kernel's splits aim for (`TANDEM_DECODE_WAVES`, read
+/// once; default 1): more waves cut each block's share and the last wave's idle tail, at the
+/// cost of more partial rows for the merge pass. For the tensor-core kernel the variable, when
+/// set, fixes the waves [`mma_splits`] plans for instead of its own choice.
 fn target_waves() -> usize {
     static W: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *W.get_or_init(|| {
@@ -68,6 +71,67 @@ fn target_waves() -> usize {
             .unwrap_or(1)
     })
 }
+/// `TANDEM_DECODE_WAVES` when set (1..=64), read once.
+fn waves_override() -> Option<usize> {
+    static W: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *W.get_or_init(|| {
+        std::env::var("TANDEM_DECODE_WAVES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&w| (1..=64).contains(&w))
+    })
+}
+/// Switches of the tensor-core path, read once. By default it is planned as the CUDA-core
+/// kernel is (splits of a fixed power-of-two page count, blocks per SM from RESIDENT_MMA);
+/// `TANDEM_DECODE_PLAN=waves` plans it by the driver's occupancy into few full waves with each
+/// sequence's pages dealt evenly over its splits (on an H200 it measured within a few points of
+/// the fixed plan, not yet side by side in one run, so it is not the default), and with that
+/// plan `TANDEM_DECODE_FUSE=0` merges the splits in the separate reduce launch instead of in
+/// the last block of each group.
+fn mma_fixed_plan() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("TANDEM_DECODE_PLAN").map_or(true, |v| v != "waves"))
+}
+fn mma_fused_merge() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("TANDEM_DECODE_FUSE").map_or(true, |v| v != "0"))
+}
+/// The fraction of the resident-block slots over all waves a tensor-core plan must fill before
+/// the planner stops adding waves (see [`mma_splits`]).
+const MIN_WAVE_FILL: f64 = 0.9;
+/// Waves the tensor-core planner tries at most.
+const MAX_WAVES: usize = 8;
+
+/// Splits per (sequence, kv head, head group) for the tensor-core kernel: `base` such groups,
+/// `slots` blocks resident on the whole GPU at once, contexts of up to `max_pages` pages. Each
+/// split is one block, so the grid is `base * splits` blocks in waves of `slots`. Blocks of one
+/// wave stream at the same rate and end together, and every wave pays a block's fixed costs
+/// (first loads' latency, q, the merge), so few full waves beat many: the fewest waves w,
+/// counting from one, whose splits, `w * slots / base`, fill at least MIN_WAVE_FILL of the
+/// slots of the waves they take (the best fill if none does). A split keeps at least MIN_SPLIT_PAGES pages.
+fn mma_splits(base: usize, slots: usize, max_pages: usize, waves: Option<usize>) -> usize {
+    let cap = max_pages.div_ceil(MIN_SPLIT_PAGES).max(1);
+    let splits = |w: usize| (w * slots / base.max(1)).clamp(1, cap);
+    if let Some(w) = waves {
+        return splits(w);
+    }
+    let fill = |n: usize| {
+        let blocks = base * n;
+        blocks as f64 / (blocks.div_ceil(slots.max(1)) * slots.max(1)) as f64
+    };
+    let mut best = splits(1);
+    for w in 1..=MAX_WAVES {
+        let n = splits(w);
+        if fill(n) >= MIN_WAVE_FILL {
+            return n;
+        }
+        if fill(n) > fill(best) {
+            best = n;
+        }
+    }
+    best
+}
+
 /// q heads served per block at most: CUDA-core kernels exist for 1, 2 and 4, the tensor-core
 /// kernel serves one 16-row mma tile.
 const MAX_GROUP_CUDA: usize = 4;
@@ -252,12 +316,14 @@ pub fn paged_decode_bf16_scratch(
             let acc = unsafe { stream.alloc::<f32>(parts * cache.head_dim) }?;
             // SAFETY: as above.
             let ml = unsafe { stream.alloc::<f32>(parts * 2) }?;
-            (plan, Some((acc, ml)), None)
+            // Zeroed: the fused merge's tickets start at 0 (and the kernel leaves them so).
+            let cnt = stream.alloc_zeros::<i32>(plan.counters(b, cache.kv_heads))?;
+            (plan, Some((acc, ml, cnt)), None)
         }
     };
-    let (part_acc, part_ml) = match (owned.as_mut(), scratch) {
-        (Some((a, m)), _) => (a, m),
-        (None, Some(sc)) => (&mut sc.part_acc, &mut sc.part_ml),
+    let (part_acc, part_ml, counters) = match (owned.as_mut(), scratch) {
+        (Some((a, m, c)), _) => (a, m, c),
+        (None, Some(sc)) => (&mut sc.part_acc, &mut sc.part_ml, &mut sc.counters),
         (None, None) => unreachable!("one of the two is set above"),
     };
     let SplitPlan {
@@ -266,7 +332,7 @@ pub fn paged_decode_bf16_scratch(
         num_splits,
         name,
         smem,
-        ..
+        fused,
     } = plan;
     let (d, hq, hkv) = (cache.head_dim, q_rows.heads, cache.kv_heads);
     let f = gpu.function_with_smem(name, smem as u32)?;
@@ -276,6 +342,9 @@ pub fn paged_decode_bf16_scratch(
     let (pl, _gl) = seqs.context_lens.dev().device_ptr(stream);
     let (pa, _ga) = part_acc.device_ptr_mut(stream);
     let (pm, _gm) = part_ml.device_ptr_mut(stream);
+    let (pc, _gc) = counters.device_ptr_mut(stream);
+    // The tensor-core kernel takes the tickets of its fused merge (null: the reduce launch).
+    let pc: u64 = if fused { pc } else { 0 };
     let (po, _go) = out.device_ptr_mut(stream);
     let q_stride = q_rows.token_stride as i64;
     let out_stride = (hq * d) as i64;
@@ -307,12 +376,16 @@ pub fn paged_decode_bf16_scratch(
         .arg(&sp)
         .arg(&ns);
     lb.arg(&pa).arg(&pm).arg(&po).arg(&out_stride);
+    if name.starts_with("paged_decode_mma") {
+        lb.arg(&pc);
+    }
     // SAFETY: arguments in the kernel's order and types; q covers every row and out holds
     // seqs*Hq*D (checked); every block id the kernel reads (pages below each context length)
     // is inside the cache and every context fits its table row (checked on the host copies);
-    // the partial buffers hold seqs*Hq*num_splits rows when num_splits > 1.
+    // the partial buffers hold seqs*Hq*num_splits rows when num_splits > 1; with the fused
+    // merge the counters hold seqs*Hkv*groups zeros.
     unsafe { lb.launch(cfg) }?;
-    if num_splits > 1 {
+    if num_splits > 1 && !fused {
         let f = gpu.function("paged_decode_reduce_bf16")?;
         let (d_i, ns) = (d as i32, num_splits as i32);
         let cfg = LaunchConfig {
@@ -339,10 +412,13 @@ pub fn paged_decode_bf16_scratch(
 #[derive(Clone, Copy, Debug)]
 struct SplitPlan {
     groups: usize,
+    /// Pages per split; 0: each sequence's pages dealt evenly over the splits (tensor cores).
     split_pages: usize,
     num_splits: usize,
     name: &'static str,
     smem: usize,
+    /// The last block of each group merges the splits (tensor cores; needs the counters).
+    fused: bool,
 }
 
 impl SplitPlan {
@@ -363,12 +439,6 @@ impl SplitPlan {
         };
         let groups = g.div_ceil(maxg);
         let base = b * hkv * groups;
-        let target = target_waves() * resident * gpu.sms() as usize;
-        let mut split_pages = MAX_SPLIT_PAGES;
-        while split_pages > MIN_SPLIT_PAGES && base * max_pages.div_ceil(split_pages) < target {
-            split_pages /= 2;
-        }
-        let num_splits = max_pages.div_ceil(split_pages).max(1);
         let (name, smem): (&'static str, usize) = match (kernel, d, maxg) {
             (DecodeKernel::TensorCores, _, _) => {
                 let ring = WARPS * MMA_STAGES * 2 * BLOCK_TOKENS * (d + 8) * 2;
@@ -387,6 +457,32 @@ impl SplitPlan {
             (_, _, 2) => ("paged_decode_bf16_d128_g2", 0),
             _ => ("paged_decode_bf16_d128_g4", 0),
         };
+        if kernel == DecodeKernel::TensorCores && !mma_fixed_plan() {
+            // Blocks per SM as the driver computes them for this kernel and shared memory (the
+            // D = 64 kernel fits more than RESIDENT_MMA).
+            let per_sm = gpu
+                .function_with_smem(name, smem as u32)
+                .and_then(|f| {
+                    Ok(f.occupancy_max_active_blocks_per_multiprocessor(THREADS, smem, None)?)
+                })
+                .map_or(resident, |n| (n as usize).max(1));
+            let slots = per_sm * gpu.sms() as usize;
+            let num_splits = mma_splits(base, slots, max_pages, waves_override());
+            return SplitPlan {
+                groups,
+                split_pages: 0,
+                num_splits,
+                name,
+                smem,
+                fused: num_splits > 1 && mma_fused_merge(),
+            };
+        }
+        let target = target_waves() * resident * gpu.sms() as usize;
+        let mut split_pages = MAX_SPLIT_PAGES;
+        while split_pages > MIN_SPLIT_PAGES && base * max_pages.div_ceil(split_pages) < target {
+            split_pages /= 2;
+        }
+        let num_splits = max_pages.div_ceil(split_pages).max(1);
         let smem = if smem > 0 {
             smem
         } else {
@@ -398,6 +494,17 @@ impl SplitPlan {
             num_splits,
             name,
             smem,
+            fused: false,
+        }
+    }
+
+    /// Tickets of the fused merge: one per (sequence, kv head, head group), zeroed once (a
+    /// one-element placeholder without it).
+    fn counters(&self, b: usize, hkv: usize) -> usize {
+        if self.fused {
+            b * hkv * self.groups
+        } else {
+            1
         }
     }
 
@@ -423,6 +530,7 @@ pub struct DecodeScratch {
     plan: SplitPlan,
     part_acc: CudaSlice<f32>,
     part_ml: CudaSlice<f32>,
+    counters: CudaSlice<i32>,
 }
 
 impl DecodeScratch {
@@ -456,7 +564,47 @@ impl DecodeScratch {
             // Zeroed, so that nothing uninitialized is ever read even if a plan changes.
             part_acc: stream.alloc_zeros::<f32>(parts * cache.head_dim)?,
             part_ml: stream.alloc_zeros::<f32>(parts * 2)?,
+            counters: stream.alloc_zeros::<i32>(plan.counters(seqs, cache.kv_heads))?,
         })
+    }
+
+    /// The splits per (sequence, kv head, head group) of the plan, and whether the last block of
+    /// each group merges them (otherwise a second launch does, or there is one split).
+    pub fn splits(&self) -> (usize, bool) {
+        (self.plan.num_splits, self.plan.fused)
+    }
+
+    /// [`DecodeScratch::new`] with `num_splits` splits forced and the fused merge on or off
+    /// (tests of the paths the planner picks only on some shapes and GPUs).
+    #[cfg(test)]
+    #[allow(clippy::too_many_arguments)]
+    fn forced(
+        gpu: &Gpu,
+        stream: &Arc<CudaStream>,
+        seqs: usize,
+        q_heads: usize,
+        cache: KvShape,
+        max_pages: usize,
+        num_splits: usize,
+        fused: bool,
+    ) -> Result<Self> {
+        let mut sc = Self::new(
+            gpu,
+            stream,
+            seqs,
+            q_heads,
+            cache,
+            max_pages,
+            DecodeKernel::TensorCores,
+        )?;
+        sc.plan.split_pages = 0;
+        sc.plan.num_splits = num_splits;
+        sc.plan.fused = fused && num_splits > 1;
+        let parts = sc.plan.parts(seqs, q_heads);
+        sc.part_acc = stream.alloc_zeros::<f32>(parts * cache.head_dim)?;
+        sc.part_ml = stream.alloc_zeros::<f32>(parts * 2)?;
+        sc.counters = stream.alloc_zeros::<i32>(sc.plan.counters(seqs, cache.kv_heads))?;
+        Ok(sc)
     }
 
     /// The largest context, in pages, the plan covers.
@@ -657,6 +805,57 @@ mod tests {
             let what = format!("{what}, planned for {} pages", sc.max_pages());
             assert_close(&what, seed, &s.clone_dtoh(&dout).unwrap(), &want, tol, 0.0);
         }
+        // The tensor-core kernel with the split count forced (the planner picks few splits on
+        // a large GPU, many on a small one): one split, splits of a page or two, more splits
+        // than pages (empty splits), each with the fused merge and with the reduce launch.
+        // Each scratch runs twice: the fused merge must leave its tickets at zero.
+        let pages = lens
+            .iter()
+            .map(|&l| (l as usize).div_ceil(BLOCK_TOKENS))
+            .max()
+            .unwrap();
+        for splits in [1, 2, 3, 7, pages.div_ceil(2).max(1), pages + 5] {
+            for fused in [true, false] {
+                let mut sc =
+                    DecodeScratch::forced(gpu, s, b, hq, cache, 2 * pages, splits, fused).unwrap();
+                for rep in 0..2 {
+                    let mut dout = s.clone_htod(&poisoned(b * hq * d)).unwrap();
+                    let seqs = DecodeSeqs {
+                        block_tables: &dt,
+                        table_width: width,
+                        context_lens: &dl,
+                    };
+                    paged_decode_bf16_scratch(
+                        gpu,
+                        s,
+                        &dq,
+                        rows,
+                        cache,
+                        &dk,
+                        &dv,
+                        seqs,
+                        scale,
+                        &mut dout,
+                        DecodeKernel::TensorCores,
+                        Some(&mut sc),
+                    )
+                    .unwrap();
+                    let what = format!(
+                        "paged decode TensorCores lens {lens:?} hq {hq} hkv {hkv} d {d}, {:?} \
+                         splits (fused, forced {splits} {fused}), launch {rep}",
+                        sc.splits()
+                    );
+                    assert_close(
+                        &what,
+                        seed,
+                        &s.clone_dtoh(&dout).unwrap(),
+                        &want,
+                        DECODE_MMA_ATOL,
+                        0.0,
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -676,6 +875,17 @@ mod tests {
         let long: Vec<i32> = (0..3).map(|_| rng.gen_range(3000..9000)).collect();
         case(&gpu, &mut rng, seed, &long, 32, 8, 128);
         case(&gpu, &mut rng, seed, &[20_000], 8, 8, 64);
+        // Ragged batches whose lengths are not multiples of 16, long and short together (the
+        // tensor-core kernel deals each sequence's pages over the same splits), GQA 4 and 8.
+        let ragged: Vec<i32> = (0..6)
+            .map(|i| match i {
+                0 => rng.gen_range(1..16),
+                1 => rng.gen_range(4000..6000) | 1,
+                _ => rng.gen_range(17..3000) | 1,
+            })
+            .collect();
+        case(&gpu, &mut rng, seed, &ragged, 32, 8, 128);
+        case(&gpu, &mut rng, seed, &ragged, 64, 8, 64);
     }
 
     #[test]
@@ -725,6 +935,22 @@ mod tests {
         let mut ok = DecodeScratch::new(&gpu, s, 1, 4, cache, 4, DecodeKernel::Auto).unwrap();
         assert!(run(&mut ok, &mut out).is_ok());
         assert!(DecodeScratch::new(&gpu, s, 1, 3, cache, 4, DecodeKernel::Auto).is_err());
+    }
+
+    #[test]
+    fn mma_splits_fill_the_waves() {
+        // H100/H200: 132 SMs x 3 blocks of the D = 128 kernel, 5 of the D = 64 one.
+        let (s128, s64) = (396, 660);
+        // 16 x 8 kv heads: three splits, 384 blocks in one wave of 396.
+        assert_eq!(mma_splits(128, s128, 256, None), 3);
+        assert_eq!(mma_splits(128, s128, 1024, None), 3);
+        assert_eq!(mma_splits(128, s64, 256, None), 5);
+        // 64 x 8: one split would leave most of a second wave idle; three fill four waves.
+        assert_eq!(mma_splits(512, s128, 256, None), 3);
+        // Forced waves; at least MIN_SPLIT_PAGES pages a split; at least one split.
+        assert_eq!(mma_splits(128, s128, 256, Some(2)), 6);
+        assert_eq!(mma_splits(1, s128, 10, None), 3);
+        assert_eq!(mma_splits(100_000, s128, 1, None), 1);
     }
 
     #[test]
