@@ -50,19 +50,20 @@ t = timed(lambda: b.copy_(a))
 show("hbm_copy", 2 * 2 * n / t / 1e12, "TB/s")
 del a, b
 
-# Prefill: causal SDPA, batch 1, 32 heads x 128, as gpu_prefill_bf16/1xS_h32_kv32_d128; and
-# 8 x 1024 with 32 q / 8 kv heads, as gpu_prefill_bf16/8x1024_h32_kv8_d128.
-for bsz, s, hq, hkv in [(1, 1024, 32, 32), (1, 2048, 32, 32), (1, 4096, 32, 32), (1, 8192, 32, 32), (8, 1024, 32, 8)]:
-    q = torch.randn(bsz, hq, s, 128, device=dev, dtype=torch.bfloat16)
-    k = torch.randn(bsz, hkv, s, 128, device=dev, dtype=torch.bfloat16)
-    v = torch.randn(bsz, hkv, s, 128, device=dev, dtype=torch.bfloat16)
-    flops = bsz * 2 * s * s * hq * 128
+# Prefill: causal SDPA, batch 1, 32 heads x 128, as gpu_prefill_bf16/1xS_h32_kv32_d128;
+# 8 x 1024 with 32 q / 8 kv heads, as gpu_prefill_bf16/8x1024_h32_kv8_d128; 4096 with heads of 64.
+for bsz, s, hq, hkv, d in [(1, 1024, 32, 32, 128), (1, 2048, 32, 32, 128), (1, 4096, 32, 32, 128),
+                           (1, 8192, 32, 32, 128), (8, 1024, 32, 8, 128), (1, 4096, 32, 32, 64)]:
+    q = torch.randn(bsz, hq, s, d, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(bsz, hkv, s, d, device=dev, dtype=torch.bfloat16)
+    v = torch.randn(bsz, hkv, s, d, device=dev, dtype=torch.bfloat16)
+    flops = bsz * 2 * s * s * hq * d
     # "default": whatever backend torch picks on its own for these inputs.
     for name, backend in [("default", None), ("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)]:
         try:
             with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
                 t = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=hq != hkv))
-            show(f"sdpa_prefill_{name}/{bsz}x{s}_h{hq}_kv{hkv}_d128", flops / t / 1e12, "TFLOP/s")
+            show(f"sdpa_prefill_{name}/{bsz}x{s}_h{hq}_kv{hkv}_d{d}", flops / t / 1e12, "TFLOP/s")
         except RuntimeError as e:
             print(f"anchor-skip sdpa_prefill_{name}/{bsz}x{s}: {str(e).splitlines()[0]}", flush=True)
 

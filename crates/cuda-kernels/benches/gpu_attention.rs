@@ -98,16 +98,16 @@ fn benches(c: &mut Criterion) {
         });
     }
 
-    // Prefill: one sequence of `len` tokens, 32 heads of 128 (the anchor's SDPA shape), and a
-    // packed batch of 8 x 1024 with GQA.
-    for (lens, hq, hkv) in [
-        (vec![1024usize], 32usize, 32usize),
-        (vec![2048], 32, 32),
-        (vec![4096], 32, 32),
-        (vec![8192], 32, 32),
-        (vec![1024; 8], 32, 8),
+    // Prefill: one sequence of `len` tokens, 32 heads of 128 (the anchor's SDPA shape), a
+    // packed batch of 8 x 1024 with GQA, and heads of 64.
+    for (lens, hq, hkv, d) in [
+        (vec![1024usize], 32usize, 32usize, 128usize),
+        (vec![2048], 32, 32, 128),
+        (vec![4096], 32, 32, 128),
+        (vec![8192], 32, 32, 128),
+        (vec![1024; 8], 32, 8, 128),
+        (vec![4096], 32, 32, 64),
     ] {
-        let d = 128;
         let t: usize = lens.iter().sum();
         let mut cu = vec![0i32];
         lens.iter()
