@@ -30,10 +30,6 @@ namespace prefill_wgmma {
 constexpr int BR = 128, BC = 128, THREADS = 256;
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void cp_async16_to(uint32_t dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-
 // ROWS x D tile from global (row stride `stride` elements) into the swizzled layout at `dst`;
 // rows at or past rows_left are zero-filled.
 template <int D, int ROWS>
@@ -45,16 +41,10 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const __nv_bfloat16* src
         const int r = id / CPR, cc = id % CPR;
         const uint32_t off = (cc >> 3) * (ROWS * 128) + r * 128 + (((cc & 7) ^ (r & 7)) << 4);
         const bool in = r < rows_left;
-        cp_async16_to(dst + off, in ? src + r * stride + cc * 8 : src, in ? 16 : 0);
+        tc::cp_async16(dst + off, in ? src + r * stride + cc * 8 : src, in ? 16 : 0);
     }
 }
 
-template <int N>
-__device__ __forceinline__ void mma_ss(float (&d)[N / 2], uint64_t a, uint64_t b, int acc);
-template <>
-__device__ __forceinline__ void mma_ss<128>(float (&d)[64], uint64_t a, uint64_t b, int acc) {
-    wg::mma_ss_n128(d, a, b, acc);
-}
 template <int N>
 __device__ __forceinline__ void mma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
 template <>
@@ -127,7 +117,7 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
             const uint32_t inner = (kk & 3) * 32;  // 16 elements into the 128-byte row
             const uint64_t da = wg::desc(q_wg + (kk >> 2) * (BR * 128) + inner, 16, 1024);
             const uint64_t db = wg::desc(Kt + (kk >> 2) * (BC * 128) + inner, 16, 1024);
-            mma_ss<BC>(s, da, db, kk > 0);
+            wg::mma_ss_n128(s, da, db, kk > 0);  // BC = 128 keys
         }
         wg::commit();
         if (j > 0) {

@@ -35,10 +35,13 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
                  : "r"(a));
 }
 
-// 16 bytes global -> shared; src_bytes 0 writes zeros (rows past the sequence end).
+// 16 bytes global -> shared (at a shared-window address, or a generic pointer to shared
+// memory); src_bytes 0 writes zeros (rows past the sequence end).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src), "r"(src_bytes));
+    cp_async16((uint32_t)__cvta_generic_to_shared(dst), src, src_bytes);
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }

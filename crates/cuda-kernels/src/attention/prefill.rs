@@ -34,20 +34,35 @@ pub enum PrefillKernel {
 }
 
 impl PrefillKernel {
+    /// `TANDEM_PREFILL_KERNEL`, read once: `Some(kernel)` when it names one, `None` when unset
+    /// or empty, and the value itself when it names none.
+    fn forced() -> std::result::Result<Option<PrefillKernel>, &'static str> {
+        static F: std::sync::OnceLock<std::result::Result<Option<PrefillKernel>, String>> =
+            std::sync::OnceLock::new();
+        F.get_or_init(|| match std::env::var("TANDEM_PREFILL_KERNEL").as_deref() {
+            Ok("mma") => Ok(Some(PrefillKernel::Mma)),
+            Ok("wgmma") => Ok(Some(PrefillKernel::Wgmma)),
+            Ok(other) if !other.is_empty() => Err(other.to_string()),
+            _ => Ok(None),
+        })
+        .as_ref()
+        .map(|k| *k)
+        .map_err(|v| v.as_str())
+    }
+
     /// The kernel that runs on `gpu`; asking for wgmma off Hopper is an error.
     pub fn pick(self, gpu: &Gpu) -> Result<PrefillKernel> {
         let hopper = gpu.compute_capability() == (9, 0);
         let k = match self {
-            PrefillKernel::Auto => match std::env::var("TANDEM_PREFILL_KERNEL").as_deref() {
-                Ok("mma") => PrefillKernel::Mma,
-                Ok("wgmma") => PrefillKernel::Wgmma,
-                Ok(other) if !other.is_empty() => {
+            PrefillKernel::Auto => match Self::forced() {
+                Ok(Some(k)) => k,
+                Ok(None) if hopper => PrefillKernel::Wgmma,
+                Ok(None) => PrefillKernel::Mma,
+                Err(other) => {
                     return Err(shape_err(format!(
                         "TANDEM_PREFILL_KERNEL={other}: expected mma or wgmma"
                     )))
                 }
-                _ if hopper => PrefillKernel::Wgmma,
-                _ => PrefillKernel::Mma,
             },
             k => k,
         };
