@@ -29,6 +29,7 @@
 // otherwise it writes acc (f32, unnormalised) and (m, l) per split, and
 // paged_decode_reduce_bf16 merges the splits: out = sum_s acc_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
 #include "common.cuh"
+#include "attention/split_merge.cuh"
 #include <math_constants.h>
 
 namespace paged_decode {
@@ -264,19 +265,7 @@ extern "C" __global__ void paged_decode_reduce_bf16(int Hq, int D, int num_split
                                                     __nv_bfloat16* __restrict__ out, int64_t out_stride) {
     const int h = blockIdx.x, b = blockIdx.y;
     const int64_t row0 = ((int64_t)b * Hq + h) * num_splits;
-    float M = -CUDART_INF_F;
-    for (int s = 0; s < num_splits; ++s)
-        if (part_ml[(row0 + s) * 2 + 1] > 0.f) M = fmaxf(M, part_ml[(row0 + s) * 2]);
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float a = 0.f, L = 0.f;
-        for (int s = 0; s < num_splits; ++s) {
-            const float l = part_ml[(row0 + s) * 2 + 1];
-            if (l > 0.f) {  // empty splits wrote no acc
-                const float w = exp2f(part_ml[(row0 + s) * 2] - M);
-                a += part_acc[(row0 + s) * D + d] * w;
-                L += l * w;
-            }
-        }
-        out[b * out_stride + (int64_t)h * D + d] = tandem::to_bf16(a / L);
-    }
+    for (int d = threadIdx.x; d < D; d += blockDim.x)
+        out[b * out_stride + (int64_t)h * D + d] =
+            tandem::to_bf16(split_merge::merge(part_ml + row0 * 2, part_acc + row0 * D, num_splits, D, d));
 }

@@ -35,6 +35,7 @@
 //   o[D/8][4]    O accumulator over head dims
 #include "common.cuh"
 #include "attention/tensor_core.cuh"
+#include "attention/split_merge.cuh"
 #include <math_constants.h>
 
 namespace paged_decode_mma {
@@ -62,21 +63,9 @@ __device__ __forceinline__ void merge_if_last(int* counters, int b, int Hq, int 
     const int64_t row0 = ((int64_t)b * Hq + head0) * num_splits;
     for (int e = threadIdx.x; e < gcount * D; e += blockDim.x) {
         const int r = e / D, d = e % D;
-        const float* ml = part_ml + (row0 + (int64_t)r * num_splits) * 2;
-        const float* acc = part_acc + (row0 + (int64_t)r * num_splits) * D + d;
-        float M = -CUDART_INF_F;
-        for (int s = 0; s < num_splits; ++s)
-            if (__ldcg(ml + 2 * s + 1) > 0.f) M = fmaxf(M, __ldcg(ml + 2 * s));
-        float a = 0.f, L = 0.f;
-        for (int s = 0; s < num_splits; ++s) {
-            const float l = __ldcg(ml + 2 * s + 1);
-            if (l > 0.f) {  // empty splits wrote no acc
-                const float w = ex2(__ldcg(ml + 2 * s) - M);
-                a += __ldcg(acc + (int64_t)s * D) * w;
-                L += l * w;
-            }
-        }
-        out[b * out_stride + (int64_t)(head0 + r) * D + d] = tandem::to_bf16(a / L);
+        const int64_t row = row0 + (int64_t)r * num_splits;
+        out[b * out_stride + (int64_t)(head0 + r) * D + d] =
+            tandem::to_bf16(split_merge::merge(part_ml + row * 2, part_acc + row * D, num_splits, D, d));
     }
 }
 
