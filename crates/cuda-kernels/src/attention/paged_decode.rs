@@ -695,12 +695,12 @@ mod tests {
     ) {
         let s = gpu.stream();
         let b = lens.len();
-        let width = lens
+        let pages = lens
             .iter()
             .map(|&l| (l as usize).div_ceil(BLOCK_TOKENS))
             .max()
-            .unwrap()
-            + 1;
+            .unwrap();
+        let width = pages + 1;
         let num_blocks = lens
             .iter()
             .map(|&l| (l as usize).div_ceil(BLOCK_TOKENS))
@@ -754,6 +754,31 @@ mod tests {
             context_lens: lens,
         };
         paged_decode_bf16_ref(&q, rows, cache, &kc, &vc, seqs, scale, &mut want).unwrap();
+        // One launch through a planned scratch, into a poisoned output.
+        let run_scratch = |kernel: DecodeKernel, sc: &mut DecodeScratch| {
+            let mut dout = s.clone_htod(&poisoned(b * hq * d)).unwrap();
+            let seqs = DecodeSeqs {
+                block_tables: &dt,
+                table_width: width,
+                context_lens: &dl,
+            };
+            paged_decode_bf16_scratch(
+                gpu,
+                s,
+                &dq,
+                rows,
+                cache,
+                &dk,
+                &dv,
+                seqs,
+                scale,
+                &mut dout,
+                kernel,
+                Some(sc),
+            )
+            .unwrap();
+            s.clone_dtoh(&dout).unwrap()
+        };
         for kernel in [DecodeKernel::CudaCores, DecodeKernel::TensorCores] {
             let mut dout = s.clone_htod(&poisoned(b * hq * d)).unwrap();
             let seqs = DecodeSeqs {
@@ -774,85 +799,27 @@ mod tests {
             assert_close(&what, seed, &s.clone_dtoh(&dout).unwrap(), &want, tol, 0.0);
             // Planned for contexts well past these (as a CUDA graph's launch is): the splits
             // past each context must not change the result.
-            let pages = lens
-                .iter()
-                .map(|&l| l as usize)
-                .max()
-                .unwrap()
-                .div_ceil(BLOCK_TOKENS);
             let mut sc = DecodeScratch::new(gpu, s, b, hq, cache, 4 * pages + 3, kernel).unwrap();
-            let mut dout = s.clone_htod(&poisoned(b * hq * d)).unwrap();
-            let seqs = DecodeSeqs {
-                block_tables: &dt,
-                table_width: width,
-                context_lens: &dl,
-            };
-            paged_decode_bf16_scratch(
-                gpu,
-                s,
-                &dq,
-                rows,
-                cache,
-                &dk,
-                &dv,
-                seqs,
-                scale,
-                &mut dout,
-                kernel,
-                Some(&mut sc),
-            )
-            .unwrap();
+            let got = run_scratch(kernel, &mut sc);
             let what = format!("{what}, planned for {} pages", sc.max_pages());
-            assert_close(&what, seed, &s.clone_dtoh(&dout).unwrap(), &want, tol, 0.0);
+            assert_close(&what, seed, &got, &want, tol, 0.0);
         }
         // The tensor-core kernel with the split count forced (the planner picks few splits on
         // a large GPU, many on a small one): one split, splits of a page or two, more splits
         // than pages (empty splits), each with the fused merge and with the reduce launch.
         // Each scratch runs twice: the fused merge must leave its tickets at zero.
-        let pages = lens
-            .iter()
-            .map(|&l| (l as usize).div_ceil(BLOCK_TOKENS))
-            .max()
-            .unwrap();
         for splits in [1, 2, 3, 7, pages.div_ceil(2).max(1), pages + 5] {
             for fused in [true, false] {
                 let mut sc =
                     DecodeScratch::forced(gpu, s, b, hq, cache, 2 * pages, splits, fused).unwrap();
                 for rep in 0..2 {
-                    let mut dout = s.clone_htod(&poisoned(b * hq * d)).unwrap();
-                    let seqs = DecodeSeqs {
-                        block_tables: &dt,
-                        table_width: width,
-                        context_lens: &dl,
-                    };
-                    paged_decode_bf16_scratch(
-                        gpu,
-                        s,
-                        &dq,
-                        rows,
-                        cache,
-                        &dk,
-                        &dv,
-                        seqs,
-                        scale,
-                        &mut dout,
-                        DecodeKernel::TensorCores,
-                        Some(&mut sc),
-                    )
-                    .unwrap();
+                    let got = run_scratch(DecodeKernel::TensorCores, &mut sc);
                     let what = format!(
                         "paged decode TensorCores lens {lens:?} hq {hq} hkv {hkv} d {d}, {:?} \
                          splits (fused, forced {splits} {fused}), launch {rep}",
                         sc.splits()
                     );
-                    assert_close(
-                        &what,
-                        seed,
-                        &s.clone_dtoh(&dout).unwrap(),
-                        &want,
-                        DECODE_MMA_ATOL,
-                        0.0,
-                    );
+                    assert_close(&what, seed, &got, &want, DECODE_MMA_ATOL, 0.0);
                 }
             }
         }
