@@ -1,10 +1,12 @@
 //! Causal prefill attention over a packed variable-length batch, two kernels with one
 //! contract: `kernels/attention/prefill.cu` (FlashAttention-2 on `mma.sync` tensor cores, any
-//! GPU from sm_80) and `kernels/attention/prefill_wgmma.cu` (Hopper's warpgroup `wgmma`, from
-//! the sm_90a image, compute capability 9.0 only). Each file's header gives its tiling and
-//! register layout.
+//! GPU from sm_80) and `kernels/attention/prefill_wgmma.cu` (Hopper's warpgroup `wgmma` fed by
+//! TMA loads, from the sm_90a image, compute capability 9.0 only). Each file's header gives its
+//! tiling and register layout.
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    sys, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use half::bf16;
 
 use super::{gqa_group, LOG2E};
@@ -17,14 +19,60 @@ const BR: usize = 128;
 /// Key rows per tile of the mma.sync kernel and its row padding (elements).
 const BC: usize = 64;
 const PAD: usize = 8;
-/// Key rows per tile of the wgmma kernel; its shared memory is one Q tile and two K and two V
-/// tiles, plus 1 KiB to align them for the 128-byte swizzle.
+/// Key rows per tile of the wgmma kernel and the depth of its K/V ring (`BC` and `STAGES` of
+/// prefill_wgmma.cu); its shared memory is one Q tile, `WG_STAGES` K and V tiles, the ring's
+/// barriers, and 1 KiB to align the tiles for the 128-byte swizzle.
 const WG_BC: usize = 128;
+const WG_STAGES: usize = 2;
+
+fn wgmma_smem(d: usize) -> u32 {
+    ((BR + 2 * WG_STAGES * WG_BC) * d * 2 + 8 * (2 + 4 * WG_STAGES) + 1024) as u32
+}
+
+/// A TMA descriptor (`TmaDesc` of tma.cuh), passed to the kernel by value.
+#[repr(transparent)]
+struct TensorMap(sys::CUtensorMap);
+
+// SAFETY: a plain 128-byte, 64-byte-aligned C struct the kernel takes as a __grid_constant__
+// parameter of the same size.
+unsafe impl DeviceRepr for TensorMap {}
+
+/// The wgmma kernel's view of q, k or v at `ptr`: a 2-D tensor of `heads · head_dim` bf16 by
+/// `tokens` rows `token_stride` apart, read in 64 x 128 boxes with the 128-byte swizzle.
+fn tensor_map(what: &str, ptr: u64, rows: HeadRows) -> Result<TensorMap> {
+    let dims = [(rows.heads * rows.head_dim) as u64, rows.tokens as u64];
+    let strides = [(rows.token_stride * 2) as u64];
+    let boxes = [64u32, WG_BC as u32];
+    let elem_strides = [1u32, 1];
+    let mut m = sys::CUtensorMap { opaque: [0; 16] };
+    // SAFETY: the arrays hold rank (2) entries, rank - 1 for the strides; the driver only
+    // writes `m`. ptr is 16-byte aligned and the stride a multiple of 16 bytes (checked by the
+    // caller).
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut m,
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem_strides.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    }
+    .result()
+    .map_err(|e| shape_err(format!("{what}: TMA descriptor: {e}")))?;
+    Ok(TensorMap(m))
+}
 
 /// Which prefill kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PrefillKernel {
-    /// wgmma on compute capability 9.0 (1.35-1.54x the mma.sync kernel on an H200), mma.sync
+    /// wgmma on compute capability 9.0 (2.0-2.3x the mma.sync kernel on an H100), mma.sync
     /// elsewhere; `TANDEM_PREFILL_KERNEL=mma` (or `wgmma`) forces one.
     Auto,
     /// `prefill.cu`, mma.sync.m16n8k16 (sm_80 and later).
@@ -209,39 +257,65 @@ pub fn prefill_attention_bf16_with(
             "{what}: q, k, v and out must start 16-byte aligned with token strides of 8 elements"
         )));
     }
-    let (smem, name) = match (kernel.pick(gpu)?, d) {
-        (PrefillKernel::Wgmma, 64) => (
-            ((BR + 4 * WG_BC) * d * 2 + 1024) as u32,
-            "prefill_attention_wgmma_bf16_d64",
-        ),
-        (PrefillKernel::Wgmma, _) => (
-            ((BR + 4 * WG_BC) * d * 2 + 1024) as u32,
-            "prefill_attention_wgmma_bf16_d128",
-        ),
-        (_, 64) => (
-            (2 * 2 * BC * (d + PAD) * 2) as u32,
-            "prefill_attention_bf16_d64",
-        ),
-        _ => (
-            (2 * 2 * BC * (d + PAD) * 2) as u32,
-            "prefill_attention_bf16_d128",
-        ),
+    let (pc, _gc) = cu_seqlens.dev().device_ptr(stream);
+    let os = (q_rows.heads * d) as i64;
+    let (hq, hkv, scale_log2) = (q_rows.heads as i32, k_rows.heads as i32, scale * LOG2E);
+    let q_tiles = max_len.div_ceil(BR).max(1);
+    if kernel.pick(gpu)? == PrefillKernel::Wgmma {
+        // Work items (head, sequence, query tile), walked longest first by one persistent
+        // block per multiprocessor (fewer when there are fewer items).
+        let items = q_rows.heads * seqs * q_tiles;
+        if items > i32::MAX as usize {
+            return Err(shape_err(format!(
+                "{what}: {items} query tiles exceed the kernel's 32-bit work index"
+            )));
+        }
+        let (n_seqs, max_qt) = (seqs as i32, q_tiles as i32);
+        let name = if d == 64 {
+            "prefill_attention_wgmma_bf16_d64"
+        } else {
+            "prefill_attention_wgmma_bf16_d128"
+        };
+        let smem = wgmma_smem(d);
+        let f = gpu.function_with_smem(name, smem)?;
+        let (tq, tk, tv) = (
+            tensor_map(what, pq, q_rows)?,
+            tensor_map(what, pk, k_rows)?,
+            tensor_map(what, pv, v_rows)?,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: ((items as u32).min(gpu.sms()).max(1), 1, 1),
+            block_dim: (384, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let mut b = stream.launch_builder(&f);
+        b.arg(&tq).arg(&tk).arg(&tv).arg(&pc).arg(&hq).arg(&hkv);
+        b.arg(&n_seqs)
+            .arg(&max_qt)
+            .arg(&scale_log2)
+            .arg(&po)
+            .arg(&os);
+        // SAFETY: arguments in the kernel's order and types; the descriptors cover exactly the
+        // token rows of q, k and v (their lengths checked), out holds tokens*Hq*D (checked);
+        // cu_seqlens is monotonic from 0 to tokens (checked on the host copy), so every row a
+        // block stores is inside the batch; alignment checked above.
+        unsafe { b.launch(cfg) }?;
+        return Ok(());
+    }
+    let smem = (2 * 2 * BC * (d + PAD) * 2) as u32;
+    let name = if d == 64 {
+        "prefill_attention_bf16_d64"
+    } else {
+        "prefill_attention_bf16_d128"
     };
     let f = gpu.function_with_smem(name, smem)?;
-    let (pc, _gc) = cu_seqlens.dev().device_ptr(stream);
-    let (qs, ks, vs, os) = (
+    let (qs, ks, vs) = (
         q_rows.token_stride as i64,
         k_rows.token_stride as i64,
         v_rows.token_stride as i64,
-        (q_rows.heads * d) as i64,
     );
-    let (hq, hkv, scale_log2) = (q_rows.heads as i32, k_rows.heads as i32, scale * LOG2E);
     let cfg = LaunchConfig {
-        grid_dim: (
-            max_len.div_ceil(BR).max(1) as u32,
-            q_rows.heads as u32,
-            seqs as u32,
-        ),
+        grid_dim: (q_tiles as u32, q_rows.heads as u32, seqs as u32),
         block_dim: (256, 1, 1),
         shared_mem_bytes: smem,
     };
@@ -486,6 +560,19 @@ mod tests {
             case(&gpu, kernel, &mut rng, seed, &[0, 300, 0], 6, 3, 64);
             // Several key tiles past the diagonal for both warpgroups' rows, GQA 8.
             case(&gpu, kernel, &mut rng, seed, &[1100, 257], 8, 1, 128);
+            // More query tiles than multiprocessors: the wgmma kernel's blocks take several
+            // work items each, empty ones (past a short sequence's tiles) skipped.
+            case(
+                &gpu,
+                kernel,
+                &mut rng,
+                seed,
+                &[300, 1, 530, 129, 64],
+                16,
+                4,
+                64,
+            );
+            case(&gpu, kernel, &mut rng, seed, &[700, 5, 1300], 12, 3, 128);
         }
     }
 
