@@ -28,6 +28,7 @@ fn benches(c: &mut Criterion) {
         (16, 4096, 64, 8, 128),
         (32, 2048, 32, 32, 128),
         (16, 4096, 32, 8, 64),
+        (4, 8192, 32, 8, 128),
     ] {
         let pages = ctx / BLOCK_TOKENS;
         let cache = KvShape {

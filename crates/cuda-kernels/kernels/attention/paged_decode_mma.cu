@@ -7,7 +7,10 @@
 // G FP32 dot products per token: the FMA count that bounds the CUDA-core kernel at G = 4 and 8
 // disappears, and the kernel is left with streaming K/V.
 //
-// Grid (num_splits, Hkv * head_groups, B), 128 threads = 4 warps. Split sizes: with
+// Grid (num_splits, Hkv * head_groups, B), 128 threads = 4 warps. On an H100 one such block per
+// SM with one split per (sequence, kv head) streamed K/V at the copy bandwidth, while more
+// splits (more blocks per SM, partials, the merge) cost 5-15 %: the launcher plans the fewest
+// splits that give every SM a block. Split sizes: with
 // split_pages > 0 every split holds that many pages (the CUDA-core kernel's rule); with
 // split_pages = 0 each sequence's own pages are dealt evenly over the num_splits splits
 // (ceil(n_pages / num_splits) each), so that the blocks of a grid planned for long contexts
@@ -19,17 +22,20 @@
 // from counters[b][Hkv * head_groups]; the one whose ticket is num_splits - 1 reads all the
 // partials back (from L2) and writes out, and puts the counter back to 0 for the next launch
 // (so the counters, zeroed once, stay zero between launches). That saves the second launch and
-// its wait for the whole grid to drain.
+// its wait for the whole grid to drain, but on an H100 it measured slower than the reduce launch
+// at 2-8 splits (by up to 10 % with 8 q heads per kv head), so the default plan does not use it.
 //
-// Warp w takes pages
-// page_begin + w, + 4 + w, ... of the block's split and keeps its own online softmax (running
-// max m and sum l per row, in the log2 domain) and O accumulator; the four are merged through
-// shared memory at the end.
+// Warp w of WARPS takes pages page_begin + w, + WARPS + w, ... of the block's split and keeps its
+// own online softmax (running max m and sum l per row, in the log2 domain) and O accumulator;
+// the warps are merged through shared memory at the end.
 //
 // Per warp, pages stream through a ring of NST slots in shared memory, each slot one K page and
-// one V page of the kv head ([16 tokens][D + 8] bf16 each; 16 bytes of padding per row keep the
-// ldmatrix row addresses on distinct bank groups). cp.async fills slot i + NST - 1 while slot i
-// is computed. Registers per thread (g = lane / 4, c = lane % 4):
+// one V page of the kv head ([16 tokens][D] bf16 each, the 16-byte chunks of token row r stored
+// XOR-swizzled by r % 8 so that the 8 rows an ldmatrix reads fall on distinct bank groups without
+// padding). cp.async fills slot i + NST - 1 while slot i is computed; each lane holds the block
+// id of one of the warp's next 32 pages, so a copy does not wait for a table load. NST is 3 at
+// D = 128 and 4 at D = 64 (16 and 12 KiB per warp in flight). Registers per thread (g = lane / 4,
+// c = lane % 4):
 //   qa[D/16][4]  A fragments of the 16 q rows (head0 + g, head0 + g + 8)
 //   s[2][4]      S for the page's 16 tokens (two n-tiles of 8)
 //   o[D/8][4]    O accumulator over head dims
@@ -40,7 +46,15 @@
 
 namespace paged_decode_mma {
 using namespace tc;
-constexpr int BLOCK = 16, WARPS = 4, NST = 2, PAD = 8;
+constexpr int BLOCK = 16;
+
+// Shared memory bytes of the <D, WARPS, NST> kernel: the ring, or the merge of the warps at the
+// end (which reuses it), whichever is larger.
+__host__ __device__ constexpr int smem_bytes(int d, int warps, int nst) {
+    const int ring = warps * nst * 2 * BLOCK * d * 2;
+    const int merge = (warps * 16 * d + 2 * warps * 16) * 4;
+    return ring > merge ? ring : merge;
+}
 
 // After this block's partial rows (head0 .. head0 + gcount of sequence b, split `split`) are
 // written: the last of the num_splits blocks to get here merges all of them into out. Every
@@ -69,21 +83,40 @@ __device__ __forceinline__ void merge_if_last(int* counters, int b, int Hq, int 
     }
 }
 
-// Copies one page of one kv head; token rows >= `rows` (past the context end, where a stale
-// cache may hold anything, NaN included) are written as zeros, since a zero softmax weight
-// times NaN would still be NaN in the P V product.
+// Byte offset in a page of the 16-byte chunk holding columns col .. col + 7 (col a multiple of
+// 8) of token row r: chunk j of a row is stored at chunk j ^ (r % 8), so that the 8 rows an
+// ldmatrix reads at one column fall on 8 different bank groups without padding.
 template <int D>
-__device__ __forceinline__ void copy_page(__nv_bfloat16* dst, const __nv_bfloat16* src, int rows, int lane) {
+__device__ __forceinline__ uint32_t swz(int r, int col) {
+    return (uint32_t)(r * D + (((col >> 3) ^ (r & 7)) << 3)) * 2;
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, uint32_t a) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t* r, uint32_t a) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+// Copies one page of one kv head to the shared-window address dst; token rows >= `rows` (past
+// the context end, where a stale cache may hold anything, NaN included) are written as zeros,
+// since a zero softmax weight times NaN would still be NaN in the P V product.
+template <int D>
+__device__ __forceinline__ void copy_page(uint32_t dst, const __nv_bfloat16* src, int rows, int lane) {
     constexpr int CPR = D / 8;  // 16-byte chunks per token row
 #pragma unroll
     for (int i = 0; i < BLOCK * CPR / 32; ++i) {
         const int id = i * 32 + lane;
-        const int r = id / CPR, c = (id % CPR) * 8;
-        cp_async16(dst + r * (D + PAD) + c, r < rows ? src + r * D + c : src, r < rows ? 16 : 0);
+        const int r = id / CPR, col = (id % CPR) * 8;
+        cp_async16(dst + swz<D>(r, col), r < rows ? src + r * D + col : src, r < rows ? 16 : 0);
     }
 }
 
-template <int D>
+template <int D, int WARPS, int NST>
 __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t q_stride,
                                     const __nv_bfloat16* __restrict__ k_cache,
                                     const __nv_bfloat16* __restrict__ v_cache, const int* __restrict__ block_tables,
@@ -91,12 +124,12 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
                                     int head_groups, float scale_log2, int split_pages, int num_splits,
                                     float* __restrict__ part_acc, float* __restrict__ part_ml,
                                     __nv_bfloat16* __restrict__ out, int64_t out_stride, int* counters) {
-    constexpr int LDS = D + PAD, PAGE = BLOCK * LDS;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    constexpr int PAGE = BLOCK * D * 2;  // bytes
+    extern __shared__ __align__(128) unsigned char smem_raw[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, c = lane & 3;
     // Ring: [WARPS][NST][K page, V page]
-    __nv_bfloat16* ring = reinterpret_cast<__nv_bfloat16*>(smem_raw) + warp * NST * 2 * PAGE;
+    const uint32_t ring = (uint32_t)__cvta_generic_to_shared(smem_raw) + warp * NST * 2 * PAGE;
 
     const int b = blockIdx.z, split = blockIdx.x;
     const int kvh = blockIdx.y / head_groups, hg = blockIdx.y % head_groups;
@@ -121,9 +154,16 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
     const int* table = block_tables + (int64_t)b * bt_stride;
     const int first = page_begin + warp;
     const int mine = first < page_end ? (page_end - first + WARPS - 1) / WARPS : 0;
-    auto copy = [&](int slot, int i) {
+    // Lane j holds the block id of the warp's page i with i % 32 = j, for the 32 pages from the
+    // last multiple of 32 on: one table load per 32 pages instead of one in each page's copy.
+    int ids = 0;
+    auto copy = [&](int slot, int i) {  // warp-uniform, i increasing
+        if ((i & 31) == 0) {
+            const int p = first + (i + lane) * WARPS;
+            ids = p < page_end ? table[p] : 0;
+        }
         const int p = first + i * WARPS;
-        const int64_t off = ((int64_t)table[p] * Hkv + kvh) * BLOCK * D;
+        const int64_t off = ((int64_t)__shfl_sync(0xffffffffu, ids, i & 31) * Hkv + kvh) * BLOCK * D;
         const int rows = min(BLOCK, ctx - p * BLOCK);
         copy_page<D>(ring + slot * 2 * PAGE, k_cache + off, rows, lane);
         copy_page<D>(ring + slot * 2 * PAGE + PAGE, v_cache + off, rows, lane);
@@ -155,6 +195,10 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
     for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.f, l1 = 0.f;
     const int mi = lane >> 3, mr = lane & 7;
+    // ldmatrix row addresses: K rows (tokens) (mi / 2) * 8 + mr at column half mi % 2; V rows
+    // (mi % 2) * 8 + mr at column half mi / 2 (transposed).
+    const int kr = (mi >> 1) * 8 + mr, kc = (mi & 1) * 8;
+    const int vr = (mi & 1) * 8 + mr, vc = (mi >> 1) * 8;
 
     for (int i = 0; i < mine; ++i) {
         __syncwarp();  // every lane is done with the slot the next copy overwrites
@@ -163,8 +207,8 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
         cp_async_commit();
         cp_async_wait<NST - 1>();
         __syncwarp();  // the page's chunks copied by the other lanes are visible
-        const __nv_bfloat16* Kt = ring + (i % NST) * 2 * PAGE;
-        const __nv_bfloat16* Vt = Kt + PAGE;
+        const uint32_t Kt = ring + (i % NST) * 2 * PAGE;
+        const uint32_t Vt = Kt + PAGE;
         const int t0 = (first + i * WARPS) * BLOCK;
 
         float s[2][4];
@@ -173,7 +217,7 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
             uint32_t bk[4];
-            ldmatrix_x4(bk, Kt + ((mi >> 1) * 8 + mr) * LDS + kk * 16 + (mi & 1) * 8);
+            ldsm_x4(bk, Kt + swz<D>(kr, kk * 16 + kc));
             mma(s[0], qa[kk], bk[0], bk[1]);
             mma(s[1], qa[kk], bk[2], bk[3]);
         }
@@ -222,14 +266,14 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
 #pragma unroll
         for (int dp = 0; dp < D / 16; ++dp) {
             uint32_t bv[4];
-            ldmatrix_x4_trans(bv, Vt + ((mi & 1) * 8 + mr) * LDS + dp * 16 + (mi >> 1) * 8);
+            ldsm_x4_trans(bv, Vt + swz<D>(vr, dp * 16 + vc));
             mma(o[2 * dp], pa, bv[0], bv[1]);
             mma(o[2 * dp + 1], pa, bv[2], bv[3]);
         }
     }
 
-    // Merge the four warps: rows' (m, l) and O through shared memory (the ring is free once
-    // every warp is past its loop).
+    // Merge the warps: rows' (m, l) and O through shared memory (the ring is free once every
+    // warp is past its loop).
 #pragma unroll
     for (int off = 1; off < 4; off <<= 1) {
         l0 += __shfl_xor_sync(0xffffffffu, l0, off);
@@ -242,10 +286,8 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
 #pragma unroll
     for (int d = 0; d < D / 8; ++d) {
         const int col = d * 8 + 2 * c;
-        wo[(warp * 16 + r0) * D + col] = o[d][0];
-        wo[(warp * 16 + r0) * D + col + 1] = o[d][1];
-        wo[(warp * 16 + r1) * D + col] = o[d][2];
-        wo[(warp * 16 + r1) * D + col + 1] = o[d][3];
+        *reinterpret_cast<float2*>(wo + (warp * 16 + r0) * D + col) = make_float2(o[d][0], o[d][1]);
+        *reinterpret_cast<float2*>(wo + (warp * 16 + r1) * D + col) = make_float2(o[d][2], o[d][3]);
     }
     if (c == 0) {
         wm[warp * 16 + r0] = m0;
@@ -282,17 +324,19 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
     if (num_splits > 1 && counters)
         merge_if_last<D>(counters, b, Hq, head0, gcount, num_splits, part_acc, part_ml, out, out_stride);
 }
+
 }  // namespace paged_decode_mma
 
-#define PAGED_DECODE_MMA(D)                                                                                    \
+#define PAGED_DECODE_MMA(D, NST)                                                                              \
     extern "C" __global__ void __launch_bounds__(128) paged_decode_mma_bf16_d##D(                              \
         const __nv_bfloat16* q, int64_t q_stride, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache, \
         const int* block_tables, int bt_stride, const int* context_lens, int Hq, int Hkv, int head_groups,      \
         float scale_log2, int split_pages, int num_splits, float* part_acc, float* part_ml,                    \
         __nv_bfloat16* out, int64_t out_stride, int* counters) {                                               \
-        paged_decode_mma::run<D>(q, q_stride, k_cache, v_cache, block_tables, bt_stride, context_lens, Hq,     \
-                                 Hkv, head_groups, scale_log2, split_pages, num_splits, part_acc, part_ml,     \
-                                 out, out_stride, counters);                                                   \
+        paged_decode_mma::run<D, 4, NST>(q, q_stride, k_cache, v_cache, block_tables, bt_stride, context_lens, \
+                                         Hq, Hkv, head_groups, scale_log2, split_pages, num_splits, part_acc,  \
+                                         part_ml, out, out_stride, counters);                                  \
     }
-PAGED_DECODE_MMA(64)
-PAGED_DECODE_MMA(128)
+// Shared memory (paged_decode.rs computes the same): smem_bytes(D, 4, NST).
+PAGED_DECODE_MMA(64, 4)
+PAGED_DECODE_MMA(128, 3)

@@ -52,9 +52,9 @@ const MAX_SPLIT_PAGES: usize = 32;
 const MIN_SPLIT_PAGES: usize = 4;
 /// CUDA-core kernel: splits shrink (halving from MAX_SPLIT_PAGES) until the grid fills the
 /// blocks that fit an SM at once: the D = 128 kernel uses 128 registers x 128 threads (4 blocks
-/// per SM). The tensor-core kernel (168 registers and 68 KiB of shared memory at D = 128: 3
-/// blocks per SM) is planned from the driver's occupancy figure (see [`mma_splits`]);
-/// RESIDENT_MMA is its fallback and the fixed plan's (the default).
+/// per SM). The tensor-core kernel (168 registers and 96 KiB of shared memory at D = 128: 2
+/// blocks per SM) is planned by [`mma_resident_splits`] by default; RESIDENT_MMA is the
+/// occupancy fallback of the waves plan (see [`mma_splits`]) and the fixed plan's figure.
 const RESIDENT_CUDA: usize = 4;
 const RESIDENT_MMA: usize = 3;
 /// Waves of resident blocks the CUDA-core kernel's splits aim for (`TANDEM_DECODE_WAVES`, read
@@ -81,21 +81,47 @@ fn waves_override() -> Option<usize> {
             .filter(|&w| (1..=64).contains(&w))
     })
 }
-/// Switches of the tensor-core path, read once. By default it is planned as the CUDA-core
-/// kernel is (splits of a fixed power-of-two page count, blocks per SM from RESIDENT_MMA);
-/// `TANDEM_DECODE_PLAN=waves` plans it by the driver's occupancy into few full waves with each
-/// sequence's pages dealt evenly over its splits (on an H200 it measured within a few points of
-/// the fixed plan, not yet side by side in one run, so it is not the default), and with that
-/// plan `TANDEM_DECODE_FUSE=0` merges the splits in the separate reduce launch instead of in
-/// the last block of each group.
-fn mma_fixed_plan() -> bool {
-    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("TANDEM_DECODE_PLAN").map_or(true, |v| v != "waves"))
+/// How the tensor-core path is planned (`TANDEM_DECODE_PLAN`, read once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MmaPlan {
+    /// The default: the fewest splits that give nearly every SM a block (see
+    /// [`mma_resident_splits`]), each sequence's pages dealt evenly over them, merged by the
+    /// reduce launch.
+    Resident,
+    /// `fixed`: as the CUDA-core kernel is planned (splits of a fixed power-of-two page count,
+    /// RESIDENT_MMA blocks per SM), merged by the reduce launch.
+    Fixed,
+    /// `waves`: by the driver's occupancy into few full waves (see [`mma_splits`]), pages dealt
+    /// evenly, merged in the last block of each group unless `TANDEM_DECODE_FUSE=0`.
+    Waves,
+}
+fn mma_plan() -> MmaPlan {
+    static V: std::sync::OnceLock<MmaPlan> = std::sync::OnceLock::new();
+    *V.get_or_init(|| match std::env::var("TANDEM_DECODE_PLAN").as_deref() {
+        Ok("fixed") => MmaPlan::Fixed,
+        Ok("waves") => MmaPlan::Waves,
+        _ => MmaPlan::Resident,
+    })
 }
 fn mma_fused_merge() -> bool {
     static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *V.get_or_init(|| std::env::var("TANDEM_DECODE_FUSE").map_or(true, |v| v != "0"))
 }
+/// The fraction of the SMs the resident plan's blocks must cover (see [`mma_resident_splits`]).
+const MIN_SM_FILL: f64 = 0.9;
+
+/// Splits per (sequence, kv head, head group) of the default tensor-core plan: `base` such
+/// groups, `sms` SMs, contexts of up to `max_pages` pages. The fewest splits whose `base *
+/// splits` blocks cover MIN_SM_FILL of the SMs: on an H100 one 4-warp block per SM already
+/// streamed at the copy bandwidth (16 x 4096 tokens, 8 kv heads: 128 blocks on 132 SMs), and
+/// every further split cost more than it gained (more blocks per SM contend, partials, the
+/// merge). A split keeps at least MIN_SPLIT_PAGES pages.
+fn mma_resident_splits(base: usize, sms: usize, max_pages: usize) -> usize {
+    let cap = max_pages.div_ceil(MIN_SPLIT_PAGES).max(1);
+    let want = (MIN_SM_FILL * sms as f64 / base.max(1) as f64).ceil() as usize;
+    want.clamp(1, cap)
+}
+
 /// The fraction of the resident-block slots over all waves a tensor-core plan must fill before
 /// the planner stops adding waves (see [`mma_splits`]).
 const MIN_WAVE_FILL: f64 = 0.9;
@@ -138,9 +164,15 @@ const MAX_GROUP_CUDA: usize = 4;
 const MAX_GROUP_MMA: usize = 16;
 const THREADS: u32 = 128;
 const WARPS: usize = 4;
-/// Ring slots per warp of the tensor-core kernel (its NST), each a K and a V page with rows
-/// padded by 8 elements.
-const MMA_STAGES: usize = 2;
+/// Ring slots per warp of the tensor-core kernel (its NST), each a K and a V page (swizzled, no
+/// padding): 3 at D = 128 and 4 at D = 64, as `paged_decode_mma.cu` instantiates them.
+fn mma_stages(d: usize) -> usize {
+    if d == 64 {
+        4
+    } else {
+        3
+    }
+}
 
 fn check(
     what: &'static str,
@@ -441,7 +473,7 @@ impl SplitPlan {
         let base = b * hkv * groups;
         let (name, smem): (&'static str, usize) = match (kernel, d, maxg) {
             (DecodeKernel::TensorCores, _, _) => {
-                let ring = WARPS * MMA_STAGES * 2 * BLOCK_TOKENS * (d + 8) * 2;
+                let ring = WARPS * mma_stages(d) * 2 * BLOCK_TOKENS * d * 2;
                 let merge = (WARPS * 16 * d + 2 * WARPS * 16) * 4;
                 let name = if d == 64 {
                     "paged_decode_mma_bf16_d64"
@@ -457,7 +489,19 @@ impl SplitPlan {
             (_, _, 2) => ("paged_decode_bf16_d128_g2", 0),
             _ => ("paged_decode_bf16_d128_g4", 0),
         };
-        if kernel == DecodeKernel::TensorCores && !mma_fixed_plan() {
+        let plan = mma_plan();
+        if kernel == DecodeKernel::TensorCores && plan == MmaPlan::Resident {
+            let num_splits = mma_resident_splits(base, gpu.sms() as usize, max_pages);
+            return SplitPlan {
+                groups,
+                split_pages: 0,
+                num_splits,
+                name,
+                smem,
+                fused: false,
+            };
+        }
+        if kernel == DecodeKernel::TensorCores && plan == MmaPlan::Waves {
             // Blocks per SM as the driver computes them for this kernel and shared memory (the
             // D = 64 kernel fits more than RESIDENT_MMA).
             let per_sm = gpu
@@ -914,6 +958,14 @@ mod tests {
         assert_eq!(mma_splits(128, s64, 256, None), 5);
         // 64 x 8: one split would leave most of a second wave idle; three fill four waves.
         assert_eq!(mma_splits(512, s128, 256, None), 3);
+        // The resident plan on 132 SMs: 16 x 8 kv heads and more take one split; fewer groups
+        // split until 90 % of the SMs have a block, at least MIN_SPLIT_PAGES pages a split.
+        assert_eq!(mma_resident_splits(128, 132, 256), 1);
+        assert_eq!(mma_resident_splits(512, 132, 256), 1);
+        assert_eq!(mma_resident_splits(32, 132, 512), 4);
+        assert_eq!(mma_resident_splits(8, 132, 2048), 15);
+        assert_eq!(mma_resident_splits(8, 132, 20), 5);
+        assert_eq!(mma_resident_splits(1, 132, 1), 1);
         // Forced waves; at least MIN_SPLIT_PAGES pages a split; at least one split.
         assert_eq!(mma_splits(128, s128, 256, Some(2)), 6);
         assert_eq!(mma_splits(1, s128, 10, None), 3);
