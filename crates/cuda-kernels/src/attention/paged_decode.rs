@@ -110,16 +110,32 @@ fn mma_fused_merge() -> bool {
 /// The fraction of the SMs the resident plan's blocks must cover (see [`mma_resident_splits`]).
 const MIN_SM_FILL: f64 = 0.9;
 
-/// Splits per (sequence, kv head, head group) of the default tensor-core plan: `base` such
-/// groups, `sms` SMs, contexts of up to `max_pages` pages. The fewest splits whose `base *
-/// splits` blocks cover MIN_SM_FILL of the SMs: on an H100 one 4-warp block per SM already
-/// streamed at the copy bandwidth (16 x 4096 tokens, 8 kv heads: 128 blocks on 132 SMs), and
-/// every further split cost more than it gained (more blocks per SM contend, partials, the
-/// merge). A split keeps at least MIN_SPLIT_PAGES pages.
-fn mma_resident_splits(base: usize, sms: usize, max_pages: usize) -> usize {
+/// How much longer than the even share of an SM the longest block of the resident plan may
+/// run before the plan splits the long contexts (see [`mma_resident_splits`]).
+const MAX_BLOCK_OVER_SHARE: f64 = 1.5;
+
+/// Splits per (sequence, kv head, head group) of the default tensor-core plan: for the
+/// groups (`seqs` sequences of `groups_per_seq`), `sms` SMs, contexts of up to `max_pages`
+/// pages, `total_pages` pages over all the sequences. The fewest splits whose blocks cover
+/// MIN_SM_FILL of the SMs: on an H100 one 4-warp block per SM already streamed at the copy bandwidth (16 x 4096 tokens, 8 kv
+/// heads: 128 blocks on 132 SMs), and every further split cost more than it gained (more blocks
+/// per SM contend, partials, the merge). Ragged contexts split further, until the longest
+/// block holds at most MAX_BLOCK_OVER_SHARE times an SM's even share of all the pages: one
+/// 64k-token sequence among fifteen of 1k would otherwise leave its few blocks streaming long
+/// after every other SM is idle. A split keeps at least MIN_SPLIT_PAGES pages.
+fn mma_resident_splits(
+    seqs: usize,
+    groups_per_seq: usize,
+    sms: usize,
+    max_pages: usize,
+    total_pages: usize,
+) -> usize {
     let cap = max_pages.div_ceil(MIN_SPLIT_PAGES).max(1);
-    let want = (MIN_SM_FILL * sms as f64 / base.max(1) as f64).ceil() as usize;
-    want.clamp(1, cap)
+    let base = (seqs * groups_per_seq).max(1);
+    let fill = (MIN_SM_FILL * sms as f64 / base as f64).ceil() as usize;
+    let share = (total_pages * groups_per_seq) as f64 / sms.max(1) as f64;
+    let balance = (max_pages as f64 / (MAX_BLOCK_OVER_SHARE * share).max(1.0)).ceil() as usize;
+    fill.max(balance).clamp(1, cap)
 }
 
 /// The fraction of the resident-block slots over all waves a tensor-core plan must fill before
@@ -341,7 +357,10 @@ pub fn paged_decode_bf16_scratch(
             (sc.plan, None, Some(sc))
         }
         None => {
-            let plan = SplitPlan::new(gpu, b, cache, g, kernel.pick(g), max_pages);
+            let total_pages = (seqs.context_lens.host().iter())
+                .map(|&c| (c.max(0) as usize).div_ceil(BLOCK_TOKENS))
+                .sum();
+            let plan = SplitPlan::new(gpu, b, cache, g, kernel.pick(g), max_pages, total_pages);
             let parts = plan.parts(b, q_rows.heads);
             // SAFETY: uninitialized scratch; the kernel writes every partial the reduce reads
             // (an empty split writes its (m, l) and the reduce skips its acc).
@@ -454,8 +473,8 @@ struct SplitPlan {
 }
 
 impl SplitPlan {
-    /// The plan for `b` sequences of at most `max_pages` pages, `g` q heads per kv head, with
-    /// `kernel` already picked.
+    /// The plan for `b` sequences of at most `max_pages` pages, `total_pages` in all, `g` q
+    /// heads per kv head, with `kernel` already picked.
     fn new(
         gpu: &Gpu,
         b: usize,
@@ -463,6 +482,7 @@ impl SplitPlan {
         g: usize,
         kernel: DecodeKernel,
         max_pages: usize,
+        total_pages: usize,
     ) -> Self {
         let (d, hkv) = (cache.head_dim, cache.kv_heads);
         let (maxg, resident) = match kernel {
@@ -491,7 +511,8 @@ impl SplitPlan {
         };
         let plan = mma_plan();
         if kernel == DecodeKernel::TensorCores && plan == MmaPlan::Resident {
-            let num_splits = mma_resident_splits(base, gpu.sms() as usize, max_pages);
+            let num_splits =
+                mma_resident_splits(b, hkv * groups, gpu.sms() as usize, max_pages, total_pages);
             return SplitPlan {
                 groups,
                 split_pages: 0,
@@ -596,7 +617,8 @@ impl DecodeScratch {
             return Err(shape_err(format!("{what}: max_pages must be at least 1")));
         }
         let kernel = kernel.pick(g);
-        let plan = SplitPlan::new(gpu, seqs, cache, g, kernel, max_pages);
+        // Planned once for every step it serves, as if every context were the longest.
+        let plan = SplitPlan::new(gpu, seqs, cache, g, kernel, max_pages, seqs * max_pages);
         let parts = plan.parts(seqs, q_heads);
         Ok(DecodeScratch {
             seqs,
@@ -960,12 +982,17 @@ mod tests {
         assert_eq!(mma_splits(512, s128, 256, None), 3);
         // The resident plan on 132 SMs: 16 x 8 kv heads and more take one split; fewer groups
         // split until 90 % of the SMs have a block, at least MIN_SPLIT_PAGES pages a split.
-        assert_eq!(mma_resident_splits(128, 132, 256), 1);
-        assert_eq!(mma_resident_splits(512, 132, 256), 1);
-        assert_eq!(mma_resident_splits(32, 132, 512), 4);
-        assert_eq!(mma_resident_splits(8, 132, 2048), 15);
-        assert_eq!(mma_resident_splits(8, 132, 20), 5);
-        assert_eq!(mma_resident_splits(1, 132, 1), 1);
+        let even =
+            |b: usize, gps: usize, pages: usize| mma_resident_splits(b, gps, 132, pages, b * pages);
+        assert_eq!(even(16, 8, 256), 1);
+        assert_eq!(even(64, 8, 256), 1);
+        assert_eq!(even(4, 8, 512), 4);
+        assert_eq!(even(1, 8, 2048), 15);
+        assert_eq!(even(1, 8, 20), 5);
+        assert_eq!(even(1, 1, 1), 1);
+        // Ragged: one sequence of 4096 pages among fifteen of 64 splits until its blocks hold at
+        // most 1.5 times an SM's share (5056 pages x 8 groups / 132 SMs = 306): 9 splits.
+        assert_eq!(mma_resident_splits(16, 8, 132, 4096, 4096 + 15 * 64), 9);
         // Forced waves; at least MIN_SPLIT_PAGES pages a split; at least one split.
         assert_eq!(mma_splits(128, s128, 256, Some(2)), 6);
         assert_eq!(mma_splits(1, s128, 10, None), 3);
