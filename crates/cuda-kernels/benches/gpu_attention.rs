@@ -99,6 +99,62 @@ fn benches(c: &mut Criterion) {
         });
     }
 
+    // Decode over a ragged batch: one sequence of 65536 tokens among fifteen of 1024 (32 q / 8
+    // kv heads x 128), one-shot launches (planned from the host's context lengths).
+    {
+        let (hq, hkv, d) = (32usize, 8usize, 128usize);
+        let lens: Vec<usize> = std::iter::once(65536).chain([1024; 15]).collect();
+        let b = lens.len();
+        let width = lens.iter().max().unwrap() / BLOCK_TOKENS;
+        let total: usize = lens.iter().map(|l| l / BLOCK_TOKENS).sum();
+        let cache = KvShape {
+            num_blocks: total,
+            kv_heads: hkv,
+            head_dim: d,
+        };
+        let kc = s.clone_htod(&rand_bf16(cache.elems(), 1)).unwrap();
+        let vc = s.clone_htod(&rand_bf16(cache.elems(), 2)).unwrap();
+        // Each sequence's blocks back to back; table rows padded with block 0 past the context.
+        let mut tables = vec![0i32; b * width];
+        let mut next = 0i32;
+        for (i, l) in lens.iter().enumerate() {
+            for p in 0..l / BLOCK_TOKENS {
+                tables[i * width + p] = next;
+                next += 1;
+            }
+        }
+        let dt = DeviceIds::upload(&s, &tables).unwrap();
+        let ctx: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
+        let dl = DeviceIds::upload(&s, &ctx).unwrap();
+        let q = s.clone_htod(&rand_bf16(b * hq * d, 3)).unwrap();
+        let mut out = s.alloc_zeros::<bf16>(b * hq * d).unwrap();
+        let kv_bytes = 2 * cache.elems() as u64 * 2;
+        let name =
+            format!("gpu_paged_decode_bf16/mma_ragged_b{b}_ctx64kx1_1kx15_h{hq}_kv{hkv}_d{d}");
+        bench(&mut g, &gpu, &name, Throughput::Bytes(kv_bytes), || {
+            let seqs = DecodeSeqs {
+                block_tables: &dt,
+                table_width: width,
+                context_lens: &dl,
+            };
+            let rows = HeadRows::packed(b, hq, d);
+            paged_decode_bf16_with(
+                &gpu,
+                &s,
+                &q,
+                rows,
+                cache,
+                &kc,
+                &vc,
+                seqs,
+                0.088,
+                &mut out,
+                DecodeKernel::TensorCores,
+            )
+            .unwrap()
+        });
+    }
+
     // Prefill: one sequence of `len` tokens, 32 heads of 128 (the anchor's SDPA shape), a
     // packed batch of 8 x 1024 with GQA, and heads of 64.
     for (lens, hq, hkv, d) in [
