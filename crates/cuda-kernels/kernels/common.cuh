@@ -4,6 +4,22 @@
 #include <stdint.h>
 
 namespace tandem {
+
+// Programmatic dependent launch (sm_90 and later; src/launch.rs): pdl_wait() returns once the
+// kernel before this one in the stream has completed and its writes are visible; a kernel the
+// launcher starts with PDL calls it before any access that depends on earlier work. pdl_trigger()
+// lets the next such kernel be scheduled (it then runs up to its own wait). Both do nothing on
+// older GPUs and after an ordinary launch.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ __nv_bfloat16 to_bf16(float x) { return __float2bfloat16(x); }
 

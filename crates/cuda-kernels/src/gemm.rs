@@ -12,7 +12,8 @@
 //! One-row calls (batch-1 decode; k a multiple of 8, x and w 16-byte aligned) go to the GEMV
 //! kernel of [`crate::gemv`] instead, which streams the weight about as fast as cuBLASLt and
 //! fuses LLaMA's SiLU·mul into gate/up (see `GEMV_AUTO_MAX_M` for the measured limit);
-//! `TANDEM_GEMV=0` (read once per process) sends every call to cuBLASLt. [`Blas::linear_bf16_lt`] and [`Blas::linear_silu_mul_bf16_lt`] always take the
+//! `TANDEM_GEMV=0` (read once per process) sends every call to cuBLASLt, `TANDEM_GEMV=all`
+//! every qualifying one-row call to the GEMV kernel. [`Blas::linear_bf16_lt`] and [`Blas::linear_silu_mul_bf16_lt`] always take the
 //! cuBLASLt path (tests and benches compare the two).
 
 use std::collections::HashMap;
@@ -41,6 +42,13 @@ const GEMV_AUTO_MIN_N_PER_K: usize = 2;
 fn gemv_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("TANDEM_GEMV").map_or(true, |v| v != "0"))
+}
+
+/// Whether every one-row product the GEMV kernel qualifies for goes there, not only wide
+/// weights (`TANDEM_GEMV=all`, read once).
+fn gemv_all() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TANDEM_GEMV").is_ok_and(|v| v == "all"))
 }
 
 /// What cuBLASLt adds after the product.
@@ -270,7 +278,10 @@ impl Blas {
         accumulate: bool,
         y: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
-        if self.use_gemv && (1..=GEMV_AUTO_MAX_M).contains(&m) && n >= GEMV_AUTO_MIN_N_PER_K * k {
+        if self.use_gemv
+            && (1..=GEMV_AUTO_MAX_M).contains(&m)
+            && (n >= GEMV_AUTO_MIN_N_PER_K * k || (m == 1 && gemv_all()))
+        {
             let s = &self.stream;
             let fits = {
                 let (px, _gx) = x.device_ptr(s);

@@ -11,7 +11,7 @@
 //! Requirements: `k % 8 == 0` and `x`, `w` 16-byte aligned ([`Gemv::qualifies`]); a call that
 //! does not meet them is an error here, and `Blas` sends it to cuBLASLt instead.
 
-use cudarc::driver::{CudaFunction, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaStream, DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use crate::gemm::Epilogue;
@@ -61,6 +61,8 @@ fn ksplit_override() -> Option<usize> {
 pub struct Gemv {
     fns: Vec<CudaFunction>,
     sms: u32,
+    /// Launch with PDL ([`crate::launch::pdl_enabled`]).
+    pdl: bool,
 }
 
 impl Gemv {
@@ -71,6 +73,7 @@ impl Gemv {
                 .map(|n| gpu.function(n))
                 .collect::<Result<_>>()?,
             sms: gpu.sms(),
+            pdl: crate::launch::pdl_enabled(gpu),
         })
     }
 
@@ -140,7 +143,7 @@ impl Gemv {
         };
         let (n, k, ks) = (n_out as i64, k as i64, ks as i32);
         let f = &self.fns[m - 1];
-        let mut b = stream.launch_builder(f);
+        let mut b = crate::launch::Launch::new(stream, f, self.pdl);
         b.arg(&n)
             .arg(&k)
             .arg(&px)

@@ -5,7 +5,7 @@
 //! bf16, identical on GPU and CPU, so moving a sequence between tiers copies whole blocks. A
 //! token's slot is `block * BLOCK_TOKENS + offset`.
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use crate::position::HeadRows;
@@ -135,7 +135,7 @@ pub fn kv_append_bf16(
         cache.head_dim as i32,
     );
     let (ks, vs) = (k_rows.token_stride as i64, v_rows.token_stride as i64);
-    let mut b = stream.launch_builder(&f);
+    let mut b = crate::launch::Launch::new(stream, &f, crate::launch::pdl_enabled(gpu));
     b.arg(&t)
         .arg(&h)
         .arg(&d)

@@ -23,6 +23,7 @@ pub mod gemm;
 pub mod gemv;
 pub mod ids;
 pub mod kv;
+pub mod launch;
 pub mod norm;
 pub mod position;
 pub mod sampling;

@@ -89,7 +89,7 @@ fn launch_rms(
     let (pw, _gw) = weight.device_ptr(stream);
     let (po, _go) = out.device_ptr_mut(stream);
     let (r, h) = (rows as i64, hidden as i64);
-    let mut b = stream.launch_builder(&f);
+    let mut b = crate::launch::Launch::new(stream, &f, crate::launch::pdl_enabled(gpu));
     b.arg(&r)
         .arg(&h)
         .arg(&pr)

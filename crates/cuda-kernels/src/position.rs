@@ -95,7 +95,7 @@ pub fn rope_bf16(
         rows.head_dim as i32,
         rows.token_stride as i64,
     );
-    let mut b = stream.launch_builder(&f);
+    let mut b = crate::launch::Launch::new(stream, &f, crate::launch::pdl_enabled(gpu));
     b.arg(&t)
         .arg(&h)
         .arg(&d)

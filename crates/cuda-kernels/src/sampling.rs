@@ -1,6 +1,6 @@
 //! Greedy sampling (`kernels/sampling/argmax.cu`): the index of the largest logit of each row.
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
 use crate::{check_len, shape_err, Gpu, Result};
@@ -56,7 +56,7 @@ pub fn argmax_bf16(
         block_dim: (ARGMAX_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut b = stream.launch_builder(&f);
+    let mut b = crate::launch::Launch::new(stream, &f, crate::launch::pdl_enabled(gpu));
     b.arg(&r).arg(&v).arg(&pl).arg(&po);
     // SAFETY: (rows, vocab, const bf16* logits, int* out); logits hold rows*vocab, out rows.
     unsafe { b.launch(cfg) }?;

@@ -248,6 +248,8 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
         const int* block_tables, int bt_stride, const int* context_lens, int Hq, int Hkv, int head_groups,      \
         float scale_log2, int split_pages, int num_splits, float* part_acc, float* part_ml,                    \
         __nv_bfloat16* out, int64_t out_stride) {                                                              \
+        tandem::pdl_wait();                                                                                    \
+        tandem::pdl_trigger();                                                                                 \
         paged_decode::run<D, MAXG>(q, q_stride, k_cache, v_cache, block_tables, bt_stride, context_lens, Hq,   \
                                    Hkv, head_groups, scale_log2, split_pages, num_splits, part_acc, part_ml,   \
                                    out, out_stride);                                                           \
@@ -263,6 +265,8 @@ PAGED_DECODE(128, 4)
 extern "C" __global__ void paged_decode_reduce_bf16(int Hq, int D, int num_splits, const float* __restrict__ part_acc,
                                                     const float* __restrict__ part_ml,
                                                     __nv_bfloat16* __restrict__ out, int64_t out_stride) {
+    tandem::pdl_wait();
+    tandem::pdl_trigger();
     const int h = blockIdx.x, b = blockIdx.y;
     const int64_t row0 = ((int64_t)b * Hq + h) * num_splits;
     for (int d = threadIdx.x; d < D; d += blockDim.x)

@@ -333,6 +333,8 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
         const int* block_tables, int bt_stride, const int* context_lens, int Hq, int Hkv, int head_groups,      \
         float scale_log2, int split_pages, int num_splits, float* part_acc, float* part_ml,                    \
         __nv_bfloat16* out, int64_t out_stride, int* counters) {                                               \
+        tandem::pdl_wait();                                                                                    \
+        tandem::pdl_trigger();                                                                                 \
         paged_decode_mma::run<D, 4, NST>(q, q_stride, k_cache, v_cache, block_tables, bt_stride, context_lens, \
                                          Hq, Hkv, head_groups, scale_log2, split_pages, num_splits, part_acc,  \
                                          part_ml, out, out_stride, counters);                                  \

@@ -181,6 +181,10 @@ __device__ __forceinline__ void gemv_body(int64_t n, int64_t k, const __nv_bfloa
     if (c + (UNROLL - 1) * stride < chunks) {
         uint4 cur[UNROLL][R];
         load_batch<UNROLL, R>(cur, wr, c, stride);
+        // Under PDL the first batch of W (which no kernel writes) is on its way while the kernel
+        // before finishes; x and y only after it has.
+        tandem::pdl_wait();
+        tandem::pdl_trigger();
         while (true) {
             const int64_t cn = c + UNROLL * stride;
             const bool more = cn + (UNROLL - 1) * stride < chunks;
@@ -196,6 +200,8 @@ __device__ __forceinline__ void gemv_body(int64_t n, int64_t k, const __nv_bfloa
                 for (int r = 0; r < R; ++r) cur[u][r] = nxt[u][r];
         }
     }
+    tandem::pdl_wait();  // (returns at once if the branch above waited)
+    tandem::pdl_trigger();
     for (; c < chunks; c += stride) {
         uint4 wv[1][R];
         load_batch<1, R>(wv, wr, c, stride);

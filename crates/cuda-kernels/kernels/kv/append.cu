@@ -17,6 +17,8 @@ extern "C" __global__ void kv_append_bf16(int64_t tokens, int heads, int D, cons
                                           int64_t k_stride, const __nv_bfloat16* __restrict__ v, int64_t v_stride,
                                           const int* __restrict__ slots, __nv_bfloat16* __restrict__ k_cache,
                                           __nv_bfloat16* __restrict__ v_cache) {
+    tandem::pdl_wait();
+    tandem::pdl_trigger();
     // D / 8 is 8 or 16: shifts instead of 64-bit divisions.
     const int shift = D == 128 ? 4 : 3, d8 = 1 << shift;
     const int64_t n = tokens * heads * d8, stride = tandem::gstride();

@@ -121,6 +121,8 @@ __device__ __forceinline__ void rows(int64_t n_rows, int64_t H, __nv_bfloat16* r
     extern "C" __global__ void __launch_bounds__(1024)                                                         \
         NAME(int64_t rows, int64_t H, __nv_bfloat16* residual, const __nv_bfloat16* delta,                     \
              const __nv_bfloat16* weight, float eps, __nv_bfloat16* out) {                                     \
+        tandem::pdl_wait();                                                                                    \
+        tandem::pdl_trigger();                                                                                 \
         rms_norm::rows<VPT>(rows, H, residual, delta, weight, eps, out);                                       \
     }
 RMS_NORM(rms_norm_bf16, 0)

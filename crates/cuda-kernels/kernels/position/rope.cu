@@ -21,6 +21,8 @@ constexpr int HEADS_PER_THREAD = 8;
 
 extern "C" __global__ void rope_bf16(int64_t tokens, int heads, int D, int64_t token_stride, __nv_bfloat16* x,
                                      const int* __restrict__ positions, const float* __restrict__ inv_freq) {
+    tandem::pdl_wait();
+    tandem::pdl_trigger();
     const int half = D / 2;
     if (half % 8 == 0 && token_stride % 8 == 0 && tandem::aligned16(x)) {
         const int chunks = half / 8;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
 use super::{gqa_group, LOG2E};
@@ -412,7 +412,7 @@ pub fn paged_decode_bf16_scratch(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: smem as u32,
     };
-    let mut lb = stream.launch_builder(&f);
+    let mut lb = crate::launch::Launch::new(stream, &f, crate::launch::pdl_enabled(gpu));
     lb.arg(&pq)
         .arg(&q_stride)
         .arg(&pk)
@@ -444,7 +444,7 @@ pub fn paged_decode_bf16_scratch(
             block_dim: (d as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut lb = stream.launch_builder(&f);
+        let mut lb = crate::launch::Launch::new(stream, &f, crate::launch::pdl_enabled(gpu));
         lb.arg(&hq_i)
             .arg(&d_i)
             .arg(&ns)
