@@ -91,17 +91,6 @@ __device__ __forceinline__ uint32_t swz(int r, int col) {
     return (uint32_t)(r * D + (((col >> 3) ^ (r & 7)) << 3)) * 2;
 }
 
-__device__ __forceinline__ void ldsm_x4(uint32_t* r, uint32_t a) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t* r, uint32_t a) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-
 // Copies one page of one kv head to the shared-window address dst; token rows >= `rows` (past
 // the context end, where a stale cache may hold anything, NaN included) are written as zeros,
 // since a zero softmax weight times NaN would still be NaN in the P V product.
@@ -217,7 +206,7 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
             uint32_t bk[4];
-            ldsm_x4(bk, Kt + swz<D>(kr, kk * 16 + kc));
+            ldmatrix_x4(bk, Kt + swz<D>(kr, kk * 16 + kc));
             mma(s[0], qa[kk], bk[0], bk[1]);
             mma(s[1], qa[kk], bk[2], bk[3]);
         }
@@ -266,7 +255,7 @@ __device__ __forceinline__ void run(const __nv_bfloat16* __restrict__ q, int64_t
 #pragma unroll
         for (int dp = 0; dp < D / 16; ++dp) {
             uint32_t bv[4];
-            ldsm_x4_trans(bv, Vt + swz<D>(vr, dp * 16 + vc));
+            ldmatrix_x4_trans(bv, Vt + swz<D>(vr, dp * 16 + vc));
             mma(o[2 * dp], pa, bv[0], bv[1]);
             mma(o[2 * dp + 1], pa, bv[2], bv[3]);
         }

@@ -21,18 +21,23 @@ __device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, ui
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+// Four 8x8 b16 matrices from shared memory (at a shared-window address, or a generic pointer to
+// shared memory), plain or transposed.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t a) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
 }
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+    ldmatrix_x4(r, (uint32_t)__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, uint32_t a) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
+    ldmatrix_x4_trans(r, (uint32_t)__cvta_generic_to_shared(p));
 }
 
 // 16 bytes global -> shared (at a shared-window address, or a generic pointer to shared
