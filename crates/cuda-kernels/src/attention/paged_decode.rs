@@ -8,6 +8,7 @@ use half::bf16;
 
 use super::{gqa_group, LOG2E};
 use crate::kv::{KvShape, BLOCK_TOKENS};
+use crate::launch::Launch;
 use crate::position::HeadRows;
 use crate::{check_len, shape_err, DeviceIds, Error, Gpu, Result};
 
@@ -412,7 +413,7 @@ pub fn paged_decode_bf16_scratch(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: smem as u32,
     };
-    let mut lb = crate::launch::Launch::new(stream, &f, crate::launch::pdl_enabled(gpu));
+    let mut lb = Launch::new(gpu, stream, &f);
     lb.arg(&pq)
         .arg(&q_stride)
         .arg(&pk)
@@ -444,7 +445,7 @@ pub fn paged_decode_bf16_scratch(
             block_dim: (d as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut lb = crate::launch::Launch::new(stream, &f, crate::launch::pdl_enabled(gpu));
+        let mut lb = Launch::new(gpu, stream, &f);
         lb.arg(&hq_i)
             .arg(&d_i)
             .arg(&ns)
@@ -820,8 +821,8 @@ mod tests {
             context_lens: lens,
         };
         paged_decode_bf16_ref(&q, rows, cache, &kc, &vc, seqs, scale, &mut want).unwrap();
-        // One launch through a planned scratch, into a poisoned output.
-        let run_scratch = |kernel: DecodeKernel, sc: &mut DecodeScratch| {
+        // One launch, one-shot (no scratch) or through a planned scratch, into a poisoned output.
+        let run = |kernel: DecodeKernel, sc: Option<&mut DecodeScratch>| {
             let mut dout = s.clone_htod(&poisoned(b * hq * d)).unwrap();
             let seqs = DecodeSeqs {
                 block_tables: &dt,
@@ -829,44 +830,24 @@ mod tests {
                 context_lens: &dl,
             };
             paged_decode_bf16_scratch(
-                gpu,
-                s,
-                &dq,
-                rows,
-                cache,
-                &dk,
-                &dv,
-                seqs,
-                scale,
-                &mut dout,
-                kernel,
-                Some(sc),
+                gpu, s, &dq, rows, cache, &dk, &dv, seqs, scale, &mut dout, kernel, sc,
             )
             .unwrap();
             s.clone_dtoh(&dout).unwrap()
         };
         for kernel in [DecodeKernel::CudaCores, DecodeKernel::TensorCores] {
-            let mut dout = s.clone_htod(&poisoned(b * hq * d)).unwrap();
-            let seqs = DecodeSeqs {
-                block_tables: &dt,
-                table_width: width,
-                context_lens: &dl,
-            };
-            paged_decode_bf16_with(
-                gpu, s, &dq, rows, cache, &dk, &dv, seqs, scale, &mut dout, kernel,
-            )
-            .unwrap();
+            let got = run(kernel, None);
             let what = format!("paged decode {kernel:?} lens {lens:?} hq {hq} hkv {hkv} d {d}");
             let tol = if kernel == DecodeKernel::TensorCores {
                 DECODE_MMA_ATOL
             } else {
                 DECODE_ATOL
             };
-            assert_close(&what, seed, &s.clone_dtoh(&dout).unwrap(), &want, tol, 0.0);
+            assert_close(&what, seed, &got, &want, tol, 0.0);
             // Planned for contexts well past these (as a CUDA graph's launch is): the splits
             // past each context must not change the result.
             let mut sc = DecodeScratch::new(gpu, s, b, hq, cache, 4 * pages + 3, kernel).unwrap();
-            let got = run_scratch(kernel, &mut sc);
+            let got = run(kernel, Some(&mut sc));
             let what = format!("{what}, planned for {} pages", sc.max_pages());
             assert_close(&what, seed, &got, &want, tol, 0.0);
         }
@@ -879,7 +860,7 @@ mod tests {
                 let mut sc =
                     DecodeScratch::forced(gpu, s, b, hq, cache, 2 * pages, splits, fused).unwrap();
                 for rep in 0..2 {
-                    let got = run_scratch(DecodeKernel::TensorCores, &mut sc);
+                    let got = run(DecodeKernel::TensorCores, Some(&mut sc));
                     let what = format!(
                         "paged decode TensorCores lens {lens:?} hq {hq} hkv {hkv} d {d}, {:?} \
                          splits (fused, forced {splits} {fused}), launch {rep}",
