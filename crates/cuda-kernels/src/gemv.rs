@@ -143,7 +143,7 @@ impl Gemv {
         };
         let (n, k, ks) = (n_out as i64, k as i64, ks as i32);
         let f = &self.fns[m - 1];
-        let mut b = crate::launch::Launch::new(stream, f, self.pdl);
+        let mut b = crate::launch::Launch::with_pdl(stream, f, self.pdl);
         b.arg(&n)
             .arg(&k)
             .arg(&px)

@@ -8,6 +8,7 @@
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use half::bf16;
 
+use crate::launch::Launch;
 use crate::position::HeadRows;
 use crate::{check_len, grid_stride, shape_err, DeviceIds, Gpu, Result};
 
@@ -135,7 +136,7 @@ pub fn kv_append_bf16(
         cache.head_dim as i32,
     );
     let (ks, vs) = (k_rows.token_stride as i64, v_rows.token_stride as i64);
-    let mut b = crate::launch::Launch::new(stream, &f, crate::launch::pdl_enabled(gpu));
+    let mut b = Launch::new(gpu, stream, &f);
     b.arg(&t)
         .arg(&h)
         .arg(&d)

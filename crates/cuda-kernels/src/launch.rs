@@ -37,8 +37,13 @@ pub(crate) struct Launch<'a> {
 }
 
 impl<'a> Launch<'a> {
-    /// With `pdl` (normally [`pdl_enabled`]) the launch carries the PDL attribute.
-    pub fn new(stream: &'a CudaStream, func: &'a CudaFunction, pdl: bool) -> Self {
+    /// A launch on `gpu`'s stream `stream`, with PDL where [`pdl_enabled`] says.
+    pub fn new(gpu: &Gpu, stream: &'a CudaStream, func: &'a CudaFunction) -> Self {
+        Self::with_pdl(stream, func, pdl_enabled(gpu))
+    }
+
+    /// With `pdl` (a caller's cached [`pdl_enabled`]) the launch carries the PDL attribute.
+    pub fn with_pdl(stream: &'a CudaStream, func: &'a CudaFunction, pdl: bool) -> Self {
         Launch {
             stream,
             func,

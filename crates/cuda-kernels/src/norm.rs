@@ -8,6 +8,7 @@
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
+use crate::launch::Launch;
 use crate::{check_len, Gpu, Result};
 
 /// One block per row; each thread keeps `vpt` 16-byte chunks of the row in registers (1, 2
@@ -89,7 +90,7 @@ fn launch_rms(
     let (pw, _gw) = weight.device_ptr(stream);
     let (po, _go) = out.device_ptr_mut(stream);
     let (r, h) = (rows as i64, hidden as i64);
-    let mut b = crate::launch::Launch::new(stream, &f, crate::launch::pdl_enabled(gpu));
+    let mut b = Launch::new(gpu, stream, &f);
     b.arg(&r)
         .arg(&h)
         .arg(&pr)

@@ -4,6 +4,7 @@
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
 use half::bf16;
 
+use crate::launch::Launch;
 use crate::{
     check_len, check_min_len, grid_stride, shape_err, strided_need, DeviceIds, Gpu, Result,
 };
@@ -95,7 +96,7 @@ pub fn rope_bf16(
         rows.head_dim as i32,
         rows.token_stride as i64,
     );
-    let mut b = crate::launch::Launch::new(stream, &f, crate::launch::pdl_enabled(gpu));
+    let mut b = Launch::new(gpu, stream, &f);
     b.arg(&t)
         .arg(&h)
         .arg(&d)

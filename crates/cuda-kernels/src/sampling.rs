@@ -3,6 +3,7 @@
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
+use crate::launch::Launch;
 use crate::{check_len, shape_err, Gpu, Result};
 
 fn rows_of(what: &'static str, vocab: usize, logits: usize, out: usize) -> Result<usize> {
@@ -56,7 +57,7 @@ pub fn argmax_bf16(
         block_dim: (ARGMAX_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut b = crate::launch::Launch::new(stream, &f, crate::launch::pdl_enabled(gpu));
+    let mut b = Launch::new(gpu, stream, &f);
     b.arg(&r).arg(&v).arg(&pl).arg(&po);
     // SAFETY: (rows, vocab, const bf16* logits, int* out); logits hold rows*vocab, out rows.
     unsafe { b.launch(cfg) }?;

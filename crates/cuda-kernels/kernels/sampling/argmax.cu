@@ -55,6 +55,8 @@ __device__ __forceinline__ void round(const __nv_bfloat16* x, int c, int n, floa
 template <int UNROLL>
 __device__ __forceinline__ void run(int64_t rows, int64_t vocab, const __nv_bfloat16* __restrict__ logits,
                                     int* __restrict__ out) {
+    tandem::pdl_wait();  // launched with PDL (src/launch.rs): logits come from the kernel before
+    tandem::pdl_trigger();
     __shared__ float sv[32];
     __shared__ int si[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -116,14 +118,10 @@ __device__ __forceinline__ void run(int64_t rows, int64_t vocab, const __nv_bflo
 extern "C" __global__ void __launch_bounds__(1024, 2) argmax_bf16(int64_t rows, int64_t vocab,
                                                                const __nv_bfloat16* __restrict__ logits,
                                                                int* __restrict__ out) {
-    tandem::pdl_wait();
-    tandem::pdl_trigger();
     argmax::run<4>(rows, vocab, logits, out);
 }
 extern "C" __global__ void __launch_bounds__(1024, 2) argmax_bf16_u2(int64_t rows, int64_t vocab,
                                                                   const __nv_bfloat16* __restrict__ logits,
                                                                   int* __restrict__ out) {
-    tandem::pdl_wait();
-    tandem::pdl_trigger();
     argmax::run<2>(rows, vocab, logits, out);
 }
