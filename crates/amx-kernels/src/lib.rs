@@ -44,6 +44,7 @@ pub mod gemm;
 mod scratch;
 mod simd;
 pub mod tile;
+mod tile_ops;
 
 pub use attention::{
     attention_decode_bf16, attention_decode_bf16_on, attention_decode_bf16_ref,

@@ -34,6 +34,10 @@ impl TileConfig {
         self.colsb[t] = colsb;
         self.rows[t] = rows;
     }
+    /// `(rows, bytes per row)` of tile `t`.
+    pub(crate) fn get(&self, t: usize) -> (usize, usize) {
+        (self.rows[t] as usize, self.colsb[t] as usize)
+    }
     pub(crate) fn palette1() -> Self {
         TileConfig {
             palette: 1,
