@@ -53,9 +53,9 @@
 #define MAX_D 256
 #define MAX_G 16
 // K and V are prefetched to L2 `pf_ahead` blocks ahead, the first `pf_lines` lines of each page
-// (the wrapper's choice, default 2 blocks, whole pages: the best of 0, 1, 2, 3, 4 and 8 blocks,
-// and of 4, 8, 16 and 64 lines, on the GPU host's 16 threads over 1 GiB of KV). An added L1
-// prefetch of the next block lost 3-11%.
+// (the wrapper's choice, default 1 block, whole pages: the best of 0, 1, 2, 4 and 8 blocks, and
+// of 2, 4, 16 and 64 lines, on the GPU host's 16 threads over 1 GiB of KV). An added L1
+// prefetch of the next block lost 3-11% (on an earlier version of the passes).
 
 #ifdef BF16DOT
 // kernels/bf16dot.c: one block's scores (`vdpbf16ps`), online softmax and PV for all g heads.

@@ -1,0 +1,218 @@
+//! What the paged decode benches share: the shape, the cases, the data, and the two reads the
+//! kernel is held to (the plain parallel read of the same bytes, and the read in the kernel's
+//! page order).
+
+#![allow(dead_code)]
+
+use half::bf16;
+use ispc_kernels::{DecodeShape, BLOCK_SIZE};
+use rayon::prelude::*;
+
+pub const SHAPE: DecodeShape = DecodeShape {
+    num_q_heads: 32,
+    num_kv_heads: 8,
+    head_dim: 128,
+    scale: 0.088_388_35,
+};
+
+/// (name, context lengths).
+pub fn cases() -> Vec<(String, Vec<usize>)> {
+    let mut v: Vec<(String, Vec<usize>)> = [
+        (1, 256),
+        (1, 4096),
+        (16, 1024),
+        (256, 1024),
+        (64, 4096),
+        (16, 16384),
+        (2, 131072),
+    ]
+    .into_iter()
+    .map(|(b, ctx)| {
+        let name = if ctx >= 1024 {
+            format!("b{b}_ctx{}k", ctx / 1024)
+        } else {
+            format!("b{b}_ctx{ctx}")
+        };
+        (name, vec![ctx; b])
+    })
+    .collect();
+    // Ragged: 512 sequences of 1 to 1023 tokens (0.5 GiB on average), a fixed spread.
+    v.push((
+        "b512_ragged1k".into(),
+        (0..512).map(|i| 1 + (i * 389) % 1023).collect(),
+    ));
+    v
+}
+
+/// Values in (-1, 1) from a hash of the index, filled in parallel (a 1 GiB cache from a
+/// sequential generator would take longer than its benchmark).
+pub fn fill(buf: &mut [bf16], salt: u64) {
+    platform::pool().install(|| {
+        buf.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let mut x = (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt;
+                for e in chunk {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *e = bf16::from_f32((x >> 40) as f32 / (1u64 << 23) as f32 - 1.0);
+                }
+            })
+    });
+}
+
+pub struct Data {
+    pub k: platform::HostBuf<bf16>,
+    pub v: platform::HostBuf<bf16>,
+    pub q: Vec<bf16>,
+    pub new_k: Vec<bf16>,
+    pub new_v: Vec<bf16>,
+    pub tables: Vec<i32>,
+    pub max_blocks: usize,
+    pub lens: Vec<i32>,
+}
+
+impl Data {
+    pub fn new(lens: &[usize]) -> Data {
+        let (qh, kvh, d) = (SHAPE.num_q_heads, SHAPE.num_kv_heads, SHAPE.head_dim);
+        let nbs: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).collect();
+        let max_blocks = *nbs.iter().max().unwrap();
+        let num_blocks: usize = nbs.iter().sum();
+        let elems = num_blocks * kvh * BLOCK_SIZE * d;
+        let mut k = platform::HostBuf::zeroed(elems, platform::MemTier::Pageable).unwrap();
+        let mut v = platform::HostBuf::zeroed(elems, platform::MemTier::Pageable).unwrap();
+        fill(&mut k, 1);
+        fill(&mut v, 2);
+        // Blocks of a sequence are scattered: interleave the sequences' blocks in the cache.
+        let mut tables = vec![0i32; lens.len() * max_blocks];
+        let mut next = 0;
+        for pos in 0..max_blocks {
+            for (i, &nb) in nbs.iter().enumerate() {
+                if pos < nb {
+                    tables[i * max_blocks + pos] = next;
+                    next += 1;
+                }
+            }
+        }
+        let b = lens.len();
+        let mut q = vec![bf16::ZERO; b * qh * d];
+        let mut new_k = vec![bf16::ZERO; b * kvh * d];
+        let mut new_v = new_k.clone();
+        fill(&mut q, 3);
+        fill(&mut new_k, 4);
+        fill(&mut new_v, 5);
+        Data {
+            k,
+            v,
+            q,
+            new_k,
+            new_v,
+            tables,
+            max_blocks,
+            lens: lens.iter().map(|&l| l as i32).collect(),
+        }
+    }
+}
+
+/// The plain parallel read of the same bytes on the same pool: each task XORs 256 KiB with
+/// 64-byte loads into four independent accumulators (AVX-512 where present), so that nothing
+/// but the loads limits it.
+pub fn read_all(bufs: [&[bf16]; 2]) -> u64 {
+    platform::pool().install(|| {
+        bufs.iter()
+            .map(|b| {
+                // SAFETY: HostBuf is 4 KiB aligned and any bit pattern is a valid u64.
+                let (_, words, _) = unsafe { b.align_to::<u64>() };
+                words
+                    .par_chunks(1 << 15)
+                    .map(xor_words)
+                    .reduce(|| 0, |a, b| a ^ b)
+            })
+            .fold(0, |a, b| a ^ b)
+    })
+}
+
+pub fn xor_words(w: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { xor_words_avx512(w) };
+    }
+    w.chunks(4)
+        .fold([0u64; 4], |mut a, c| {
+            for (x, y) in a.iter_mut().zip(c) {
+                *x ^= y;
+            }
+            a
+        })
+        .iter()
+        .fold(0, |a, b| a ^ b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub fn xor_words_avx512(w: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_si512(); 4];
+    let blocks = w.len() / 32;
+    for i in 0..blocks {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: 8 words at 32·i + 8·j lie inside w (i < len / 32).
+            *a = _mm512_xor_si512(*a, unsafe {
+                _mm512_loadu_si512(w.as_ptr().add(32 * i + 8 * j) as *const _)
+            });
+        }
+    }
+    let v = _mm512_xor_si512(
+        _mm512_xor_si512(acc[0], acc[1]),
+        _mm512_xor_si512(acc[2], acc[3]),
+    );
+    let tail = w[blocks * 32..].iter().fold(0, |a, b| a ^ b);
+    let mut lanes = [0u64; 8];
+    // SAFETY: lanes holds 64 bytes.
+    unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, v) };
+    lanes.iter().fold(tail, |a, b| a ^ b)
+}
+
+/// Blocks per task of the kernel-order read (the kernel's segments are of this order).
+pub const ORDER_TASK_BLOCKS: usize = 64;
+
+/// Reads the used blocks of every sequence in block-table order, one KV head's K and V pages
+/// per block per task (tasks over sequences, heads and runs of blocks), as XORs of u64 words.
+pub fn read_in_order(d: &Data) -> u64 {
+    let (kvh, hd) = (SHAPE.num_kv_heads, SHAPE.head_dim);
+    let block = kvh * BLOCK_SIZE * hd;
+    let page = BLOCK_SIZE * hd;
+    let mut tasks = Vec::new();
+    for (i, &len) in d.lens.iter().enumerate() {
+        let nb = (len as usize).div_ceil(BLOCK_SIZE);
+        for h in 0..kvh {
+            for b0 in (0..nb).step_by(ORDER_TASK_BLOCKS) {
+                tasks.push((i, h, b0, nb.min(b0 + ORDER_TASK_BLOCKS)));
+            }
+        }
+    }
+    let (k, v) = (&d.k[..], &d.v[..]);
+    let words = |x: &[bf16]| {
+        // SAFETY: pages start at multiples of 4 KiB in a 4 KiB aligned HostBuf, and any bit
+        // pattern is a valid u64.
+        let (_, w, _) = unsafe { x.align_to::<u64>() };
+        xor_words(w)
+    };
+    platform::pool().install(|| {
+        tasks
+            .par_iter()
+            .map(|&(i, h, b0, b1)| {
+                let mut x = 0;
+                for pos in b0..b1 {
+                    let id = d.tables[i * d.max_blocks + pos] as usize;
+                    let o = id * block + h * page;
+                    x ^= words(&k[o..o + page]) ^ words(&v[o..o + page]);
+                }
+                x
+            })
+            .reduce(|| 0, |a, b| a ^ b)
+    })
+}
+
