@@ -8,10 +8,10 @@
 //!
 //! Beside the ceiling, two diagnostics: `b1_ctx256` (1 MiB, inside one core's 2 MiB L2) run
 //! with `TANDEM_THREADS=1` is the kernel's compute rate on one core with no DRAM in the way; and
-//! `cpu_read_kvorder_bf16` reads the KV in the kernel's order (tasks of one KV head's run of
-//! blocks, each block's 4 KiB K page then its V page, XORed as `cpu_read_bf16` does), so that
-//! where the kernel falls short of the plain read, it says how much of the gap the scattered
-//! pages alone explain.
+//! `cpu_read_kvorder_bf16` reads the KV in the kernel's order (tasks of a group of KV heads'
+//! run of blocks, each block's K rows of the group then its V rows, XORed as `cpu_read_bf16`
+//! does; `TANDEM_CPU_DECODE_HEADS` sets the group as for the kernel), so that where the kernel
+//! falls short of the plain read, it says how much of the gap the reading order alone explains.
 
 mod common;
 

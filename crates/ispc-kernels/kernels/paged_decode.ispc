@@ -1,17 +1,23 @@
-// Paged decode attention, bf16 KV, f32 accumulation: one segment of one sequence for one KV
-// head and all (up to MAX_G) query heads that share it. Threads, segmentation and the
+// Paged decode attention, bf16 KV, f32 accumulation: one segment of one sequence for `nh`
+// consecutive KV heads and all (up to MAX_G) query heads of each. Threads, segmentation and the
 // log-sum-exp merge of segments are the Rust side's (src/paged_decode.rs); these functions are
 // single-threaded SPMD code, compiled for avx2-i32x8 and avx512skx-x16 with ISPC's dispatch.
 //
 // Layouts (row-major; bf16 travels as its 16 raw bits):
 //   k_cache, v_cache  [num_blocks][num_kv_heads][16][d]   (DESIGN.md's paged layout)
-//   q                 [g][d]   the g query heads of this KV head (heads kv*g .. kv*g+g-1)
+//   q                 [nh][g][d]  the g query heads of each of the nh KV heads (heads
+//                     kv*g .. kv*g+g-1 of the sequence's [num_q_heads][d] row)
 //   blocks            the segment's slice of the sequence's block table: blocks[i] holds the
 //                     segment's tokens 16i .. 16i+15; the segment starts on a block boundary
-//   new_k, new_v      [d]      the new token's K and V for this KV head
-//   out               [g][d]   bf16, written when the segment is the whole sequence
-//   part_o, part_ml   [g][d], [g][2]: unnormalised Σ p·V and (max score m, Σ p) of the
-//                     segment, for the merge when the sequence was cut into several segments
+//   new_k, new_v      [nh][d]  the new token's K and V for these KV heads
+//   out               [nh][g][d]  bf16, written when the segment is the whole sequence
+//   part_o, part_ml   per KV head hh at hh·part_stride·d and hh·part_stride·2: [g][d] and
+//                     [g][2], the unnormalised Σ p·V and (max score m, Σ p) of the segment, for
+//                     the merge when the sequence was cut into several segments
+//
+// Per block, the nh heads' pages are read one after another: the block's K rows of all KV
+// heads are one contiguous run (nh × 4 KiB at d = 128), and so are its V rows, where one head
+// per call read a 4 KiB page per block at scattered addresses.
 //
 //   part_o's f32 rows, like every f32 copy of a row here, hold each chunk of 2W values
 //   (W = programCount) as [W even elements][W odd elements]; see `pair` below.
@@ -52,6 +58,9 @@
 // larger query group into passes of MAX_G heads.
 #define MAX_D 256
 #define MAX_G 16
+// Query heads of all KV heads of one call (nh · g), and their f32 staging (nh · g · d).
+#define MAX_HG 32
+#define MAX_HGD (MAX_G * MAX_D)
 // K and V are prefetched to L2 `pf_ahead` blocks ahead, the first `pf_lines` lines of each page
 // (the wrapper's choice, default 1 block, whole pages: the best of 0, 1, 2, 4 and 8 blocks, and
 // of 2, 4, 16 and 64 lines, on the GPU host's 16 threads over 1 GiB of KV). An added L1
@@ -258,30 +267,34 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
     uniform uint16 k_cache[], uniform uint16 v_cache[],
     uniform const int32 blocks[], uniform int32 ntok,
     uniform int64 block_stride, uniform int64 head_off,
-    uniform int32 d, uniform int32 g, uniform float scale,
+    uniform int32 d, uniform int32 g, uniform int32 nh, uniform float scale,
     uniform const uint16 new_k[], uniform const uint16 new_v[], uniform int32 append_at,
     uniform uint16 out[], uniform float part_o[], uniform float part_ml[],
-    uniform int32 pf_ahead, uniform int32 pf_lines)
+    uniform int64 part_stride, uniform int32 pf_ahead, uniform int32 pf_lines)
 {
     // Fused KV append: the new token's slot is written before anything of this segment is read.
+    uniform const int64 head_step = (uniform int64)BLOCK * d; // one KV head's rows in a block
     if (append_at >= 0) {
         uniform int64 off = (uniform int64)blocks[append_at / BLOCK] * block_stride + head_off
             + (uniform int64)(append_at % BLOCK) * d;
-        foreach (j = 0 ... d) {
-            k_cache[off + j] = new_k[j];
-            v_cache[off + j] = new_v[j];
+        for (uniform int hh = 0; hh < nh; hh++) {
+            foreach (j = 0 ... d) {
+                k_cache[off + hh * head_step + j] = new_k[hh * d + j];
+                v_cache[off + hh * head_step + j] = new_v[hh * d + j];
+            }
         }
     }
+    uniform const int ga = nh * g; // query heads of the call
 
     uniform const int W = programCount;
     uniform const int nc = d / (2 * W); // chunks per row
     uniform const int hw = d / 2;       // words per row
-    uniform float qs[MAX_G * MAX_D];
-    uniform float acc[MAX_G * MAX_D];
-    uniform float m[MAX_G];
-    uniform float l[MAX_G];
+    uniform float qs[MAX_HGD];
+    uniform float acc[MAX_HGD];
+    uniform float m[MAX_HG];
+    uniform float l[MAX_HG];
     uniform const pair * uniform q32 = (uniform const pair * uniform)q;
-    for (uniform int h = 0; h < g; h++) {
+    for (uniform int h = 0; h < ga; h++) {
         for (uniform int c = 0; c < nc; c++) {
             uniform int o = h * d + c * 2 * W;
 #ifndef BF16DOT
@@ -301,8 +314,16 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
     uniform float alpha[MAX_G];
     uniform const int nblocks = (ntok + BLOCK - 1) / BLOCK;
     for (uniform int b = 0; b < nblocks; b++) {
-        uniform const int valid = min(BLOCK, ntok - b * BLOCK);
-        uniform const int64 base = (uniform int64)blocks[b] * block_stride + head_off;
+      uniform const int valid = min(BLOCK, ntok - b * BLOCK);
+      for (uniform int hh = 0; hh < nh; hh++) {
+        // This KV head's query heads, state and rows of the block.
+        uniform const uint16 * uniform qh = q + hh * g * d;
+        uniform float * uniform qsh = qs + hh * g * d;
+        uniform float * uniform acch = acc + hh * g * d;
+        uniform float * uniform mh = m + hh * g;
+        uniform float * uniform lh = l + hh * g;
+        uniform const int64 base =
+            (uniform int64)blocks[b] * block_stride + head_off + hh * head_step;
         uniform const pair * uniform k32 = (uniform const pair * uniform)(k_cache + base);
         uniform const pair * uniform v32 = (uniform const pair * uniform)(v_cache + base);
         // Software prefetch `pf_ahead` blocks ahead, spread over this block's loops: each block of a
@@ -313,7 +334,7 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
         uniform const bool pf = pf_ahead > 0 && b + pf_ahead < nblocks;
         uniform int64 ahead = base;
         if (pf) {
-            ahead = (uniform int64)blocks[b + pf_ahead] * block_stride + head_off;
+            ahead = (uniform int64)blocks[b + pf_ahead] * block_stride + head_off + hh * head_step;
         }
         uniform const int8 * uniform kn = (uniform const int8 * uniform)(k_cache + ahead);
         uniform const int8 * uniform vn = (uniform const int8 * uniform)(v_cache + ahead);
@@ -321,7 +342,7 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
 #ifdef BF16DOT
         // The whole block in C (kernels/bf16dot.c): QKᵀ by vdpbf16ps on the bf16 rows, the
         // softmax update and PV with the accumulators in registers; it prefetches too.
-        tandem_block16_bf16dot(q, k_cache + base, v_cache + base, d, g, valid, scale, m, l, acc,
+        tandem_block16_bf16dot(qh, k_cache + base, v_cache + base, d, g, valid, scale, mh, lh, acch,
                                pf ? k_cache + ahead : NULL, pf ? v_cache + ahead : NULL,
                                pf_lines);
 #else
@@ -331,46 +352,47 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
             uniform int h0 = 0;
 #if TARGET_WIDTH == 16
             for (; h0 + 4 <= g; h0 += 4) {
-                qk_pass_4(k32, hw, nc, qs + h0 * d, d, grp + h0 * 4 * W, h0 == 0 && pf ? kn : NULL,
+                qk_pass_4(k32, hw, nc, qsh + h0 * d, d, grp + h0 * 4 * W, h0 == 0 && pf ? kn : NULL,
                           pf_lines);
             }
 #endif
             for (; h0 + 2 <= g; h0 += 2) {
-                qk_pass_2(k32, hw, nc, qs + h0 * d, d, grp + h0 * 4 * W, h0 == 0 && pf ? kn : NULL,
+                qk_pass_2(k32, hw, nc, qsh + h0 * d, d, grp + h0 * 4 * W, h0 == 0 && pf ? kn : NULL,
                           pf_lines);
             }
             if (h0 < g) {
-                qk_pass_1(k32, hw, nc, qs + h0 * d, d, grp + h0 * 4 * W, h0 == 0 && pf ? kn : NULL,
+                qk_pass_1(k32, hw, nc, qsh + h0 * d, d, grp + h0 * 4 * W, h0 == 0 && pf ? kn : NULL,
                           pf_lines);
             }
         }
 
         // Online softmax over the block, after the scores of all heads.
-        block_softmax(grp, g, valid, m, l, &p[0][0], alpha);
+        block_softmax(grp, g, valid, mh, lh, &p[0][0], alpha);
 
         // PV: passes of 4 heads (then 2, 1) over CC chunks at a time, accumulators in registers.
         {
             uniform int h0 = 0;
             for (; h0 + 4 <= g; h0 += 4) {
-                pv_pass_4(v32, hw, nc, valid, &p[h0][0], alpha + h0, acc + h0 * d, d,
+                pv_pass_4(v32, hw, nc, valid, &p[h0][0], alpha + h0, acch + h0 * d, d,
                           h0 == 0 && pf ? vn : NULL, pf_lines);
             }
             if (h0 + 2 <= g) {
-                pv_pass_2(v32, hw, nc, valid, &p[h0][0], alpha + h0, acc + h0 * d, d,
+                pv_pass_2(v32, hw, nc, valid, &p[h0][0], alpha + h0, acch + h0 * d, d,
                           h0 == 0 && pf ? vn : NULL, pf_lines);
                 h0 += 2;
             }
             if (h0 < g) {
-                pv_pass_1(v32, hw, nc, valid, &p[h0][0], alpha + h0, acc + h0 * d, d,
+                pv_pass_1(v32, hw, nc, valid, &p[h0][0], alpha + h0, acch + h0 * d, d,
                           h0 == 0 && pf ? vn : NULL, pf_lines);
             }
         }
 #endif
+      }
     }
 
     if (out != NULL) {
         uniform pair * uniform o32 = (uniform pair * uniform)out;
-        for (uniform int h = 0; h < g; h++) {
+        for (uniform int h = 0; h < ga; h++) {
             uniform float inv = 1.0f / l[h];
             for (uniform int c = 0; c < nc; c++) {
                 uniform int o = h * d + c * 2 * W;
@@ -379,12 +401,14 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
             }
         }
     } else {
-        foreach (i = 0 ... g * d) {
-            part_o[i] = acc[i];
-        }
-        for (uniform int h = 0; h < g; h++) {
-            part_ml[2 * h] = m[h];
-            part_ml[2 * h + 1] = l[h];
+        for (uniform int hh = 0; hh < nh; hh++) {
+            foreach (i = 0 ... g * d) {
+                part_o[hh * part_stride * d + i] = acc[hh * g * d + i];
+            }
+            for (uniform int h = 0; h < g; h++) {
+                part_ml[hh * part_stride * 2 + 2 * h] = m[hh * g + h];
+                part_ml[hh * part_stride * 2 + 2 * h + 1] = l[hh * g + h];
+            }
         }
     }
 }

@@ -49,6 +49,10 @@ pub const BLOCK_SIZE: usize = 16;
 pub const MAX_HEAD_DIM: usize = 256;
 /// Query heads one kernel pass handles; a larger group is split into passes (which re-read K/V).
 const MAX_GROUP_PASS: usize = 16;
+/// Query heads of all the KV heads of one kernel call, and their f32 elements (the kernel's
+/// staging arrays: `MAX_HG` and `MAX_HGD` in kernels/paged_decode.ispc).
+const MAX_CALL_HEADS: usize = 32;
+const MAX_CALL_ELEMS: usize = 16 * MAX_HEAD_DIM;
 /// Fewest blocks in a segment of a cut sequence: each segment converts its queries and writes
 /// a partial result that the merge reads back, about a block's worth of work; at 8 blocks a
 /// 4k-token sequence on 16 threads ran 20% slower than at 32 on the GPU host.
@@ -92,6 +96,30 @@ fn prefetch_plan() -> (i32, i32) {
             default
         })
     })
+}
+
+/// KV heads one kernel call walks together, block by block (`TANDEM_CPU_DECODE_HEADS`, read
+/// once; default all that the kernel's staging holds: 8 for LLaMA-3-8B's 8 × 4 heads of 128).
+/// A block's rows of consecutive KV heads are contiguous, so a call over all of them reads each
+/// block's K and V as two runs of nh × 4 KiB instead of one 4 KiB page per head at scattered
+/// addresses.
+fn heads_per_call(num_kv_heads: usize, group: usize, head_dim: usize) -> usize {
+    static H: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let asked = *H.get_or_init(|| {
+        let v = std::env::var("TANDEM_CPU_DECODE_HEADS").ok()?;
+        match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                eprintln!("tandem: TANDEM_CPU_DECODE_HEADS={v:?} is not a positive count; using all KV heads");
+                None
+            }
+        }
+    });
+    if group > MAX_GROUP_PASS {
+        return 1;
+    }
+    let fit = (MAX_CALL_HEADS / group).min(MAX_CALL_ELEMS / (group * head_dim));
+    asked.unwrap_or(num_kv_heads).min(fit).min(num_kv_heads).max(1)
 }
 
 /// Head counts, head size and softmax scale of one attention layer.
@@ -268,53 +296,62 @@ fn check(
     })
 }
 
-/// One unit of parallel work: blocks `b0 ..` of one sequence for one KV head.
+/// One unit of parallel work: blocks `b0 ..` of one sequence for KV heads `kv .. kv + nh`.
 #[derive(Clone, Copy, Debug)]
 struct Segment {
     seq: usize,
     kv: usize,
+    nh: usize,
     /// Index among the (sequence, head)'s segments, and their count.
     seg: usize,
     nseg: usize,
     b0: usize,
     ntok: usize,
-    /// First partial-result slot of this (sequence, head) when nseg > 1.
+    /// First partial-result slot of this (sequence, first head) when nseg > 1; head `kv + i`'s
+    /// slots follow `i · nseg` slots later (slots run [sequence][KV head][segment]).
     part: usize,
 }
 
 /// Blocks per segment for a batch: enough segments for every thread to take several, none
 /// shorter than [`MIN_SEGMENT_BLOCKS`].
-fn segment_blocks(lens: &[usize], num_kv_heads: usize, threads: usize) -> usize {
-    let total: usize = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).sum::<usize>() * num_kv_heads;
+fn segment_blocks(lens: &[usize], head_groups: usize, threads: usize) -> usize {
+    let total: usize = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).sum::<usize>() * head_groups;
     total
         .div_ceil(threads.max(1) * SEGMENTS_PER_THREAD)
         .max(MIN_SEGMENT_BLOCKS)
 }
 
-/// The segments of a batch, and the number of partial-result slots they need.
-fn plan(lens: &[usize], num_kv_heads: usize, seg_blocks: usize) -> (Vec<Segment>, usize) {
+/// The segments of a batch (`nh` KV heads per segment), and the number of partial-result
+/// slots they need.
+fn plan(
+    lens: &[usize],
+    num_kv_heads: usize,
+    nh: usize,
+    seg_blocks: usize,
+) -> (Vec<Segment>, usize) {
     let mut segs = Vec::new();
     let mut parts = 0;
     for (seq, &len) in lens.iter().enumerate() {
         let nb = len.div_ceil(BLOCK_SIZE);
         let nseg = nb.div_ceil(seg_blocks);
-        for kv in 0..num_kv_heads {
+        for kv in (0..num_kv_heads).step_by(nh) {
             for seg in 0..nseg {
                 let b0 = seg * seg_blocks;
                 let ntok = (len - b0 * BLOCK_SIZE).min(seg_blocks * BLOCK_SIZE);
                 segs.push(Segment {
                     seq,
                     kv,
+                    nh: nh.min(num_kv_heads - kv),
                     seg,
                     nseg,
                     b0,
                     ntok,
-                    part: parts,
+                    part: parts + kv * nseg,
                 });
             }
-            if nseg > 1 {
-                parts += nseg;
-            }
+        }
+        if nseg > 1 {
+            parts += num_kv_heads * nseg;
         }
     }
     (segs, parts)
@@ -374,6 +411,7 @@ type SegmentFn = unsafe extern "C" fn(
     i64,
     i32,
     i32,
+    i32,
     f32,
     *const u16,
     *const u16,
@@ -381,6 +419,7 @@ type SegmentFn = unsafe extern "C" fn(
     *mut u16,
     *mut f32,
     *mut f32,
+    i64,
     i32,
     i32,
 );
@@ -425,8 +464,13 @@ pub fn paged_decode_bf16(
     out: &mut [bf16],
 ) -> Result<()> {
     let c = check(shape, batch, k_cache, v_cache, out)?;
-    let s = segment_blocks(&c.lens, shape.num_kv_heads, platform::pool_threads());
-    run_checked(shape, batch, &c, s, Path::current(), k_cache, v_cache, out);
+    let nh = heads_per_call(shape.num_kv_heads, c.group, shape.head_dim);
+    let s = segment_blocks(
+        &c.lens,
+        shape.num_kv_heads.div_ceil(nh),
+        platform::pool_threads(),
+    );
+    run_checked(shape, batch, &c, s, nh, Path::current(), k_cache, v_cache, out);
     Ok(())
 }
 
@@ -440,12 +484,20 @@ fn paged_decode_bf16_with(
     v_cache: &mut [bf16],
     out: &mut [bf16],
     seg_blocks: Option<usize>,
+    heads: Option<usize>,
     path: Path,
 ) -> Result<()> {
     let c = check(shape, batch, k_cache, v_cache, out)?;
-    let s = seg_blocks
-        .unwrap_or_else(|| segment_blocks(&c.lens, shape.num_kv_heads, platform::pool_threads()));
-    run_checked(shape, batch, &c, s.max(1), path, k_cache, v_cache, out);
+    let fit = heads_per_call(shape.num_kv_heads, c.group, shape.head_dim);
+    let nh = heads.map_or(fit, |h| h.clamp(1, fit.max(1)));
+    let s = seg_blocks.unwrap_or_else(|| {
+        segment_blocks(
+            &c.lens,
+            shape.num_kv_heads.div_ceil(nh),
+            platform::pool_threads(),
+        )
+    });
+    run_checked(shape, batch, &c, s.max(1), nh, path, k_cache, v_cache, out);
     Ok(())
 }
 
@@ -455,6 +507,7 @@ fn run_checked(
     b: &DecodeBatch,
     c: &Checked,
     seg_blocks: usize,
+    nh: usize,
     path: Path,
     k_cache: &mut [bf16],
     v_cache: &mut [bf16],
@@ -469,7 +522,7 @@ fn run_checked(
         shape.head_dim,
         c.group,
     );
-    let (segs, parts) = plan(&c.lens, kvh, seg_blocks);
+    let (segs, parts) = plan(&c.lens, kvh, nh, seg_blocks);
     let mut part_o = vec![0f32; parts * g * d];
     let mut part_ml = vec![0f32; parts * g * 2];
     let kc = Shared(k_cache.as_mut_ptr() as *mut u16);
@@ -491,6 +544,7 @@ fn run_checked(
                 -1
             };
             let nk = (s.seq * kvh + s.kv) * d;
+            // With gp < g (passes of a large group) there is one KV head per call (nh = 1).
             let (out_p, po_p, pml_p) = if s.nseg == 1 {
                 (
                     o.ptr().wrapping_add(head * d),
@@ -509,7 +563,7 @@ fn run_checked(
             // shapes of q/new_k/new_v/out, head_dim ≤ MAX_HEAD_DIM and gp ≤ MAX_GROUP_PASS (the
             // kernel's array sizes). Writes are disjoint between segments: a segment writes only
             // its own (sequence, head range) of `out` or its own partial slot, and the append
-            // goes to this KV head's rows of the sequence's last block, which `check` proved no
+            // goes to these KV heads' rows of the sequence's last block, which `check` proved no
             // other sequence reads and which lies in this (the last) segment only, written
             // before this segment reads it.
             unsafe {
@@ -523,6 +577,7 @@ fn run_checked(
                     (s.kv * BLOCK_SIZE * d) as i64,
                     d as i32,
                     gp as i32,
+                    s.nh as i32,
                     shape.scale,
                     b.new_k.as_ptr().add(nk) as *const u16,
                     b.new_v.as_ptr().add(nk) as *const u16,
@@ -530,26 +585,32 @@ fn run_checked(
                     out_p,
                     po_p,
                     pml_p,
+                    (s.nseg * g) as i64,
                     pf_blocks,
                     pf_lines,
                 );
             }
         }
     };
-    let merges: Vec<&Segment> = segs.iter().filter(|s| s.nseg > 1 && s.seg == 0).collect();
+    // One merge per (sequence, KV head) that was cut: (sequence, KV head, first slot, nseg).
+    let merges: Vec<(usize, usize, usize, usize)> = segs
+        .iter()
+        .filter(|s| s.nseg > 1 && s.seg == 0)
+        .flat_map(|s| (0..s.nh).map(move |i| (s.seq, s.kv + i, s.part + i * s.nseg, s.nseg)))
+        .collect();
     platform::pool().install(|| {
         segs.par_iter().for_each(run_segment);
-        merges.par_iter().for_each(|s| {
-            // SAFETY: slots s.part .. s.part + nseg were all written by the segments above, and
+        merges.par_iter().for_each(|&(seq, kv, part, nseg)| {
+            // SAFETY: slots part .. part + nseg were all written by the segments above, and
             // this (sequence, KV head)'s g output rows are written by this merge only.
             unsafe {
                 merge_fn(
-                    po.ptr().add(s.part * g * d),
-                    pml.ptr().add(s.part * g * 2),
-                    s.nseg as i32,
+                    po.ptr().add(part * g * d),
+                    pml.ptr().add(part * g * 2),
+                    nseg as i32,
                     g as i32,
                     d as i32,
-                    o.ptr().add((s.seq * qh + s.kv * g) * d),
+                    o.ptr().add((seq * qh + kv * g) * d),
                 );
             }
         });

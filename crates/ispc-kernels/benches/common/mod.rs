@@ -178,18 +178,31 @@ pub fn xor_words_avx512(w: &[u64]) -> u64 {
 /// Blocks per task of the kernel-order read (the kernel's segments are of this order).
 pub const ORDER_TASK_BLOCKS: usize = 64;
 
-/// Reads the used blocks of every sequence in block-table order, one KV head's K and V pages
-/// per block per task (tasks over sequences, heads and runs of blocks), as XORs of u64 words.
+/// KV heads per kernel call, as the kernel takes them (`TANDEM_CPU_DECODE_HEADS`, default all
+/// of this shape's 8).
+pub fn heads_per_call() -> usize {
+    std::env::var("TANDEM_CPU_DECODE_HEADS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(SHAPE.num_kv_heads)
+        .min(SHAPE.num_kv_heads)
+}
+
+/// Reads the used blocks of every sequence in block-table order, as the kernel does: tasks of
+/// (sequence, group of `heads_per_call` KV heads, run of blocks), reading per block the group's
+/// K rows (one run of pages) then its V rows, as XORs of u64 words.
 pub fn read_in_order(d: &Data) -> u64 {
     let (kvh, hd) = (SHAPE.num_kv_heads, SHAPE.head_dim);
+    let nh = heads_per_call();
     let block = kvh * BLOCK_SIZE * hd;
     let page = BLOCK_SIZE * hd;
     let mut tasks = Vec::new();
     for (i, &len) in d.lens.iter().enumerate() {
         let nb = (len as usize).div_ceil(BLOCK_SIZE);
-        for h in 0..kvh {
+        for h in (0..kvh).step_by(nh) {
             for b0 in (0..nb).step_by(ORDER_TASK_BLOCKS) {
-                tasks.push((i, h, b0, nb.min(b0 + ORDER_TASK_BLOCKS)));
+                tasks.push((i, h, nh.min(kvh - h), b0, nb.min(b0 + ORDER_TASK_BLOCKS)));
             }
         }
     }
@@ -203,12 +216,12 @@ pub fn read_in_order(d: &Data) -> u64 {
     platform::pool().install(|| {
         tasks
             .par_iter()
-            .map(|&(i, h, b0, b1)| {
+            .map(|&(i, h, n, b0, b1)| {
                 let mut x = 0;
                 for pos in b0..b1 {
                     let id = d.tables[i * d.max_blocks + pos] as usize;
                     let o = id * block + h * page;
-                    x ^= words(&k[o..o + page]) ^ words(&v[o..o + page]);
+                    x ^= words(&k[o..o + n * page]) ^ words(&v[o..o + n * page]);
                 }
                 x
             })

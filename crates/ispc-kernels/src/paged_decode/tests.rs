@@ -98,9 +98,16 @@ impl Case {
         }
     }
 
-    /// Runs every ISPC build this CPU can run (`seg_blocks` forced, or chosen) and the twin on
-    /// copies of the cache; compares outputs within tolerance and caches bit for bit.
+    /// Runs every ISPC build this CPU can run (`seg_blocks` forced, or chosen), with one KV
+    /// head per call and with as many as fit, and the twin on copies of the cache; compares
+    /// outputs within tolerance and caches bit for bit.
     fn check(&self, seg_blocks: Option<usize>, seed: u64) {
+        for heads in [Some(1), None] {
+            self.check_heads(seg_blocks, heads, seed);
+        }
+    }
+
+    fn check_heads(&self, seg_blocks: Option<usize>, heads: Option<usize>, seed: u64) {
         let n_out = self.q.len();
         let (mut k2, mut v2, mut o2) = (self.k.clone(), self.v.clone(), vec![NAN; n_out]);
         paged_decode_bf16_ref(&self.shape, &self.batch(), &mut k2, &mut v2, &mut o2).unwrap();
@@ -115,11 +122,12 @@ impl Case {
                 &mut v1,
                 &mut o1,
                 seg_blocks,
+                heads,
                 path,
             )
             .unwrap();
             let ctx = format!(
-                "seed {seed}, {path:?}, {:?}, seg_blocks {seg_blocks:?}, batch {}",
+                "seed {seed}, {path:?}, {:?}, seg_blocks {seg_blocks:?}, heads per call {heads:?}, batch {}",
                 self.shape,
                 self.lens.len()
             );
@@ -167,6 +175,7 @@ fn scalar_tier_runs_the_twin() {
         &mut k1,
         &mut v1,
         &mut o1,
+        None,
         None,
         Path::Scalar,
     )
@@ -233,7 +242,7 @@ fn long_sequence_is_split_across_threads() {
     let len = 100_000 - 7;
     let sh = shape(4, 1, 128);
     let s = segment_blocks(&[len], 1, platform::pool_threads());
-    let (segs, _) = plan(&[len], 1, s);
+    let (segs, _) = plan(&[len], 1, 1, s);
     assert!(
         segs.len() > 1,
         "a {len}-token sequence should be cut into segments, got {}",
@@ -253,6 +262,20 @@ fn other_head_dims_match_reference() {
             c.check(None, seed);
         }
     }
+}
+
+#[test]
+fn several_kv_heads_per_call_with_cut_sequences() {
+    let (mut r, seed) = rng();
+    // 8 KV heads in calls of 3, 3 and 2, sequences cut into segments whose partial results
+    // interleave by head; and all 8 heads in one call.
+    let c = Case::new(&mut r, shape(32, 8, 128), &[1, 33, 200, 517], 2.0);
+    for heads in [Some(3), Some(8)] {
+        c.check_heads(Some(4), heads, seed);
+    }
+    let (segs, parts) = plan(&[200, 5], 8, 3, 4);
+    assert_eq!(segs.iter().map(|s| s.nh).sum::<usize>(), 8 * 4 + 8, "{segs:?}");
+    assert_eq!(parts, 8 * 4, "one slot per (KV head, segment) of the cut sequence");
 }
 
 #[test]
