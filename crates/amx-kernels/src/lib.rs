@@ -42,9 +42,9 @@
 pub mod attention;
 pub mod gemm;
 mod scratch;
-mod simd;
+pub mod simd;
 pub mod tile;
-mod tile_ops;
+pub mod tile_ops;
 
 pub use attention::{
     attention_decode_bf16, attention_decode_bf16_on, attention_decode_bf16_ref,

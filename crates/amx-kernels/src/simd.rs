@@ -8,7 +8,7 @@ use half::bf16;
 /// degree-6 Taylor polynomial (error below 2e-7 relative); `-inf` gives 0, overflow `+inf`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn exp512(x: __m512) -> __m512 {
+pub unsafe fn exp512(x: __m512) -> __m512 {
     let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
     let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
@@ -32,7 +32,7 @@ pub(crate) unsafe fn exp512(x: __m512) -> __m512 {
 /// The first lanes of `mask` from 16 bf16 at `p`, widened to f32 (others 0).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(crate) unsafe fn load_bf16x16(p: *const bf16, mask: __mmask16) -> __m512 {
+pub unsafe fn load_bf16x16(p: *const bf16, mask: __mmask16) -> __m512 {
     let h = _mm256_maskz_loadu_epi16(mask, p as *const i16);
     _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
 }
@@ -40,7 +40,7 @@ pub(crate) unsafe fn load_bf16x16(p: *const bf16, mask: __mmask16) -> __m512 {
 /// Rounds 16 f32 to bf16 (to nearest even, NaN kept quiet) and stores the lanes of `mask`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(crate) unsafe fn store_bf16x16(p: *mut bf16, mask: __mmask16, x: __m512) {
+pub unsafe fn store_bf16x16(p: *mut bf16, mask: __mmask16, x: __m512) {
     let bits = _mm512_castps_si512(x);
     let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
     let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
@@ -55,6 +55,6 @@ pub(crate) unsafe fn store_bf16x16(p: *mut bf16, mask: __mmask16, x: __m512) {
 
 /// Lane mask of the first `n ≤ 16` lanes.
 #[inline(always)]
-pub(crate) fn lanes(n: usize) -> __mmask16 {
+pub fn lanes(n: usize) -> __mmask16 {
     ((1u32 << n.min(16)) - 1) as __mmask16
 }

@@ -20,7 +20,7 @@ pub const TILE_K: usize = 32;
 /// The 64-byte operand of `ldtilecfg` (palette 1).
 #[repr(C, align(64))]
 #[derive(Default)]
-pub(crate) struct TileConfig {
+pub struct TileConfig {
     palette: u8,
     start_row: u8,
     _reserved: [u8; 14],
@@ -30,15 +30,15 @@ pub(crate) struct TileConfig {
 
 impl TileConfig {
     /// Sets tile `t` to `rows` rows of `colsb` bytes.
-    pub(crate) fn set(&mut self, t: usize, rows: u8, colsb: u16) {
+    pub fn set(&mut self, t: usize, rows: u8, colsb: u16) {
         self.colsb[t] = colsb;
         self.rows[t] = rows;
     }
     /// `(rows, bytes per row)` of tile `t`.
-    pub(crate) fn get(&self, t: usize) -> (usize, usize) {
+    pub fn get(&self, t: usize) -> (usize, usize) {
         (self.rows[t] as usize, self.colsb[t] as usize)
     }
-    pub(crate) fn palette1() -> Self {
+    pub fn palette1() -> Self {
         TileConfig {
             palette: 1,
             ..Default::default()

@@ -23,7 +23,7 @@ use crate::tile::TileConfig;
 /// The AMX tile operations a kernel uses. Every method is `unsafe`: the caller guarantees that
 /// the pointers cover `rows × colsb` bytes of the configured tile at the given stride and that
 /// (for [`Hw`]) AMX is usable on this thread.
-pub(crate) trait Tiles {
+pub trait Tiles {
     /// `ldtilecfg`.
     unsafe fn config(cfg: &TileConfig);
     /// `tilerelease`.
@@ -43,7 +43,7 @@ pub(crate) trait Tiles {
 }
 
 /// The hardware: one instruction per method.
-pub(crate) struct Hw;
+pub struct Hw;
 
 impl Tiles for Hw {
     #[inline(always)]
@@ -81,7 +81,7 @@ impl Tiles for Hw {
 }
 
 /// The software model (see the module header). Slow; for tests.
-pub(crate) struct Emu;
+pub struct Emu;
 
 struct EmuState {
     /// `(rows, colsb)` per register; `None` until `config`.

@@ -43,6 +43,8 @@ use rayon::prelude::*;
 
 use crate::{sys, Error, Result};
 
+mod amx;
+
 /// Tokens per KV block.
 pub const BLOCK_SIZE: usize = 16;
 /// Largest head dimension the kernel takes (its f32 staging arrays are sized for it).
@@ -389,16 +391,76 @@ fn dot_requested() -> bool {
     })
 }
 
-/// Which code runs: the avx512 build whose blocks run in `kernels/bf16dot.c` (AVX512-BF16, on
-/// request), ISPC with its own dispatch (avx512 here), ISPC's avx2 build forced, or the scalar
-/// twin where the CPU has none of them. Chosen from `platform::cpu_tier()`, which
-/// `TANDEM_CPU_TIER` lowers.
+/// `TANDEM_CPU_DECODE_AMX` (read once): `1` runs QKᵀ and PV on the tile unit where the CPU
+/// has AMX (see [`amx`]), `0` keeps the ISPC build there.
+fn amx_requested() -> bool {
+    static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AMX.get_or_init(|| match std::env::var("TANDEM_CPU_DECODE_AMX") {
+        Ok(v) if v == "1" => true,
+        Ok(v) if v == "0" || v.is_empty() => false,
+        Ok(v) => {
+            eprintln!("tandem: TANDEM_CPU_DECODE_AMX={v:?} is not 0 or 1; using the ISPC build");
+            false
+        }
+        Err(_) => AMX_DEFAULT,
+    })
+}
+/// Whether the AMX tier is the default where the CPU has AMX.
+const AMX_DEFAULT: bool = false;
+
+/// Which code runs: AMX tiles for the products (where the CPU has AMX, on request), the avx512
+/// build whose blocks run in `kernels/bf16dot.c` (AVX512-BF16, on request), ISPC with its own
+/// dispatch (avx512 here), ISPC's avx2 build forced, or the scalar twin where the CPU has none
+/// of them. Chosen from `platform::cpu_tier()`, which `TANDEM_CPU_TIER` lowers. `AmxEmu` runs
+/// the AMX tier's code on the tile emulator (tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
+    Amx,
+    #[cfg(test)]
+    AmxEmu,
     IspcDot,
     Ispc,
     IspcAvx2,
     Scalar,
+}
+
+/// How a path runs one segment.
+#[derive(Clone, Copy)]
+enum SegmentKernel {
+    Ispc(SegmentFn),
+    Rust(unsafe fn(&amx::SegArgs)),
+}
+
+impl SegmentKernel {
+    /// # Safety
+    /// As [`amx::segment`]'s contract, which the ISPC functions share.
+    unsafe fn run(self, a: &amx::SegArgs) {
+        match self {
+            SegmentKernel::Rust(f) => f(a),
+            SegmentKernel::Ispc(f) => f(
+                a.q,
+                a.k_cache,
+                a.v_cache,
+                a.blocks,
+                a.ntok as i32,
+                a.block_stride as i64,
+                a.head_off as i64,
+                a.d as i32,
+                a.g as i32,
+                a.nh as i32,
+                a.scale,
+                a.new_k,
+                a.new_v,
+                a.append_at,
+                a.out,
+                a.part_o,
+                a.part_ml,
+                a.part_stride as i64,
+                a.pf_ahead as i32,
+                a.pf_lines as i32,
+            ),
+        }
+    }
 }
 
 type SegmentFn = unsafe extern "C" fn(
@@ -428,6 +490,7 @@ type MergeFn = unsafe extern "C" fn(*const f32, *const f32, i32, i32, i32, *mut 
 impl Path {
     fn current() -> Path {
         match platform::cpu_tier() {
+            platform::CpuTier::Amx if amx_requested() => Path::Amx,
             t if t >= platform::CpuTier::Avx512Bf16 && dot_requested() => Path::IspcDot,
             t if t >= platform::CpuTier::Avx512 => Path::Ispc,
             platform::CpuTier::Avx2 => Path::IspcAvx2,
@@ -435,22 +498,37 @@ impl Path {
         }
     }
 
-    fn kernels(self) -> Option<(SegmentFn, MergeFn)> {
-        match self {
-            Path::IspcDot => Some((
-                sys::ispc_paged_decode_segment_bf16_dot,
-                sys::ispc_paged_decode_merge_bf16_dot,
-            )),
-            Path::Ispc => Some((
-                sys::ispc_paged_decode_segment_bf16,
+    /// The segment kernel and the merge of its partial results. The AMX tier writes partial
+    /// results in the avx512 build's chunk order (`[16 even][16 odd]`), so it shares that
+    /// build's merge (ISPC's dispatch picks avx512 on every CPU with AMX or AVX-512).
+    fn kernels(self) -> Option<(SegmentKernel, MergeFn)> {
+        use amx_kernels::tile_ops::Hw;
+        let ispc = |f| Some(SegmentKernel::Ispc(f));
+        let (seg, merge): (Option<SegmentKernel>, MergeFn) = match self {
+            Path::Amx => (
+                Some(SegmentKernel::Rust(amx::segment::<Hw>)),
                 sys::ispc_paged_decode_merge_bf16,
-            )),
-            Path::IspcAvx2 => Some((
-                sys::ispc_paged_decode_segment_bf16_avx2,
+            ),
+            #[cfg(test)]
+            Path::AmxEmu => (
+                Some(SegmentKernel::Rust(amx::segment::<amx_kernels::tile_ops::Emu>)),
+                sys::ispc_paged_decode_merge_bf16,
+            ),
+            Path::IspcDot => (
+                ispc(sys::ispc_paged_decode_segment_bf16_dot as SegmentFn),
+                sys::ispc_paged_decode_merge_bf16_dot,
+            ),
+            Path::Ispc => (
+                ispc(sys::ispc_paged_decode_segment_bf16 as SegmentFn),
+                sys::ispc_paged_decode_merge_bf16,
+            ),
+            Path::IspcAvx2 => (
+                ispc(sys::ispc_paged_decode_segment_bf16_avx2 as SegmentFn),
                 sys::ispc_paged_decode_merge_bf16_avx2,
-            )),
-            Path::Scalar => None,
-        }
+            ),
+            Path::Scalar => return None,
+        };
+        seg.map(|s| (s, merge))
     }
 }
 
@@ -530,7 +608,7 @@ fn run_checked(
     let o = Shared(out.as_mut_ptr() as *mut u16);
     let po = Shared(part_o.as_mut_ptr());
     let pml = Shared(part_ml.as_mut_ptr());
-    let block_stride = (kvh * BLOCK_SIZE * d) as i64;
+    let block_stride = kvh * BLOCK_SIZE * d;
     let (pf_blocks, pf_lines) = prefetch_plan();
     let run_segment = |s: &Segment| {
         let table = &b.block_tables[s.seq * b.max_blocks + s.b0..(s.seq + 1) * b.max_blocks];
@@ -567,28 +645,28 @@ fn run_checked(
             // other sequence reads and which lies in this (the last) segment only, written
             // before this segment reads it.
             unsafe {
-                segment_fn(
-                    b.q.as_ptr().add(head * d) as *const u16,
-                    kc.ptr(),
-                    vc.ptr(),
-                    table.as_ptr(),
-                    s.ntok as i32,
+                segment_fn.run(&amx::SegArgs {
+                    q: b.q.as_ptr().add(head * d) as *const u16,
+                    k_cache: kc.ptr(),
+                    v_cache: vc.ptr(),
+                    blocks: table.as_ptr(),
+                    ntok: s.ntok,
                     block_stride,
-                    (s.kv * BLOCK_SIZE * d) as i64,
-                    d as i32,
-                    gp as i32,
-                    s.nh as i32,
-                    shape.scale,
-                    b.new_k.as_ptr().add(nk) as *const u16,
-                    b.new_v.as_ptr().add(nk) as *const u16,
+                    head_off: s.kv * BLOCK_SIZE * d,
+                    d,
+                    g: gp,
+                    nh: s.nh,
+                    scale: shape.scale,
+                    new_k: b.new_k.as_ptr().add(nk) as *const u16,
+                    new_v: b.new_v.as_ptr().add(nk) as *const u16,
                     append_at,
-                    out_p,
-                    po_p,
-                    pml_p,
-                    (s.nseg * g) as i64,
-                    pf_blocks,
-                    pf_lines,
-                );
+                    out: out_p,
+                    part_o: po_p,
+                    part_ml: pml_p,
+                    part_stride: s.nseg * g,
+                    pf_ahead: pf_blocks as usize,
+                    pf_lines: pf_lines as usize,
+                });
             }
         }
     };
