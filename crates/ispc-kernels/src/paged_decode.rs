@@ -374,36 +374,34 @@ impl<T> Shared<T> {
     }
 }
 
+/// A 0/1 switch from the environment (`default` when unset; a notice and `default` when it is
+/// neither).
+fn env_switch(name: &str, default: bool) -> bool {
+    match std::env::var(name) {
+        Ok(v) if v == "1" => true,
+        Ok(v) if v == "0" || v.is_empty() => false,
+        Ok(v) => {
+            eprintln!("tandem: {name}={v:?} is not 0 or 1; using {}", default as u8);
+            default
+        }
+        Err(_) => default,
+    }
+}
+
 /// `TANDEM_CPU_DECODE_DOT=1` (read once) asks for the `_dot` build where the CPU has
 /// AVX512-BF16. It is not the default: `vdpbf16ps` retires one zmm every two cycles on the GPU
 /// host's cores (two f32 FMAs a cycle), and that build ran at 75-85 GiB/s against the f32
 /// build's 99-106 GiB/s there (16 threads, 1 GiB of KV, the same run).
 fn dot_requested() -> bool {
     static DOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DOT.get_or_init(|| match std::env::var("TANDEM_CPU_DECODE_DOT") {
-        Ok(v) if v == "1" => true,
-        Ok(v) if v == "0" || v.is_empty() => false,
-        Ok(v) => {
-            eprintln!("tandem: TANDEM_CPU_DECODE_DOT={v:?} is not 0 or 1; using the f32 build");
-            false
-        }
-        Err(_) => false,
-    })
+    *DOT.get_or_init(|| env_switch("TANDEM_CPU_DECODE_DOT", false))
 }
 
 /// `TANDEM_CPU_DECODE_AMX` (read once): `1` runs QKᵀ and PV on the tile unit where the CPU
 /// has AMX (see [`amx`]), `0` keeps the ISPC build there.
 fn amx_requested() -> bool {
     static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AMX.get_or_init(|| match std::env::var("TANDEM_CPU_DECODE_AMX") {
-        Ok(v) if v == "1" => true,
-        Ok(v) if v == "0" || v.is_empty() => false,
-        Ok(v) => {
-            eprintln!("tandem: TANDEM_CPU_DECODE_AMX={v:?} is not 0 or 1; using the ISPC build");
-            false
-        }
-        Err(_) => AMX_DEFAULT,
-    })
+    *AMX.get_or_init(|| env_switch("TANDEM_CPU_DECODE_AMX", AMX_DEFAULT))
 }
 /// Whether the AMX tier is the default where the CPU has AMX.
 const AMX_DEFAULT: bool = false;
