@@ -37,6 +37,12 @@
 //! `TANDEM_CPU_DECODE_PREFETCH` (read once; `BLOCKS` or `BLOCKS:LINES`, default 1:64, 0 blocks
 //! turns it off) sets how many blocks ahead the kernel prefetches K and V into L2, and how many
 //! 64-byte lines from the start of each 4 KiB page.
+//!
+//! `TANDEM_CPU_DECODE_HEADS` (read once; default all the KV heads the kernel's staging holds)
+//! sets how many KV heads one segment call walks together, block by block, so that a block's K
+//! (and V) rows of those heads are read as one contiguous run. `TANDEM_CPU_DECODE_AMX=1` runs
+//! the products on AMX tiles where the CPU has them ([`amx`]; measured slower than the ISPC build
+//! on the GPU host, so not the default).
 
 use half::bf16;
 use rayon::prelude::*;
@@ -403,7 +409,8 @@ fn amx_requested() -> bool {
     static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AMX.get_or_init(|| env_switch("TANDEM_CPU_DECODE_AMX", AMX_DEFAULT))
 }
-/// Whether the AMX tier is the default where the CPU has AMX.
+/// Whether the AMX tier is the default where the CPU has AMX: not, since on the GPU host it
+/// reached 44–48% of the plain read against the ISPC build's 68–76% (docs/BENCHMARKS.md).
 const AMX_DEFAULT: bool = false;
 
 /// Which code runs: AMX tiles for the products (where the CPU has AMX, on request), the avx512
