@@ -41,7 +41,7 @@
 //! `TANDEM_CPU_DECODE_HEADS` (read once; default all the KV heads the kernel's staging holds)
 //! sets how many KV heads one segment call walks together, block by block, so that a block's K
 //! (and V) rows of those heads are read as one contiguous run. `TANDEM_CPU_DECODE_AMX=1` runs
-//! the products on AMX tiles where the CPU has them ([`amx`]; measured slower than the ISPC build
+//! the products on AMX tiles where the CPU has them (`paged_decode/amx.rs`; measured slower than the ISPC build
 //! on the GPU host, so not the default).
 
 use half::bf16;
