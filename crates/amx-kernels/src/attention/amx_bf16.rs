@@ -176,7 +176,11 @@ pub(crate) unsafe fn attention_item_amx_bf16<K: Tiles>(ctx: &Ctx, it: &Item, o: 
                     &mut m[r0..r0 + SUB],
                     &mut l[r0..r0 + SUB],
                 );
-                let rescaled = softmax_sub(sb, nk, vs, k0, full, c, ms, ls, &mut alpha, pb);
+                let rescaled = if full {
+                    softmax_sub::<true>(sb, nk, vs, k0, c, ms, ls, &mut alpha, pb)
+                } else {
+                    softmax_sub::<false>(sb, nk, vs, k0, c, ms, ls, &mut alpha, pb)
+                };
                 let os = ob.add(r0 * d);
                 if rescaled && kb > 0 {
                     rescale_rows(os, d, &alpha);
