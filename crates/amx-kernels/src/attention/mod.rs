@@ -14,8 +14,9 @@
 //! Causality is aligned at the end: query `i` of a sequence with `q_len` queries and `k_len ≥
 //! q_len` keys sees keys `0 ..= k_len - q_len + i` (plain prefill has `q_len = k_len`).
 //!
-//! Work items: (sequence, kv head, up to 16 rows), a row being one (query token, q head of the
-//! kv head's group) pair, so that the heads of a GQA group share every K/V load. For prefill
+//! Work items: (sequence, kv head, up to 16 rows; on the AMX tier up to `TANDEM_ATTN_ROWS`, see
+//! `amx_tuning`), a row being one (query token, q head of the kv head's group) pair, so that the
+//! heads of a GQA group share every K/V load. For prefill
 //! on the AMX and AVX512-BF16 tiers K and V are first repacked per (sequence, kv head) into the
 //! tile layouts (see [`packed_kv`]) in a buffer of the calling thread, grown once and reused.
 //! Decode (one query per sequence, each key read by one row group) runs the AVX-512 kernel on
@@ -28,6 +29,7 @@ mod packed_kv;
 mod reference;
 mod scalar_bf16;
 mod softmax_avx512;
+mod softmax_rows;
 
 use std::cell::RefCell;
 
@@ -39,10 +41,13 @@ pub use reference::{attention_decode_bf16_ref, attention_prefill_bf16_ref};
 
 use crate::gemm::{OutElem, SharedMut};
 use crate::{check_len, Error, Result};
+pub(crate) use amx_bf16::Tuning;
 
-/// Keys per block of the online softmax (one AMX tile of K depth for PV).
+/// Keys per packed K/V chunk and per block of the online softmax of the AVX-512 tiers (the AMX
+/// kernel takes 1 to 4 chunks per block).
 pub const KEY_BLOCK: usize = 32;
-/// Rows (query × head pairs) per work item: one AMX tile of rows.
+/// Rows (query × head pairs) per work item of the AVX-512 and scalar tiers (the AMX tier's
+/// items are larger, see [`Tuning`]).
 pub const ROW_BLOCK: usize = 16;
 /// Largest head_dim the kernels take (their per-item buffers are sized for it).
 pub const MAX_HEAD_DIM: usize = 256;
@@ -108,6 +113,8 @@ pub(crate) struct Ctx<'a> {
     pub cu_k: &'a [usize],
     /// Repacked K and V (AMX, AVX512-BF16 tiers), with each (sequence, kv head)'s offset.
     pub packed: Option<packed_kv::PackedKv<'a>>,
+    /// Blocking of the AMX kernel (its `rows` is the item size of every tier).
+    pub tuning: Tuning,
 }
 
 /// One work item: sequence `seq`, kv head `kvh`, query tokens `t0 .. t1` (relative to the
@@ -219,6 +226,7 @@ pub fn attention_prefill_bf16_on<O: OutElem>(
         shape,
         scale,
         out,
+        None,
     )
 }
 
@@ -268,6 +276,7 @@ pub fn attention_decode_bf16_on<O: OutElem>(
         shape,
         scale,
         out,
+        None,
     )
 }
 
@@ -336,7 +345,7 @@ pub(crate) fn check_args(
 
 fn kernel_for(tier: CpuTier) -> ItemKernel {
     match tier {
-        CpuTier::Amx => amx_bf16::attention_item_amx_bf16,
+        CpuTier::Amx => amx_bf16::attention_item_amx_bf16::<crate::tile_ops::Hw>,
         CpuTier::Avx512Bf16 => avx512bf16_bf16::attention_item_avx512bf16_bf16,
         CpuTier::Avx512 => avx512_bf16::attention_item_avx512_bf16,
         CpuTier::Avx2 | CpuTier::Scalar => scalar_bf16::attention_item_scalar_bf16,
@@ -350,11 +359,12 @@ thread_local! {
     static O_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The items of a call: per (sequence, kv head), blocks of up to [`ROW_BLOCK`] rows.
-fn items(ctx: &Ctx, nseq: usize) -> Vec<Item> {
+/// The items of a call: per (sequence, kv head), blocks of up to `rows` rows (whole tokens
+/// × up to `rows` heads of the group).
+fn items(ctx: &Ctx, nseq: usize, rows: usize) -> Vec<Item> {
     let g = ctx.shape.group();
-    let hg = g.min(ROW_BLOCK);
-    let tb = ROW_BLOCK / hg;
+    let hg = g.min(rows);
+    let tb = rows / hg;
     let mut items = Vec::new();
     for seq in 0..nseq {
         let (_, _, _, qlen) = ctx.seq(seq);
@@ -389,6 +399,7 @@ fn attend<O: OutElem>(
     shape: AttnShape,
     scale: f32,
     out: &mut [O],
+    with: Option<(ItemKernel, Tuning)>,
 ) -> Result<()> {
     if !tier.available() {
         return Err(Error::Unsupported {
@@ -400,35 +411,114 @@ fn attend<O: OutElem>(
     // Decode reads each key once per row of its group: repacking would cost more than the
     // tiles save, so the tiers that repack take the AVX-512 kernel on the raw layout there.
     let decode = matches!(queries, Queries::OnePerSeq);
-    let needs_packing = matches!(tier, CpuTier::Amx | CpuTier::Avx512Bf16) && !decode;
-    let kernel = if decode && tier >= CpuTier::Avx512 {
+    let mut needs_packing = matches!(tier, CpuTier::Amx | CpuTier::Avx512Bf16) && !decode;
+    let mut kernel = if decode && tier >= CpuTier::Avx512 {
         kernel_for(CpuTier::Avx512)
     } else {
         kernel_for(tier)
     };
-    crate::scratch::with_buf(&PACKED, 0, |buf| {
-        let mut ctx = Ctx {
-            q,
-            k,
-            v,
-            shape,
-            scale,
-            queries,
-            cu_k,
-            packed: None,
+    let mut tuning = if tier == CpuTier::Amx && !decode {
+        let total_q = match queries {
+            Queries::VarLen(cu) => cu[nseq],
+            Queries::OnePerSeq => nseq,
         };
-        if needs_packing {
-            ctx.packed = Some(packed_kv::pack(buf, k, v, cu_k, shape));
+        amx_tuning(total_q * shape.num_heads)
+    } else {
+        Tuning {
+            rows: ROW_BLOCK,
+            keys: KEY_BLOCK,
+            prefetch: false,
         }
-        let items = items(&ctx, nseq);
+    };
+    if let Some((kern, tu)) = with {
+        (kernel, tuning, needs_packing) = (kern, tu, true);
+    }
+    let ctx = Ctx {
+        q,
+        k,
+        v,
+        shape,
+        scale,
+        queries,
+        cu_k,
+        packed: None,
+        tuning,
+    };
+    run_items(kernel, needs_packing, ctx, nseq, out);
+    Ok(())
+}
+
+/// A knob of the AMX kernel from the environment, read once; `ok` says which values it takes.
+fn knob(name: &'static str, ok: fn(usize) -> bool) -> Option<usize> {
+    let v = std::env::var(name).ok()?;
+    match v.trim().parse::<usize>() {
+        Ok(n) if ok(n) => Some(n),
+        _ => panic!("{name}={v}: not a value this knob takes"),
+    }
+}
+
+/// The AMX kernel's blocking for a call of `total_rows` rows (query tokens × q heads).
+///
+/// - `TANDEM_ATTN_ROWS` (multiple of 32 up to 512): rows per item. Default: the largest of
+///   256, 128, 64, 32 that still gives every pool thread 8 items (each item reads its K/V
+///   blocks from the shared cache once, so larger items read less; smaller ones balance the
+///   causal triangle better; 512 measured slower than 256 at 2k-8k tokens).
+/// - `TANDEM_ATTN_KEYS` (32, 64, 96, 128): keys per block. Default 128 (each O tile load and
+///   store then serves 4 `tdpbf16ps` per row tile, the softmax reductions 128 keys).
+/// - `TANDEM_ATTN_PREFETCH` (0, 1): prefetch the next K/V block into L2. Default 0 (measured
+///   no faster than the hardware prefetchers on the packed, sequential blocks).
+fn amx_tuning(total_rows: usize) -> Tuning {
+    use amx_bf16::{MAX_KEYS, MAX_ROWS, SUB};
+    static ENV: std::sync::OnceLock<[Option<usize>; 3]> = std::sync::OnceLock::new();
+    let [rows, keys, prefetch] = *ENV.get_or_init(|| {
+        [
+            knob("TANDEM_ATTN_ROWS", |n| {
+                n > 0 && n % SUB == 0 && n <= MAX_ROWS
+            }),
+            knob("TANDEM_ATTN_KEYS", |n| {
+                n > 0 && n % KEY_BLOCK == 0 && n <= MAX_KEYS
+            }),
+            knob("TANDEM_ATTN_PREFETCH", |n| n <= 1),
+        ]
+    });
+    let rows = rows.unwrap_or_else(|| {
+        let per_thread = 8 * platform::pool_threads();
+        let mut r = 256;
+        while r > SUB && total_rows < r * per_thread {
+            r /= 2;
+        }
+        r
+    });
+    Tuning {
+        rows,
+        keys: keys.unwrap_or(MAX_KEYS),
+        prefetch: prefetch.unwrap_or(0) == 1,
+    }
+}
+
+/// Packs K and V when the kernel wants them (into `ctx.packed`), splits the call into items
+/// of `ctx.tuning.rows` rows and runs `kernel` on each over the pool, writing the rows into
+/// `out`.
+fn run_items<O: OutElem>(
+    kernel: ItemKernel,
+    needs_packing: bool,
+    ctx: Ctx,
+    nseq: usize,
+    out: &mut [O],
+) {
+    let (shape, tuning) = (ctx.shape, ctx.tuning);
+    crate::scratch::with_buf(&PACKED, 0, |buf| {
+        let packed = needs_packing.then(|| packed_kv::pack(buf, ctx.k, ctx.v, ctx.cu_k, shape));
+        let ctx = Ctx { packed, ..ctx };
+        let items = items(&ctx, nseq, tuning.rows);
         let out_ptr = SharedMut(out.as_mut_ptr());
         let (d, group) = (shape.head_dim, shape.group());
         let body = |it: &Item| {
-            crate::scratch::with_buf(&O_SCRATCH, ROW_BLOCK * d, |o| {
+            crate::scratch::with_buf(&O_SCRATCH, tuning.rows * d, |o| {
                 let o = &mut o[..it.rows() * d];
                 // SAFETY: check_args validated every slice against the shapes and the
-                // sequence table; the item's rows and keys lie inside them; the tier is
-                // available (checked above).
+                // sequence table; the item's rows and keys lie inside them; the kernel's tier
+                // is available (checked by the caller).
                 unsafe { kernel(&ctx, it, o) };
                 let (_, _, q0, _) = ctx.seq(it.seq);
                 for (r, orow) in o.chunks_exact(d).enumerate() {
@@ -444,7 +534,38 @@ fn attend<O: OutElem>(
         };
         platform::pool().install(|| items.par_iter().with_max_len(1).for_each(body));
     });
-    Ok(())
+}
+
+/// Prefill through an explicit item kernel and blocking, K and V packed (tests: the AMX
+/// kernel under the tile emulator).
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_prefill_with<O: OutElem>(
+    kernel: ItemKernel,
+    tuning: Tuning,
+    q: &[bf16],
+    k: &[bf16],
+    v: &[bf16],
+    cu_q: &[usize],
+    cu_k: &[usize],
+    shape: AttnShape,
+    scale: f32,
+    out: &mut [O],
+) -> Result<()> {
+    let queries = Queries::VarLen(cu_q);
+    let with = Some((kernel, tuning));
+    attend(
+        CpuTier::Scalar,
+        q,
+        k,
+        v,
+        queries,
+        cu_k,
+        shape,
+        scale,
+        out,
+        with,
+    )
 }
 
 #[cfg(test)]

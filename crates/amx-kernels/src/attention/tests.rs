@@ -1,6 +1,7 @@
 //! Every attention tier against the f64 reference on fresh random inputs: packed sequences of
 //! different lengths, GQA ratios 1, 4 and 6, head_dim 64 and 128, chunked prefill (more keys
-//! than queries), decode; outputs poisoned with NaN first.
+//! than queries), decode; outputs poisoned with NaN first. The AMX kernel also runs under the
+//! tile emulator ([`Emu`]) with every blocking it takes, on any machine with AVX512-BF16.
 
 use half::bf16;
 use platform::CpuTier;
@@ -8,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::tile_ops::{Emu, Hw};
 
 /// The AMX and AVX512-BF16 tiers round the probabilities P to bf16 before P·V (relative error
 /// ≤ 2⁻⁹ each; the normalizer uses the unrounded values), which moves an output by at most
@@ -33,13 +35,36 @@ fn cu(lens: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Runs prefill (or decode when `q_lens` is None) on `tier` and checks it.
+/// What computes the attention under test.
+#[derive(Clone, Copy, Debug)]
+enum Runner {
+    /// The public entries on a tier.
+    Tier(CpuTier),
+    /// The AMX item kernel with this blocking (prefill only), on the tile emulator or (`hw`)
+    /// on AMX.
+    Amx { hw: bool, tuning: Tuning },
+}
+
+/// Runs prefill (or decode when `q_lens` is None) with `runner` and checks it.
 fn check<O: OutElem>(
-    tier: CpuTier,
+    runner: Runner,
     shape: AttnShape,
     q_lens: Option<&[usize]>,
     k_lens: &[usize],
     seed: u64,
+) {
+    check_ramp::<O>(runner, shape, q_lens, k_lens, seed, 0.0)
+}
+
+/// [`check`] with key token `j` (of all sequences) scaled by `1 + ramp·j`, so that the scores
+/// grow along the keys and the running maxima keep moving.
+fn check_ramp<O: OutElem>(
+    runner: Runner,
+    shape: AttnShape,
+    q_lens: Option<&[usize]>,
+    k_lens: &[usize],
+    seed: u64,
+    ramp: f32,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
     let AttnShape {
@@ -52,7 +77,11 @@ fn check<O: OutElem>(
     // Queries up to ±2 with scale 2/sqrt(D) spread the scores over several units, so that the
     // running maximum changes between key blocks and the rescaling is exercised.
     let q = random_bf16(&mut rng, total_q * h * d, 2.0);
-    let k = random_bf16(&mut rng, cu_k[k_lens.len()] * hk * d, 1.0);
+    let mut k = random_bf16(&mut rng, cu_k[k_lens.len()] * hk * d, 1.0);
+    for (j, row) in k.chunks_exact_mut(hk * d).enumerate() {
+        row.iter_mut()
+            .for_each(|x| *x = bf16::from_f32(x.to_f32() * (1.0 + ramp * j as f32)));
+    }
     let v = random_bf16(&mut rng, cu_k[k_lens.len()] * hk * d, 1.0);
     let scale = 2.0 / (d as f32).sqrt();
     let mut out = vec![O::from_f32(f32::NAN); total_q * h * d];
@@ -60,16 +89,42 @@ fn check<O: OutElem>(
     match q_lens {
         Some(ql) => {
             let cu_q = cu(ql);
-            attention_prefill_bf16_on(tier, &q, &k, &v, &cu_q, &cu_k, shape, scale, &mut out)
-                .unwrap();
+            match runner {
+                Runner::Tier(tier) => attention_prefill_bf16_on(
+                    tier, &q, &k, &v, &cu_q, &cu_k, shape, scale, &mut out,
+                ),
+                Runner::Amx { hw, tuning } => attention_prefill_with(
+                    if hw {
+                        amx_bf16::attention_item_amx_bf16::<Hw>
+                    } else {
+                        amx_bf16::attention_item_amx_bf16::<Emu>
+                    },
+                    tuning,
+                    &q,
+                    &k,
+                    &v,
+                    &cu_q,
+                    &cu_k,
+                    shape,
+                    scale,
+                    &mut out,
+                ),
+            }
+            .unwrap();
             attention_prefill_bf16_ref(&q, &k, &v, &cu_q, &cu_k, shape, scale, &mut want).unwrap();
         }
         None => {
+            let Runner::Tier(tier) = runner else {
+                unreachable!("decode runs on a tier")
+            };
             attention_decode_bf16_on(tier, &q, &k, &v, &cu_k, shape, scale, &mut out).unwrap();
             attention_decode_bf16_ref(&q, &k, &v, &cu_k, shape, scale, &mut want).unwrap();
         }
     }
-    let tol = if matches!(tier, CpuTier::Amx | CpuTier::Avx512Bf16) {
+    let tol = if matches!(
+        runner,
+        Runner::Tier(CpuTier::Amx | CpuTier::Avx512Bf16) | Runner::Amx { .. }
+    ) {
         P_BF16_TOL
     } else {
         F32_TOL
@@ -85,7 +140,7 @@ fn check<O: OutElem>(
             };
         assert!(
             (g - w).abs() <= t,
-            "{tier} {shape:?} q_lens {q_lens:?} k_lens {k_lens:?}: out[{i}] (token {}, head {}, dim {}) = {g}, reference {w} (seed {seed})",
+            "{runner:?} {shape:?} q_lens {q_lens:?} k_lens {k_lens:?}: out[{i}] (token {}, head {}, dim {}) = {g}, reference {w} (seed {seed})",
             i / (h * d),
             (i / d) % h,
             i % d
@@ -93,23 +148,15 @@ fn check<O: OutElem>(
     }
 }
 
-const SHAPES: [AttnShape; 3] = [
+const fn sh(num_heads: usize, num_kv_heads: usize, head_dim: usize) -> AttnShape {
     AttnShape {
-        num_heads: 4,
-        num_kv_heads: 4,
-        head_dim: 64,
-    },
-    AttnShape {
-        num_heads: 8,
-        num_kv_heads: 2,
-        head_dim: 128,
-    },
-    AttnShape {
-        num_heads: 6,
-        num_kv_heads: 1,
-        head_dim: 64,
-    },
-];
+        num_heads,
+        num_kv_heads,
+        head_dim,
+    }
+}
+
+const SHAPES: [AttnShape; 3] = [sh(4, 4, 64), sh(8, 2, 128), sh(6, 1, 64)];
 
 fn check_tier(tier: CpuTier) {
     if !platform::testing::tier_or_skip(tier) {
@@ -119,18 +166,66 @@ fn check_tier(tier: CpuTier) {
         let seed: u64 = rand::random();
         // Prefill: lengths around the key block (32) and row block (16) edges, one long one.
         let lens = [1, 17, 40, 5, 130];
-        check::<f32>(tier, shape, Some(&lens), &lens, seed);
-        check::<bf16>(tier, shape, Some(&lens[..3]), &lens[..3], seed);
+        let run = Runner::Tier(tier);
+        check::<f32>(run, shape, Some(&lens), &lens, seed);
+        check::<bf16>(run, shape, Some(&lens[..3]), &lens[..3], seed);
         // Chunked prefill: the queries are the last tokens of longer sequences.
-        check::<f32>(tier, shape, Some(&[3, 20]), &[50, 33], seed);
+        check::<f32>(run, shape, Some(&[3, 20]), &[50, 33], seed);
         // Decode: one query per sequence.
-        check::<f32>(tier, shape, None, &[1, 33, 100], seed);
+        check::<f32>(run, shape, None, &[1, 33, 100], seed);
     }
 }
 
 #[test]
 fn amx_attention_matches_reference() {
     check_tier(CpuTier::Amx);
+}
+
+/// The AMX kernel with explicit blockings: GQA 1, 4 and 8, head_dim 64 and 128, every key
+/// block size and row counts from one sub-block to items larger than a sequence; packed
+/// sequences of lengths off the block edges, chunked prefill, scores that grow along the keys.
+fn check_amx_blockings(hw: bool) {
+    let shapes = [sh(2, 2, 64), sh(8, 2, 128), sh(8, 1, 64), sh(8, 1, 128)];
+    let tunings = [(32, 32), (64, 64), (128, 96), (96, 128), (512, 64)];
+    for (i, shape) in shapes.into_iter().enumerate() {
+        for (j, &(rows, keys)) in tunings.iter().enumerate() {
+            // Not every pair under the emulator: enough that each shape meets several.
+            if !hw && (i + j) % 2 == 1 && rows != 64 {
+                continue;
+            }
+            let seed: u64 = rand::random();
+            let tuning = Tuning {
+                rows,
+                keys,
+                prefetch: j % 2 == 0,
+            };
+            let run = Runner::Amx { hw, tuning };
+            let lens = [1, 17, 100, 5, 130];
+            check::<f32>(run, shape, Some(&lens), &lens, seed);
+            check::<bf16>(run, shape, Some(&[33, 2]), &[33, 2], seed);
+            check::<f32>(run, shape, Some(&[3, 20, 1]), &[50, 33, 70], seed);
+            check::<f32>(run, shape, Some(&[100]), &[170], seed);
+            // Scores growing along the keys: rows rescaled in most key blocks.
+            check_ramp::<f32>(run, shape, Some(&[150, 7]), &[150, 7], seed, 0.1);
+        }
+    }
+}
+
+#[test]
+fn amx_kernel_on_emulated_tiles_matches_reference() {
+    // The softmax between the tile products runs natively.
+    if !platform::testing::tier_or_skip(CpuTier::Avx512Bf16) {
+        return;
+    }
+    check_amx_blockings(false);
+}
+
+#[test]
+fn amx_kernel_blockings_match_reference() {
+    if !platform::testing::amx_or_skip() {
+        return;
+    }
+    check_amx_blockings(true);
 }
 
 #[test]
@@ -150,11 +245,7 @@ fn scalar_attention_matches_reference() {
 
 #[test]
 fn bad_attention_arguments_are_errors() {
-    let shape = AttnShape {
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 64,
-    };
+    let shape = sh(4, 2, 64);
     let (q, k, v) = (
         vec![bf16::ONE; 3 * 4 * 64],
         vec![bf16::ONE; 3 * 2 * 64],
