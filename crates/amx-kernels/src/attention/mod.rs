@@ -449,11 +449,15 @@ fn attend<O: OutElem>(
 }
 
 /// A knob of the AMX kernel from the environment, read once; `ok` says which values it takes.
+/// A value it does not take is reported once and ignored (the default applies).
 fn knob(name: &'static str, ok: fn(usize) -> bool) -> Option<usize> {
     let v = std::env::var(name).ok()?;
     match v.trim().parse::<usize>() {
         Ok(n) if ok(n) => Some(n),
-        _ => panic!("{name}={v}: not a value this knob takes"),
+        _ => {
+            eprintln!("tandem: {name}={v:?} is not a value this knob takes; using the default");
+            None
+        }
     }
 }
 
