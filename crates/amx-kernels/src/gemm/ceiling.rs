@@ -50,7 +50,7 @@ fn span(kind: Ceiling) -> usize {
 }
 
 /// Runs `steps` K steps (rounded up to the ceiling's span) of the micro-kernel on every pool
-/// thread at once; returns the FLOP done (2 per multiply-add, all threads).
+/// thread at once; returns the operations done (2 per multiply-add, all threads).
 pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
     if platform::cpu_caps().best_tier() != platform::CpuTier::Amx
         || (kind == Ceiling::TdpInt8 && !platform::cpu_caps().amx_int8_usable())
@@ -115,5 +115,7 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
         1u64
     });
     let threads: u64 = threads.iter().sum();
-    Ok(threads * (rounds * span) as u64 * 4 * 16 * 16 * 32 * 2)
+    // A tdpbssd multiplies 64 of K per tile row, a tdpbf16ps 32.
+    let k_per_tile = if kind == Ceiling::TdpInt8 { 64 } else { 32 };
+    Ok(threads * (rounds * span) as u64 * 4 * 16 * 16 * k_per_tile * 2)
 }
