@@ -27,14 +27,14 @@
 //! piece: no cache-set conflicts between the 16 rows of a tile load, no tail step, and no copy
 //! inside the blocks (a block of a decode GEMM spans all rows, and used to repack them).
 //!
-//! Blocking ([`Knobs`], each an environment variable read once, a tuning knob): a work block
-//! is up to `TANDEM_AMX_MB` rows × `TANDEM_AMX_NB` column blocks (M ≤ 64: all rows). K is cut
-//! into chunks of `TANDEM_AMX_KC` tiles; within a chunk the block's 32 × 32 tiles run either
-//! row group outside (`TANDEM_AMX_ROWS_OUTER=1`: the group's A strip of the chunk, 2 KiB per
-//! step, stays in L1 while the B tiles of every column pair stream from L2) or column pair
-//! outside (`=0`: the pair's B strip stays in L1 while the groups' A streams; the default for
-//! decode blocks, whose thousands of columns are read from memory once). C goes to the block's
-//! f32 scratch between chunks. `TANDEM_AMX_PF_A` / `TANDEM_AMX_PF_B` prefetch (`prefetcht0`) the
+//! Blocking ([`Knobs`], each an environment variable read once, a tuning knob; defaults in
+//! [`Knobs::DEFAULT`]): a work block is up to `TANDEM_AMX_MB` rows × `TANDEM_AMX_NB` column
+//! blocks (M ≤ 64: all rows; default 128 × 8). K is cut into chunks of `TANDEM_AMX_KC` tiles
+//! (default 32); within a chunk the block's 32 × 32 tiles run either row group outside
+//! (`TANDEM_AMX_ROWS_OUTER=1`: the group's A strip of the chunk stays in L1 or L2 while the B
+//! tiles of every column pair stream) or column pair outside (`=0`, the default: the pair's B
+//! strip is read from memory once and reused by every row group while the groups' A streams
+//! from L2). C goes to the block's f32 scratch between chunks. `TANDEM_AMX_PF_A` / `TANDEM_AMX_PF_B` prefetch (`prefetcht0`) the
 //! A / B tiles that many K steps ahead (0: off); `TANDEM_AMX_PF_A2` / `TANDEM_AMX_PF_B2` the same
 //! into L2 on the first pass over the operand (a distance of one chunk fetches the next
 //! chunk's).
@@ -66,8 +66,8 @@ pub(crate) const A_STEP: usize = 2 * TILE_BYTES;
 pub(crate) struct Knobs {
     /// K tiles per chunk (`TANDEM_AMX_KC`).
     pub kc: usize,
-    /// Row groups outside the column pairs; `None`: for blocks of more than [`M_SMALL`] rows
-    /// (`TANDEM_AMX_ROWS_OUTER=1|0` forces one order).
+    /// Row groups outside the column pairs (`TANDEM_AMX_ROWS_OUTER=1|0`); `None`: for blocks
+    /// of more than [`M_SMALL`] rows only.
     pub rows_outer: Option<bool>,
     /// Prefetch distance in K steps for the A panel and the B tiles (0: none), into L1.
     pub pf_a: usize,
@@ -84,16 +84,22 @@ pub(crate) struct Knobs {
 }
 
 impl Knobs {
-    /// The defaults, chosen on the GPU host (see docs/BENCHMARKS.md).
+    /// The defaults, from two sweeps on the GPU host (bf16; llama3-8b o M=512, gate_up
+    /// M=64 and 128, down M=2048). Against K chunks of 16, row groups outside for M > 64,
+    /// B prefetched into L1 two steps ahead and 256 × 256 blocks, each of these alone was
+    /// faster in all four cases of one run: chunks of 32 (1.07–1.65×), column pairs outside
+    /// (1.12–1.48×), no L1 prefetch (1.10–1.29×); 128 × 128 blocks in three (1.0–1.42×). Of
+    /// seven combinations, this one had the best geometric mean in the second run; the host's
+    /// figures moved by up to 25 % between the two runs (torch too), so the margins are rough.
     pub(crate) const DEFAULT: Knobs = Knobs {
-        kc: 16,
-        rows_outer: None,
+        kc: 32,
+        rows_outer: Some(false),
         pf_a: 0,
-        pf_b: 2,
+        pf_b: 0,
         pf_a2: 0,
-        pf_b2: 16,
-        m_block: 256,
-        n_block: 16,
+        pf_b2: 32,
+        m_block: 128,
+        n_block: 8,
     };
 
     /// The defaults with the environment's overrides, read once.
@@ -111,7 +117,8 @@ impl Knobs {
                 kc: num("TANDEM_AMX_KC", d.kc).max(1),
                 rows_outer: std::env::var("TANDEM_AMX_ROWS_OUTER")
                     .ok()
-                    .map(|v| v == "1"),
+                    .map(|v| v == "1")
+                    .or(d.rows_outer),
                 pf_a: num("TANDEM_AMX_PF_A", d.pf_a),
                 pf_b: num("TANDEM_AMX_PF_B", d.pf_b),
                 pf_a2: num("TANDEM_AMX_PF_A2", d.pf_a2),
