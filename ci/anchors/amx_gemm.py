@@ -5,6 +5,8 @@ criterion results (bf16 and int8) when their folder is given.
 
     python3 anchors/amx_gemm.py [CRITERION_DIR]
 
+ANCHOR_SHAPES=llama3-8b.o,opt-30b.fc1 and ANCHOR_MS=128,512 restrict the rows timed.
+
 Ours: median of the criterion samples. Torch: median of timed repetitions after warm-up.
 GB/s is the bf16 weight (N·K·2 bytes) over the time: the weight-streaming rate at small M.
 """
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 torch.set_num_threads(int(os.environ.get("TANDEM_THREADS", "16")))
-MS = [1, 8, 32, 128, 512, 2048]
+MS = [1, 8, 32, 64, 128, 512, 2048]
 SHAPES = [
     ("llama3-8b.qkv", 6144, 4096, "plain"),
     ("llama3-8b.o", 4096, 4096, "plain"),
@@ -29,6 +31,11 @@ SHAPES = [
     ("opt-30b.fc1", 28672, 7168, "bias_relu"),
     ("opt-30b.fc2", 7168, 28672, "bias_residual"),
 ]
+
+
+def selected(var, item):
+    v = os.environ.get(var)
+    return v is None or str(item) in [x.strip() for x in v.split(",")]
 
 
 def timeit(fn, min_s=0.3, min_reps=3):
@@ -68,10 +75,14 @@ def main():
     print(f"{'shape':18} {'M':>5} | {'ms bf16':>8} {'ms int8':>8} {'ms torch':>8} | {'TF bf16':>7} {'TF int8':>7} {'TF torch':>8} "
           f"| {'bf16/torch':>10} {'int8/torch':>10} {'int8/bf16':>9} | {'GB/s bf16':>9} {'GB/s torch':>10}")
     for name, n, k, kind in SHAPES:
+        if not selected("ANCHOR_SHAPES", name):
+            continue
         w = torch.randn(n, k, dtype=torch.bfloat16)
         b = torch.randn(n, dtype=torch.bfloat16)
         wbytes = n * k * 2
         for m in MS:
+            if not selected("ANCHOR_MS", m):
+                continue
             x = torch.randn(m, k, dtype=torch.bfloat16)
             out_cols = n // 2 if kind == "silu_mul" else n
             h = torch.randn(m, out_cols, dtype=torch.bfloat16)

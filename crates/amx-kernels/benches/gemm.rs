@@ -1,10 +1,14 @@
 //! GEMM benches on the pool (`TANDEM_THREADS` sets its size): the linears of LLaMA-3-8B and
-//! OPT-30B at M ∈ {1, 8, 32, 128, 512, 2048}, bf16 and int8 weights, bf16 activations and output, the epilogue each
-//! linear has in a model. Throughput: FLOP (2·M·N·K, printed as elem/s) for M > 8, bytes of
-//! packed weight for M ≤ 8 (the weight-streaming regime). `cpu_dram_read` measures the read
-//! bandwidth ceiling in the same run.
+//! OPT-30B at M ∈ {1, 8, 32, 64, 128, 512, 2048}, bf16 and int8 weights, bf16 activations and
+//! output, the epilogue each linear has in a model. Throughput: FLOP (2·M·N·K, printed as
+//! elem/s) for M > 8, bytes of packed weight for M ≤ 8 (the weight-streaming regime).
+//! `cpu_dram_read` measures the read bandwidth ceiling in the same run, `amx_ceiling` the
+//! micro-kernel's (AMX hosts only; see `amx_kernels::gemm::ceiling`).
 //!
 //! `cargo bench -p amx-kernels --bench gemm -- <filter>`; `TANDEM_CPU_TIER` picks a lower tier.
+//! `GEMM_SHAPES=llama3-8b.o,opt-30b.fc1` and `GEMM_MS=128,512` restrict the shapes and Ms
+//! built at all (packing every weight takes seconds, whatever the criterion filter), and
+//! `GEMM_GROUPS=dram,ceiling,bf16,int8` the groups set up.
 
 use std::time::Duration;
 
@@ -19,7 +23,12 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-const MS: [usize; 6] = [1, 8, 32, 128, 512, 2048];
+const MS: [usize; 7] = [1, 8, 32, 64, 128, 512, 2048];
+
+/// Whether `item` is in the comma-separated list `var` (everything when it is unset).
+fn selected(var: &str, item: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v.split(',').any(|x| x.trim() == item))
+}
 
 /// (model.linear, N, K, epilogue kind)
 #[derive(Clone, Copy)]
@@ -76,6 +85,12 @@ enum Dtype {
 }
 
 fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
+    if !selected(
+        "GEMM_GROUPS",
+        if dtype == Dtype::Bf16 { "bf16" } else { "int8" },
+    ) {
+        return;
+    }
     let mut g = configure(
         c,
         if dtype == Dtype::Bf16 {
@@ -86,6 +101,9 @@ fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
     );
     let mmax = *MS.iter().max().unwrap();
     for (i, &(name, n, k, kind)) in SHAPES.iter().enumerate() {
+        if !selected("GEMM_SHAPES", name) {
+            continue;
+        }
         let wv = random_bf16(n * k, i as u64);
         let gate_up = matches!(kind, Kind::SiluMul);
         let (wb, wq) = match (dtype, gate_up) {
@@ -108,7 +126,7 @@ fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
         let a = random_bf16(mmax * k, 100 + i as u64);
         let bias = random_bf16(n, 200 + i as u64);
         let mut out = random_bf16(mmax * out_cols, 300 + i as u64);
-        for &m in &MS {
+        for &m in MS.iter().filter(|m| selected("GEMM_MS", &m.to_string())) {
             g.throughput(if m <= 8 {
                 Throughput::Bytes(packed_bytes as u64)
             } else {
@@ -151,6 +169,9 @@ fn bench_gemm_int8(c: &mut Criterion) {
 
 /// Read bandwidth of the pool over 2 GiB (far past any L3): the ceiling of the M ≤ 8 cases.
 fn bench_dram_read(c: &mut Criterion) {
+    if !selected("GEMM_GROUPS", "dram") {
+        return;
+    }
     let words = (2usize << 30) / 8;
     let mut buf = vec![0u64; words];
     platform::pool().install(|| {
@@ -180,5 +201,41 @@ fn bench_dram_read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_dram_read, bench_gemm_bf16, bench_gemm_int8);
+/// The AMX micro-kernel's ceilings on every pool thread at once (FLOP/s as elem/s): dot
+/// products only, then the 2 × 2 kernel with its operands in L1, in L2, and in L2 with
+/// prefetch. Skipped where AMX is not usable.
+fn bench_amx_ceiling(c: &mut Criterion) {
+    use amx_kernels::gemm::ceiling::{amx_ceiling, Ceiling};
+    const STEPS: usize = 4096;
+    if !selected("GEMM_GROUPS", "ceiling") {
+        return;
+    }
+    if amx_ceiling(Ceiling::Tdp, 1).is_err() {
+        eprintln!("amx_ceiling: skipped, AMX is not usable here");
+        return;
+    }
+    let mut g = configure(c, "amx_ceiling");
+    for (name, kind) in [
+        ("tdp_bf16", Ceiling::Tdp),
+        ("tdp_int8", Ceiling::TdpInt8),
+        ("l1", Ceiling::L1),
+        ("l2", Ceiling::L2),
+        ("l2_prefetch", Ceiling::L2Prefetch),
+    ] {
+        let Ok(flop) = amx_ceiling(kind, STEPS) else {
+            continue;
+        };
+        g.throughput(Throughput::Elements(flop));
+        g.bench_function(name, |b| b.iter(|| amx_ceiling(kind, STEPS).unwrap()));
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_dram_read,
+    bench_amx_ceiling,
+    bench_gemm_bf16,
+    bench_gemm_int8
+);
 criterion_main!(benches);

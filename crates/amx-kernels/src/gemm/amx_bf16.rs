@@ -1,29 +1,45 @@
-//! AMX tier of the bf16 GEMM block kernel: `tdpbf16ps` on the shared tile machinery of
-//! [`amx_tiles`](super::amx_tiles) (tile allocation documented there). A is read in place,
-//! row-major bf16, 32 of K per tile row; a K that is not a multiple of 32 takes the tail path.
+//! AMX tier of the bf16 GEMM: `tdpbf16ps` on the shared tile machinery of
+//! [`amx_tiles`](super::amx_tiles) (tile allocation and blocking documented there). A is copied
+//! into the tile panel first (32 of K per tile row, the last tile zero-padded past K).
 
 use half::bf16;
+use platform::CpuTier;
 
-use super::amx_tiles::{gemm_block_amx, AmxOperands};
-use super::pack::{PackedWeight, BLOCK_K, TILE_ELEMS};
+use super::amx_tiles::{gemm_amx, ASource, Knobs};
+use super::pack::{PackedWeight, TILE_ELEMS};
+use super::{Epilogue, OutElem};
+use crate::tile_ops::Tiles;
 
-/// See [`BlockKernel`](super::BlockKernel) for the contract.
-pub(crate) unsafe fn gemm_block_amx_bf16(
+/// The AMX bf16 GEMM on tiles `T`, the epilogue on `ep_tier`.
+///
+/// # Safety
+/// The arguments passed `check_args` (A holds `m × w.k`, `out` and the epilogue's operands
+/// fit), `m > 0`, the tiles `T` are usable on the pool's threads and `ep_tier` is available.
+pub(crate) unsafe fn gemm_amx_bf16<T: Tiles, O: OutElem>(
+    ep_tier: CpuTier,
+    kn: &Knobs,
     a: &[bf16],
-    m0: usize,
-    rows: usize,
+    m: usize,
     w: &PackedWeight,
-    pb0: usize,
-    pb1: usize,
-    c: &mut [f32],
+    out: &mut [O],
+    ep: &Epilogue,
 ) {
-    let op = AmxOperands {
-        a: a.as_ptr().add(m0 * w.k) as *const u8,
+    let src = ASource {
+        a: a.as_ptr() as *const u8,
         lda: w.k * 2,
-        tail_bytes: (w.k % BLOCK_K) * 2,
-        b: w.block_ptr(0) as *const u8,
-        b_stride: w.kb * TILE_ELEMS * 2,
+        row_bytes: w.k * 2,
+        m,
         kb: w.kb,
     };
-    gemm_block_amx::<false>(&op, rows, pb0, pb1, c);
+    gemm_amx::<T, O, false>(
+        ep_tier,
+        kn,
+        &src,
+        &w.shape(),
+        w.block_ptr(0) as *const u8,
+        w.kb * TILE_ELEMS * 2,
+        out,
+        ep,
+        |_, _, _, _, _| {},
+    )
 }

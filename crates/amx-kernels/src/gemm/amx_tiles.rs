@@ -1,9 +1,12 @@
-//! The AMX GEMM block kernel shared by bf16 (`tdpbf16ps`) and int8 (`tdpbssd`), inline asm.
-//! The two differ only in the dot-product instruction and in what one 64-byte tile row holds
-//! (32 bf16 or 64 int8 of K; the B tiles are the VNNI pairs or quads of the packed weights).
+//! The AMX GEMM shared by bf16 (`tdpbf16ps`) and int8 (`tdpbssd`), written against
+//! [`Tiles`](crate::tile_ops::Tiles): the same code runs on the hardware ([`Hw`], one asm
+//! instruction per tile op) and under the emulator ([`Emu`](crate::tile_ops::Emu)) in the tests
+//! of machines without AMX. bf16 and int8 differ only in the dot-product instruction and in
+//! what one 64-byte tile row holds (32 bf16 or 64 int8 of K; the B tiles are the VNNI pairs or
+//! quads of the packed weights).
 //!
-//! Micro-kernel: a 32 × 32 block of C, K walked one tile (64 bytes of a row) at a time, C
-//! held in tiles across the whole K chunk. Tile allocation (palette 1, every row 64 bytes):
+//! Micro-kernel: a 32 × 32 block of C, K walked one tile (64 bytes of a row) at a time, C held
+//! in tiles across one K chunk. Tile allocation (palette 1, every row 64 bytes):
 //!
 //! ```text
 //! tmm0  C rows  0..16, cols  0..16  f32|i32 (r0 rows)    tmm4  A rows  0..16 × 64 bytes of K (r0 rows)
@@ -12,95 +15,265 @@
 //! tmm3  C rows 16..32, cols 16..32  f32|i32 (r1 rows)    tmm7  B block nb+1
 //! ```
 //!
-//! Per K step: 4 tile loads (A from a per-thread contiguous copy of the 32 rows' K chunk,
-//! `[step][32 rows][64 B]`, made once per chunk and reused by every column pair, or straight
-//! from the row-major activations with `TANDEM_AMX_PACK_A=0`; B from the packed weight,
-//! contiguous), 4 `tdpbf16ps`. A block with fewer than 32 rows sets
-//! the tile rows (`r0`, `r1`) in the configuration instead of padding; a missing second A tile
-//! or B block is replaced by a duplicate of the first, whose results are never stored. A K
-//! that does not fill its last tile ends with one step whose A tile comes from a zero-padded
-//! copy of the last bytes of each row (the weights are zero-padded already).
+//! Per K step: 2 A tiles from the panel, 2 B tiles from the packed weight (both contiguous,
+//! 64-byte row stride), 4 dot products; a group of 16 rows or fewer skips tmm5 and its two
+//! products. A group with fewer than 32 rows sets the tile rows (`r0`, `r1`) in the
+//! configuration instead of padding; a missing second B block is replaced by a duplicate of
+//! the first, whose results are never stored.
 //!
-//! Blocking: K is cut into chunks of [`kc_tiles`] tiles (64). Within a chunk every row group
-//! of 32 rows is packed first (the A panel, ≤ 128 rows × 4 KiB, stays in L2). A decode block
-//! (all of M ≤ 64 rows, thousands of columns) then walks its columns 32 at a time, each pair of
-//! B blocks (128 KiB) going through every row group before the next pair, so that each B tile
-//! comes from memory once; a large-M block (≤ 128 columns, whose B panel stays in L2) walks
-//! the row groups outside instead (see [`rows_outer`]). C goes to the thread's f32 scratch
-//! between chunks.
+//! A panel: before the blocks run, all of A is copied (on the pool) into
+//! `[32-row group][K tile][32 rows][64 bytes]`, the last tile of each row zero-padded past K
+//! (the weights are zero-padded already), so that one K step of one group is 2 KiB in one
+//! piece: no cache-set conflicts between the 16 rows of a tile load, no tail step, and no copy
+//! inside the blocks (a block of a decode GEMM spans all rows, and used to repack them).
 //!
-//! `ldtilecfg` is per thread: each call configures the tiles itself and releases them at the
+//! Blocking ([`Knobs`], each an environment variable read once, a tuning knob; defaults in
+//! [`Knobs::DEFAULT`]): a work block is up to `TANDEM_AMX_MB` rows × `TANDEM_AMX_NB` column
+//! blocks (M ≤ 64: all rows; default 128 × 8). K is cut into chunks of `TANDEM_AMX_KC` tiles
+//! (default 32); within a chunk the block's 32 × 32 tiles run either row group outside
+//! (`TANDEM_AMX_ROWS_OUTER=1`: the group's A strip of the chunk stays in L1 or L2 while the B
+//! tiles of every column pair stream) or column pair outside (`=0`, the default: the pair's B
+//! strip is read from memory once and reused by every row group while the groups' A streams
+//! from L2). C goes to the block's f32 scratch between chunks. `TANDEM_AMX_PF_A` / `TANDEM_AMX_PF_B` prefetch (`prefetcht0`) the
+//! A / B tiles that many K steps ahead (0: off); `TANDEM_AMX_PF_A2` / `TANDEM_AMX_PF_B2` the same
+//! into L2 on the first pass over the operand (a distance of one chunk fetches the next
+//! chunk's).
+//!
+//! `ldtilecfg` is per thread: each block configures the tiles itself and releases them at the
 //! end, so any pool thread can run any block.
 
-use std::arch::asm;
+use std::cell::RefCell;
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+
+use rayon::prelude::*;
+
+use platform::CpuTier;
 
 use super::pack::BLOCK_N;
-use super::M_SMALL;
+use super::{run, Epilogue, OutElem, SharedMut, WeightShape, M_SMALL};
 use crate::tile::TileConfig;
+use crate::tile_ops::Tiles;
 
-/// K tiles per chunk (2048 deep in bf16); `TANDEM_AMX_KC` overrides it (a tuning knob).
-pub fn kc_tiles() -> usize {
-    static KC: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *KC.get_or_init(|| {
-        std::env::var("TANDEM_AMX_KC")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&v| v > 0)
-            .unwrap_or(64)
-    })
+/// Bytes of one tile row, of one tile, of one K step of a 32-row group in the A panel.
+pub(crate) const ROW: usize = 64;
+pub(crate) const TILE_BYTES: usize = 16 * ROW;
+pub(crate) const A_STEP: usize = 2 * TILE_BYTES;
+
+/// The blocking and prefetch choices of the AMX GEMM (see the module header).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Knobs {
+    /// K tiles per chunk (`TANDEM_AMX_KC`).
+    pub kc: usize,
+    /// Row groups outside the column pairs (`TANDEM_AMX_ROWS_OUTER=1|0`); `None`: for blocks
+    /// of more than [`M_SMALL`] rows only.
+    pub rows_outer: Option<bool>,
+    /// Prefetch distance in K steps for the A panel and the B tiles (0: none), into L1.
+    pub pf_a: usize,
+    pub pf_b: usize,
+    /// The same into L2 (`prefetcht1`), issued only on the first pass over the operand in a
+    /// chunk (B: the first row group of a pair; A: the first pair of a group); a distance of
+    /// `kc` fetches the next chunk's tiles of the same rows or columns.
+    pub pf_a2: usize,
+    pub pf_b2: usize,
+    /// Rows of a work block when M > [`M_SMALL`] (a multiple of 32; `TANDEM_AMX_MB`).
+    pub m_block: usize,
+    /// Most packed column blocks of a work block when M > [`M_SMALL`] (even; `TANDEM_AMX_NB`).
+    pub n_block: usize,
 }
 
-/// Whether A is copied into a contiguous tile panel first: on by default (faster in the six
-/// cases measured on the GPU host, by 11–40 % in single runs, see docs/BENCHMARKS.md);
-/// `TANDEM_AMX_PACK_A=0` reads A in place (a tuning knob).
-pub fn pack_a() -> bool {
-    static PACK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PACK.get_or_init(|| std::env::var("TANDEM_AMX_PACK_A").map_or(true, |v| v != "0"))
+impl Knobs {
+    /// The defaults, from two sweeps on the GPU host (bf16; llama3-8b o M=512, gate_up
+    /// M=64 and 128, down M=2048). Against K chunks of 16, row groups outside for M > 64,
+    /// B prefetched into L1 two steps ahead and 256 × 256 blocks, each of these alone was
+    /// faster in all four cases of one run: chunks of 32 (1.07–1.65×), column pairs outside
+    /// (1.12–1.48×), no L1 prefetch (1.10–1.29×); 128 × 128 blocks in three (1.0–1.42×). Of
+    /// seven combinations, this one had the best geometric mean in the second run; the host's
+    /// figures moved by up to 25 % between the two runs (torch too), so the margins are rough.
+    pub(crate) const DEFAULT: Knobs = Knobs {
+        kc: 32,
+        rows_outer: Some(false),
+        pf_a: 0,
+        pf_b: 0,
+        pf_a2: 0,
+        pf_b2: 32,
+        m_block: 128,
+        n_block: 8,
+    };
+
+    /// The defaults with the environment's overrides, read once.
+    pub(crate) fn get() -> &'static Knobs {
+        static K: std::sync::OnceLock<Knobs> = std::sync::OnceLock::new();
+        K.get_or_init(|| {
+            let num = |name: &str, default: usize| {
+                std::env::var(name)
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(default)
+            };
+            let d = Knobs::DEFAULT;
+            Knobs {
+                kc: num("TANDEM_AMX_KC", d.kc).max(1),
+                rows_outer: std::env::var("TANDEM_AMX_ROWS_OUTER")
+                    .ok()
+                    .map(|v| v == "1")
+                    .or(d.rows_outer),
+                pf_a: num("TANDEM_AMX_PF_A", d.pf_a),
+                pf_b: num("TANDEM_AMX_PF_B", d.pf_b),
+                pf_a2: num("TANDEM_AMX_PF_A2", d.pf_a2),
+                pf_b2: num("TANDEM_AMX_PF_B2", d.pf_b2),
+                m_block: num("TANDEM_AMX_MB", d.m_block).div_ceil(32).max(1) * 32,
+                n_block: num("TANDEM_AMX_NB", d.n_block).div_ceil(2).max(1) * 2,
+            }
+        })
+    }
+
+    /// The work blocks of the plan.
+    pub(crate) fn blocking(&self) -> super::Blocking {
+        super::Blocking {
+            m_block: self.m_block,
+            n_block_max: self.n_block,
+        }
+    }
+
+    /// Whether a block of `rows` rows walks its row groups outside the column pairs.
+    pub(crate) fn rows_outer(&self, rows: usize) -> bool {
+        self.rows_outer.unwrap_or(rows > M_SMALL)
+    }
 }
 
-/// Whether a block of `rows` rows walks its row groups outside the column pairs. Large-M
-/// blocks (more than [`M_SMALL`] rows, at most 8 column blocks whose B panel stays in L2) do:
-/// on the GPU host, OPT-30B FC1 at M = 2048 took 95.8 ms that way against 128.6 ms with the
-/// pairs outside. Decode blocks (all rows, thousands of columns) walk the pairs outside, or
-/// every row group would read B from memory again: the 64-row GEMM went from 3.3–3.6 to
-/// 4.8 TFLOP/s. `TANDEM_AMX_ROWS_OUTER=1` or `=0` forces one order (a tuning knob).
-pub fn rows_outer(rows: usize) -> bool {
-    static R: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    R.get_or_init(|| {
-        std::env::var("TANDEM_AMX_ROWS_OUTER")
-            .ok()
-            .map(|v| v == "1")
-    })
-    .unwrap_or(rows > M_SMALL)
-}
-
+/// One 64-byte line of the A panel (the alignment `tileloadd` rows want).
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
-struct Line([u8; 64]);
+pub(crate) struct Line(pub(crate) [u8; 64]);
 
-thread_local! {
-    /// This thread's packed A panel (grown once, reused).
-    static APACK: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
+impl Default for Line {
+    fn default() -> Self {
+        Line([0; 64])
+    }
 }
 
-/// This thread's A panel buffer of at least `bytes` bytes. The pointer stays valid until the
-/// next call on this thread (the buffer only grows).
-fn apack(bytes: usize) -> *mut u8 {
-    APACK.with(|b| {
-        let mut b = b.borrow_mut();
-        let lines = bytes.div_ceil(64);
-        if b.len() < lines {
-            b.resize(lines, Line([0; 64]));
+thread_local! {
+    /// The calling thread's A panel (grown once, reused).
+    static PANEL: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Bytes of the A panel of `m` rows and `kb` K tiles.
+fn panel_bytes(m: usize, kb: usize) -> usize {
+    m.div_ceil(32) * kb * A_STEP
+}
+
+/// Activations as the caller has them: `m` rows at stride `lda` bytes, `row_bytes` of them
+/// meaningful (K elements), to be cut into `kb` tiles of 64 bytes.
+pub(crate) struct ASource {
+    pub a: *const u8,
+    pub lda: usize,
+    pub row_bytes: usize,
+    pub m: usize,
+    pub kb: usize,
+}
+
+/// Runs `f` with A copied into this thread's panel (layout in the module header). The copy is
+/// spread over the pool by row group.
+///
+/// # Safety
+/// `src` describes readable memory (`m` rows of `row_bytes` at stride `lda`), and
+/// `row_bytes ≤ kb · 64`.
+pub(crate) unsafe fn with_panel<R>(src: &ASource, f: impl FnOnce(*const u8) -> R) -> R {
+    let bytes = panel_bytes(src.m, src.kb);
+    crate::scratch::with_buf(&PANEL, bytes / ROW, |buf| {
+        let dst = SharedMut(buf.as_mut_ptr() as *mut u8);
+        let a = SharedMut(src.a as *mut u8);
+        let (m, lda, row_bytes, kb) = (src.m, src.lda, src.row_bytes, src.kb);
+        let groups = m.div_ceil(32);
+        let pack = |g: usize| {
+            let rows = (m - 32 * g).min(32);
+            for r in 0..rows {
+                let row = a.get().add((32 * g + r) * lda) as *const u8;
+                let mut out = dst.get().add(g * kb * A_STEP + r * ROW);
+                for t in 0..kb {
+                    let n = row_bytes.saturating_sub(t * ROW).min(ROW);
+                    if n > 0 {
+                        std::ptr::copy_nonoverlapping(row.add(t * ROW), out, n);
+                    }
+                    if n < ROW {
+                        std::ptr::write_bytes(out.add(n), 0, ROW - n);
+                    }
+                    out = out.add(A_STEP);
+                }
+            }
+        };
+        if groups * kb < 64 {
+            (0..groups).for_each(pack);
+        } else {
+            platform::pool().install(|| (0..groups).into_par_iter().for_each(pack));
         }
-        b.as_mut_ptr() as *mut u8
+        f(buf.as_ptr() as *const u8)
     })
 }
 
-/// Bytes of one tile row, and of one B tile.
-const ROW: usize = 64;
-const TILE_BYTES: usize = 16 * ROW;
+/// The AMX GEMM on tiles `T`: A (`src`) copied into the panel, then the plan's blocks on the
+/// pool, each block's accumulators handed to `finish(m0, rows, pb0, pb1, acc)` (int8
+/// dequantizes there) before the epilogue on `ep_tier`.
+///
+/// # Safety
+/// The arguments passed `check_args` (`src` is A of the weight `w`, `b` its first packed block,
+/// blocks `b_stride` bytes apart), `m > 0`, the tiles `T` (with AMX-INT8 for `INT8` on `Hw`)
+/// are usable on the pool's threads and `ep_tier` is available.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
+    ep_tier: CpuTier,
+    kn: &Knobs,
+    src: &ASource,
+    w: &WeightShape,
+    b: *const u8,
+    b_stride: usize,
+    out: &mut [O],
+    ep: &Epilogue,
+    finish: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
+) {
+    with_panel(src, |panel| {
+        let op = AmxOperands {
+            panel,
+            kb: src.kb,
+            b,
+            b_stride,
+        };
+        run(
+            ep_tier,
+            kn.blocking(),
+            src.m,
+            w,
+            out,
+            ep,
+            |m0, rows, pb0, pb1, c| {
+                // SAFETY: the plan's blocks start on multiples of 32 rows (Knobs::blocking) and
+                // stay inside M and the weight's blocks; c holds rows · (pb1 - pb0) · 16; the
+                // panel covers all of M (caller's contract for the rest).
+                gemm_block_amx::<T, INT8>(&op, m0, rows, pb0, pb1, c, kn);
+                finish(m0, rows, pb0, pb1, c);
+            },
+        );
+    })
+}
 
+/// Where a block kernel finds its operands.
+pub(crate) struct AmxOperands {
+    /// The A panel (all of M; see the module header) and its K tiles per row group.
+    pub panel: *const u8,
+    pub kb: usize,
+    /// The first packed block of the weight, and the bytes from one block to the next.
+    pub b: *const u8,
+    pub b_stride: usize,
+}
+
+// SAFETY: the operands are only read, by every block at once.
+unsafe impl Sync for AmxOperands {}
+
+/// A palette-1 configuration for a row group of `r0` + `r1` rows (`r1` may be 0).
 fn config(r0: usize, r1: usize) -> TileConfig {
+    let r1 = if r1 > 0 { r1 } else { r0 };
     let mut cfg = TileConfig::palette1();
     for t in [0, 1, 4] {
         cfg.set(t, r0 as u8, 64);
@@ -113,242 +286,179 @@ fn config(r0: usize, r1: usize) -> TileConfig {
     cfg
 }
 
-macro_rules! tile_io {
-    ($load:ident, $store:ident, $zero:ident, $t:literal) => {
-        #[inline(always)]
-        unsafe fn $load(p: *const f32, stride: usize) {
-            asm!(concat!("tileloadd ", $t, ", [{p} + {s}*1]"), p = in(reg) p, s = in(reg) stride, options(nostack, readonly));
-        }
-        #[inline(always)]
-        unsafe fn $store(p: *mut f32, stride: usize) {
-            asm!(concat!("tilestored [{p} + {s}*1], ", $t), p = in(reg) p, s = in(reg) stride, options(nostack));
-        }
-        #[inline(always)]
-        unsafe fn $zero() {
-            asm!(concat!("tilezero ", $t), options(nostack, nomem));
-        }
-    };
-}
-tile_io!(load_c0, store_c0, zero_c0, "tmm0");
-tile_io!(load_c1, store_c1, zero_c1, "tmm1");
-tile_io!(load_c2, store_c2, zero_c2, "tmm2");
-tile_io!(load_c3, store_c3, zero_c3, "tmm3");
-
-macro_rules! k_steps_asm {
-    ($name:ident, $dot:literal) => {
-        /// `steps` K steps of the 2 × 2 micro-kernel on tmm0–3 (see the header for the tiles).
-        #[inline(always)]
-        unsafe fn $name(
-            a0: *const u8,
-            a1: *const u8,
-            lda_bytes: usize,
-            a_step: usize,
-            b0: *const u8,
-            b1: *const u8,
-            steps: usize,
-        ) {
-    asm!(
-        "2:",
-        "tileloadd tmm4, [{a0} + {lda}*1]",
-        "tileloadd tmm5, [{a1} + {lda}*1]",
-        "tileloadd tmm6, [{b0} + {bs}*1]",
-        "tileloadd tmm7, [{b1} + {bs}*1]",
-        concat!($dot, " tmm0, tmm4, tmm6"),
-        concat!($dot, " tmm1, tmm4, tmm7"),
-        concat!($dot, " tmm2, tmm5, tmm6"),
-        concat!($dot, " tmm3, tmm5, tmm7"),
-        "add {a0}, {astep}",
-        "add {a1}, {astep}",
-        "add {b0}, 1024",
-        "add {b1}, 1024",
-        "dec {n}",
-        "jnz 2b",
-        a0 = inout(reg) a0 => _,
-        a1 = inout(reg) a1 => _,
-        b0 = inout(reg) b0 => _,
-        b1 = inout(reg) b1 => _,
-        n = inout(reg) steps => _,
-        lda = in(reg) lda_bytes,
-        astep = in(reg) a_step,
-        bs = in(reg) 64usize,
-        options(nostack, readonly),
-            );
-        }
-    };
-}
-k_steps_asm!(k_steps_bf16, "tdpbf16ps");
-k_steps_asm!(k_steps_int8, "tdpbssd");
-
-/// Where a block kernel finds its operands.
-pub(crate) struct AmxOperands {
-    /// Row `m0` of A.
-    pub a: *const u8,
-    /// Bytes from one row of A to the next; each row has `kb` tiles' worth of bytes unless
-    /// `tail_bytes` is non-zero, in which case the last tile's row holds only that many.
-    pub lda: usize,
-    pub tail_bytes: usize,
-    /// The first packed block of the weight, the bytes between blocks, tiles per block.
-    pub b: *const u8,
-    pub b_stride: usize,
-    pub kb: usize,
+/// `C += A · B` on tiles `C`, `A`, `B`: `tdpbssd` for int8, `tdpbf16ps` for bf16.
+#[inline(always)]
+pub(crate) unsafe fn dp<T: Tiles, const INT8: bool, const C: u8, const A: u8, const B: u8>() {
+    if INT8 {
+        T::dp_ssd::<C, A, B>()
+    } else {
+        T::dp_bf16::<C, A, B>()
+    }
 }
 
-/// Accumulators (f32 for bf16, i32 bits for int8) of rows `0..rows` of `op.a` × packed blocks
+/// `prefetcht0` (`L2`: `prefetcht1`) of `lines` cache lines from `p` (a hint: never faults,
+/// any address).
+#[inline(always)]
+fn prefetch<const L2: bool>(p: *const u8, lines: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for i in 0..lines {
+        let q = p.wrapping_add(i * ROW) as *const i8;
+        // SAFETY: prefetch does not access memory architecturally; SSE is baseline on x86-64.
+        unsafe {
+            if L2 {
+                _mm_prefetch::<_MM_HINT_T1>(q)
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(q)
+            }
+        };
+    }
+}
+
+/// Prefetch distances (K steps, 0: none) of one micro-kernel call: A and B into L1, into L2.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Prefetch {
+    pub a: usize,
+    pub b: usize,
+    pub a2: usize,
+    pub b2: usize,
+}
+
+/// `steps` K steps of the micro-kernel on tmm0–3 (tmm0–1 only unless `TWO`, the group has a
+/// second 16 rows): A from `a` (2 KiB per step), B from `b0` and `b1` (1 KiB per step).
+#[inline(always)]
+pub(crate) unsafe fn micro<T: Tiles, const INT8: bool, const TWO: bool>(
+    a: *const u8,
+    b0: *const u8,
+    b1: *const u8,
+    steps: usize,
+    pf: Prefetch,
+) {
+    let a_lines = if TWO { 32 } else { 16 };
+    for s in 0..steps {
+        let (a, b0, b1) = (
+            a.add(s * A_STEP),
+            b0.add(s * TILE_BYTES),
+            b1.add(s * TILE_BYTES),
+        );
+        T::load::<4>(a, ROW);
+        T::load::<6>(b0, ROW);
+        dp::<T, INT8, 0, 4, 6>();
+        T::load::<7>(b1, ROW);
+        dp::<T, INT8, 1, 4, 7>();
+        if TWO {
+            T::load::<5>(a.add(TILE_BYTES), ROW);
+            dp::<T, INT8, 2, 5, 6>();
+            dp::<T, INT8, 3, 5, 7>();
+        }
+        if pf.b > 0 {
+            prefetch::<false>(b0.wrapping_add(pf.b * TILE_BYTES), 16);
+            prefetch::<false>(b1.wrapping_add(pf.b * TILE_BYTES), 16);
+        }
+        if pf.a > 0 {
+            prefetch::<false>(a.wrapping_add(pf.a * A_STEP), a_lines);
+        }
+        if pf.b2 > 0 {
+            prefetch::<true>(b0.wrapping_add(pf.b2 * TILE_BYTES), 16);
+            prefetch::<true>(b1.wrapping_add(pf.b2 * TILE_BYTES), 16);
+        }
+        if pf.a2 > 0 {
+            prefetch::<true>(a.wrapping_add(pf.a2 * A_STEP), a_lines);
+        }
+    }
+}
+
+/// Accumulators (f32 for bf16, i32 bits for int8) of rows `m0 .. m0 + rows` × packed blocks
 /// `pb0..pb1`, into `c` (row stride `(pb1 - pb0) · 16`).
 ///
 /// # Safety
-/// AMX (and AMX-INT8 for `INT8`) is usable on this thread; `op` describes readable memory for
-/// `rows` rows and blocks up to `pb1`; `c` holds `rows · (pb1 - pb0) · 16` elements.
-pub(crate) unsafe fn gemm_block_amx<const INT8: bool>(
+/// The tiles `T` models are usable on this thread (AMX, and AMX-INT8 for `INT8`, for `Hw`);
+/// `m0` is a multiple of 32; `op` describes a panel of at least `m0 + rows` rows and a weight
+/// with blocks up to `pb1`; `c` holds `rows · (pb1 - pb0) · 16` elements.
+pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
     op: &AmxOperands,
+    m0: usize,
     rows: usize,
     pb0: usize,
     pb1: usize,
     c: &mut [f32],
+    kn: &Knobs,
 ) {
+    debug_assert_eq!(m0 % 32, 0);
     let kb = op.kb;
-    let kfull = if op.tail_bytes > 0 { kb - 1 } else { kb };
     let ldc = (pb1 - pb0) * BLOCK_N;
-    let (lda_bytes, ldc_bytes) = (op.lda, ldc * 4);
-    let k_steps = if INT8 { k_steps_int8 } else { k_steps_bf16 };
-    let mut configured = None;
-    let kc = kc_tiles();
-    let pack = pack_a();
-    let rows_outer = rows_outer(rows);
+    let ldc_bytes = ldc * 4;
+    let kc = kn.kc.max(1);
+    let rows_outer = kn.rows_outer(rows);
     let groups = rows.div_ceil(32);
-    let group_rows = |g: usize| {
-        let mp = g * 32;
-        let r0 = (rows - mp).min(16);
-        (mp, r0, (rows - mp - r0).min(16))
-    };
+    let pairs = (pb1 - pb0).div_ceil(2);
+    let cbase = c.as_mut_ptr() as *mut u8;
+    let mut configured = None;
     for kc0 in (0..kb).step_by(kc) {
-        let kc1 = (kc0 + kc).min(kb);
-        let has_tail = op.tail_bytes != 0 && kc1 == kb;
-        let steps = if has_tail { kfull - kc0 } else { kc1 - kc0 };
-        // This thread's panel: every row group's A for the chunk (when packed), then every
-        // group's zero-padded tail tiles (when K ends inside a tile).
-        let packed = if pack {
-            groups * steps * 2 * TILE_BYTES
-        } else {
-            0
-        };
-        let tails = if has_tail { groups * 2 * TILE_BYTES } else { 0 };
-        let panel = apack(packed + tails);
-        for g in 0..groups {
-            let (mp, r0, r1) = group_rows(g);
-            let arow0 = op.a.add(mp * lda_bytes);
-            // A copied tile by tile into the contiguous panel (2 KiB per K step: no
-            // cache-set conflicts between the 16 rows of one tile load when the row stride is
-            // a multiple of 4 KiB, and the copy is reused by every column pair), or read in
-            // place (TANDEM_AMX_PACK_A=0).
-            if pack {
-                let dst = panel.add(g * steps * 2 * TILE_BYTES);
-                for s in 0..steps {
-                    for r in 0..r0 + r1 {
-                        let src = arow0.add(r * lda_bytes + (kc0 + s) * ROW);
-                        std::ptr::copy_nonoverlapping(
-                            src,
-                            dst.add(s * 2 * TILE_BYTES + r * ROW),
-                            ROW,
-                        );
-                    }
-                }
-            }
-            if has_tail {
-                let t = panel.add(packed + g * 2 * TILE_BYTES);
-                for r in 0..32 {
-                    let row = t.add(r * ROW);
-                    let n = if r < r0 + r1 { op.tail_bytes } else { 0 };
-                    if n > 0 {
-                        std::ptr::copy_nonoverlapping(
-                            arow0.add(r * lda_bytes + kfull * ROW),
-                            row,
-                            n,
-                        );
-                    }
-                    std::ptr::write_bytes(row.add(n), 0, ROW - n);
-                }
-            }
-        }
-        // Column pairs outside, row groups inside: a pair's B tiles of the chunk (128 KiB) are
-        // read from memory once and reused from the cache by every row group, however many
-        // columns the block spans (a small-M block spans thousands: with the row groups
-        // outside, a 64-row block read each B tile from memory twice).
-        let pairs = (pb1 - pb0).div_ceil(2);
+        let steps = (kc0 + kc).min(kb) - kc0;
         for i in 0..pairs * groups {
             let (pi, g) = if rows_outer {
                 (i % pairs, i / pairs)
             } else {
                 (i / groups, i % groups)
             };
+            let mp = 32 * g;
+            let r0 = (rows - mp).min(16);
+            let r1 = (rows - mp - r0).min(16);
+            if configured != Some((r0, r1)) {
+                T::config(&config(r0, r1));
+                configured = Some((r0, r1));
+            }
             let np = pb0 + 2 * pi;
-            let two = np + 1 < pb1;
+            let two_cols = np + 1 < pb1;
             let b0 = op.b.add(np * op.b_stride + kc0 * TILE_BYTES);
-            let b1 = if two { b0.add(op.b_stride) } else { b0 };
-            {
-                let (mp, r0, r1) = group_rows(g);
-                if configured != Some((r0, r1)) {
-                    let cfg = config(r0, if r1 > 0 { r1 } else { r0 });
-                    // SAFETY: AMX is available (caller's contract); the configuration is a
-                    // valid palette-1 layout (rows ≤ 16, 64-byte rows).
-                    asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly));
-                    configured = Some((r0, r1));
+            let b1 = if two_cols { b0.add(op.b_stride) } else { b0 };
+            let a = op.panel.add(((m0 / 32 + g) * kb + kc0) * A_STEP);
+            // SAFETY (C tiles): inside the scratch (rows × ldc); only the ones this group and
+            // pair own are loaded or stored.
+            let c00 = cbase.add((mp * ldc + (np - pb0) * BLOCK_N) * 4);
+            let c01 = c00.wrapping_add(BLOCK_N * 4);
+            let c10 = c00.wrapping_add(16 * ldc_bytes);
+            let c11 = c10.wrapping_add(BLOCK_N * 4);
+            let two_rows = r1 > 0;
+            if kc0 == 0 {
+                T::zero::<0>();
+                T::zero::<1>();
+                T::zero::<2>();
+                T::zero::<3>();
+            } else {
+                T::load::<0>(c00, ldc_bytes);
+                if two_cols {
+                    T::load::<1>(c01, ldc_bytes);
                 }
-                let (a0, a_lda, a_step) = if pack {
-                    (
-                        panel.add(g * steps * 2 * TILE_BYTES) as *const u8,
-                        ROW,
-                        2 * TILE_BYTES,
-                    )
-                } else {
-                    (op.a.add(mp * lda_bytes + kc0 * ROW), lda_bytes, ROW)
-                };
-                let a1 = if r1 > 0 { a0.add(16 * a_lda) } else { a0 };
-                let t0 = panel.wrapping_add(packed + g * 2 * TILE_BYTES) as *const u8;
-                let t1 = if r1 > 0 { t0.add(16 * ROW) } else { t0 };
-                let c00 = c.as_mut_ptr().add(mp * ldc + (np - pb0) * BLOCK_N);
-                let c10 = c00.wrapping_add(16 * ldc);
-                // SAFETY: the C tiles are inside the scratch (rows × ldc), only the ones this
-                // block owns are loaded or stored; A rows m0+mp .. +r0+r1 and K tiles
-                // kc0 .. kc0+steps are inside A (or its panel); B tiles kc0 .. kc1 are inside
-                // the weight; the tail tiles are in the panel.
-                if kc0 == 0 {
-                    zero_c0();
-                    zero_c1();
-                    zero_c2();
-                    zero_c3();
-                } else {
-                    load_c0(c00, ldc_bytes);
-                    if two {
-                        load_c1(c00.add(BLOCK_N), ldc_bytes);
-                    }
-                    if r1 > 0 {
-                        load_c2(c10, ldc_bytes);
-                        if two {
-                            load_c3(c10.add(BLOCK_N), ldc_bytes);
-                        }
+                if two_rows {
+                    T::load::<2>(c10, ldc_bytes);
+                    if two_cols {
+                        T::load::<3>(c11, ldc_bytes);
                     }
                 }
-                if steps > 0 {
-                    k_steps(a0, a1, a_lda, a_step, b0, b1, steps);
-                }
-                if has_tail {
-                    let (bt0, bt1) = (b0.add(steps * TILE_BYTES), b1.add(steps * TILE_BYTES));
-                    k_steps(t0, t1, ROW, ROW, bt0, bt1, 1);
-                }
-                store_c0(c00, ldc_bytes);
-                if two {
-                    store_c1(c00.add(BLOCK_N), ldc_bytes);
-                }
-                if r1 > 0 {
-                    store_c2(c10, ldc_bytes);
-                    if two {
-                        store_c3(c10.add(BLOCK_N), ldc_bytes);
-                    }
+            }
+            let pf = Prefetch {
+                a: kn.pf_a,
+                b: kn.pf_b,
+                a2: if pi == 0 { kn.pf_a2 } else { 0 },
+                b2: if g == 0 { kn.pf_b2 } else { 0 },
+            };
+            if two_rows {
+                micro::<T, INT8, true>(a, b0, b1, steps, pf);
+            } else {
+                micro::<T, INT8, false>(a, b0, b1, steps, pf);
+            }
+            T::store::<0>(c00, ldc_bytes);
+            if two_cols {
+                T::store::<1>(c01, ldc_bytes);
+            }
+            if two_rows {
+                T::store::<2>(c10, ldc_bytes);
+                if two_cols {
+                    T::store::<3>(c11, ldc_bytes);
                 }
             }
         }
     }
-    // SAFETY: releases this thread's tile state; the next block configures again.
-    asm!("tilerelease", options(nostack, nomem));
+    T::release();
 }

@@ -15,10 +15,13 @@ use half::bf16;
 use platform::CpuTier;
 use rayon::prelude::*;
 
-use super::amx_tiles::{gemm_block_amx, AmxOperands};
+use super::amx_tiles::{gemm_amx, ASource, Knobs};
 use super::pack::BLOCK_N;
 use super::pack_int8::{quantize_row_int8, PackedWeightI8, BLOCK_K_INT8};
-use super::{avx2_int8, avx512vnni_int8, check_args, run, scalar_int8, Epilogue, OutElem};
+use super::{
+    avx2_int8, avx512vnni_int8, check_args, run, scalar_int8, Blocking, Epilogue, OutElem,
+};
+use crate::tile_ops::{Hw, Tiles};
 use crate::{Error, Result};
 
 /// Quantized activations handed to a block kernel.
@@ -42,8 +45,9 @@ pub(crate) type BlockKernelI8 = unsafe fn(
     c: &mut [f32],
 );
 
-/// Which int8 kernel a tier runs, or an error when this CPU cannot run that tier.
-fn kernel_for(tier: CpuTier) -> Result<BlockKernelI8> {
+/// Which int8 kernel a tier runs (`None`: the AMX driver), or an error when this CPU cannot
+/// run that tier.
+fn kernel_for(tier: CpuTier) -> Result<Option<BlockKernelI8>> {
     let caps = platform::cpu_caps();
     if !tier.available() {
         return Err(Error::Unsupported {
@@ -51,8 +55,8 @@ fn kernel_for(tier: CpuTier) -> Result<BlockKernelI8> {
             have: caps.best_tier(),
         });
     }
-    Ok(match tier {
-        CpuTier::Amx if caps.amx_int8_usable() => gemm_block_amx_int8,
+    Ok(Some(match tier {
+        CpuTier::Amx if caps.amx_int8_usable() => return Ok(None),
         CpuTier::Amx => {
             return Err(Error::Unsupported {
                 needed: "AMX-INT8",
@@ -64,7 +68,7 @@ fn kernel_for(tier: CpuTier) -> Result<BlockKernelI8> {
         }
         CpuTier::Avx512Bf16 | CpuTier::Avx512 | CpuTier::Avx2 => avx2_int8::gemm_block_avx2_int8,
         CpuTier::Scalar => scalar_int8::gemm_block_scalar_int8,
-    })
+    }))
 }
 
 /// The tier [`gemm_int8`] uses: `platform::cpu_tier()`, lowered to the VNNI twin where AMX
@@ -113,7 +117,39 @@ pub fn gemm_int8_on<O: OutElem>(
     if m == 0 {
         return Ok(());
     }
-    let kpad = w.kb * BLOCK_K_INT8;
+    let Some(kernel) = kernel else {
+        // SAFETY: check_args passed, m > 0, AMX-INT8 is usable (kernel_for).
+        unsafe { gemm_amx_int8::<Hw, O>(tier, Knobs::get(), a, m, k, w, out, &ep) };
+        return Ok(());
+    };
+    with_quantized(a, m, k, w.kb * BLOCK_K_INT8, |qa| {
+        run(
+            tier,
+            Blocking::SIMD,
+            m,
+            &shape,
+            out,
+            &ep,
+            |m0, rows, pb0, pb1, c| {
+                // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
+                // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
+                // elements; kernel_for checked the tier.
+                unsafe { kernel(qa, m0, rows, w, pb0, pb1, c) };
+                dequantize(c, rows, pb0, pb1, &qa.scales[m0..m0 + rows], &w.scales);
+            },
+        )
+    });
+    Ok(())
+}
+
+/// Runs `f` with A quantized per row into this thread's buffer, rows padded to `kpad`.
+fn with_quantized<R>(
+    a: &[bf16],
+    m: usize,
+    k: usize,
+    kpad: usize,
+    f: impl FnOnce(&QuantA) -> R,
+) -> R {
     crate::scratch::with_buf(&QUANT, m * kpad, |q| {
         crate::scratch::with_buf(&QUANT_SCALES, m, |scales| {
             let (q, scales) = (&mut q[..m * kpad], &mut scales[..m]);
@@ -126,17 +162,51 @@ pub fn gemm_int8_on<O: OutElem>(
                         qr[k..].fill(0);
                     })
             });
-            let qa = QuantA { q, kpad, scales };
-            run(tier, m, &shape, out, &ep, |m0, rows, pb0, pb1, c| {
-                // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
-                // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
-                // elements; kernel_for checked the tier.
-                unsafe { kernel(&qa, m0, rows, w, pb0, pb1, c) };
-                dequantize(c, rows, pb0, pb1, &qa.scales[m0..m0 + rows], &w.scales);
-            });
+            f(&QuantA { q, kpad, scales })
         })
-    });
-    Ok(())
+    })
+}
+
+/// The AMX int8 GEMM on tiles `T` (`tdpbssd`), the epilogue on `ep_tier`: A quantized, copied
+/// into the tile panel, the shared tile kernel, then dequantized per block.
+///
+/// # Safety
+/// The arguments passed `check_args`, `m > 0`, the tiles `T` (with AMX-INT8 for `Hw`) are
+/// usable on the pool's threads and `ep_tier` is available.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_amx_int8<T: Tiles, O: OutElem>(
+    ep_tier: CpuTier,
+    kn: &Knobs,
+    a: &[bf16],
+    m: usize,
+    k: usize,
+    w: &PackedWeightI8,
+    out: &mut [O],
+    ep: &Epilogue,
+) {
+    let kpad = w.kb * BLOCK_K_INT8;
+    with_quantized(a, m, k, kpad, |qa| {
+        let src = ASource {
+            a: qa.q.as_ptr() as *const u8,
+            lda: kpad,
+            row_bytes: kpad,
+            m,
+            kb: w.kb,
+        };
+        gemm_amx::<T, O, true>(
+            ep_tier,
+            kn,
+            &src,
+            &w.shape(),
+            w.block_ptr(0) as *const u8,
+            w.kb * 1024,
+            out,
+            ep,
+            |m0, rows, pb0, pb1, c| {
+                dequantize(c, rows, pb0, pb1, &qa.scales[m0..m0 + rows], &w.scales)
+            },
+        )
+    })
 }
 
 /// i32 accumulators (stored as bits in `c`) to f32 with the row and column scales.
@@ -148,26 +218,4 @@ fn dequantize(c: &mut [f32], rows: usize, pb0: usize, pb1: usize, sa: &[f32], sw
             *x = x.to_bits() as i32 as f32 * (sa[r] * s);
         }
     }
-}
-
-/// AMX tier: the shared tile kernel with `tdpbssd`; A is the padded quantized copy, so no
-/// tail step is needed.
-unsafe fn gemm_block_amx_int8(
-    a: &QuantA,
-    m0: usize,
-    rows: usize,
-    w: &PackedWeightI8,
-    pb0: usize,
-    pb1: usize,
-    c: &mut [f32],
-) {
-    let op = AmxOperands {
-        a: a.q.as_ptr().add(m0 * a.kpad) as *const u8,
-        lda: a.kpad,
-        tail_bytes: 0,
-        b: w.block_ptr(0) as *const u8,
-        b_stride: w.kb * 1024,
-        kb: w.kb,
-    };
-    gemm_block_amx::<true>(&op, rows, pb0, pb1, c);
 }

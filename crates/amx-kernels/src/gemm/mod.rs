@@ -39,6 +39,7 @@ mod avx2_int8;
 mod avx512_bf16;
 mod avx512bf16_bf16;
 mod avx512vnni_int8;
+pub mod ceiling;
 mod epilogue;
 mod int8;
 mod pack;
@@ -59,6 +60,7 @@ pub use pack::{PackedWeight, WeightKind, BLOCK_K, BLOCK_N};
 pub use pack_int8::{quantize_row_int8, PackedWeightI8, BLOCK_K_INT8};
 pub use reference::{gemm_bf16_ref, gemm_int8_ref};
 
+use crate::tile_ops::Hw;
 use crate::{check_len, Error, Result};
 
 /// Rows of one work block when M is large: with [`N_BLOCK_MAX`] columns, the A panel and the B
@@ -85,9 +87,10 @@ pub(crate) type BlockKernel = unsafe fn(
     c: &mut [f32],
 );
 
+/// The block kernel of a SIMD tier (AMX runs [`amx_bf16::gemm_amx_bf16`] instead).
 fn kernel_for(tier: CpuTier) -> BlockKernel {
     match tier {
-        CpuTier::Amx => amx_bf16::gemm_block_amx_bf16,
+        CpuTier::Amx => unreachable!("the AMX tier has its own driver"),
         CpuTier::Avx512Bf16 => avx512bf16_bf16::gemm_block_avx512bf16_bf16,
         CpuTier::Avx512 => avx512_bf16::gemm_block_avx512_bf16,
         CpuTier::Avx2 => avx2_bf16::gemm_block_avx2_bf16,
@@ -132,13 +135,26 @@ pub fn gemm_bf16_on<O: OutElem>(
     if m == 0 {
         return Ok(());
     }
+    if tier == CpuTier::Amx {
+        // SAFETY: check_args passed, m > 0, AMX is available (checked above).
+        unsafe {
+            amx_bf16::gemm_amx_bf16::<Hw, O>(tier, amx_tiles::Knobs::get(), a, m, w, out, &ep)
+        };
+        return Ok(());
+    }
     let kernel = kernel_for(tier);
     // SAFETY: check_args validated A against the weight and M; the plan keeps m0 + rows ≤ M and
     // pb0 < pb1 ≤ nblocks; run hands over rows · (pb1 - pb0) · 16 accumulators; the tier was
     // checked available above.
-    run(tier, m, &shape, out, &ep, |m0, rows, pb0, pb1, c| unsafe {
-        kernel(a, m0, rows, w, pb0, pb1, c)
-    });
+    run(
+        tier,
+        Blocking::SIMD,
+        m,
+        &shape,
+        out,
+        &ep,
+        |m0, rows, pb0, pb1, c| unsafe { kernel(a, m0, rows, w, pb0, pb1, c) },
+    );
     Ok(())
 }
 
@@ -188,6 +204,23 @@ pub(crate) fn check_args(
     Ok(())
 }
 
+/// The largest work block when M > [`M_SMALL`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Blocking {
+    /// Rows of a block.
+    pub m_block: usize,
+    /// Most packed column blocks of a block (even).
+    pub n_block_max: usize,
+}
+
+impl Blocking {
+    /// The SIMD tiers' blocks ([`M_BLOCK`] × [`N_BLOCK_MAX`]).
+    pub(crate) const SIMD: Blocking = Blocking {
+        m_block: M_BLOCK,
+        n_block_max: N_BLOCK_MAX,
+    };
+}
+
 /// How the output is cut into blocks.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Plan {
@@ -201,11 +234,11 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn new(m: usize, nblocks: usize, threads: usize) -> Self {
-        let m_block = if m <= M_SMALL { m } else { M_BLOCK };
+    pub(crate) fn new(m: usize, nblocks: usize, threads: usize, b: Blocking) -> Self {
+        let m_block = if m <= M_SMALL { m } else { b.m_block };
         let m_items = m.div_ceil(m_block);
         let pairs = nblocks.div_ceil(2);
-        // Enough items for every thread to have two (balance), no wider than N_BLOCK_MAX when
+        // Enough items for every thread to have two (balance), no wider than n_block_max when
         // the block is reused over many rows (L2), and whole pairs of blocks. Small M streams
         // the weight once and is bound by DRAM: eight items per thread there, so that a thread
         // slowed by its neighbours hands work to the others instead of leaving a tail.
@@ -213,7 +246,7 @@ impl Plan {
         let want_items = (per_thread * threads).div_ceil(m_items).max(1);
         let mut n_pairs = pairs.div_ceil(want_items).max(1);
         if m > M_SMALL {
-            n_pairs = n_pairs.min(N_BLOCK_MAX / 2);
+            n_pairs = n_pairs.min(b.n_block_max / 2).max(1);
         }
         let n_block = 2 * n_pairs;
         Plan {
@@ -355,13 +388,14 @@ impl WeightShape {
 /// with the block's accumulators.
 pub(crate) fn run<O: OutElem>(
     tier: CpuTier,
+    blocking: Blocking,
     m: usize,
     w: &WeightShape,
     out: &mut [O],
     ep: &Epilogue,
     kernel: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
 ) {
-    let plan = Plan::new(m, w.nblocks, platform::pool_threads());
+    let plan = Plan::new(m, w.nblocks, platform::pool_threads(), blocking);
     let out_ptr = SharedMut(out.as_mut_ptr());
     let gate_up = matches!(w.kind, WeightKind::GateUp { .. });
     let out_cols = w.out_cols();

@@ -7,6 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::tile_ops::Emu;
 
 /// Unit roundoff of f32.
 const U32: f64 = f32::EPSILON as f64 / 2.0;
@@ -80,11 +81,19 @@ fn as_multiplied(dtype: Dtype, x: &[bf16], rows: usize, k: usize) -> Vec<f64> {
     }
 }
 
-/// Runs one (dtype, tier, shape, case, output type) against the reference; panics with the seed.
+/// What runs a GEMM: a tier's public entry, or the AMX driver on emulated tiles with the given
+/// knobs (the epilogue on this CPU's best tier).
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Tier(CpuTier),
+    AmxEmu(amx_tiles::Knobs),
+}
+
+/// Runs one (dtype, path, shape, case, output type) against the reference; panics with the seed.
 #[allow(clippy::too_many_arguments)]
 fn check<O: OutElem + std::fmt::Debug>(
     dtype: Dtype,
-    tier: CpuTier,
+    via: Via,
     m: usize,
     n: usize,
     k: usize,
@@ -141,7 +150,25 @@ fn check<O: OutElem + std::fmt::Debug>(
                 PackedWeight::from_bf16(&wv, n, k)
             };
             let w = w.unwrap();
-            gemm_bf16_on(tier, &a, m, k, &w, &mut out, ep).unwrap();
+            match via {
+                Via::Tier(tier) => gemm_bf16_on(tier, &a, m, k, &w, &mut out, ep).unwrap(),
+                Via::AmxEmu(kn) => {
+                    check_args(&a, m, k, &w.shape(), out.len(), &ep).unwrap();
+                    // SAFETY: the arguments passed check_args, m > 0, the emulated tiles run
+                    // anywhere and the epilogue runs on this CPU's best tier.
+                    unsafe {
+                        amx_bf16::gemm_amx_bf16::<Emu, O>(
+                            emu_ep_tier(),
+                            &kn,
+                            &a,
+                            m,
+                            &w,
+                            &mut out,
+                            &ep,
+                        )
+                    }
+                }
+            }
             gemm_bf16_ref(&a, m, k, &w, &mut want, ep).unwrap();
             ACC_SIGMAS * (k as f64).sqrt() * U32
         }
@@ -152,7 +179,25 @@ fn check<O: OutElem + std::fmt::Debug>(
                 PackedWeightI8::from_bf16(&wv, n, k)
             };
             let w = w.unwrap();
-            gemm_int8_on(tier, &a, m, k, &w, &mut out, ep).unwrap();
+            match via {
+                Via::Tier(tier) => gemm_int8_on(tier, &a, m, k, &w, &mut out, ep).unwrap(),
+                Via::AmxEmu(kn) => {
+                    check_args(&a, m, k, &w.shape(), out.len(), &ep).unwrap();
+                    // SAFETY: as for bf16 above.
+                    unsafe {
+                        int8::gemm_amx_int8::<Emu, O>(
+                            emu_ep_tier(),
+                            &kn,
+                            &a,
+                            m,
+                            k,
+                            &w,
+                            &mut out,
+                            &ep,
+                        )
+                    }
+                }
+            }
             gemm_int8_ref(&a, m, k, &w, &mut want, ep).unwrap();
             INT8_DEQUANT_ROUNDINGS * U32
         }
@@ -181,7 +226,7 @@ fn check<O: OutElem + std::fmt::Debug>(
             }
             assert!(
                 (got - exp).abs() <= tol,
-                "{dtype:?} {tier} m={m} n={n} k={k} {case:?} out={}: [{row},{col}] got {got}, reference {exp}, tol {tol:.3e} (seed {seed})",
+                "{dtype:?} {via:?} m={m} n={n} k={k} {case:?} out={}: [{row},{col}] got {got}, reference {exp}, tol {tol:.3e} (seed {seed})",
                 std::any::type_name::<O>()
             );
         }
@@ -210,10 +255,80 @@ fn check_tier(dtype: Dtype, tier: CpuTier) {
     for &(m, n, k) in &SHAPES {
         for case in CASES {
             let seed: u64 = rand::random();
-            check::<f32>(dtype, tier, m, n, k, case, seed);
-            check::<bf16>(dtype, tier, m, n, k, case, seed);
+            check::<f32>(dtype, Via::Tier(tier), m, n, k, case, seed);
+            check::<bf16>(dtype, Via::Tier(tier), m, n, k, case, seed);
         }
     }
+}
+
+/// The tier the emulated AMX GEMM's epilogue runs on: the best this CPU has.
+fn emu_ep_tier() -> CpuTier {
+    platform::cpu_caps().best_tier()
+}
+
+/// Knob settings the emulated AMX GEMM is checked with: the defaults, and two that cut every
+/// shape below into several K chunks, work blocks of several row groups (blocks starting past
+/// row 0) and both loop orders, with prefetch on and off.
+const EMU_KNOBS: [amx_tiles::Knobs; 3] = [
+    amx_tiles::Knobs::DEFAULT,
+    amx_tiles::Knobs {
+        kc: 3,
+        rows_outer: Some(true),
+        pf_a: 1,
+        pf_b: 1,
+        pf_a2: 3,
+        pf_b2: 3,
+        m_block: 64,
+        n_block: 4,
+    },
+    amx_tiles::Knobs {
+        kc: 5,
+        rows_outer: Some(false),
+        pf_a: 0,
+        pf_b: 0,
+        pf_a2: 0,
+        pf_b2: 0,
+        m_block: 32,
+        n_block: 2,
+    },
+];
+
+/// Shapes for the emulated AMX GEMM (m, n, k): M = 1, rows not filling a tile or a group, an
+/// odd number of column blocks, K tails in bf16 (K % 32) and int8 (K % 64), M past one
+/// work block, K over many chunks.
+const EMU_SHAPES: [(usize, usize, usize); 8] = [
+    (1, 17, 33),
+    (3, 40, 95),
+    (16, 32, 64),
+    (33, 50, 70),
+    (150, 48, 100),
+    (64, 300, 200),
+    (97, 70, 330),
+    (2, 20, 2085),
+];
+
+fn check_amx_emu(dtype: Dtype) {
+    for kn in EMU_KNOBS {
+        for &(m, n, k) in &EMU_SHAPES {
+            for case in [Case::Plain, Case::ResidualOutput, Case::SiluMul] {
+                let seed: u64 = rand::random();
+                check::<f32>(dtype, Via::AmxEmu(kn), m, n, k, case, seed);
+                check::<bf16>(dtype, Via::AmxEmu(kn), m, n, k, case, seed);
+            }
+        }
+    }
+}
+
+/// The AMX driver (A panel, work blocks, K chunks, loop orders, tile rows, C round trips) on
+/// the tile emulator: runs on any x86-64.
+#[test]
+fn amx_bf16_on_emulated_tiles_matches_reference() {
+    check_amx_emu(Dtype::Bf16);
+}
+
+#[test]
+fn amx_int8_on_emulated_tiles_matches_reference() {
+    check_amx_emu(Dtype::Int8);
 }
 
 #[test]
@@ -276,25 +391,38 @@ fn plan_covers_every_block_once() {
         (2048, 896, 16),
         (130, 3, 1),
     ] {
-        let plan = Plan::new(m, nblocks, threads);
-        let mut seen = vec![0u8; m * nblocks];
-        for i in 0..plan.items() {
-            let (m0, rows, pb0, pb1) = plan.item(i);
-            assert!(
-                rows > 0 && pb0 < pb1 && pb1 <= nblocks && m0 + rows <= m,
-                "{plan:?} item {i}"
-            );
-            assert!(pb0 % 2 == 0, "items start on a pair of blocks");
-            for r in m0..m0 + rows {
-                for b in pb0..pb1 {
-                    seen[r * nblocks + b] += 1;
+        for b in [
+            Blocking::SIMD,
+            Blocking {
+                m_block: 32,
+                n_block_max: 2,
+            },
+            Blocking {
+                m_block: 256,
+                n_block_max: 16,
+            },
+        ] {
+            let plan = Plan::new(m, nblocks, threads, b);
+            let mut seen = vec![0u8; m * nblocks];
+            for i in 0..plan.items() {
+                let (m0, rows, pb0, pb1) = plan.item(i);
+                assert!(
+                    rows > 0 && pb0 < pb1 && pb1 <= nblocks && m0 + rows <= m,
+                    "{plan:?} item {i}"
+                );
+                assert!(pb0 % 2 == 0, "items start on a pair of blocks");
+                assert!(m0 % 32 == 0, "items start on a row group (the AMX panel's)");
+                for r in m0..m0 + rows {
+                    for b in pb0..pb1 {
+                        seen[r * nblocks + b] += 1;
+                    }
                 }
             }
+            assert!(
+                seen.iter().all(|&s| s == 1),
+                "m={m} nblocks={nblocks}: {plan:?}"
+            );
         }
-        assert!(
-            seen.iter().all(|&s| s == 1),
-            "m={m} nblocks={nblocks}: {plan:?}"
-        );
     }
 }
 
