@@ -15,10 +15,9 @@
 
 mod common;
 
-use common::{cases, read_all, read_in_order, Data, SHAPE};
+use common::{cases, read_all, read_in_order, Data};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use half::bf16;
-use ispc_kernels::{paged_decode_bf16, DecodeBatch};
 use std::time::Duration;
 
 /// Short runs: ten flat samples, so a 1 GiB case on one thread still ends in seconds.
@@ -33,22 +32,14 @@ fn bench(c: &mut Criterion) {
     let threads = platform::pool_threads();
     for (name, lens) in cases() {
         let mut d = Data::new(&lens);
-        let batch = DecodeBatch {
-            q: &d.q,
-            new_k: &d.new_k,
-            new_v: &d.new_v,
-            block_tables: &d.tables,
-            max_blocks: d.max_blocks,
-            context_lens: &d.lens,
-        };
-        let bytes = batch.kv_bytes(&SHAPE) as u64;
+        let bytes = d.kv_bytes() as u64;
         let id = format!("{name}_t{threads}");
         let mut out = vec![bf16::ZERO; d.q.len()];
         let mut g = c.benchmark_group("cpu_paged_decode_bf16");
         settings(&mut g);
         g.throughput(Throughput::Bytes(bytes));
         g.bench_function(&id, |b| {
-            b.iter(|| paged_decode_bf16(&SHAPE, &batch, &mut d.k, &mut d.v, &mut out).unwrap())
+            b.iter(|| d.decode(&mut out))
         });
         g.finish();
 

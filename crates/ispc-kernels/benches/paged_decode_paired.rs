@@ -11,9 +11,8 @@
 
 mod common;
 
-use common::{cases, read_all, read_in_order, Data, SHAPE};
+use common::{cases, read_all, read_in_order, Data};
 use half::bf16;
-use ispc_kernels::{paged_decode_bf16, DecodeBatch};
 use std::time::Instant;
 
 const ROUNDS: usize = 25;
@@ -55,15 +54,7 @@ fn main() {
             continue;
         }
         let mut d = Data::new(&lens);
-        let batch = DecodeBatch {
-            q: &d.q,
-            new_k: &d.new_k,
-            new_v: &d.new_v,
-            block_tables: &d.tables,
-            max_blocks: d.max_blocks,
-            context_lens: &d.lens,
-        };
-        let bytes = batch.kv_bytes(&SHAPE);
+        let bytes = d.kv_bytes();
         if bytes < MIN_BYTES {
             continue;
         }
@@ -73,7 +64,7 @@ fn main() {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds + 2 {
             let tk = secs(|| {
-                paged_decode_bf16(&SHAPE, &batch, &mut d.k, &mut d.v, &mut out).unwrap();
+                d.decode(&mut out);
                 0
             });
             let tr = secs(|| read_all([&d.k, &d.v]));

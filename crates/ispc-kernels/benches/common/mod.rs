@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use half::bf16;
-use ispc_kernels::{DecodeShape, BLOCK_SIZE};
+use ispc_kernels::{paged_decode_bf16, DecodeBatch, DecodeShape, BLOCK_SIZE};
 use rayon::prelude::*;
 
 pub const SHAPE: DecodeShape = DecodeShape {
@@ -74,6 +74,35 @@ pub struct Data {
 }
 
 impl Data {
+    /// Bytes of K and V one call reads (as `DecodeBatch::kv_bytes`).
+    pub fn kv_bytes(&self) -> usize {
+        let tokens: usize = self.lens.iter().map(|&l| l as usize).sum();
+        2 * tokens * SHAPE.num_kv_heads * SHAPE.head_dim * std::mem::size_of::<bf16>()
+    }
+
+    /// One kernel call over the whole batch (appending each sequence's new token again).
+    pub fn decode(&mut self, out: &mut [bf16]) {
+        let Data {
+            k,
+            v,
+            q,
+            new_k,
+            new_v,
+            tables,
+            max_blocks,
+            lens,
+        } = self;
+        let b = DecodeBatch {
+            q,
+            new_k,
+            new_v,
+            block_tables: tables,
+            max_blocks: *max_blocks,
+            context_lens: lens,
+        };
+        paged_decode_bf16(&SHAPE, &b, k, v, out).unwrap();
+    }
+
     pub fn new(lens: &[usize]) -> Data {
         let (qh, kvh, d) = (SHAPE.num_q_heads, SHAPE.num_kv_heads, SHAPE.head_dim);
         let nbs: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).collect();
