@@ -106,11 +106,12 @@ impl Knobs {
     pub(crate) fn get() -> &'static Knobs {
         static K: std::sync::OnceLock<Knobs> = std::sync::OnceLock::new();
         K.get_or_init(|| {
-            let num = |name: &str, default: usize| {
-                std::env::var(name)
-                    .ok()
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(default)
+            let num = |name: &str, default: usize| match std::env::var(name) {
+                Err(_) => default,
+                Ok(v) => v.trim().parse::<usize>().unwrap_or_else(|_| {
+                    eprintln!("tandem: {name}={v:?} is not a count; using {default}");
+                    default
+                }),
             };
             let d = Knobs::DEFAULT;
             Knobs {
