@@ -6,6 +6,9 @@ use half::bf16;
 
 /// `e^x` for 16 lanes: `2^n · e^f` with `n = round(x·log2 e)`, `|f| ≤ ln2/2`, `e^f` by its
 /// degree-6 Taylor polynomial (error below 2e-7 relative); `-inf` gives 0, overflow `+inf`.
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn exp512(x: __m512) -> __m512 {
@@ -30,6 +33,9 @@ pub unsafe fn exp512(x: __m512) -> __m512 {
 }
 
 /// The first lanes of `mask` from 16 bf16 at `p`, widened to f32 (others 0).
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/VL; the lanes of `mask` at `p` are readable.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn load_bf16x16(p: *const bf16, mask: __mmask16) -> __m512 {
@@ -38,6 +44,9 @@ pub unsafe fn load_bf16x16(p: *const bf16, mask: __mmask16) -> __m512 {
 }
 
 /// Rounds 16 f32 to bf16 (to nearest even, NaN kept quiet) and stores the lanes of `mask`.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/VL; the lanes of `mask` at `p` are writable.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn store_bf16x16(p: *mut bf16, mask: __mmask16, x: __m512) {

@@ -20,9 +20,13 @@
 
 use crate::tile::TileConfig;
 
-/// The AMX tile operations a kernel uses. Every method is `unsafe`: the caller guarantees that
-/// the pointers cover `rows × colsb` bytes of the configured tile at the given stride and that
-/// (for [`Hw`]) AMX is usable on this thread.
+/// The AMX tile operations a kernel uses.
+///
+/// # Safety
+/// Every method is `unsafe`: the caller guarantees that the pointers cover `rows × colsb` bytes
+/// of the configured tile at the given stride, that the tiles named are configured with
+/// shapes the instruction accepts, and (for [`Hw`]) that AMX is usable on this thread.
+#[allow(clippy::missing_safety_doc)]
 pub trait Tiles {
     /// `ldtilecfg`.
     unsafe fn config(cfg: &TileConfig);

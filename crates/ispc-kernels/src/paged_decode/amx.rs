@@ -177,7 +177,7 @@ pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
                     _mm512_set1_ps(f32::NEG_INFINITY),
                     live,
                     idx,
-                    sc.s.as_ptr().add(h) as *const f32,
+                    sc.s.as_ptr().add(h),
                 );
                 let s = _mm512_mul_ps(s, _mm512_set1_ps(a.scale));
                 let m_old = sc.m[r];
