@@ -106,12 +106,12 @@ fn prefetch_plan() -> (i32, i32) {
     })
 }
 
-/// KV heads one kernel call walks together, block by block (`TANDEM_CPU_DECODE_HEADS`, read
-/// once; default all that the kernel's staging holds: 8 for LLaMA-3-8B's 8 × 4 heads of 128).
-/// A block's rows of consecutive KV heads are contiguous, so a call over all of them reads each
-/// block's K and V as two runs of nh × 4 KiB instead of one 4 KiB page per head at scattered
-/// addresses.
-fn heads_per_call(num_kv_heads: usize, group: usize, head_dim: usize) -> usize {
+/// KV heads one kernel call walks together, block by block, and whether the environment chose
+/// it (`TANDEM_CPU_DECODE_HEADS`, read once; default all that the kernel's staging holds: 8 for
+/// LLaMA-3-8B's 8 × 4 heads of 128). A block's rows of consecutive KV heads are contiguous, so a
+/// call over all of them reads each block's K and V as two runs of nh × 4 KiB instead of one
+/// 4 KiB page per head at scattered addresses.
+fn heads_per_call(num_kv_heads: usize, group: usize, head_dim: usize) -> (usize, bool) {
     static H: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let asked = *H.get_or_init(|| {
         let v = std::env::var("TANDEM_CPU_DECODE_HEADS").ok()?;
@@ -124,10 +124,33 @@ fn heads_per_call(num_kv_heads: usize, group: usize, head_dim: usize) -> usize {
         }
     });
     if group > MAX_GROUP_PASS {
-        return 1;
+        return (1, asked.is_some());
     }
     let fit = (MAX_CALL_HEADS / group).min(MAX_CALL_ELEMS / (group * head_dim));
-    asked.unwrap_or(num_kv_heads).min(fit).min(num_kv_heads).max(1)
+    let nh = asked.unwrap_or(num_kv_heads).min(fit).min(num_kv_heads).max(1);
+    (nh, asked.is_some())
+}
+
+/// KV heads per call and blocks per segment for a batch. Unless the environment fixed the heads,
+/// they are halved while the batch would give the pool fewer than [`SEGMENTS_PER_THREAD`] tasks
+/// a thread: a short batch (OPT-30B decoding one 272-token sequence: 17 blocks, 56 KV heads)
+/// gets its parallelism from the heads, and two calls of 32 and 24 heads would leave 14 of 16
+/// threads idle.
+fn split(lens: &[usize], shape: &DecodeShape, group: usize, threads: usize) -> (usize, usize) {
+    let kvh = shape.num_kv_heads;
+    let (mut nh, fixed) = heads_per_call(kvh, group, shape.head_dim);
+    loop {
+        let seg = segment_blocks(lens, kvh.div_ceil(nh), threads);
+        let tasks = lens
+            .iter()
+            .map(|l| l.div_ceil(BLOCK_SIZE).div_ceil(seg))
+            .sum::<usize>()
+            * kvh.div_ceil(nh);
+        if fixed || nh == 1 || tasks >= threads.max(1) * SEGMENTS_PER_THREAD {
+            return (nh, seg);
+        }
+        nh = nh.div_ceil(2);
+    }
 }
 
 /// Head counts, head size and softmax scale of one attention layer.
@@ -547,12 +570,7 @@ pub fn paged_decode_bf16(
     out: &mut [bf16],
 ) -> Result<()> {
     let c = check(shape, batch, k_cache, v_cache, out)?;
-    let nh = heads_per_call(shape.num_kv_heads, c.group, shape.head_dim);
-    let s = segment_blocks(
-        &c.lens,
-        shape.num_kv_heads.div_ceil(nh),
-        platform::pool_threads(),
-    );
+    let (nh, s) = split(&c.lens, shape, c.group, platform::pool_threads());
     run_checked(shape, batch, &c, s, nh, Path::current(), k_cache, v_cache, out);
     Ok(())
 }
@@ -571,7 +589,7 @@ fn paged_decode_bf16_with(
     path: Path,
 ) -> Result<()> {
     let c = check(shape, batch, k_cache, v_cache, out)?;
-    let fit = heads_per_call(shape.num_kv_heads, c.group, shape.head_dim);
+    let (fit, _) = heads_per_call(shape.num_kv_heads, c.group, shape.head_dim);
     let nh = heads.map_or(fit, |h| h.clamp(1, fit.max(1)));
     let s = seg_blocks.unwrap_or_else(|| {
         segment_blocks(

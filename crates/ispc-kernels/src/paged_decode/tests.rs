@@ -298,6 +298,23 @@ fn several_kv_heads_per_call_with_cut_sequences() {
 }
 
 #[test]
+fn short_batches_keep_the_threads_busy() {
+    // OPT-30B at batch 1 (56 KV heads of one query head, 272 tokens): calls of fewer heads, so
+    // that all 16 threads get tasks; LLaMA-3-8B at 256 × 1k: all 8 KV heads per call.
+    if std::env::var_os("TANDEM_CPU_DECODE_HEADS").is_some() {
+        println!("SKIP short_batches_keep_the_threads_busy: TANDEM_CPU_DECODE_HEADS fixes the heads");
+        return;
+    }
+    let (nh, seg) = split(&[272], &shape(56, 56, 128), 1, 16);
+    let (segs, _) = plan(&[272], 56, nh, seg);
+    assert!(segs.len() >= 16, "{} tasks for 16 threads (nh {nh})", segs.len());
+    let lens = vec![1024; 256];
+    let (nh, seg) = split(&lens, &shape(32, 8, 128), 4, 16);
+    assert_eq!(nh, 8, "a long batch keeps all KV heads per call");
+    assert!(plan(&lens, 8, nh, seg).0.len() >= 16 * SEGMENTS_PER_THREAD);
+}
+
+#[test]
 fn batch_of_512() {
     let (mut r, seed) = rng();
     let lens: Vec<usize> = (0..512).map(|_| r.gen_range(1..=80)).collect();
