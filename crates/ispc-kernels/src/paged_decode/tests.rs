@@ -344,6 +344,17 @@ fn peaked_softmax_is_stable() {
 }
 
 #[test]
+fn negative_scale_matches_reference() {
+    // The running max must be taken over the scaled scores, not scaled afterwards.
+    let (mut r, seed) = rng();
+    let sh = DecodeShape {
+        scale: -0.3,
+        ..shape(8, 2, 128)
+    };
+    Case::new(&mut r, sh, &[1, 40, 300], 2.0).check(Some(3), seed);
+}
+
+#[test]
 fn bad_inputs_are_errors() {
     let (mut r, _) = rng();
     let c = Case::new(&mut r, shape(4, 2, 64), &[20, 40], 1.0);
