@@ -101,21 +101,39 @@ thread_local! {
 
 impl EmuState {
     fn shape(&self, t: u8) -> (usize, usize) {
-        let s = self.shape.expect("AMX emulator: tile instruction before ldtilecfg");
+        let s = self
+            .shape
+            .expect("AMX emulator: tile instruction before ldtilecfg");
         let (rows, colsb) = s[t as usize];
-        assert!(rows > 0 && colsb > 0, "AMX emulator: tmm{t} is not configured");
+        assert!(
+            rows > 0 && colsb > 0,
+            "AMX emulator: tmm{t} is not configured"
+        );
         (rows, colsb)
     }
 
     /// Checks the shapes of `C += A·B` as the hardware does and returns (M, K groups, N).
     fn dp_shape(&self, c: u8, a: u8, b: u8) -> (usize, usize, usize) {
-        assert!(c != a && c != b && a != b, "AMX emulator: tdp with repeated tmm{c}/{a}/{b}");
+        assert!(
+            c != a && c != b && a != b,
+            "AMX emulator: tdp with repeated tmm{c}/{a}/{b}"
+        );
         let (cm, cn) = self.shape(c);
         let (am, ak) = self.shape(a);
         let (bk, bn) = self.shape(b);
-        assert_eq!(cm, am, "AMX emulator: C tmm{c} has {cm} rows, A tmm{a} {am}");
-        assert_eq!(cn, bn, "AMX emulator: C tmm{c} row is {cn} bytes, B tmm{b} {bn}");
-        assert_eq!(ak / 4, bk, "AMX emulator: A tmm{a} row is {ak} bytes, B tmm{b} has {bk} rows");
+        assert_eq!(
+            cm, am,
+            "AMX emulator: C tmm{c} has {cm} rows, A tmm{a} {am}"
+        );
+        assert_eq!(
+            cn, bn,
+            "AMX emulator: C tmm{c} row is {cn} bytes, B tmm{b} {bn}"
+        );
+        assert_eq!(
+            ak / 4,
+            bk,
+            "AMX emulator: A tmm{a} row is {ak} bytes, B tmm{b} has {bk} rows"
+        );
         (cm, bk, cn / 4)
     }
 }
@@ -162,7 +180,10 @@ impl Tiles for Emu {
             let mut s = [(0, 0); 8];
             for (t, v) in s.iter_mut().enumerate() {
                 let (rows, colsb) = cfg.get(t);
-                assert!(rows <= 16 && colsb <= 64, "AMX emulator: tmm{t} is {rows} × {colsb} B");
+                assert!(
+                    rows <= 16 && colsb <= 64,
+                    "AMX emulator: tmm{t} is {rows} × {colsb} B"
+                );
                 *v = (rows, colsb);
             }
             e.shape = Some(s);
@@ -251,9 +272,15 @@ mod tests {
 
     fn check<K: Tiles>() {
         let mut rng = rand::rngs::StdRng::from_entropy();
-        let a: Vec<bf16> = (0..TILE_M * TILE_K).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
-        let b: Vec<bf16> = (0..TILE_K * TILE_N).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
-        let init: Vec<f32> = (0..TILE_M * TILE_N).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let a: Vec<bf16> = (0..TILE_M * TILE_K)
+            .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+            .collect();
+        let b: Vec<bf16> = (0..TILE_K * TILE_N)
+            .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+            .collect();
+        let init: Vec<f32> = (0..TILE_M * TILE_N)
+            .map(|_| rng.gen_range(-1.0..1.0))
+            .collect();
         let (mut c, mut r) = (init.clone(), init);
         unsafe { one_product::<K>(&a, &b, &mut c) };
         tile_dot_bf16_ref(&a, &b, &mut r).unwrap();

@@ -38,9 +38,7 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group("cpu_paged_decode_bf16");
         settings(&mut g);
         g.throughput(Throughput::Bytes(bytes));
-        g.bench_function(&id, |b| {
-            b.iter(|| d.decode(&mut out))
-        });
+        g.bench_function(&id, |b| b.iter(|| d.decode(&mut out)));
         g.finish();
 
         // The same cache bytes (exactly the KV read above, plus the unused tail of last blocks).

@@ -127,7 +127,11 @@ fn heads_per_call(num_kv_heads: usize, group: usize, head_dim: usize) -> (usize,
         return (1, asked.is_some());
     }
     let fit = (MAX_CALL_HEADS / group).min(MAX_CALL_ELEMS / (group * head_dim));
-    let nh = asked.unwrap_or(num_kv_heads).min(fit).min(num_kv_heads).max(1);
+    let nh = asked
+        .unwrap_or(num_kv_heads)
+        .min(fit)
+        .min(num_kv_heads)
+        .max(1);
     (nh, asked.is_some())
 }
 
@@ -410,7 +414,10 @@ fn env_switch(name: &str, default: bool) -> bool {
         Ok(v) if v == "1" => true,
         Ok(v) if v == "0" || v.is_empty() => false,
         Ok(v) => {
-            eprintln!("tandem: {name}={v:?} is not 0 or 1; using {}", default as u8);
+            eprintln!(
+                "tandem: {name}={v:?} is not 0 or 1; using {}",
+                default as u8
+            );
             default
         }
         Err(_) => default,
@@ -539,7 +546,9 @@ impl Path {
             ),
             #[cfg(test)]
             Path::AmxEmu => (
-                Some(SegmentKernel::Rust(amx::segment::<amx_kernels::tile_ops::Emu>)),
+                Some(SegmentKernel::Rust(
+                    amx::segment::<amx_kernels::tile_ops::Emu>,
+                )),
                 sys::ispc_paged_decode_merge_bf16,
             ),
             Path::IspcDot => (
@@ -571,7 +580,17 @@ pub fn paged_decode_bf16(
 ) -> Result<()> {
     let c = check(shape, batch, k_cache, v_cache, out)?;
     let (nh, s) = split(&c.lens, shape, c.group, platform::pool_threads());
-    run_checked(shape, batch, &c, s, nh, Path::current(), k_cache, v_cache, out);
+    run_checked(
+        shape,
+        batch,
+        &c,
+        s,
+        nh,
+        Path::current(),
+        k_cache,
+        v_cache,
+        out,
+    );
     Ok(())
 }
 

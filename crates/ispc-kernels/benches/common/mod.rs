@@ -257,4 +257,3 @@ pub fn read_in_order(d: &Data) -> u64 {
             .reduce(|| 0, |a, b| a ^ b)
     })
 }
-

@@ -103,7 +103,12 @@ const RUN: usize = 8;
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn gather_scores(s: &[f32], at: usize, idx: __m512i, live: __mmask16) -> __m512 {
-    _mm512_mask_i32gather_ps::<4>(_mm512_set1_ps(f32::NEG_INFINITY), live, idx, s.as_ptr().add(at))
+    _mm512_mask_i32gather_ps::<4>(
+        _mm512_set1_ps(f32::NEG_INFINITY),
+        live,
+        idx,
+        s.as_ptr().add(at),
+    )
 }
 
 /// The segment's tiles (see the header): 16-row K, V and Sᵀ tiles, `g`-row P and O tiles.
@@ -111,7 +116,16 @@ fn config(g: usize) -> TileConfig {
     let mut c = TileConfig::palette1();
     let gb = 4 * g as u16;
     let g = g as u8;
-    for (t, rows, colsb) in [(0, 16, gb), (1, 16, 64), (2, 16, gb), (3, g, 64), (4, g, 64), (5, 16, 64), (6, g, 64), (7, g, 64)] {
+    for (t, rows, colsb) in [
+        (0, 16, gb),
+        (1, 16, 64),
+        (2, 16, gb),
+        (3, g, 64),
+        (4, g, 64),
+        (5, 16, 64),
+        (6, g, 64),
+        (7, g, 64),
+    ] {
         c.set(t, rows, colsb);
     }
     c
@@ -132,8 +146,16 @@ pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
         let t = a.append_at as usize;
         let off = block(t / BLOCK_SIZE) + (t % BLOCK_SIZE) * d;
         for hh in 0..nh {
-            std::ptr::copy_nonoverlapping(a.new_k.add(hh * d), a.k_cache.add(off + hh * head_step), d);
-            std::ptr::copy_nonoverlapping(a.new_v.add(hh * d), a.v_cache.add(off + hh * head_step), d);
+            std::ptr::copy_nonoverlapping(
+                a.new_k.add(hh * d),
+                a.k_cache.add(off + hh * head_step),
+                d,
+            );
+            std::ptr::copy_nonoverlapping(
+                a.new_v.add(hh * d),
+                a.v_cache.add(off + hh * head_step),
+                d,
+            );
         }
     }
 
@@ -168,7 +190,10 @@ pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
             // past the sequence (they may be anything, NaN included).
             let rows = |r: usize| -> (*const u8, *const u8) {
                 let base = block(r) + hh * head_step;
-                (a.k_cache.add(base) as *const u8, a.v_cache.add(base) as *const u8)
+                (
+                    a.k_cache.add(base) as *const u8,
+                    a.v_cache.add(base) as *const u8,
+                )
             };
             let valid = |r: usize| (a.ntok - r * BLOCK_SIZE).min(BLOCK_SIZE);
             if valid(b1 - 1) < BLOCK_SIZE {
@@ -206,7 +231,10 @@ pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
                     );
                     T::dp_bf16::<0, 1, 2>();
                 }
-                T::store::<0>(sc.s.as_mut_ptr().add((r - b0) * BLOCK_SIZE * g) as *mut u8, 4 * g);
+                T::store::<0>(
+                    sc.s.as_mut_ptr().add((r - b0) * BLOCK_SIZE * g) as *mut u8,
+                    4 * g,
+                );
             }
 
             // Online softmax of each head over the run's scores; P as bf16 pairs per block.
@@ -237,9 +265,16 @@ pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
                     ));
                     let at = ((r - b0) * 16 + h) * 16;
                     _mm512_store_si512(sc.pe.as_mut_ptr().add(at) as *mut _, pb);
-                    _mm512_store_si512(sc.po.as_mut_ptr().add(at) as *mut _, _mm512_slli_epi32::<16>(pb));
+                    _mm512_store_si512(
+                        sc.po.as_mut_ptr().add(at) as *mut _,
+                        _mm512_slli_epi32::<16>(pb),
+                    );
                 }
-                let alpha = if m_old == f32::NEG_INFINITY { 0.0 } else { (m_old - m_new).exp() };
+                let alpha = if m_old == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (m_old - m_new).exp()
+                };
                 sc.l[row] = sc.l[row] * alpha + _mm512_reduce_add_ps(sum);
                 sc.m[row] = m_new;
                 if alpha != 1.0 {
@@ -280,7 +315,10 @@ pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
             let out = a.out.add(r * d);
             for c in 0..chunks {
                 for n in 0..16 {
-                    for (i, x) in [row[32 * c + n], row[32 * c + 16 + n]].into_iter().enumerate() {
+                    for (i, x) in [row[32 * c + n], row[32 * c + 16 + n]]
+                        .into_iter()
+                        .enumerate()
+                    {
                         *out.add(32 * c + 2 * n + i) = half::bf16::from_f32(x * inv).to_bits();
                     }
                 }

@@ -142,7 +142,12 @@ impl Case {
             );
             let amx = matches!(path, Path::Amx | Path::AmxEmu);
             let vmax = if amx {
-                self.v.iter().chain(&self.new_v).map(|x| x.to_f32().abs()).filter(|x| x.is_finite()).fold(0f32, f32::max)
+                self.v
+                    .iter()
+                    .chain(&self.new_v)
+                    .map(|x| x.to_f32().abs())
+                    .filter(|x| x.is_finite())
+                    .fold(0f32, f32::max)
             } else {
                 0.0
             };
@@ -293,8 +298,16 @@ fn several_kv_heads_per_call_with_cut_sequences() {
         c.check_heads(Some(4), heads, seed);
     }
     let (segs, parts) = plan(&[200, 5], 8, 3, 4);
-    assert_eq!(segs.iter().map(|s| s.nh).sum::<usize>(), 8 * 4 + 8, "{segs:?}");
-    assert_eq!(parts, 8 * 4, "one slot per (KV head, segment) of the cut sequence");
+    assert_eq!(
+        segs.iter().map(|s| s.nh).sum::<usize>(),
+        8 * 4 + 8,
+        "{segs:?}"
+    );
+    assert_eq!(
+        parts,
+        8 * 4,
+        "one slot per (KV head, segment) of the cut sequence"
+    );
 }
 
 #[test]
@@ -302,12 +315,18 @@ fn short_batches_keep_the_threads_busy() {
     // OPT-30B at batch 1 (56 KV heads of one query head, 272 tokens): calls of fewer heads, so
     // that all 16 threads get tasks; LLaMA-3-8B at 256 × 1k: all 8 KV heads per call.
     if std::env::var_os("TANDEM_CPU_DECODE_HEADS").is_some() {
-        println!("SKIP short_batches_keep_the_threads_busy: TANDEM_CPU_DECODE_HEADS fixes the heads");
+        println!(
+            "SKIP short_batches_keep_the_threads_busy: TANDEM_CPU_DECODE_HEADS fixes the heads"
+        );
         return;
     }
     let (nh, seg) = split(&[272], &shape(56, 56, 128), 1, 16);
     let (segs, _) = plan(&[272], 56, nh, seg);
-    assert!(segs.len() >= 16, "{} tasks for 16 threads (nh {nh})", segs.len());
+    assert!(
+        segs.len() >= 16,
+        "{} tasks for 16 threads (nh {nh})",
+        segs.len()
+    );
     let lens = vec![1024; 256];
     let (nh, seg) = split(&lens, &shape(32, 8, 128), 4, 16);
     assert_eq!(nh, 8, "a long batch keeps all KV heads per call");
