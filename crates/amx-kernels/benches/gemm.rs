@@ -218,6 +218,7 @@ fn bench_amx_ceiling(c: &mut Criterion) {
     for (name, kind) in [
         ("tdp_bf16", Ceiling::Tdp),
         ("tdp_int8", Ceiling::TdpInt8),
+        ("tdp6_bf16", Ceiling::Tdp6),
         ("l1", Ceiling::L1),
         ("l2", Ceiling::L2),
         ("l2_prefetch", Ceiling::L2Prefetch),

@@ -4,6 +4,8 @@
 //!
 //! - [`Ceiling::Tdp`] / [`Ceiling::TdpInt8`]: four `tdpbf16ps` (`tdpbssd`) per step on
 //!   registers only, no loads: the dot-product throughput.
+//! - [`Ceiling::Tdp6`]: six independent accumulators on one A and one B tile, no loads: if it
+//!   beats [`Ceiling::Tdp`], four chains in flight do not cover the instruction's latency.
 //! - [`Ceiling::L1`]: the 2 × 2 micro-kernel, A and B cycling through 16 KiB each (L1).
 //! - [`Ceiling::L2`]: the same over 512 KiB each (L2, past L1), no prefetch;
 //!   [`Ceiling::L2Prefetch`]: with B and A prefetched two steps ahead.
@@ -20,6 +22,7 @@ use crate::{Error, Result};
 pub enum Ceiling {
     Tdp,
     TdpInt8,
+    Tdp6,
     L1,
     L2,
     L2Prefetch,
@@ -40,10 +43,23 @@ unsafe fn tdp_only<const INT8: bool>(steps: usize) {
     }
 }
 
+/// `steps` rounds of six `tdpbf16ps` into tmm0–5 from tmm6 and tmm7, no loads.
+#[inline(always)]
+unsafe fn tdp_six(steps: usize) {
+    for _ in 0..steps {
+        dp::<Hw, false, 0, 6, 7>();
+        dp::<Hw, false, 1, 6, 7>();
+        dp::<Hw, false, 2, 6, 7>();
+        dp::<Hw, false, 3, 6, 7>();
+        dp::<Hw, false, 4, 6, 7>();
+        dp::<Hw, false, 5, 6, 7>();
+    }
+}
+
 /// K steps whose operands one ceiling cycles through.
 fn span(kind: Ceiling) -> usize {
     match kind {
-        Ceiling::Tdp | Ceiling::TdpInt8 => 1,
+        Ceiling::Tdp | Ceiling::TdpInt8 | Ceiling::Tdp6 => 1,
         Ceiling::L1 => 8,
         Ceiling::L2 | Ceiling::L2Prefetch => 256,
     }
@@ -93,6 +109,7 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
                     match kind {
                         Ceiling::Tdp => tdp_only::<false>(span),
                         Ceiling::TdpInt8 => tdp_only::<true>(span),
+                        Ceiling::Tdp6 => tdp_six(span),
                         Ceiling::L1 | Ceiling::L2 => {
                             micro::<Hw, false, true>(a, b0, b1, span, Prefetch::default())
                         }
@@ -120,5 +137,6 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
     let threads: u64 = threads.iter().sum();
     // A tdpbssd multiplies 64 of K per tile row, a tdpbf16ps 32.
     let k_per_tile = if kind == Ceiling::TdpInt8 { 64 } else { 32 };
-    Ok(threads * (rounds * span) as u64 * 4 * 16 * 16 * k_per_tile * 2)
+    let per_step = if kind == Ceiling::Tdp6 { 6 } else { 4 };
+    Ok(threads * (rounds * span) as u64 * per_step * 16 * 16 * k_per_tile * 2)
 }
