@@ -141,15 +141,13 @@ impl EmuState {
 fn bf16_at(t: &[u8; 1024], i: usize) -> f32 {
     f32::from_bits((u16::from_le_bytes([t[2 * i], t[2 * i + 1]]) as u32) << 16)
 }
-fn f32_at(t: &[u8; 1024], i: usize) -> f32 {
-    f32::from_le_bytes(t[4 * i..4 * i + 4].try_into().unwrap())
-}
-fn i32_at(t: &[u8; 1024], i: usize) -> i32 {
-    i32::from_le_bytes(t[4 * i..4 * i + 4].try_into().unwrap())
-}
 
 impl Emu {
-    unsafe fn dp_int8<const C: u8, const A: u8, const B: u8>(a_unsigned: bool) {
+    /// `C += A·B` on the model's registers after the hardware's shape checks: `cell(a, b, i,
+    /// j, k_groups, c)` gives the new 4-byte element (i, j) of C from its old bytes.
+    fn dp_with<const C: u8, const A: u8, const B: u8>(
+        cell: impl Fn(&[u8; 1024], &[u8; 1024], usize, usize, usize, [u8; 4]) -> [u8; 4],
+    ) {
         EMU.with(|e| {
             let mut e = e.borrow_mut();
             let (m, kg, n) = e.dp_shape(C, A, B);
@@ -157,18 +155,26 @@ impl Emu {
             let rc = &mut e.reg[C as usize];
             for i in 0..m {
                 for j in 0..n {
-                    let mut s = i32_at(rc, i * 16 + j);
-                    for k in 0..kg {
-                        for q in 0..4 {
-                            let x = ra[i * 64 + 4 * k + q];
-                            let x = if a_unsigned { x as i32 } else { x as i8 as i32 };
-                            let y = rb[k * 64 + 4 * j + q] as i8 as i32;
-                            s = s.wrapping_add(x * y);
-                        }
-                    }
-                    rc[4 * (i * 16 + j)..4 * (i * 16 + j) + 4].copy_from_slice(&s.to_le_bytes());
+                    let at = 4 * (i * 16 + j);
+                    let old = rc[at..at + 4].try_into().unwrap();
+                    rc[at..at + 4].copy_from_slice(&cell(&ra, &rb, i, j, kg, old));
                 }
             }
+        })
+    }
+
+    fn dp_int8<const C: u8, const A: u8, const B: u8>(a_unsigned: bool) {
+        Self::dp_with::<C, A, B>(|ra, rb, i, j, kg, old| {
+            let mut s = i32::from_le_bytes(old);
+            for k in 0..kg {
+                for q in 0..4 {
+                    let x = ra[i * 64 + 4 * k + q];
+                    let x = if a_unsigned { x as i32 } else { x as i8 as i32 };
+                    let y = rb[k * 64 + 4 * j + q] as i8 as i32;
+                    s = s.wrapping_add(x * y);
+                }
+            }
+            s.to_le_bytes()
         })
     }
 }
@@ -222,21 +228,13 @@ impl Tiles for Emu {
         })
     }
     unsafe fn dp_bf16<const C: u8, const A: u8, const B: u8>() {
-        EMU.with(|e| {
-            let mut e = e.borrow_mut();
-            let (m, kg, n) = e.dp_shape(C, A, B);
-            let (ra, rb) = (e.reg[A as usize], e.reg[B as usize]);
-            let rc = &mut e.reg[C as usize];
-            for i in 0..m {
-                for j in 0..n {
-                    let mut s = f32_at(rc, i * 16 + j);
-                    for k in 0..kg {
-                        s += bf16_at(&ra, i * 32 + 2 * k) * bf16_at(&rb, k * 32 + 2 * j)
-                            + bf16_at(&ra, i * 32 + 2 * k + 1) * bf16_at(&rb, k * 32 + 2 * j + 1);
-                    }
-                    rc[4 * (i * 16 + j)..4 * (i * 16 + j) + 4].copy_from_slice(&s.to_le_bytes());
-                }
+        Self::dp_with::<C, A, B>(|ra, rb, i, j, kg, old| {
+            let mut s = f32::from_le_bytes(old);
+            for k in 0..kg {
+                s += bf16_at(ra, i * 32 + 2 * k) * bf16_at(rb, k * 32 + 2 * j)
+                    + bf16_at(ra, i * 32 + 2 * k + 1) * bf16_at(rb, k * 32 + 2 * j + 1);
             }
+            s.to_le_bytes()
         })
     }
     unsafe fn dp_ssd<const C: u8, const A: u8, const B: u8>() {
