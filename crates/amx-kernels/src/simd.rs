@@ -43,13 +43,14 @@ pub unsafe fn load_bf16x16(p: *const bf16, mask: __mmask16) -> __m512 {
     _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
 }
 
-/// Rounds 16 f32 to bf16 (to nearest even, NaN kept quiet) and stores the lanes of `mask`.
+/// Rounds 16 f32 to bf16 (to nearest even, NaN kept quiet): the bits in the low half of each
+/// 32-bit lane, the high half zero.
 ///
 /// # Safety
-/// The CPU has AVX-512F/BW/VL; the lanes of `mask` at `p` are writable.
+/// The CPU has AVX-512F.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn store_bf16x16(p: *mut bf16, mask: __mmask16, x: __m512) {
+#[target_feature(enable = "avx512f")]
+pub unsafe fn bf16_bits(x: __m512) -> __m512i {
     let bits = _mm512_castps_si512(x);
     let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
     let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(
@@ -58,7 +59,17 @@ pub unsafe fn store_bf16x16(p: *mut bf16, mask: __mmask16, x: __m512) {
     ));
     let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
     let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
-    let h = _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet));
+    _mm512_mask_mov_epi32(rounded, nan, quiet)
+}
+
+/// Rounds 16 f32 to bf16 (as [`bf16_bits`]) and stores the lanes of `mask`.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/VL; the lanes of `mask` at `p` are writable.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn store_bf16x16(p: *mut bf16, mask: __mmask16, x: __m512) {
+    let h = _mm512_cvtepi32_epi16(bf16_bits(x));
     _mm256_mask_storeu_epi16(p as *mut i16, mask, h);
 }
 

@@ -39,7 +39,7 @@
 
 use std::arch::x86_64::*;
 
-use amx_kernels::simd::{exp512, lanes};
+use amx_kernels::simd::{bf16_bits, exp512, lanes};
 use amx_kernels::tile::TileConfig;
 use amx_kernels::tile_ops::Tiles;
 
@@ -241,28 +241,28 @@ pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
             for h in 0..g {
                 let row = hh * g + h;
                 let m_old = sc.m[row];
+                // The run's raw scores of this head, gathered once for both passes.
+                let mut raw = [_mm512_setzero_ps(); RUN];
                 let mut mx = f32::NEG_INFINITY;
                 for r in b0..b1 {
                     let live = lanes(valid(r));
-                    let s = gather_scores(&sc.s, (r - b0) * BLOCK_SIZE * g + h, idx, live);
-                    let s = _mm512_mul_ps(s, _mm512_set1_ps(a.scale));
+                    raw[r - b0] = gather_scores(&sc.s, (r - b0) * BLOCK_SIZE * g + h, idx, live);
+                    let s = _mm512_mul_ps(raw[r - b0], _mm512_set1_ps(a.scale));
                     mx = mx.max(_mm512_mask_reduce_max_ps(live, s));
                 }
                 let m_new = m_old.max(mx);
                 let mut sum = _mm512_setzero_ps();
                 for r in b0..b1 {
                     let live = lanes(valid(r));
-                    let s = gather_scores(&sc.s, (r - b0) * BLOCK_SIZE * g + h, idx, live);
-                    let x = _mm512_fmsub_ps(s, _mm512_set1_ps(a.scale), _mm512_set1_ps(m_new));
+                    let x = _mm512_fmsub_ps(
+                        raw[r - b0],
+                        _mm512_set1_ps(a.scale),
+                        _mm512_set1_ps(m_new),
+                    );
                     let p = _mm512_maskz_mov_ps(live, exp512(x));
                     sum = _mm512_add_ps(sum, p);
-                    // p ≥ 0 and finite: bf16 (nearest even) in the low half of each lane.
-                    let bits = _mm512_castps_si512(p);
-                    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-                    let pb = _mm512_srli_epi32::<16>(_mm512_add_epi32(
-                        bits,
-                        _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)),
-                    ));
+                    // bf16 (nearest even) in the low half of each lane.
+                    let pb = bf16_bits(p);
                     let at = ((r - b0) * 16 + h) * 16;
                     _mm512_store_si512(sc.pe.as_mut_ptr().add(at) as *mut _, pb);
                     _mm512_store_si512(
