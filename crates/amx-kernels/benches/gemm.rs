@@ -232,9 +232,31 @@ fn bench_amx_ceiling(c: &mut Criterion) {
     g.finish();
 }
 
+/// The vector units' ceiling on every pool thread at once (FLOP/s as elem/s): 512-bit f32 FMAs
+/// on registers. Run with `TANDEM_THREADS` from 1 up, it shows whether the pool's threads share
+/// cores' vector ports.
+fn bench_fma_ceiling(c: &mut Criterion) {
+    use amx_kernels::gemm::ceiling::simd_fma_ceiling;
+    const STEPS: usize = 1 << 16;
+    if !selected("GEMM_GROUPS", "ceiling") {
+        return;
+    }
+    let Ok(flop) = simd_fma_ceiling(STEPS) else {
+        eprintln!("cpu_fma_ceiling: skipped, AVX-512F is not available here");
+        return;
+    };
+    let mut g = configure(c, "cpu_fma_ceiling");
+    g.throughput(Throughput::Elements(flop));
+    g.bench_function("avx512_f32", |b| {
+        b.iter(|| simd_fma_ceiling(STEPS).unwrap())
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_dram_read,
+    bench_fma_ceiling,
     bench_amx_ceiling,
     bench_gemm_bf16,
     bench_gemm_int8

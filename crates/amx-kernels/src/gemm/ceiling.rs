@@ -9,6 +9,9 @@
 //! - [`Ceiling::L1`]: the 2 × 2 micro-kernel, A and B cycling through 16 KiB each (L1).
 //! - [`Ceiling::L2`]: the same over 512 KiB each (L2, past L1), no prefetch;
 //!   [`Ceiling::L2Prefetch`]: with B and A prefetched two steps ahead.
+//!
+//! And [`simd_fma_ceiling`]: 512-bit f32 FMAs on registers only, every pool thread at once, the
+//! vector units' own ceiling (which the SIMD tiers, and the CPU paged decode attention, share).
 
 use std::cell::RefCell;
 
@@ -139,4 +142,53 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
     let k_per_tile = if kind == Ceiling::TdpInt8 { 64 } else { 32 };
     let per_step = if kind == Ceiling::Tdp6 { 6 } else { 4 };
     Ok(threads * (rounds * span) as u64 * per_step * 16 * 16 * k_per_tile * 2)
+}
+
+/// `steps` rounds of twelve independent 512-bit f32 FMAs (zmm0–11 from zmm16, zmm17, all zero:
+/// no denormals) on every pool thread at once; returns the operations done (2 per multiply-add,
+/// 16 lanes, all threads). Twelve chains cover the FMA latency (4 cycles) on two ports.
+pub fn simd_fma_ceiling(steps: usize) -> Result<u64> {
+    if !platform::cpu_caps().avx512f {
+        return Err(Error::Unsupported {
+            needed: "AVX-512F",
+            have: platform::cpu_caps().best_tier(),
+        });
+    }
+    let threads: u64 = platform::pool()
+        .broadcast(|_| {
+            // SAFETY: AVX-512F is present (checked above); the asm touches registers only.
+            unsafe { fma_rounds(steps.max(1)) };
+            1u64
+        })
+        .iter()
+        .sum();
+    Ok(threads * steps.max(1) as u64 * 12 * 16 * 2)
+}
+
+/// # Safety
+/// AVX-512F is present.
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_rounds(steps: usize) {
+    std::arch::asm!(
+        "vpxord zmm16, zmm16, zmm16",
+        "vpxord zmm17, zmm17, zmm17",
+        "vpxord zmm0, zmm0, zmm0", "vpxord zmm1, zmm1, zmm1", "vpxord zmm2, zmm2, zmm2",
+        "vpxord zmm3, zmm3, zmm3", "vpxord zmm4, zmm4, zmm4", "vpxord zmm5, zmm5, zmm5",
+        "vpxord zmm6, zmm6, zmm6", "vpxord zmm7, zmm7, zmm7", "vpxord zmm8, zmm8, zmm8",
+        "vpxord zmm9, zmm9, zmm9", "vpxord zmm10, zmm10, zmm10", "vpxord zmm11, zmm11, zmm11",
+        "2:",
+        "vfmadd231ps zmm0, zmm16, zmm17", "vfmadd231ps zmm1, zmm16, zmm17",
+        "vfmadd231ps zmm2, zmm16, zmm17", "vfmadd231ps zmm3, zmm16, zmm17",
+        "vfmadd231ps zmm4, zmm16, zmm17", "vfmadd231ps zmm5, zmm16, zmm17",
+        "vfmadd231ps zmm6, zmm16, zmm17", "vfmadd231ps zmm7, zmm16, zmm17",
+        "vfmadd231ps zmm8, zmm16, zmm17", "vfmadd231ps zmm9, zmm16, zmm17",
+        "vfmadd231ps zmm10, zmm16, zmm17", "vfmadd231ps zmm11, zmm16, zmm17",
+        "dec {n}",
+        "jnz 2b",
+        n = inout(reg) steps => _,
+        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+        out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+        out("zmm10") _, out("zmm11") _, out("zmm16") _, out("zmm17") _,
+        options(nostack, nomem),
+    );
 }

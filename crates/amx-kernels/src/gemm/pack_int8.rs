@@ -32,13 +32,87 @@ const TILE_BYTES: usize = 1024;
 pub struct TileI8(pub [i8; TILE_BYTES]);
 
 /// Symmetric int8 quantization of one row: returns the scale `max|x| / 127` (1 for an all-zero
-/// row) and writes `round(x / scale)`. The one definition every kernel and reference uses.
+/// row) and writes `x / scale` rounded to the nearest integer, ties to even, into the first
+/// `min(x.len(), q.len())` elements of `q`. The one definition every kernel and reference uses:
+/// AVX-512 (F, BW, VL) where the CPU has it (the activations of every int8 GEMM call go through here), the
+/// scalar loop otherwise; the two give the same bytes (`quantize_row_paths_agree`).
 pub fn quantize_row_int8(x: &[bf16], q: &mut [i8]) -> f32 {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.to_f32().abs()));
+    let n = x.len().min(q.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        let caps = platform::cpu_caps();
+        if caps.avx512f && caps.avx512bw && caps.avx512vl {
+            // SAFETY: AVX-512 F, BW and VL are present (checked just above).
+            return unsafe { quantize_row_avx512(&x[..n], &mut q[..n]) };
+        }
+    }
+    quantize_row_scalar(&x[..n], &mut q[..n])
+}
+
+/// The scale of a row whose largest magnitude is `amax`, and its inverse.
+fn scale_of(amax: f32) -> (f32, f32) {
     let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
-    let inv = 1.0 / scale;
+    (scale, 1.0 / scale)
+}
+
+/// [`quantize_row_int8`] without SIMD. Rounding adds and subtracts 1.5·2²³: for |y| < 2²²
+/// the sum lies where f32 spacing is 1, so the addition rounds y to an integer, ties to even,
+/// as `vcvtps2dq` does (and without a libm call per element, which `f32::round` is on the
+/// baseline x86-64 target). A NaN input gives 0, as in the AVX-512 path.
+pub(crate) fn quantize_row_scalar(x: &[bf16], q: &mut [i8]) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.to_f32().abs()));
+    let (scale, inv) = scale_of(amax);
     for (d, v) in q.iter_mut().zip(x) {
-        *d = (v.to_f32() * inv).round().clamp(-127.0, 127.0) as i8;
+        *d = ((v.to_f32() * inv + ROUND) - ROUND).clamp(-127.0, 127.0) as i8;
+    }
+    scale
+}
+
+/// [`quantize_row_int8`] on AVX-512, 16 elements a step (the tail masked), `x.len() == q.len()`.
+///
+/// # Safety
+/// AVX-512 F, BW and VL are present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(crate) unsafe fn quantize_row_avx512(x: &[bf16], q: &mut [i8]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = x.len().min(q.len());
+    let src = x.as_ptr() as *const i16;
+    let lanes = |i: usize| -> __mmask16 { crate::simd::lanes(n - i) };
+    // bf16 -> f32: the 16 bits as the high half of each 32-bit lane.
+    let widen = |i: usize| -> __m512 {
+        let h = if i + 16 <= n {
+            _mm256_loadu_si256(src.add(i) as *const __m256i)
+        } else {
+            _mm256_maskz_loadu_epi16(lanes(i), src.add(i))
+        };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    };
+    let abs = _mm512_set1_epi32(0x7fff_ffff);
+    let mut mx = _mm512_setzero_ps();
+    for i in (0..n).step_by(16) {
+        let a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(widen(i)), abs));
+        // `max(a, mx)` returns mx where a is NaN: NaNs are skipped, as f32::max does.
+        mx = _mm512_max_ps(a, mx);
+    }
+    let (scale, inv) = scale_of(_mm512_reduce_max_ps(mx));
+    let (inv, lo, hi) = (
+        _mm512_set1_ps(inv),
+        _mm512_set1_ps(-127.0),
+        _mm512_set1_ps(127.0),
+    );
+    for i in (0..n).step_by(16) {
+        let y = _mm512_mul_ps(widen(i), inv);
+        let finite = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(y, y);
+        let y = _mm512_maskz_mov_ps(finite, _mm512_min_ps(_mm512_max_ps(y, lo), hi));
+        let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+        let dst = q.as_mut_ptr().add(i);
+        if i + 16 <= n {
+            _mm_storeu_si128(dst as *mut __m128i, _mm512_cvtepi32_epi8(r));
+        } else {
+            _mm512_mask_cvtepi32_storeu_epi8(dst as *mut _, lanes(i), r);
+        }
     }
     scale
 }

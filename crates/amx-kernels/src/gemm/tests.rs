@@ -605,3 +605,47 @@ fn concurrent_calls_from_pool_jobs_agree() {
         assert_eq!(o8, alone8, "int8 (seed {seed})");
     }
 }
+
+/// The AVX-512 activation quantizer gives the scalar one's scale and bytes: random rows of every
+/// length up to 100 (masked tails), rows whose scaled values land on exact halves (ties round
+/// to even in both), an all-zero row, and a row with a NaN (that element becomes 0). The output
+/// past the row is poisoned and must stay untouched.
+#[test]
+fn quantize_row_paths_agree() {
+    let c = platform::cpu_caps();
+    if !platform::testing::skip_unless(
+        c.avx512f && c.avx512bw && c.avx512vl,
+        "avx512",
+        "this CPU lacks AVX-512 F/BW/VL",
+    ) {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let mut rows: Vec<Vec<bf16>> = (1..=100).map(|n| random_bf16(&mut rng, n)).collect();
+    // max |x| = 127: the scale is 1 and x.5 values are ties.
+    let mut ties: Vec<bf16> = (0..40).map(|i| bf16::from_f32(i as f32 - 19.5)).collect();
+    ties.push(bf16::from_f32(-127.0));
+    rows.push(ties);
+    rows.push(vec![bf16::ZERO; 37]);
+    let mut nan = random_bf16(&mut rng, 33);
+    nan[5] = bf16::NAN;
+    rows.push(nan);
+    for x in &rows {
+        let n = x.len();
+        let (mut qs, mut qv) = (vec![0x5a_i8; n + 16], vec![0x5a_i8; n + 16]);
+        let ss = pack_int8::quantize_row_scalar(x, &mut qs[..n]);
+        // SAFETY: AVX-512 F, BW and VL are present (checked above).
+        let sv = unsafe { pack_int8::quantize_row_avx512(x, &mut qv[..n]) };
+        assert_eq!(ss.to_bits(), sv.to_bits(), "scale of a row of {n}");
+        assert_eq!(qs, qv, "bytes of a row of {n}");
+        assert!(
+            qv[n..].iter().all(|&b| b == 0x5a),
+            "wrote past a row of {n}"
+        );
+        assert!(qs[..n].iter().all(|&b| (-127..=127).contains(&b)));
+    }
+    // Ties: -19.5 -> -20, -18.5 -> -18, 0.5 -> 0, 1.5 -> 2.
+    let mut q = [0i8; 41];
+    quantize_row_int8(&rows[100], &mut q);
+    assert_eq!((q[0], q[1], q[19], q[20], q[21]), (-20, -18, 0, 0, 2));
+}
