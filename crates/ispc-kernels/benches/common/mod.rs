@@ -8,12 +8,28 @@ use half::bf16;
 use ispc_kernels::{paged_decode_bf16, DecodeBatch, DecodeShape, BLOCK_SIZE};
 use rayon::prelude::*;
 
-pub const SHAPE: DecodeShape = DecodeShape {
-    num_q_heads: 32,
-    num_kv_heads: 8,
-    head_dim: 128,
-    scale: 0.088_388_35,
-};
+/// LLaMA-3-8B's attention: 8 KV heads of 128, 4 query heads each. `DECODE_G` (1, 2, 4, 8 or
+/// 16) sets the query heads per KV head instead, to see how the kernel's compute, which grows
+/// with it while the bytes read stay the same, weighs against the read.
+pub fn shape() -> DecodeShape {
+    static G: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let g = *G.get_or_init(|| match std::env::var("DECODE_G") {
+        Err(_) => 4,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(g @ (1 | 2 | 4 | 8 | 16)) => g,
+            _ => {
+                eprintln!("DECODE_G={v:?} is not 1, 2, 4, 8 or 16; using 4");
+                4
+            }
+        },
+    });
+    DecodeShape {
+        num_q_heads: 8 * g,
+        num_kv_heads: 8,
+        head_dim: 128,
+        scale: 0.088_388_35,
+    }
+}
 
 /// (name, context lengths).
 pub fn cases() -> Vec<(String, Vec<usize>)> {
@@ -77,7 +93,7 @@ impl Data {
     /// Bytes of K and V one call reads (as `DecodeBatch::kv_bytes`).
     pub fn kv_bytes(&self) -> usize {
         let tokens: usize = self.lens.iter().map(|&l| l as usize).sum();
-        2 * tokens * SHAPE.num_kv_heads * SHAPE.head_dim * std::mem::size_of::<bf16>()
+        2 * tokens * shape().num_kv_heads * shape().head_dim * std::mem::size_of::<bf16>()
     }
 
     /// One kernel call over the whole batch (appending each sequence's new token again).
@@ -100,11 +116,11 @@ impl Data {
             max_blocks: *max_blocks,
             context_lens: lens,
         };
-        paged_decode_bf16(&SHAPE, &b, k, v, out).unwrap();
+        paged_decode_bf16(&shape(), &b, k, v, out).unwrap();
     }
 
     pub fn new(lens: &[usize]) -> Data {
-        let (qh, kvh, d) = (SHAPE.num_q_heads, SHAPE.num_kv_heads, SHAPE.head_dim);
+        let (qh, kvh, d) = (shape().num_q_heads, shape().num_kv_heads, shape().head_dim);
         let nbs: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).collect();
         let max_blocks = *nbs.iter().max().unwrap();
         let num_blocks: usize = nbs.iter().sum();
@@ -214,15 +230,15 @@ pub fn heads_per_call() -> usize {
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .filter(|&n: &usize| n > 0)
-        .unwrap_or(SHAPE.num_kv_heads)
-        .min(SHAPE.num_kv_heads)
+        .unwrap_or(shape().num_kv_heads)
+        .min(shape().num_kv_heads)
 }
 
 /// Reads the used blocks of every sequence in block-table order, as the kernel does: tasks of
 /// (sequence, group of `heads_per_call` KV heads, run of blocks), reading per block the group's
 /// K rows (one run of pages) then its V rows, as XORs of u64 words.
 pub fn read_in_order(d: &Data) -> u64 {
-    let (kvh, hd) = (SHAPE.num_kv_heads, SHAPE.head_dim);
+    let (kvh, hd) = (shape().num_kv_heads, shape().head_dim);
     let nh = heads_per_call();
     let block = kvh * BLOCK_SIZE * hd;
     let page = BLOCK_SIZE * hd;
