@@ -16,6 +16,13 @@ pub struct Profile {
     pub dram_read_bytes_s: f64,
     pub dram_copy_bytes_s: f64,
     pub cpu_gemm_bf16_flop_s: f64,
+    /// The vector units' peak: 512-bit f32 FMAs on registers, all threads (0 without
+    /// AVX-512F). The same host class's figure moves with the cores other tenants share.
+    #[serde(default)]
+    pub cpu_fma_f32_flop_s: f64,
+    /// The tile unit's peak: `tdpbf16ps` on resident tiles, all threads (0 without AMX).
+    #[serde(default)]
+    pub cpu_amx_tdp_bf16_flop_s: f64,
     /// Weight bytes per second batch-1 CPU GEMVs stream (our kernel, weights past the L3, four
     /// layer-shaped linears back to back, mean of five layers): what a CPU layer reads at in
     /// decode, below the plain DRAM read.
@@ -72,6 +79,18 @@ pub fn probe_bytes() -> usize {
     (2usize << 30).min((free / 4) as usize).max(64 << 20)
 }
 
+/// FLOP/s of a compute ceiling (`f` runs it once and returns its operations), best of five
+/// after one warm-up; 0 where this CPU lacks the unit.
+fn compute_peak(mut f: impl FnMut() -> amx_kernels::Result<u64>) -> f64 {
+    let Ok(flop) = f() else {
+        return 0.0;
+    };
+    let t = best_of(5, || {
+        let _ = f();
+    });
+    flop as f64 / t
+}
+
 pub fn run() -> anyhow::Result<Profile> {
     let mut p = Profile {
         host: std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -95,6 +114,12 @@ pub fn run() -> anyhow::Result<Profile> {
     let t = best_of(5, || platform::membw::parallel_copy(&mut dst, &src));
     p.dram_copy_bytes_s = 2.0 * (src.len() * 8) as f64 / t;
     drop((src, dst));
+
+    eprintln!("probe: CPU compute peaks (512-bit FMA, AMX tile products)");
+    p.cpu_fma_f32_flop_s = compute_peak(|| amx_kernels::gemm::ceiling::simd_fma_ceiling(1 << 16));
+    p.cpu_amx_tdp_bf16_flop_s = compute_peak(|| {
+        amx_kernels::gemm::ceiling::amx_ceiling(amx_kernels::gemm::ceiling::Ceiling::Tdp, 4096)
+    });
 
     let (m, n, k) = (2048usize, 4096usize, 4096usize);
     eprintln!("probe: CPU bf16 GEMM {m}x{n}x{k} ({})", p.cpu_tier);
@@ -350,6 +375,11 @@ pub fn print(p: &Profile) {
         "CPU GEMM bf16 ({:10}) {}",
         p.cpu_tier,
         tfs(p.cpu_gemm_bf16_flop_s)
+    );
+    println!("CPU FMA f32 peak (512-bit){}", tfs(p.cpu_fma_f32_flop_s));
+    println!(
+        "CPU AMX bf16 tile peak    {}",
+        tfs(p.cpu_amx_tdp_bf16_flop_s)
     );
     println!("CPU GEMV bf16, batch 1    {}", gbs(p.cpu_gemv_bytes_s));
     println!("CPU GEMM bf16, 64 rows    {}", tfs(p.cpu_gemm_m64_flop_s));
