@@ -8,7 +8,11 @@
 //! `cargo bench -p amx-kernels --bench gemm -- <filter>`; `TANDEM_CPU_TIER` picks a lower tier.
 //! `GEMM_SHAPES=llama3-8b.o,opt-30b.fc1` and `GEMM_MS=128,512` restrict the shapes and Ms
 //! built at all (packing every weight takes seconds, whatever the criterion filter), and
-//! `GEMM_GROUPS=dram,ceiling,bf16,int8` the groups set up.
+//! `GEMM_GROUPS=dram,ceiling,bf16,int8` the groups set up. `GEMM_COLD=1` packs as many copies
+//! of each weight as fill 1 GiB (over three times the GPU host's 300 MB L3) and cycles through
+//! them call by call, so that the weight comes from DRAM as a model's layers do (groups
+//! `cpu_gemm_bf16_cold`, `cpu_gemm_int8_cold`); without it one weight is reused and whatever of
+//! it the L3 holds is read from there.
 
 use std::time::Duration;
 
@@ -22,6 +26,9 @@ use half::bf16;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
+
+/// Packed weight bytes `GEMM_COLD` cycles through: over three times a 300 MB L3.
+const COLD_BYTES: usize = 1 << 30;
 
 const MS: [usize; 7] = [1, 8, 32, 64, 128, 512, 2048];
 
@@ -91,14 +98,13 @@ fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
     ) {
         return;
     }
-    let mut g = configure(
-        c,
-        if dtype == Dtype::Bf16 {
-            "cpu_gemm_bf16"
-        } else {
-            "cpu_gemm_int8"
-        },
+    let cold = std::env::var("GEMM_COLD").is_ok_and(|v| v == "1");
+    let group = format!(
+        "cpu_gemm_{}{}",
+        if dtype == Dtype::Bf16 { "bf16" } else { "int8" },
+        if cold { "_cold" } else { "" }
     );
+    let mut g = configure(c, &group);
     let mmax = *MS.iter().max().unwrap();
     for (i, &(name, n, k, kind)) in SHAPES.iter().enumerate() {
         if !selected("GEMM_SHAPES", name) {
@@ -106,22 +112,31 @@ fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
         }
         let wv = random_bf16(n * k, i as u64);
         let gate_up = matches!(kind, Kind::SiluMul);
-        let (wb, wq) = match (dtype, gate_up) {
-            (Dtype::Bf16, false) => (Some(PackedWeight::from_bf16(&wv, n, k).unwrap()), None),
-            (Dtype::Bf16, true) => (
-                Some(PackedWeight::from_bf16_gate_up(&wv, n, k).unwrap()),
-                None,
-            ),
-            (Dtype::Int8, false) => (None, Some(PackedWeightI8::from_bf16(&wv, n, k).unwrap())),
-            (Dtype::Int8, true) => (
-                None,
-                Some(PackedWeightI8::from_bf16_gate_up(&wv, n, k).unwrap()),
-            ),
+        // One packed copy, or (GEMM_COLD) as many as fill COLD_BYTES.
+        let pack = |copies: usize| -> (Vec<PackedWeight>, Vec<PackedWeightI8>) {
+            let (mut wb, mut wq) = (Vec::new(), Vec::new());
+            for _ in 0..copies {
+                match (dtype, gate_up) {
+                    (Dtype::Bf16, false) => wb.push(PackedWeight::from_bf16(&wv, n, k).unwrap()),
+                    (Dtype::Bf16, true) => {
+                        wb.push(PackedWeight::from_bf16_gate_up(&wv, n, k).unwrap())
+                    }
+                    (Dtype::Int8, false) => wq.push(PackedWeightI8::from_bf16(&wv, n, k).unwrap()),
+                    (Dtype::Int8, true) => {
+                        wq.push(PackedWeightI8::from_bf16_gate_up(&wv, n, k).unwrap())
+                    }
+                }
+            }
+            (wb, wq)
         };
-        drop(wv);
+        let (mut wb, mut wq) = pack(1);
         let packed_bytes = wb
-            .as_ref()
-            .map_or_else(|| wq.as_ref().unwrap().packed_bytes(), |w| w.packed_bytes());
+            .first()
+            .map_or_else(|| wq[0].packed_bytes(), |w| w.packed_bytes());
+        if cold {
+            (wb, wq) = pack(COLD_BYTES.div_ceil(packed_bytes));
+        }
+        drop(wv);
         let out_cols = if gate_up { n / 2 } else { n };
         let a = random_bf16(mmax * k, 100 + i as u64);
         let bias = random_bf16(n, 200 + i as u64);
@@ -148,10 +163,15 @@ fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
             };
             g.bench_with_input(BenchmarkId::new(name, m), &m, |b, &m| {
                 let (a, out) = (&a[..m * k], &mut out[..m * out_cols]);
-                match (&wb, &wq) {
-                    (Some(w), _) => b.iter(|| gemm_bf16(a, m, k, w, out, ep).unwrap()),
-                    (_, Some(w)) => b.iter(|| gemm_int8(a, m, k, w, out, ep).unwrap()),
-                    _ => unreachable!(),
+                let mut next = 0usize;
+                let mut turn = |len: usize| {
+                    next = (next + 1) % len;
+                    next
+                };
+                if wb.is_empty() {
+                    b.iter(|| gemm_int8(a, m, k, &wq[turn(wq.len())], out, ep).unwrap())
+                } else {
+                    b.iter(|| gemm_bf16(a, m, k, &wb[turn(wb.len())], out, ep).unwrap())
                 }
             });
         }
