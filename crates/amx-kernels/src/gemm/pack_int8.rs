@@ -34,8 +34,9 @@ pub struct TileI8(pub [i8; TILE_BYTES]);
 /// Symmetric int8 quantization of one row: returns the scale `max|x| / 127` (1 for an all-zero
 /// row) and writes `x / scale` rounded to the nearest integer, ties to even, into the first
 /// `min(x.len(), q.len())` elements of `q`. The one definition every kernel and reference uses:
-/// AVX-512 (F, BW, VL) where the CPU has it (the activations of every int8 GEMM call go through here), the
-/// scalar loop otherwise; the two give the same bytes (`quantize_row_paths_agree`).
+/// AVX-512 (F, BW, VL) where the CPU has it (the activations of every int8 GEMM call go
+/// through here), the scalar loop otherwise; the two give the same bytes
+/// (`quantize_row_paths_agree`).
 pub fn quantize_row_int8(x: &[bf16], q: &mut [i8]) -> f32 {
     let n = x.len().min(q.len());
     #[cfg(target_arch = "x86_64")]
@@ -78,17 +79,8 @@ pub(crate) fn quantize_row_scalar(x: &[bf16], q: &mut [i8]) -> f32 {
 pub(crate) unsafe fn quantize_row_avx512(x: &[bf16], q: &mut [i8]) -> f32 {
     use std::arch::x86_64::*;
     let n = x.len().min(q.len());
-    let src = x.as_ptr() as *const i16;
     let lanes = |i: usize| -> __mmask16 { crate::simd::lanes(n - i) };
-    // bf16 -> f32: the 16 bits as the high half of each 32-bit lane.
-    let widen = |i: usize| -> __m512 {
-        let h = if i + 16 <= n {
-            _mm256_loadu_si256(src.add(i) as *const __m256i)
-        } else {
-            _mm256_maskz_loadu_epi16(lanes(i), src.add(i))
-        };
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-    };
+    let widen = |i: usize| -> __m512 { crate::simd::load_bf16x16(x.as_ptr().add(i), lanes(i)) };
     let abs = _mm512_set1_epi32(0x7fff_ffff);
     let mut mx = _mm512_setzero_ps();
     for i in (0..n).step_by(16) {
