@@ -134,7 +134,9 @@ fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
             .first()
             .map_or_else(|| wq[0].packed_bytes(), |w| w.packed_bytes());
         if cold {
-            (wb, wq) = pack(COLD_BYTES.div_ceil(packed_bytes));
+            let (more_b, more_q) = pack(COLD_BYTES.div_ceil(packed_bytes) - 1);
+            wb.extend(more_b);
+            wq.extend(more_q);
         }
         drop(wv);
         let out_cols = if gate_up { n / 2 } else { n };

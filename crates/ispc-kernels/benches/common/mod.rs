@@ -93,7 +93,8 @@ impl Data {
     /// Bytes of K and V one call reads (as `DecodeBatch::kv_bytes`).
     pub fn kv_bytes(&self) -> usize {
         let tokens: usize = self.lens.iter().map(|&l| l as usize).sum();
-        2 * tokens * shape().num_kv_heads * shape().head_dim * std::mem::size_of::<bf16>()
+        let s = shape();
+        2 * tokens * s.num_kv_heads * s.head_dim * std::mem::size_of::<bf16>()
     }
 
     /// One kernel call over the whole batch (appending each sequence's new token again).
@@ -120,7 +121,8 @@ impl Data {
     }
 
     pub fn new(lens: &[usize]) -> Data {
-        let (qh, kvh, d) = (shape().num_q_heads, shape().num_kv_heads, shape().head_dim);
+        let s = shape();
+        let (qh, kvh, d) = (s.num_q_heads, s.num_kv_heads, s.head_dim);
         let nbs: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).collect();
         let max_blocks = *nbs.iter().max().unwrap();
         let num_blocks: usize = nbs.iter().sum();
@@ -226,19 +228,21 @@ pub const ORDER_TASK_BLOCKS: usize = 64;
 /// KV heads per kernel call, as the kernel takes them (`TANDEM_CPU_DECODE_HEADS`, default all
 /// of this shape's 8).
 pub fn heads_per_call() -> usize {
+    let kvh = shape().num_kv_heads;
     std::env::var("TANDEM_CPU_DECODE_HEADS")
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .filter(|&n: &usize| n > 0)
-        .unwrap_or(shape().num_kv_heads)
-        .min(shape().num_kv_heads)
+        .unwrap_or(kvh)
+        .min(kvh)
 }
 
 /// Reads the used blocks of every sequence in block-table order, as the kernel does: tasks of
 /// (sequence, group of `heads_per_call` KV heads, run of blocks), reading per block the group's
 /// K rows (one run of pages) then its V rows, as XORs of u64 words.
 pub fn read_in_order(d: &Data) -> u64 {
-    let (kvh, hd) = (shape().num_kv_heads, shape().head_dim);
+    let s = shape();
+    let (kvh, hd) = (s.num_kv_heads, s.head_dim);
     let nh = heads_per_call();
     let block = kvh * BLOCK_SIZE * hd;
     let page = BLOCK_SIZE * hd;
