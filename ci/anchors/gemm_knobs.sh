@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The AMX bf16 GEMM's blocking knobs (TANDEM_AMX_*, see amx-kernels/src/gemm/amx_tiles.rs) on
+# the shapes where it trails torch most (LLaMA-3-8B o and down) beside gate_up, the default
+# first and last so that the host's drift shows. 16 threads; GFLOP/s (criterion medians).
+# Run from the folder ci/build-device.sh wrote; logs under $OUT. KNOBS overrides the list
+# (";"-separated, each a space-separated list of VAR=value, "default" for none).
+set -u
+here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/gemm_knobs; mkdir -p "$L"
+export TANDEM_THREADS=${TANDEM_THREADS:-16}
+S=${GEMM_SHAPES:-llama3-8b.o,llama3-8b.down,llama3-8b.gate_up}
+MS=${GEMM_MS:-128,512,2048}
+KNOBS=${KNOBS:-"default;TANDEM_AMX_KC=16;TANDEM_AMX_KC=64;TANDEM_AMX_KC=128;TANDEM_AMX_ROWS_OUTER=1;TANDEM_AMX_NB=16;TANDEM_AMX_MB=256;TANDEM_AMX_MB=256 TANDEM_AMX_NB=16;TANDEM_AMX_MB=64 TANDEM_AMX_NB=16;TANDEM_AMX_KC=16 TANDEM_AMX_NB=16;TANDEM_AMX_PF_B2=0;default"}
+i=0
+IFS=';' read -ra list <<< "$KNOBS"
+for k in "${list[@]}"; do
+  i=$((i + 1)); envs=(); [ "$k" = default ] || read -ra envs <<< "$k"
+  env "${envs[@]}" GEMM_GROUPS=bf16 GEMM_SHAPES=$S GEMM_MS=$MS CRITERION_HOME=$L/c$i \
+    "$here/benches/amx_kernels__gemm" --bench --warm-up-time 0.3 --measurement-time 1 > "$L/k$i.log" 2>&1
+  echo "[$k] $(awk '/^cpu_/ {name = $1} /thrpt/ {sub(/^cpu_gemm_bf16\/llama3-8b\./, "", name); printf "%s=%s ", name, $(NF-3)}' "$L/k$i.log")"
+done
