@@ -40,9 +40,14 @@
 //!
 //! `TANDEM_CPU_DECODE_HEADS` (read once; default all the KV heads the kernel's staging holds)
 //! sets how many KV heads one segment call walks together, block by block, so that a block's K
-//! (and V) rows of those heads are read as one contiguous run. `TANDEM_CPU_DECODE_AMX=1` runs
-//! the products on AMX tiles where the CPU has them (`paged_decode/amx.rs`; measured slower than the ISPC build
-//! on the GPU host, so not the default).
+//! (and V) rows of those heads are read as one contiguous run.
+//!
+//! Where the CPU has AMX and a KV head has 8 or more query heads (LLaMA-3-70B), the AMX tier runs
+//! instead (`paged_decode/amx.rs`: QKᵀ on tiles, softmax and PV on AVX-512), 10–30% faster
+//! than the ISPC build there on the GPU host and slower at fewer heads;
+//! `TANDEM_CPU_DECODE_AMX=1` or `0` forces it on or off at every group size, and
+//! `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 3, default 1) sets how many (block, KV head) items its
+//! tile products run ahead of the vector work.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -433,15 +438,22 @@ fn dot_requested() -> bool {
     *DOT.get_or_init(|| env_switch("TANDEM_CPU_DECODE_DOT", false))
 }
 
-/// `TANDEM_CPU_DECODE_AMX` (read once): `1` runs QKᵀ and PV on the tile unit where the CPU
-/// has AMX (see [`amx`]), `0` keeps the ISPC build there.
-fn amx_requested() -> bool {
-    static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AMX.get_or_init(|| env_switch("TANDEM_CPU_DECODE_AMX", AMX_DEFAULT))
+/// `TANDEM_CPU_DECODE_AMX` (read once): `1` runs QKᵀ on the tile unit where the CPU has AMX
+/// (see [`amx`]) at every group size, `0` never; unset, the AMX tier runs where the CPU has AMX
+/// and a KV head has at least [`AMX_MIN_GROUP`] query heads.
+fn amx_requested(group: usize) -> bool {
+    static AMX: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let asked = *AMX.get_or_init(|| {
+        std::env::var_os("TANDEM_CPU_DECODE_AMX")
+            .map(|_| env_switch("TANDEM_CPU_DECODE_AMX", false))
+    });
+    asked.unwrap_or(group >= AMX_MIN_GROUP)
 }
-/// Whether the AMX tier is the default where the CPU has AMX: not, since on the GPU host it
-/// reached 44–48% of the plain read against the ISPC build's 68–76% (docs/BENCHMARKS.md).
-const AMX_DEFAULT: bool = false;
+/// Query heads per KV head from which the AMX tier is the default where the CPU has AMX: on the
+/// GPU host (docs/BENCHMARKS.md, paired rounds over 1 GiB of KV) it reached 60–70% of the read
+/// at 8 heads against the ISPC build's 49–58%, but 63–74% at 4 against 70–77%, and less at 1
+/// and 2, where QKᵀ is a small part of the ISPC build's work.
+const AMX_MIN_GROUP: usize = 8;
 
 /// Which code runs: AMX tiles for the products (where the CPU has AMX, on request), the avx512
 /// build whose blocks run in `kernels/bf16dot.c` (AVX512-BF16, on request), ISPC with its own
@@ -523,9 +535,9 @@ type SegmentFn = unsafe extern "C" fn(
 type MergeFn = unsafe extern "C" fn(*const f32, *const f32, i32, i32, i32, *mut u16);
 
 impl Path {
-    fn current() -> Path {
+    fn current(group: usize) -> Path {
         match platform::cpu_tier() {
-            platform::CpuTier::Amx if amx_requested() => Path::Amx,
+            platform::CpuTier::Amx if amx_requested(group) => Path::Amx,
             t if t >= platform::CpuTier::Avx512Bf16 && dot_requested() => Path::IspcDot,
             t if t >= platform::CpuTier::Avx512 => Path::Ispc,
             platform::CpuTier::Avx2 => Path::IspcAvx2,
@@ -586,7 +598,7 @@ pub fn paged_decode_bf16(
         &c,
         s,
         nh,
-        Path::current(),
+        Path::current(c.group),
         k_cache,
         v_cache,
         out,

@@ -1,45 +1,55 @@
-//! The AMX tier of the paged decode segment: QKᵀ and PV of each block on the tile unit, the
-//! online softmax on AVX-512, for one segment of one sequence over `nh` consecutive KV heads (the
-//! same work, arguments and outputs as the ISPC segment function; see kernels/paged_decode.ispc
-//! for the layouts). Written against [`Tiles`], so the same code runs on the hardware ([`Hw`])
-//! and, in tests, on the tile emulator ([`Emu`]) of machines without AMX.
+//! The AMX tier of the paged decode segment: QKᵀ of each block on the tile unit, the online
+//! softmax and PV on AVX-512, for one segment of one sequence over `nh` consecutive KV heads
+//! (the same work, arguments and outputs as the ISPC segment function; see
+//! kernels/paged_decode.ispc for the layouts). Written against [`Tiles`], so the same code runs
+//! on the hardware ([`Hw`]) and, in tests, on the tile emulator ([`Emu`]) of machines without
+//! AMX.
 //!
-//! Per run of up to [`RUN`] blocks of 16 tokens and KV head (`g` query heads, head_dim `d`):
+//! Why this split: the ISPC build spends as many vector operations on QKᵀ (each K word widened,
+//! 2·g FMAs, the per-token partial sums folded) as on PV. The tile unit takes QKᵀ off the vector
+//! ports (four `tdpbf16ps` a block and KV head at d = 128), so that only PV's FMAs remain
+//! there. PV stays on AVX-512 in f32: on tiles it needs the weights rounded to bf16, and the
+//! earlier all-tile version of this tier ran at 36–43% of the read. On the GPU host this tier
+//! is faster than the ISPC build at 8 query heads per KV head (60–70% of the read against
+//! 49–58%) and slower at 4 and fewer (63–74% against 70–77% at 4): where the vector work is
+//! small, the tile loads and products cost more than they save.
 //!
-//! - `Sᵀ[16 tokens × g] = K · Qᵀ` for each block: K's rows as the cache stores them are the A
-//!   tiles (16 tokens × 32 dims each), and Q, packed once per segment into VNNI pairs
-//!   (`[16 dim pairs][g][2]` per 32 dims), the B tiles: `d / 32` `tdpbf16ps` into one
-//!   accumulator, stored into the run's score buffer.
-//! - The online softmax of every head over the run's scores (AVX-512: a gather per head and
-//!   block, max, exp, sum); the weights rounded to bf16 into two A tiles per block, `P_even`
-//!   (`[p, 0]` pairs) and `P_odd` (`[0, p]`).
-//! - `O += P · V` with V's rows, as stored, the B tiles: `tdpbf16ps` sums the two members of
-//!   each pair, so `P_even · V` adds `Σ_t p_t · V[t][2n]` to column `n` (the even dims of the
-//!   32-dim chunk) and `P_odd · V` the odd dims. Each O chunk stays in tmm6/7 across the run's
-//!   blocks. O (f32, `[nh·g][d]`, each 32-dim chunk stored as `[16 even][16 odd]`, the order the
-//!   ISPC avx512 build's partial results use) lives in an L1-resident buffer between runs; a
-//!   head's row is rescaled there when its running max moves.
+//! Per block of 16 tokens, for each KV head `hh` of the call (query heads `g`, padded to `gp`
+//! columns, `gp` = 4, 8 or 16; head_dim `d`, a multiple of 32):
 //!
-//! Every value written to memory by a tile store is read back once per run, not per block: the
-//! first version went through memory between every step of every block and ran 2.4× slower than
-//! the ISPC build per core (tile stores do not forward to later loads).
+//! - `Sᵀ[16 tokens × gp] = K · Qᵀ`: K's rows as the cache stores them are the A tiles (16 tokens
+//!   × 32 dims each, read in place: rows past the sequence's end only make their own rows of
+//!   `Sᵀ` garbage, which the softmax masks), and Q, packed once per segment into VNNI pairs
+//!   (`[16 dim pairs][gp][2]` per 32 dims, zero columns past `g`), the B tiles: `d / 32` products
+//!   into one accumulator, stored to one of four score slots. The products run one (block, KV
+//!   head) item ahead of the vector work (`TANDEM_CPU_DECODE_AMX_LEAD`, 0 to 3), so that the
+//!   tile unit works while the vector units do PV, and a softmax reads scores stored long
+//!   before (tile stores do not forward to later loads).
+//! - The online softmax of all `gp` columns at once on the `gp` vectors of `Sᵀ` (lane `l` of
+//!   vector `j`: token `j·16/gp + l/gp`, head `l % gp`): max and sum over the vectors, then
+//!   across the lane groups by 128/256-bit swaps; the running max and sum are vectors in the same
+//!   lane pattern. The weights overwrite the scores.
+//! - PV in passes of up to 4 heads × 2 chunks (32 dims each) with the accumulators in
+//!   registers across the block's valid tokens, each V word widened once (shift: even dim,
+//!   mask: odd dim) for all heads of the pass, the weight broadcast; the accumulators `O` (f32,
+//!   `[nh·g][d]`, each chunk as `[16 even][16 odd]`, the ISPC avx512 build's partial-result
+//!   order) are rescaled by `alpha = e^(m_old - m_new)` as a pass loads them. V rows past the
+//!   sequence's end are never read.
+//! - The K and V pages of the block `pf_ahead` blocks on are prefetched to L2 (their first
+//!   `pf_lines` lines each), a few lines per token of PV.
 //!
 //! Tiles (palette 1, one configuration for the segment):
 //!
 //! ```text
-//! tmm0  Sᵀ         16 rows × g·4 B (f32)    tmm4  P_odd       g rows × 64 B (bf16 pairs)
-//! tmm1  K chunk    16 rows × 64 B (32 dims) tmm5  V chunk     16 rows × 64 B (32 dims)
-//! tmm2  Qᵀ chunk   16 rows × g·4 B (pairs)  tmm6  O even      g rows × 64 B (16 f32)
-//! tmm3  P_even     g rows × 64 B            tmm7  O odd       g rows × 64 B
+//! tmm0, 1, 6, 7  Sᵀ of items i ≡ 0, 1, 2, 3 (mod 4)  16 rows × 4·gp bytes (f32)
+//! tmm2, tmm3     K chunk of even, odd chunks          16 rows × 64 bytes (32 dims)
+//! tmm4, tmm5     Qᵀ chunk, even, odd chunks           16 rows (dim pairs) × 4·gp bytes
 //! ```
-//!
-//! Tokens past the sequence's end in its last block are never loaded: that block's K and V rows
-//! are copied into zero-padded buffers first (the cache's bytes there may be anything, NaN
-//! included, and a NaN times a zero weight would poison O).
 
 use std::arch::x86_64::*;
+use std::cell::RefCell;
 
-use amx_kernels::simd::{bf16_bits, exp512, lanes};
+use amx_kernels::simd::exp512;
 use amx_kernels::tile::TileConfig;
 use amx_kernels::tile_ops::Tiles;
 
@@ -76,59 +86,227 @@ pub(super) struct SegArgs {
     pub pf_lines: usize,
 }
 
+/// Most score columns of one KV head (query heads, padded).
+const MAX_GP: usize = 16;
+
 #[repr(C, align(64))]
 struct Scratch {
-    /// Q in VNNI pairs: `[nh][d / 32][16][g][2]`.
-    qpack: [u16; MAX_CALL_ELEMS],
+    /// Qᵀ in VNNI pairs: `[nh][d / 32][16 dim pairs][gp][2]` (`nh·d·gp` ≤ 4 × the call's
+    /// `nh·g·d` elements, `gp ≤ 4g`).
+    qt: [u16; 4 * MAX_CALL_ELEMS],
     /// O, `[nh·g][d]` with each 32-dim chunk as `[16 even][16 odd]`.
     o: [f32; MAX_CALL_ELEMS],
-    /// `Sᵀ` of one run of blocks and KV head, `[RUN · 16][g]`.
-    s: [f32; RUN * BLOCK_SIZE * 16],
-    /// `P_even`, `P_odd` of each block of the run: `[RUN][16 (g used)][16]` bf16 pairs as u32.
-    pe: [u32; RUN * 16 * BLOCK_SIZE],
-    po: [u32; RUN * 16 * BLOCK_SIZE],
-    /// A sequence's partial last block, K and V rows zero-padded to 16.
-    kpad: [u16; BLOCK_SIZE * super::MAX_HEAD_DIM],
-    vpad: [u16; BLOCK_SIZE * super::MAX_HEAD_DIM],
-    m: [f32; MAX_CALL_HEADS],
-    l: [f32; MAX_CALL_HEADS],
+    /// `Sᵀ` of four (block, KV head) items in flight, `[4][16][gp]` (rows `MAX_GP` apart);
+    /// then the weights.
+    s: [f32; 4 * BLOCK_SIZE * MAX_GP],
+    /// The running max and sum of each KV head's columns, in the softmax's lane pattern.
+    m: [[f32; 16]; MAX_CALL_HEADS],
+    l: [[f32; 16]; MAX_CALL_HEADS],
+    /// `alpha` of the current block's head, lanes `0..gp`.
+    alpha: [f32; 16],
 }
 
-/// Blocks per run: the scores of a run are stored and read back once, and each O chunk stays in
-/// its tiles across the run's PV products (one O load and store per run, not per block).
-const RUN: usize = 8;
-
-/// Scores of one head for one block's 16 tokens out of `s` (`[tokens][g]`, from element `at`,
-/// rows `g` apart), lanes of `live` only (-inf elsewhere).
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn gather_scores(s: &[f32], at: usize, idx: __m512i, live: __mmask16) -> __m512 {
-    _mm512_mask_i32gather_ps::<4>(
-        _mm512_set1_ps(f32::NEG_INFINITY),
-        live,
-        idx,
-        s.as_ptr().add(at),
-    )
+thread_local! {
+    /// Each pool thread's scratch (about 60 KiB; allocated once, reused by every segment).
+    static SCRATCH: RefCell<Option<Box<Scratch>>> = const { RefCell::new(None) };
 }
 
-/// The segment's tiles (see the header): 16-row K, V and Sᵀ tiles, `g`-row P and O tiles.
-fn config(g: usize) -> TileConfig {
+/// Items (block, KV head) whose tile products run ahead of the softmax and PV:
+/// `TANDEM_CPU_DECODE_AMX_LEAD` (1 to 3, read once), default 1.
+fn qk_lead() -> usize {
+    static L: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *L.get_or_init(|| {
+        std::env::var("TANDEM_CPU_DECODE_AMX_LEAD")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(1, |n| n.clamp(0, 3))
+    })
+}
+
+/// Score columns for `g` query heads: 4, 8 or 16.
+fn padded_group(g: usize) -> usize {
+    g.next_power_of_two().clamp(4, MAX_GP)
+}
+
+/// The segment's tiles (see the header).
+fn config(gp: usize) -> TileConfig {
     let mut c = TileConfig::palette1();
-    let gb = 4 * g as u16;
-    let g = g as u8;
-    for (t, rows, colsb) in [
-        (0, 16, gb),
-        (1, 16, 64),
-        (2, 16, gb),
-        (3, g, 64),
-        (4, g, 64),
-        (5, 16, 64),
-        (6, g, 64),
-        (7, g, 64),
+    let gb = 4 * gp as u16;
+    for (t, colsb) in [
+        (0, gb),
+        (1, gb),
+        (2, 64),
+        (3, 64),
+        (4, gb),
+        (5, gb),
+        (6, gb),
+        (7, gb),
     ] {
-        c.set(t, rows, colsb);
+        c.set(t, 16, colsb);
     }
     c
+}
+
+/// `max` (`ADD` false) or sum (`ADD` true) of the `16 / gp` lane groups of `x`, every group
+/// receiving the result: lane `l` then holds the reduction over all lanes `≡ l (mod gp)`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn reduce_groups<const ADD: bool>(mut x: __m512, gp: usize) -> __m512 {
+    if gp <= 8 {
+        // swap the 256-bit halves
+        let y = _mm512_shuffle_f32x4::<0b01_00_11_10>(x, x);
+        x = if ADD {
+            _mm512_add_ps(x, y)
+        } else {
+            _mm512_max_ps(x, y)
+        };
+    }
+    if gp <= 4 {
+        // swap neighbouring 128-bit lanes
+        let y = _mm512_shuffle_f32x4::<0b10_11_00_01>(x, x);
+        x = if ADD {
+            _mm512_add_ps(x, y)
+        } else {
+            _mm512_max_ps(x, y)
+        };
+    }
+    x
+}
+
+/// `Sᵀ = K · Qᵀ` of one KV head and block into tile `C`, stored at `s` (rows `4·gp` bytes).
+#[inline(always)]
+unsafe fn qk_head<T: Tiles, const C: u8>(
+    k: *const u8,
+    d: usize,
+    qt: *const u8,
+    gp: usize,
+    s: *mut u8,
+) {
+    T::zero::<C>();
+    let qstep = 16 * gp * 4; // bytes of one chunk's Qᵀ tile
+    for c in 0..d / 32 {
+        if c % 2 == 0 {
+            T::load::<2>(k.add(64 * c), 2 * d);
+            T::load::<4>(qt.add(c * qstep), 4 * gp);
+            T::dp_bf16::<C, 2, 4>();
+        } else {
+            T::load::<3>(k.add(64 * c), 2 * d);
+            T::load::<5>(qt.add(c * qstep), 4 * gp);
+            T::dp_bf16::<C, 3, 5>();
+        }
+    }
+    T::store::<C>(s, 4 * gp);
+}
+
+/// The lines of the pages a head will read `pf_ahead` blocks on, prefetched a few at a time.
+struct Prefetch {
+    k: *const i8,
+    v: *const i8,
+    /// Lines per page to fetch, lines fetched so far (K's then V's), lines per `step`.
+    lines: usize,
+    next: usize,
+    per: usize,
+}
+
+impl Prefetch {
+    const NONE: Prefetch = Prefetch {
+        k: std::ptr::null(),
+        v: std::ptr::null(),
+        lines: 0,
+        next: 0,
+        per: 0,
+    };
+
+    #[inline(always)]
+    fn step(&mut self) {
+        let end = (self.next + self.per).min(2 * self.lines);
+        while self.next < end {
+            let i = self.next;
+            let p = if i < self.lines {
+                self.k.wrapping_add(64 * i)
+            } else {
+                self.v.wrapping_add(64 * (i - self.lines))
+            };
+            // SAFETY: a prefetch is a hint; it does not fault on any address.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p) };
+            self.next += 1;
+        }
+    }
+}
+
+/// PV of `HG` heads over chunks `c0 .. c0 + CC` of every row (see the header): `acc` is the
+/// first head's O row (rows `d` apart), `p` its weights column in `[16][gp]`, `alpha` its
+/// rescale factor (heads consecutive in both).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_pass<const HG: usize, const CC: usize>(
+    v: *const u16,
+    d: usize,
+    c0: usize,
+    valid: usize,
+    p: *const f32,
+    gp: usize,
+    alpha: *const f32,
+    acc: *mut f32,
+    pf: &mut Prefetch,
+) {
+    let odd = _mm512_set1_epi32(0xffff_0000u32 as i32);
+    let mut ae = [[_mm512_setzero_ps(); CC]; HG];
+    let mut ao = [[_mm512_setzero_ps(); CC]; HG];
+    for h in 0..HG {
+        let a = _mm512_set1_ps(*alpha.add(h));
+        for c in 0..CC {
+            let o = acc.add(h * d + (c0 + c) * 32);
+            ae[h][c] = _mm512_mul_ps(a, _mm512_loadu_ps(o));
+            ao[h][c] = _mm512_mul_ps(a, _mm512_loadu_ps(o.add(16)));
+        }
+    }
+    for t in 0..valid {
+        let row = v.add(t * d + c0 * 32);
+        for c in 0..CC {
+            let w = _mm512_loadu_si512(row.add(32 * c) as *const _);
+            let ve = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w));
+            let vo = _mm512_castsi512_ps(_mm512_and_si512(w, odd));
+            for h in 0..HG {
+                let pw = _mm512_set1_ps(*p.add(t * gp + h));
+                ae[h][c] = _mm512_fmadd_ps(pw, ve, ae[h][c]);
+                ao[h][c] = _mm512_fmadd_ps(pw, vo, ao[h][c]);
+            }
+        }
+        pf.step();
+    }
+    for h in 0..HG {
+        for c in 0..CC {
+            let o = acc.add(h * d + (c0 + c) * 32);
+            _mm512_storeu_ps(o, ae[h][c]);
+            _mm512_storeu_ps(o.add(16), ao[h][c]);
+        }
+    }
+}
+
+/// All chunks of PV for `HG` heads: passes of `CC` chunks, then single chunks.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_heads<const HG: usize, const CC: usize>(
+    v: *const u16,
+    d: usize,
+    valid: usize,
+    p: *const f32,
+    gp: usize,
+    alpha: *const f32,
+    acc: *mut f32,
+    pf: &mut Prefetch,
+) {
+    let chunks = d / 32;
+    let mut c0 = 0;
+    while c0 + CC <= chunks {
+        pv_pass::<HG, CC>(v, d, c0, valid, p, gp, alpha, acc, pf);
+        c0 += CC;
+    }
+    while c0 < chunks {
+        pv_pass::<HG, 1>(v, d, c0, valid, p, gp, alpha, acc, pf);
+        c0 += 1;
+    }
 }
 
 /// Runs one segment (see the module header).
@@ -139,7 +317,20 @@ fn config(g: usize) -> TileConfig {
 /// `nh·g·d ≤ 4096`, `d` a multiple of 32, every block id in range.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
+    SCRATCH.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        // SAFETY: every field is plain numbers, for which all-zero bytes are valid.
+        let sc = slot.get_or_insert_with(|| unsafe { Box::new(std::mem::zeroed()) });
+        // SAFETY: the caller's contract, passed on.
+        unsafe { segment_with::<T>(a, sc) };
+    })
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn segment_with<T: Tiles>(a: &SegArgs, sc: &mut Scratch) {
     let (d, g, nh) = (a.d, a.g, a.nh);
+    let gp = padded_group(g);
+    let chunks = d / 32;
     let head_step = BLOCK_SIZE * d; // one KV head's rows in a block
     let block = |i: usize| *a.blocks.add(i) as usize * a.block_stride + a.head_off;
     if a.append_at >= 0 {
@@ -159,167 +350,166 @@ pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
         }
     }
 
-    let mut sc: Scratch = std::mem::zeroed();
-    let chunks = d / 32;
+    // Qᵀ tiles, O and the running max and sum.
     for hh in 0..nh {
         for c in 0..chunks {
+            let tile = &mut sc.qt[(hh * chunks + c) * 16 * gp * 2..][..16 * gp * 2];
             for kp in 0..16 {
-                for h in 0..g {
-                    let src = a.q.add((hh * g + h) * d + 32 * c + 2 * kp);
-                    let dst = (((hh * chunks + c) * 16 + kp) * g + h) * 2;
-                    sc.qpack[dst] = *src;
-                    sc.qpack[dst + 1] = *src.add(1);
+                for h in 0..gp {
+                    let (x0, x1) = if h < g {
+                        let src = a.q.add((hh * g + h) * d + 32 * c + 2 * kp);
+                        (*src, *src.add(1))
+                    } else {
+                        (0, 0)
+                    };
+                    tile[(kp * gp + h) * 2] = x0;
+                    tile[(kp * gp + h) * 2 + 1] = x1;
                 }
             }
         }
+        sc.m[hh] = [f32::NEG_INFINITY; 16];
+        sc.l[hh] = [0.0; 16];
     }
-    sc.m[..nh * g].fill(f32::NEG_INFINITY);
+    sc.o[..nh * g * d].fill(0.0);
 
     let nblocks = a.ntok.div_ceil(BLOCK_SIZE);
-    T::config(&config(g));
-    let (k_row, o_row) = (2 * d, 4 * d); // bytes between rows
-    let idx = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(g as i32),
-    );
-    for b0 in (0..nblocks).step_by(RUN) {
-        let b1 = (b0 + RUN).min(nblocks);
-        for hh in 0..nh {
-            // The run's K and V rows of this head: in place, or (a sequence's last block, when
-            // it is partial) copied with zeroed rows past the end, so that no tile reads bytes
-            // past the sequence (they may be anything, NaN included).
-            let rows = |r: usize| -> (*const u8, *const u8) {
-                let base = block(r) + hh * head_step;
-                (
-                    a.k_cache.add(base) as *const u8,
-                    a.v_cache.add(base) as *const u8,
-                )
-            };
-            let valid = |r: usize| (a.ntok - r * BLOCK_SIZE).min(BLOCK_SIZE);
-            if valid(b1 - 1) < BLOCK_SIZE {
-                let (kp, vp) = rows(b1 - 1);
-                let n = valid(b1 - 1) * d;
-                sc.kpad[n..16 * d].fill(0);
-                sc.vpad[n..16 * d].fill(0);
-                std::ptr::copy_nonoverlapping(kp as *const u16, sc.kpad.as_mut_ptr(), n);
-                std::ptr::copy_nonoverlapping(vp as *const u16, sc.vpad.as_mut_ptr(), n);
-            }
-            let operands = |r: usize| -> (*const u8, *const u8) {
-                if valid(r) < BLOCK_SIZE {
-                    (sc.kpad.as_ptr() as *const u8, sc.vpad.as_ptr() as *const u8)
-                } else {
-                    rows(r)
-                }
-            };
-
-            // Sᵀ = K · Qᵀ for every block of the run, into rows 16·(r - b0) of `s`.
-            for r in b0..b1 {
-                let (kp, _) = operands(r);
-                if a.pf_ahead > 0 && r + RUN < nblocks {
-                    let n = block(r + RUN) + hh * head_step;
-                    for line in 0..a.pf_lines.min(head_step * 2 / 64) {
-                        _mm_prefetch::<_MM_HINT_T1>(a.k_cache.add(n + line * 32) as *const i8);
-                        _mm_prefetch::<_MM_HINT_T1>(a.v_cache.add(n + line * 32) as *const i8);
-                    }
-                }
-                T::zero::<0>();
-                for c in 0..chunks {
-                    T::load::<1>(kp.add(64 * c), k_row);
-                    T::load::<2>(
-                        sc.qpack.as_ptr().add((hh * chunks + c) * 16 * g * 2) as *const u8,
-                        4 * g,
-                    );
-                    T::dp_bf16::<0, 1, 2>();
-                }
-                T::store::<0>(
-                    sc.s.as_mut_ptr().add((r - b0) * BLOCK_SIZE * g) as *mut u8,
-                    4 * g,
+    let tpv = 16 / gp; // tokens per score vector
+    let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let lane_tok = _mm512_srlv_epi32(iota, _mm512_set1_epi32(gp.trailing_zeros() as i32));
+    // PV passes of one KV head (4, 2, 1 heads; CC chunks then single ones), for spreading
+    // the prefetches over its token loops.
+    let passes = {
+        let of = |cc: usize| chunks / cc + chunks % cc;
+        (g / 4) * of(2) + (g % 4 / 2) * of(4) + (g % 2) * of(4)
+    };
+    let pf_lines = a.pf_lines.min(head_step * 2 / 64);
+    T::config(&config(gp));
+    // Sᵀ of item i (block i / nh, KV head i % nh) into slot i % 4 (tile tmm0, 1, 6 or 7).
+    let (s_base, qt_base) = (sc.s.as_mut_ptr(), sc.qt.as_ptr());
+    let qk = |i: usize| {
+        let (b, hh) = (i / nh, i % nh);
+        let k = a.k_cache.add(block(b) + hh * head_step) as *const u8;
+        let qt = qt_base.add(hh * chunks * 16 * gp * 2) as *const u8;
+        let s = s_base.add((i % 4) * 16 * MAX_GP) as *mut u8;
+        match i % 4 {
+            0 => qk_head::<T, 0>(k, d, qt, gp, s),
+            1 => qk_head::<T, 1>(k, d, qt, gp, s),
+            2 => qk_head::<T, 6>(k, d, qt, gp, s),
+            _ => qk_head::<T, 7>(k, d, qt, gp, s),
+        }
+    };
+    // The tile products run `lead` items ahead of the softmax and PV, so that the tile unit
+    // works on the next heads while the vector units do this one's PV.
+    let items = nblocks * nh;
+    let lead = qk_lead();
+    for i in 0..lead.min(items) {
+        qk(i);
+    }
+    for i in 0..items {
+        if i + lead < items {
+            qk(i + lead);
+        }
+        let (b, hh) = (i / nh, i % nh);
+        let valid = (a.ntok - b * BLOCK_SIZE).min(BLOCK_SIZE);
+        let base = block(b);
+        let ahead = (a.pf_ahead > 0 && b + a.pf_ahead < nblocks).then(|| block(b + a.pf_ahead));
+        {
+            // Online softmax of the gp columns.
+            let s = s_base.add((i % 4) * 16 * MAX_GP);
+            let scale = _mm512_set1_ps(a.scale);
+            let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+            let mut x = [ninf; MAX_GP];
+            let mut mx = ninf;
+            for (j, xj) in x.iter_mut().enumerate().take(gp) {
+                let live = _mm512_cmplt_epi32_mask(
+                    _mm512_add_epi32(lane_tok, _mm512_set1_epi32((j * tpv) as i32)),
+                    _mm512_set1_epi32(valid as i32),
                 );
+                *xj = _mm512_mask_mul_ps(ninf, live, _mm512_loadu_ps(s.add(16 * j)), scale);
+                mx = _mm512_max_ps(mx, *xj);
             }
+            let m_old = _mm512_loadu_ps(sc.m[hh].as_ptr());
+            let m_new = _mm512_max_ps(m_old, reduce_groups::<false>(mx, gp));
+            let mut sum = _mm512_setzero_ps();
+            for (j, xj) in x.iter().enumerate().take(gp) {
+                // exp(-inf) is 0: masked tokens weigh nothing.
+                let p = exp512(_mm512_sub_ps(*xj, m_new));
+                let p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(*xj, ninf), p);
+                _mm512_storeu_ps(s.add(16 * j), p);
+                sum = _mm512_add_ps(sum, p);
+            }
+            // alpha = e^(m_old - m_new); 0 where nothing was seen yet (m_old = -inf).
+            let seen = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(m_old, ninf);
+            let alpha = _mm512_maskz_mov_ps(seen, exp512(_mm512_sub_ps(m_old, m_new)));
+            let l_new = _mm512_fmadd_ps(
+                _mm512_loadu_ps(sc.l[hh].as_ptr()),
+                alpha,
+                reduce_groups::<true>(sum, gp),
+            );
+            _mm512_storeu_ps(sc.m[hh].as_mut_ptr(), m_new);
+            _mm512_storeu_ps(sc.l[hh].as_mut_ptr(), l_new);
+            _mm512_storeu_ps(sc.alpha.as_mut_ptr(), alpha);
 
-            // Online softmax of each head over the run's scores; P as bf16 pairs per block.
-            for h in 0..g {
-                let row = hh * g + h;
-                let m_old = sc.m[row];
-                // The run's raw scores of this head, gathered once for both passes.
-                let mut raw = [_mm512_setzero_ps(); RUN];
-                let mut mx = f32::NEG_INFINITY;
-                for r in b0..b1 {
-                    let live = lanes(valid(r));
-                    raw[r - b0] = gather_scores(&sc.s, (r - b0) * BLOCK_SIZE * g + h, idx, live);
-                    let s = _mm512_mul_ps(raw[r - b0], _mm512_set1_ps(a.scale));
-                    mx = mx.max(_mm512_mask_reduce_max_ps(live, s));
-                }
-                let m_new = m_old.max(mx);
-                let mut sum = _mm512_setzero_ps();
-                for r in b0..b1 {
-                    let live = lanes(valid(r));
-                    let x = _mm512_fmsub_ps(
-                        raw[r - b0],
-                        _mm512_set1_ps(a.scale),
-                        _mm512_set1_ps(m_new),
-                    );
-                    let p = _mm512_maskz_mov_ps(live, exp512(x));
-                    sum = _mm512_add_ps(sum, p);
-                    // bf16 (nearest even) in the low half of each lane.
-                    let pb = bf16_bits(p);
-                    let at = ((r - b0) * 16 + h) * 16;
-                    _mm512_store_si512(sc.pe.as_mut_ptr().add(at) as *mut _, pb);
-                    _mm512_store_si512(
-                        sc.po.as_mut_ptr().add(at) as *mut _,
-                        _mm512_slli_epi32::<16>(pb),
-                    );
-                }
-                let alpha = if m_old == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    (m_old - m_new).exp()
+            // PV, passes of 4, 2, 1 heads.
+            let v = a.v_cache.add(base + hh * head_step) as *const u16;
+            let mut pf = match ahead {
+                Some(n) => Prefetch {
+                    k: a.k_cache.add(n + hh * head_step) as *const i8,
+                    v: a.v_cache.add(n + hh * head_step) as *const i8,
+                    lines: pf_lines,
+                    next: 0,
+                    per: (2 * pf_lines).div_ceil(passes.max(1) * valid),
+                },
+                None => Prefetch::NONE,
+            };
+            let acc = sc.o.as_mut_ptr().add(hh * g * d);
+            let al = sc.alpha.as_ptr();
+            let mut h = 0;
+            // PV of heads h .. h + HG in passes of CC chunks.
+            macro_rules! pv {
+                ($hg:literal, $cc:literal) => {
+                    pv_heads::<$hg, $cc>(
+                        v,
+                        d,
+                        valid,
+                        s.add(h),
+                        gp,
+                        al.add(h),
+                        acc.add(h * d),
+                        &mut pf,
+                    )
                 };
-                sc.l[row] = sc.l[row] * alpha + _mm512_reduce_add_ps(sum);
-                sc.m[row] = m_new;
-                if alpha != 1.0 {
-                    let o = sc.o.as_mut_ptr().add(row * d);
-                    let al = _mm512_set1_ps(alpha);
-                    for j in (0..d).step_by(16) {
-                        _mm512_store_ps(o.add(j), _mm512_mul_ps(al, _mm512_load_ps(o.add(j))));
-                    }
-                }
             }
-
-            // O += P · V over the run, each O chunk held in tmm6/7 across the run's blocks.
-            for c in 0..chunks {
-                let oe = sc.o.as_mut_ptr().add(hh * g * d + 32 * c) as *mut u8;
-                let oo = oe.add(64);
-                T::load::<6>(oe, o_row);
-                T::load::<7>(oo, o_row);
-                for r in b0..b1 {
-                    let (_, vp) = operands(r);
-                    let at = (r - b0) * 16 * 16;
-                    T::load::<3>(sc.pe.as_ptr().add(at) as *const u8, 64);
-                    T::load::<4>(sc.po.as_ptr().add(at) as *const u8, 64);
-                    T::load::<5>(vp.add(64 * c), k_row);
-                    T::dp_bf16::<6, 3, 5>();
-                    T::dp_bf16::<7, 4, 5>();
-                }
-                T::store::<6>(oe, o_row);
-                T::store::<7>(oo, o_row);
+            while h + 4 <= g {
+                pv!(4, 2);
+                h += 4;
+            }
+            if h + 2 <= g {
+                pv!(2, 4);
+                h += 2;
+            }
+            if h < g {
+                pv!(1, 4);
             }
         }
     }
     T::release();
 
     if !a.out.is_null() {
-        for r in 0..nh * g {
-            let inv = 1.0 / sc.l[r];
-            let row = &sc.o[r * d..(r + 1) * d];
-            let out = a.out.add(r * d);
-            for c in 0..chunks {
-                for n in 0..16 {
-                    for (i, x) in [row[32 * c + n], row[32 * c + 16 + n]]
-                        .into_iter()
-                        .enumerate()
-                    {
-                        *out.add(32 * c + 2 * n + i) = half::bf16::from_f32(x * inv).to_bits();
+        for hh in 0..nh {
+            for h in 0..g {
+                let r = hh * g + h;
+                let inv = 1.0 / sc.l[hh][h];
+                let row = &sc.o[r * d..(r + 1) * d];
+                let out = a.out.add(r * d);
+                for c in 0..chunks {
+                    for n in 0..16 {
+                        for (i, x) in [row[32 * c + n], row[32 * c + 16 + n]]
+                            .into_iter()
+                            .enumerate()
+                        {
+                            *out.add(32 * c + 2 * n + i) = half::bf16::from_f32(x * inv).to_bits();
+                        }
                     }
                 }
             }
@@ -333,8 +523,8 @@ pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
             );
             for h in 0..g {
                 let ml = a.part_ml.add(hh * a.part_stride * 2 + 2 * h);
-                *ml = sc.m[hh * g + h];
-                *ml.add(1) = sc.l[hh * g + h];
+                *ml = sc.m[hh][h];
+                *ml.add(1) = sc.l[hh][h];
             }
         }
     }
