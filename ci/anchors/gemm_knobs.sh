@@ -3,7 +3,9 @@
 # the shapes where it trails torch most (LLaMA-3-8B o and down) beside gate_up, the default
 # first and last so that the host's drift shows. 16 threads; GFLOP/s (criterion medians).
 # Run from the folder ci/build-device.sh wrote; logs under $OUT. KNOBS overrides the list
-# (";"-separated, each a space-separated list of VAR=value, "default" for none).
+# (";"-separated, each a space-separated list of VAR=value, "default" for none). With
+# TANDEM_THREADS=1 it compares the knobs' per-core efficiency, apart from what else shares the
+# host's cores; a host whose two default runs differ by more than the knobs do is too noisy.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/gemm_knobs; mkdir -p "$L"
 export TANDEM_THREADS=${TANDEM_THREADS:-16}
@@ -16,5 +18,5 @@ for k in "${list[@]}"; do
   i=$((i + 1)); envs=(); [ "$k" = default ] || read -ra envs <<< "$k"
   env "${envs[@]}" GEMM_GROUPS=bf16 GEMM_SHAPES=$S GEMM_MS=$MS CRITERION_HOME=$L/c$i \
     "$here/benches/amx_kernels__gemm" --bench --warm-up-time 0.3 --measurement-time 1 > "$L/k$i.log" 2>&1
-  echo "[$k] $(awk '/^cpu_/ {name = $1} /thrpt/ {sub(/^cpu_gemm_bf16\/llama3-8b\./, "", name); printf "%s=%s ", name, $(NF-3)}' "$L/k$i.log")"
+  echo "[$k] $(awk '/^cpu_/ {name = $1} /thrpt/ {sub(/^cpu_gemm_bf16\/(llama3-8b\.)?/, "", name); printf "%s=%s ", name, $(NF-3)}' "$L/k$i.log")"
 done

@@ -12,7 +12,8 @@
 //! of each weight as fill 1 GiB (over three times the GPU host's 300 MB L3) and cycles through
 //! them call by call, so that the weight comes from DRAM as a model's layers do (groups
 //! `cpu_gemm_bf16_cold`, `cpu_gemm_int8_cold`); without it one weight is reused and whatever of
-//! it the L3 holds is read from there.
+//! it the L3 holds is read from there. An entry `NxK` of `GEMM_SHAPES` (`28672x4096`) adds a
+//! plain product of that shape (no epilogue), named `NxK`.
 
 use std::time::Duration;
 
@@ -57,6 +58,29 @@ const SHAPES: [(&str, usize, usize, Kind); 8] = [
     ("opt-30b.fc1", 28672, 7168, Kind::BiasRelu),
     ("opt-30b.fc2", 7168, 28672, Kind::BiasResidual),
 ];
+
+/// The selected shapes of [`SHAPES`], then the `NxK` entries of `GEMM_SHAPES` as plain products.
+fn shapes() -> Vec<(String, usize, usize, Kind)> {
+    let mut v: Vec<_> = SHAPES
+        .iter()
+        .filter(|s| selected("GEMM_SHAPES", s.0))
+        .map(|&(name, n, k, kind)| (name.to_string(), n, k, kind))
+        .collect();
+    let list = std::env::var("GEMM_SHAPES").unwrap_or_default();
+    for item in list.split(',').map(str::trim) {
+        let dims = item
+            .split_once('x')
+            .and_then(|(n, k)| Some((n.parse().ok()?, k.parse().ok()?)));
+        match dims {
+            Some((n, k)) if n > 0 && k > 0 => v.push((item.to_string(), n, k, Kind::Plain)),
+            _ if SHAPES.iter().any(|s| s.0 == item) || item.is_empty() => {}
+            _ => eprintln!(
+                "gemm bench: GEMM_SHAPES entry {item:?} is neither a known linear nor NxK; skipped"
+            ),
+        }
+    }
+    v
+}
 
 /// Random bf16 in [-1, 1), filled on the pool (hundreds of MB per weight).
 pub fn random_bf16(n: usize, seed: u64) -> Vec<bf16> {
@@ -106,10 +130,8 @@ fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
     );
     let mut g = configure(c, &group);
     let mmax = *MS.iter().max().unwrap();
-    for (i, &(name, n, k, kind)) in SHAPES.iter().enumerate() {
-        if !selected("GEMM_SHAPES", name) {
-            continue;
-        }
+    for (i, (name, n, k, kind)) in shapes().into_iter().enumerate() {
+        let name = name.as_str();
         let wv = random_bf16(n * k, i as u64);
         let gate_up = matches!(kind, Kind::SiluMul);
         // One packed copy, or (GEMM_COLD) as many as fill COLD_BYTES.

@@ -34,6 +34,11 @@ pub trait Tiles {
     unsafe fn release();
     /// `tileloadd tmmT, [p + stride]`.
     unsafe fn load<const T: u8>(p: *const u8, stride: usize);
+    /// `tileloaddt1 tmmT, [p + stride]`: the same load, hinting that the data will not be
+    /// reused (so that it does not push reused data out of L1).
+    unsafe fn load_t1<const T: u8>(p: *const u8, stride: usize) {
+        Self::load::<T>(p, stride)
+    }
     /// `tilestored [p + stride], tmmT`.
     unsafe fn store<const T: u8>(p: *mut u8, stride: usize);
     /// `tilezero tmmT`.
@@ -61,6 +66,10 @@ impl Tiles for Hw {
     #[inline(always)]
     unsafe fn load<const T: u8>(p: *const u8, stride: usize) {
         std::arch::asm!("tileloadd tmm{t}, [{p} + {s}*1]", t = const T, p = in(reg) p, s = in(reg) stride, options(nostack, readonly));
+    }
+    #[inline(always)]
+    unsafe fn load_t1<const T: u8>(p: *const u8, stride: usize) {
+        std::arch::asm!("tileloaddt1 tmm{t}, [{p} + {s}*1]", t = const T, p = in(reg) p, s = in(reg) stride, options(nostack, readonly));
     }
     #[inline(always)]
     unsafe fn store<const T: u8>(p: *mut u8, stride: usize) {

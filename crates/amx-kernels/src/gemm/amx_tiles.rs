@@ -37,7 +37,14 @@
 //! from L2). C goes to the block's f32 scratch between chunks. `TANDEM_AMX_PF_A` / `TANDEM_AMX_PF_B` prefetch (`prefetcht0`) the
 //! A / B tiles that many K steps ahead (0: off); `TANDEM_AMX_PF_A2` / `TANDEM_AMX_PF_B2` the same
 //! into L2 on the first pass over the operand (a distance of one chunk fetches the next
-//! chunk's).
+//! chunk's). `TANDEM_AMX_T1=a|b|ab` loads A, B or both with `tileloaddt1` (the hint that the
+//! data will not be reused), and `TANDEM_AMX_ORDER=rows|skewed` changes the order in which the
+//! pool takes the work blocks (see `Order`).
+//!
+//! What bounds it: one core's tile products reach 84% of the `tdpbf16ps` peak with both
+//! operands in L1 and 21% with both in L2 (`amx_ceiling/l1`, `/l2`); the 2 × 2 micro-kernel
+//! loads 1 KiB of operands per product, and here both stream from L2 except where a chunk's
+//! strip happens to stay in L1, so one thread runs at about a third of the peak.
 //!
 //! `ldtilecfg` is per thread: each block configures the tiles itself and releases them at the
 //! end, so any pool thread can run any block.
@@ -52,7 +59,7 @@ use rayon::prelude::*;
 use platform::CpuTier;
 
 use super::pack::BLOCK_N;
-use super::{run, Epilogue, OutElem, SharedMut, WeightShape, M_SMALL};
+use super::{run, Epilogue, Order, OutElem, SharedMut, WeightShape, M_SMALL};
 use crate::tile::TileConfig;
 use crate::tile_ops::Tiles;
 
@@ -81,6 +88,11 @@ pub(crate) struct Knobs {
     pub m_block: usize,
     /// Most packed column blocks of a work block when M > [`M_SMALL`] (even; `TANDEM_AMX_NB`).
     pub n_block: usize,
+    /// The order of the work blocks (`TANDEM_AMX_ORDER=columns|rows|skewed`).
+    pub order: Order,
+    /// Which operands are loaded with `tileloaddt1` (the not-reused hint): bit 0 A, bit 1 B
+    /// (`TANDEM_AMX_T1=none|a|b|ab`).
+    pub t1: u8,
 }
 
 impl Knobs {
@@ -100,6 +112,8 @@ impl Knobs {
         pf_b2: 32,
         m_block: 128,
         n_block: 8,
+        order: Order::Columns,
+        t1: 0,
     };
 
     /// The defaults with the environment's overrides, read once.
@@ -126,6 +140,27 @@ impl Knobs {
                 pf_b2: num("TANDEM_AMX_PF_B2", d.pf_b2),
                 m_block: num("TANDEM_AMX_MB", d.m_block).div_ceil(32).max(1) * 32,
                 n_block: num("TANDEM_AMX_NB", d.n_block).div_ceil(2).max(1) * 2,
+                t1: match std::env::var("TANDEM_AMX_T1").as_deref() {
+                    Err(_) => d.t1,
+                    Ok("none") => 0,
+                    Ok("a") => 1,
+                    Ok("b") => 2,
+                    Ok("ab") => 3,
+                    Ok(v) => {
+                        eprintln!("tandem: TANDEM_AMX_T1={v:?} is not none, a, b or ab; using none");
+                        d.t1
+                    }
+                },
+                order: match std::env::var("TANDEM_AMX_ORDER").as_deref() {
+                    Err(_) => d.order,
+                    Ok("columns") => Order::Columns,
+                    Ok("rows") => Order::Rows,
+                    Ok("skewed") => Order::Skewed,
+                    Ok(v) => {
+                        eprintln!("tandem: TANDEM_AMX_ORDER={v:?} is not columns, rows or skewed; using columns");
+                        d.order
+                    }
+                },
             }
         })
     }
@@ -135,6 +170,7 @@ impl Knobs {
         super::Blocking {
             m_block: self.m_block,
             n_block_max: self.n_block,
+            order: self.order,
         }
     }
 
@@ -322,6 +358,8 @@ pub(crate) struct Prefetch {
     pub b: usize,
     pub a2: usize,
     pub b2: usize,
+    /// [`Knobs::t1`].
+    pub t1: u8,
 }
 
 /// `steps` K steps of the micro-kernel on tmm0–3 (tmm0–1 only unless `TWO`, the group has a
@@ -341,13 +379,29 @@ pub(crate) unsafe fn micro<T: Tiles, const INT8: bool, const TWO: bool>(
             b0.add(s * TILE_BYTES),
             b1.add(s * TILE_BYTES),
         );
-        T::load::<4>(a, ROW);
-        T::load::<6>(b0, ROW);
+        if pf.t1 & 1 != 0 {
+            T::load_t1::<4>(a, ROW);
+        } else {
+            T::load::<4>(a, ROW);
+        }
+        if pf.t1 & 2 != 0 {
+            T::load_t1::<6>(b0, ROW);
+        } else {
+            T::load::<6>(b0, ROW);
+        }
         dp::<T, INT8, 0, 4, 6>();
-        T::load::<7>(b1, ROW);
+        if pf.t1 & 2 != 0 {
+            T::load_t1::<7>(b1, ROW);
+        } else {
+            T::load::<7>(b1, ROW);
+        }
         dp::<T, INT8, 1, 4, 7>();
         if TWO {
-            T::load::<5>(a.add(TILE_BYTES), ROW);
+            if pf.t1 & 1 != 0 {
+                T::load_t1::<5>(a.add(TILE_BYTES), ROW);
+            } else {
+                T::load::<5>(a.add(TILE_BYTES), ROW);
+            }
             dp::<T, INT8, 2, 5, 6>();
             dp::<T, INT8, 3, 5, 7>();
         }
@@ -443,6 +497,7 @@ pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
                 b: kn.pf_b,
                 a2: if pi == 0 { kn.pf_a2 } else { 0 },
                 b2: if g == 0 { kn.pf_b2 } else { 0 },
+                t1: kn.t1,
             };
             if two_rows {
                 micro::<T, INT8, true>(a, b0, b1, steps, pf);

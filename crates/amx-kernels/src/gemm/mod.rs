@@ -211,6 +211,22 @@ pub(crate) struct Blocking {
     pub m_block: usize,
     /// Most packed column blocks of a block (even).
     pub n_block_max: usize,
+    /// The order of the items (see [`Order`]).
+    pub order: Order,
+}
+
+/// The order in which the pool takes a plan's items. The pool hands each thread a contiguous
+/// run of items first, so the order decides what a thread's items share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Column strip by column strip, every row block of a strip in turn: a thread's items
+    /// share one weight strip, and all threads walk the row blocks (A) in step.
+    Columns,
+    /// Row block by row block: a thread's items share one block of A and stream the weight.
+    Rows,
+    /// As `Columns`, each strip starting at a different row block (strip `s` at `s mod
+    /// m_items`), so that threads do not read the same rows of A at the same time.
+    Skewed,
 }
 
 impl Blocking {
@@ -218,6 +234,7 @@ impl Blocking {
     pub(crate) const SIMD: Blocking = Blocking {
         m_block: M_BLOCK,
         n_block_max: N_BLOCK_MAX,
+        order: Order::Columns,
     };
 }
 
@@ -231,6 +248,7 @@ pub(crate) struct Plan {
     n_block: usize,
     n_items: usize,
     nblocks: usize,
+    order: Order,
 }
 
 impl Plan {
@@ -256,6 +274,7 @@ impl Plan {
             n_block,
             n_items: nblocks.div_ceil(n_block),
             nblocks,
+            order: b.order,
         }
     }
 
@@ -263,10 +282,16 @@ impl Plan {
         self.m_items * self.n_items
     }
 
-    /// Item `i`: rows `m0 .. m0 + rows`, packed blocks `pb0 .. pb1`. Column-major over items
-    /// so that a thread's consecutive items share one weight panel.
+    /// Item `i`: rows `m0 .. m0 + rows`, packed blocks `pb0 .. pb1`, in the plan's [`Order`].
     pub(crate) fn item(&self, i: usize) -> (usize, usize, usize, usize) {
-        let (ni, mi) = (i / self.m_items, i % self.m_items);
+        let (ni, mi) = match self.order {
+            Order::Columns => (i / self.m_items, i % self.m_items),
+            Order::Rows => (i % self.n_items, i / self.n_items),
+            Order::Skewed => {
+                let ni = i / self.m_items;
+                (ni, (i + ni) % self.m_items)
+            }
+        };
         let m0 = mi * self.m_block;
         let pb0 = ni * self.n_block;
         (

@@ -268,7 +268,7 @@ fn emu_ep_tier() -> CpuTier {
 
 /// Knob settings the emulated AMX GEMM is checked with: the defaults, and two that cut every
 /// shape below into several K chunks, work blocks of several row groups (blocks starting past
-/// row 0) and both loop orders, with prefetch on and off.
+/// row 0), both loop orders and the other two item orders, with prefetch on and off.
 const EMU_KNOBS: [amx_tiles::Knobs; 3] = [
     amx_tiles::Knobs::DEFAULT,
     amx_tiles::Knobs {
@@ -280,6 +280,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 3] = [
         pf_b2: 3,
         m_block: 64,
         n_block: 4,
+        order: Order::Skewed,
+        t1: 1,
     },
     amx_tiles::Knobs {
         kc: 5,
@@ -290,6 +292,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 3] = [
         pf_b2: 0,
         m_block: 32,
         n_block: 2,
+        order: Order::Rows,
+        t1: 2,
     },
 ];
 
@@ -396,10 +400,17 @@ fn plan_covers_every_block_once() {
             Blocking {
                 m_block: 32,
                 n_block_max: 2,
+                order: Order::Rows,
             },
             Blocking {
                 m_block: 256,
                 n_block_max: 16,
+                order: Order::Skewed,
+            },
+            Blocking {
+                m_block: 128,
+                n_block_max: 8,
+                order: Order::Skewed,
             },
         ] {
             let plan = Plan::new(m, nblocks, threads, b);
