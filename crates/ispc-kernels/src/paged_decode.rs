@@ -46,7 +46,7 @@
 //! instead (`paged_decode/amx.rs`: QKᵀ on tiles, softmax and PV on AVX-512), 10–30% faster
 //! than the ISPC build there on the GPU host and slower at fewer heads;
 //! `TANDEM_CPU_DECODE_AMX=1` or `0` forces it on or off at every group size, and
-//! `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 3, default 1) sets how many (block, KV head) items its
+//! `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 3, default 3) sets how many (block, KV head) items its
 //! tile products run ahead of the vector work.
 
 use half::bf16;
