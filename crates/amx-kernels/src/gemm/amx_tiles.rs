@@ -38,8 +38,13 @@
 //! A / B tiles that many K steps ahead (0: off); `TANDEM_AMX_PF_A2` / `TANDEM_AMX_PF_B2` the same
 //! into L2 on the first pass over the operand (a distance of one chunk fetches the next
 //! chunk's). `TANDEM_AMX_T1=a|b|ab` loads A, B or both with `tileloaddt1` (the hint that the
-//! data will not be reused), and `TANDEM_AMX_ORDER=rows|skewed` changes the order in which the
-//! pool takes the work blocks (see `Order`).
+//! data will not be reused), and `TANDEM_AMX_ORDER=rows|skewed|own` changes the order in which
+//! the pool takes the work blocks (see `Order`); with `own` (M > 64) there is no shared panel:
+//! each pool thread packs the rows of A its blocks use into a panel of its own, once per call
+//! and row block (the row order hands it runs of blocks on the same rows), so that a line of
+//! the panel is written and read by one core. On the GPU host the GEMM ran 18–44% faster on o
+//! and down when the shared panel had not just been written (docs/BENCHMARKS.md); `own` is
+//! the candidate fix, not yet measured there.
 //!
 //! What bounds it: one core's tile products reach 84% of the `tdpbf16ps` peak with both
 //! operands in L1 and 21% with both in L2 (`amx_ceiling/l1`, `/l2`); the 2 × 2 micro-kernel
@@ -156,8 +161,9 @@ impl Knobs {
                     Ok("columns") => Order::Columns,
                     Ok("rows") => Order::Rows,
                     Ok("skewed") => Order::Skewed,
+                    Ok("own") => Order::RowsOwn,
                     Ok(v) => {
-                        eprintln!("tandem: TANDEM_AMX_ORDER={v:?} is not columns, rows or skewed; using columns");
+                        eprintln!("tandem: TANDEM_AMX_ORDER={v:?} is not columns, rows, skewed or own; using columns");
                         d.order
                     }
                 },
@@ -215,6 +221,46 @@ pub(crate) struct ASource {
 /// thread even where M has few row groups (128 rows are four).
 const PACK_TILES: usize = 16;
 
+/// An [`ASource`] from its parts (closures shared by the pool capture the parts).
+fn src_at(a: *const u8, m: usize, lda: usize, row_bytes: usize, kb: usize) -> ASource {
+    ASource {
+        a,
+        lda,
+        row_bytes,
+        m,
+        kb,
+    }
+}
+
+/// Copies K tiles `t0 .. t1` of row group `g` of A into group slot `slot` of the panel at
+/// `dst` (layout in the module header); each full 64-byte piece is one fixed-size copy.
+///
+/// # Safety
+/// `src` describes readable memory with `row_bytes ≤ kb · 64` and `g < m.div_ceil(32)`; `dst`
+/// holds at least `slot + 1` group slots of `kb` tiles, no other thread writes the part
+/// written here.
+unsafe fn pack_group(src: &ASource, dst: *mut u8, g: usize, slot: usize, t0: usize, t1: usize) {
+    let (m, lda, row_bytes, kb) = (src.m, src.lda, src.row_bytes, src.kb);
+    let rows = (m - 32 * g).min(32);
+    for r in 0..rows {
+        let row = src.a.add((32 * g + r) * lda);
+        let mut out = dst.add((slot * kb + t0) * A_STEP + r * ROW);
+        for t in t0..t1 {
+            let n = row_bytes.saturating_sub(t * ROW).min(ROW);
+            if n == ROW {
+                (out as *mut [u8; ROW])
+                    .write((row.add(t * ROW) as *const [u8; ROW]).read_unaligned());
+            } else {
+                if n > 0 {
+                    std::ptr::copy_nonoverlapping(row.add(t * ROW), out, n);
+                }
+                std::ptr::write_bytes(out.add(n), 0, ROW - n);
+            }
+            out = out.add(A_STEP);
+        }
+    }
+}
+
 /// Runs `f` with A copied into this thread's panel (layout in the module header). The copy is
 /// spread over the pool in jobs of one row group × up to [`PACK_TILES`] K tiles; each full
 /// 64-byte piece is one fixed-size copy (vector moves, no `memcpy` call: the copy of a
@@ -233,27 +279,15 @@ pub(crate) unsafe fn with_panel<R>(src: &ASource, f: impl FnOnce(*const u8) -> R
         let per_group = kb.div_ceil(PACK_TILES);
         let pack = |j: usize| {
             let (g, t0) = (j / per_group, (j % per_group) * PACK_TILES);
-            let t1 = (t0 + PACK_TILES).min(kb);
-            let rows = (m - 32 * g).min(32);
-            for r in 0..rows {
-                let row = a.get().add((32 * g + r) * lda) as *const u8;
-                let mut out = dst.get().add((g * kb + t0) * A_STEP + r * ROW);
-                for t in t0..t1 {
-                    let n = row_bytes.saturating_sub(t * ROW).min(ROW);
-                    if n == ROW {
-                        // SAFETY (here and below): the row holds row_bytes readable bytes; the
-                        // panel slot is ROW bytes of this job's own (group, tile, row).
-                        (out as *mut [u8; ROW])
-                            .write((row.add(t * ROW) as *const [u8; ROW]).read_unaligned());
-                    } else {
-                        if n > 0 {
-                            std::ptr::copy_nonoverlapping(row.add(t * ROW), out, n);
-                        }
-                        std::ptr::write_bytes(out.add(n), 0, ROW - n);
-                    }
-                    out = out.add(A_STEP);
-                }
-            }
+            // SAFETY: this job's (group, tiles) of the panel are its own; A as the caller says.
+            pack_group(
+                &src_at(a.get(), m, lda, row_bytes, kb),
+                dst.get(),
+                g,
+                g,
+                t0,
+                (t0 + PACK_TILES).min(kb),
+            );
         };
         let jobs = groups * per_group;
         if groups * kb < 64 {
@@ -285,9 +319,13 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     ep: &Epilogue,
     finish: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
 ) {
+    if kn.order == Order::RowsOwn && src.m > M_SMALL {
+        return gemm_amx_own::<T, O, INT8>(ep_tier, kn, src, w, b, b_stride, out, ep, finish);
+    }
     with_panel(src, |panel| {
         let op = AmxOperands {
             panel,
+            row0: 0,
             kb: src.kb,
             b,
             b_stride,
@@ -310,10 +348,86 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     })
 }
 
+thread_local! {
+    /// A pool thread's own panel ([`Order::RowsOwn`]): the call and the first row it holds.
+    static OWN: RefCell<(u64, usize, Vec<Line>)> = const { RefCell::new((0, 0, Vec::new())) };
+}
+
+/// Calls of [`gemm_amx_own`] so far: a thread's own panel is reused only within one call (A
+/// may change between calls at the same address).
+static OWN_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// [`gemm_amx`] with [`Order::RowsOwn`]: no shared panel; each block packs its rows of A into
+/// its thread's own panel, unless that already holds them from this call (the row order hands
+/// a thread runs of blocks with the same rows), so that each line of A is written and read by
+/// one core.
+///
+/// # Safety
+/// As [`gemm_amx`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_amx_own<T: Tiles, O: OutElem, const INT8: bool>(
+    ep_tier: CpuTier,
+    kn: &Knobs,
+    src: &ASource,
+    w: &WeightShape,
+    b: *const u8,
+    b_stride: usize,
+    out: &mut [O],
+    ep: &Epilogue,
+    finish: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
+) {
+    let call = OWN_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let a = SharedMut(src.a as *mut u8);
+    let (m, lda, row_bytes, kb) = (src.m, src.lda, src.row_bytes, src.kb);
+    let bp = SharedMut(b as *mut u8);
+    run(
+        ep_tier,
+        kn.blocking(),
+        m,
+        w,
+        out,
+        ep,
+        |m0, rows, pb0, pb1, c| {
+            let groups = rows.div_ceil(32);
+            let mut body = |own: &mut (u64, usize, Vec<Line>)| {
+                let need = groups * kb * A_STEP / ROW;
+                if own.0 != call || own.1 != m0 || own.2.len() < need {
+                    if own.2.len() < need {
+                        own.2.resize(need, Line::default());
+                    }
+                    let dst = own.2.as_mut_ptr() as *mut u8;
+                    let s = src_at(a.get(), m, lda, row_bytes, kb);
+                    for gl in 0..groups {
+                        // SAFETY: the thread's own buffer holds `groups` slots; A as the caller says.
+                        unsafe { pack_group(&s, dst, m0 / 32 + gl, gl, 0, kb) };
+                    }
+                    (own.0, own.1) = (call, m0);
+                }
+                let op = AmxOperands {
+                    panel: own.2.as_ptr() as *const u8,
+                    row0: m0,
+                    kb,
+                    b: bp.get(),
+                    b_stride,
+                };
+                // SAFETY: as in gemm_amx; the own panel holds this block's row groups from row m0.
+                unsafe { gemm_block_amx::<T, INT8>(&op, m0, rows, pb0, pb1, c, kn) };
+                finish(m0, rows, pb0, pb1, c);
+            };
+            OWN.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut own) => body(&mut own),
+                Err(_) => body(&mut (0, 0, Vec::new())),
+            });
+        },
+    );
+}
+
 /// Where a block kernel finds its operands.
 pub(crate) struct AmxOperands {
-    /// The A panel (all of M; see the module header) and its K tiles per row group.
+    /// The A panel (see the module header) from row `row0` (0 for the shared panel of all of M;
+    /// the block's first row for a thread's own panel), and its K tiles per row group.
     pub panel: *const u8,
+    pub row0: usize,
     pub kb: usize,
     /// The first packed block of the weight, and the bytes from one block to the next.
     pub b: *const u8,
@@ -482,7 +596,9 @@ pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
             let two_cols = np + 1 < pb1;
             let b0 = op.b.add(np * op.b_stride + kc0 * TILE_BYTES);
             let b1 = if two_cols { b0.add(op.b_stride) } else { b0 };
-            let a = op.panel.add(((m0 / 32 + g) * kb + kc0) * A_STEP);
+            let a = op
+                .panel
+                .add((((m0 - op.row0) / 32 + g) * kb + kc0) * A_STEP);
             // SAFETY (C tiles): inside the scratch (rows × ldc); only the ones this group and
             // pair own are loaded or stored.
             let c00 = cbase.add((mp * ldc + (np - pb0) * BLOCK_N) * 4);

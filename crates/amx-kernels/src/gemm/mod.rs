@@ -227,6 +227,9 @@ pub(crate) enum Order {
     /// As `Columns`, each strip starting at a different row block (strip `s` at `s mod
     /// m_items`), so that threads do not read the same rows of A at the same time.
     Skewed,
+    /// As `Rows`, and (the AMX tier, M > [`M_SMALL`]) each thread packs the rows of A it uses
+    /// into its own panel instead of all threads reading one shared panel.
+    RowsOwn,
 }
 
 impl Blocking {
@@ -286,7 +289,7 @@ impl Plan {
     pub(crate) fn item(&self, i: usize) -> (usize, usize, usize, usize) {
         let (ni, mi) = match self.order {
             Order::Columns => (i / self.m_items, i % self.m_items),
-            Order::Rows => (i % self.n_items, i / self.n_items),
+            Order::Rows | Order::RowsOwn => (i % self.n_items, i / self.n_items),
             Order::Skewed => {
                 let ni = i / self.m_items;
                 (ni, (i + ni) % self.m_items)

@@ -268,8 +268,9 @@ fn emu_ep_tier() -> CpuTier {
 
 /// Knob settings the emulated AMX GEMM is checked with: the defaults, and two that cut every
 /// shape below into several K chunks, work blocks of several row groups (blocks starting past
-/// row 0), both loop orders and the other two item orders, with prefetch on and off.
-const EMU_KNOBS: [amx_tiles::Knobs; 3] = [
+/// row 0), both loop orders and the other item orders (each thread's own panel too), with
+/// prefetch on and off.
+const EMU_KNOBS: [amx_tiles::Knobs; 4] = [
     amx_tiles::Knobs::DEFAULT,
     amx_tiles::Knobs {
         kc: 3,
@@ -295,6 +296,18 @@ const EMU_KNOBS: [amx_tiles::Knobs; 3] = [
         order: Order::Rows,
         t1: 2,
     },
+    amx_tiles::Knobs {
+        kc: 4,
+        rows_outer: None,
+        pf_a: 0,
+        pf_b: 0,
+        pf_a2: 0,
+        pf_b2: 4,
+        m_block: 64,
+        n_block: 2,
+        order: Order::RowsOwn,
+        t1: 0,
+    },
 ];
 
 /// Shapes for the emulated AMX GEMM (m, n, k): M = 1, rows not filling a tile or a group, an
@@ -319,6 +332,43 @@ fn check_amx_emu(dtype: Dtype) {
                 check::<f32>(dtype, Via::AmxEmu(kn), m, n, k, case, seed);
                 check::<bf16>(dtype, Via::AmxEmu(kn), m, n, k, case, seed);
             }
+        }
+    }
+}
+
+/// With each thread's own panel, a second call on the same A buffer with new contents repacks
+/// it: the panels of the first call are not reused.
+#[test]
+fn own_panels_are_not_reused_across_calls() {
+    // One row block (M = 100 < 128 rows a block, past M_SMALL): every block of every call
+    // starts at row 0, so only the call tells the panels apart.
+    let kn = amx_tiles::Knobs {
+        m_block: 128,
+        ..EMU_KNOBS[3]
+    };
+    assert_eq!(kn.order, Order::RowsOwn);
+    let (m, n, k) = (100, 64, 96);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    let w = PackedWeight::from_bf16(&random_bf16(&mut rng, n * k), n, k).unwrap();
+    let mut a = random_bf16(&mut rng, m * k);
+    for round in 0..3 {
+        if round > 0 {
+            a.copy_from_slice(&random_bf16(&mut rng, m * k));
+        }
+        let (mut out, mut want) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+        let ep = Epilogue::default();
+        // SAFETY: shapes as check_args wants them (checked), m > 0, emulated tiles.
+        unsafe {
+            check_args(&a, m, k, &w.shape(), out.len(), &ep).unwrap();
+            amx_bf16::gemm_amx_bf16::<Emu, f32>(emu_ep_tier(), &kn, &a, m, &w, &mut out, &ep);
+        }
+        gemm_bf16_ref(&a, m, k, &w, &mut want, ep).unwrap();
+        for (i, (g, e)) in out.iter().zip(&want).enumerate() {
+            let tol = 1e-3 + 1e-3 * e.abs();
+            assert!(
+                (g - e).abs() <= tol,
+                "round {round}, out[{i}] = {g}, reference {e}"
+            );
         }
     }
 }
@@ -411,6 +461,11 @@ fn plan_covers_every_block_once() {
                 m_block: 128,
                 n_block_max: 8,
                 order: Order::Skewed,
+            },
+            Blocking {
+                m_block: 64,
+                n_block_max: 4,
+                order: Order::RowsOwn,
             },
         ] {
             let plan = Plan::new(m, nblocks, threads, b);
