@@ -217,20 +217,12 @@ pub(crate) struct ASource {
     pub kb: usize,
 }
 
+// SAFETY: A is only read, by every packing job at once.
+unsafe impl Sync for ASource {}
+
 /// K tiles of one row group that one pool job copies into the panel: enough jobs for every
 /// thread even where M has few row groups (128 rows are four).
 const PACK_TILES: usize = 16;
-
-/// An [`ASource`] from its parts (closures shared by the pool capture the parts).
-fn src_at(a: *const u8, m: usize, lda: usize, row_bytes: usize, kb: usize) -> ASource {
-    ASource {
-        a,
-        lda,
-        row_bytes,
-        m,
-        kb,
-    }
-}
 
 /// Copies K tiles `t0 .. t1` of row group `g` of A into group slot `slot` of the panel at
 /// `dst` (layout in the module header); each full 64-byte piece is one fixed-size copy.
@@ -273,21 +265,12 @@ pub(crate) unsafe fn with_panel<R>(src: &ASource, f: impl FnOnce(*const u8) -> R
     let bytes = panel_bytes(src.m, src.kb);
     crate::scratch::with_buf(&PANEL, bytes / ROW, |buf| {
         let dst = SharedMut(buf.as_mut_ptr() as *mut u8);
-        let a = SharedMut(src.a as *mut u8);
-        let (m, lda, row_bytes, kb) = (src.m, src.lda, src.row_bytes, src.kb);
-        let groups = m.div_ceil(32);
+        let (groups, kb) = (src.m.div_ceil(32), src.kb);
         let per_group = kb.div_ceil(PACK_TILES);
         let pack = |j: usize| {
             let (g, t0) = (j / per_group, (j % per_group) * PACK_TILES);
             // SAFETY: this job's (group, tiles) of the panel are its own; A as the caller says.
-            pack_group(
-                &src_at(a.get(), m, lda, row_bytes, kb),
-                dst.get(),
-                g,
-                g,
-                t0,
-                (t0 + PACK_TILES).min(kb),
-            );
+            pack_group(src, dst.get(), g, g, t0, (t0 + PACK_TILES).min(kb));
         };
         let jobs = groups * per_group;
         if groups * kb < 64 {
@@ -319,17 +302,29 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     ep: &Epilogue,
     finish: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
 ) {
-    if kn.order == Order::RowsOwn && src.m > M_SMALL {
-        return gemm_amx_own::<T, O, INT8>(ep_tier, kn, src, w, b, b_stride, out, ep, finish);
-    }
-    with_panel(src, |panel| {
-        let op = AmxOperands {
-            panel,
-            row0: 0,
-            kb: src.kb,
-            b,
-            b_stride,
-        };
+    // The operands but the panel (a reference: closures on the pool capture the whole Sync
+    // struct, not its raw-pointer fields).
+    let base = &AmxOperands {
+        panel: std::ptr::null(),
+        row0: 0,
+        kb: src.kb,
+        b,
+        b_stride,
+    };
+    // SAFETY (both blocks below): the plan's blocks start on multiples of 32 rows
+    // (Knobs::blocking) and stay inside M and the weight's blocks; c holds rows · (pb1 - pb0)
+    // · 16; the panel holds the block's row groups from row `row0` (caller's contract for the
+    // rest).
+    let block = |op: &AmxOperands, m0, rows, pb0, pb1, c: &mut [f32]| {
+        gemm_block_amx::<T, INT8>(op, m0, rows, pb0, pb1, c, kn);
+        finish(m0, rows, pb0, pb1, c);
+    };
+    // Order::RowsOwn: no shared panel, each block's rows packed by its thread (this call's
+    // number tells a thread's panel of this call from one of an earlier call).
+    let own = (kn.order == Order::RowsOwn && src.m > M_SMALL)
+        .then(|| OWN_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+    let mut blocks = |shared: AmxOperands| {
+        let shared = &shared;
         run(
             ep_tier,
             kn.blocking(),
@@ -337,15 +332,23 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
             w,
             out,
             ep,
-            |m0, rows, pb0, pb1, c| {
-                // SAFETY: the plan's blocks start on multiples of 32 rows (Knobs::blocking) and
-                // stay inside M and the weight's blocks; c holds rows · (pb1 - pb0) · 16; the
-                // panel covers all of M (caller's contract for the rest).
-                gemm_block_amx::<T, INT8>(&op, m0, rows, pb0, pb1, c, kn);
-                finish(m0, rows, pb0, pb1, c);
+            |m0, rows, pb0, pb1, c| match own {
+                Some(call) => with_own_panel(src, call, m0, rows, |panel| {
+                    let op = AmxOperands {
+                        panel,
+                        row0: m0,
+                        ..*shared
+                    };
+                    block(&op, m0, rows, pb0, pb1, c)
+                }),
+                None => block(shared, m0, rows, pb0, pb1, c),
             },
-        );
-    })
+        )
+    };
+    match own {
+        Some(_) => blocks(*base),
+        None => with_panel(src, |panel| blocks(AmxOperands { panel, ..*base })),
+    }
 }
 
 thread_local! {
@@ -353,76 +356,48 @@ thread_local! {
     static OWN: RefCell<(u64, usize, Vec<Line>)> = const { RefCell::new((0, 0, Vec::new())) };
 }
 
-/// Calls of [`gemm_amx_own`] so far: a thread's own panel is reused only within one call (A
-/// may change between calls at the same address).
+/// Calls of [`gemm_amx`] with [`Order::RowsOwn`] so far: a thread's own panel is reused only
+/// within one call (A may change between calls at the same address).
 static OWN_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// [`gemm_amx`] with [`Order::RowsOwn`]: no shared panel; each block packs its rows of A into
-/// its thread's own panel, unless that already holds them from this call (the row order hands
-/// a thread runs of blocks with the same rows), so that each line of A is written and read by
-/// one core.
+/// Runs `f` with rows `m0 .. m0 + rows` of A in this thread's own panel ([`Order::RowsOwn`]:
+/// no shared panel), packed unless the panel already holds them from this `call` (the row
+/// order hands a thread runs of blocks with the same rows), so that each line of A is written
+/// and read by one core.
 ///
 /// # Safety
-/// As [`gemm_amx`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_amx_own<T: Tiles, O: OutElem, const INT8: bool>(
-    ep_tier: CpuTier,
-    kn: &Knobs,
+/// As [`with_panel`], and `m0` is a multiple of 32 with `m0 + rows ≤ src.m`.
+unsafe fn with_own_panel<R>(
     src: &ASource,
-    w: &WeightShape,
-    b: *const u8,
-    b_stride: usize,
-    out: &mut [O],
-    ep: &Epilogue,
-    finish: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
-) {
-    let call = OWN_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    let a = SharedMut(src.a as *mut u8);
-    let (m, lda, row_bytes, kb) = (src.m, src.lda, src.row_bytes, src.kb);
-    let bp = SharedMut(b as *mut u8);
-    run(
-        ep_tier,
-        kn.blocking(),
-        m,
-        w,
-        out,
-        ep,
-        |m0, rows, pb0, pb1, c| {
-            let groups = rows.div_ceil(32);
-            let mut body = |own: &mut (u64, usize, Vec<Line>)| {
-                let need = groups * kb * A_STEP / ROW;
-                if own.0 != call || own.1 != m0 || own.2.len() < need {
-                    if own.2.len() < need {
-                        own.2.resize(need, Line::default());
-                    }
-                    let dst = own.2.as_mut_ptr() as *mut u8;
-                    let s = src_at(a.get(), m, lda, row_bytes, kb);
-                    for gl in 0..groups {
-                        // SAFETY: the thread's own buffer holds `groups` slots; A as the caller says.
-                        unsafe { pack_group(&s, dst, m0 / 32 + gl, gl, 0, kb) };
-                    }
-                    (own.0, own.1) = (call, m0);
-                }
-                let op = AmxOperands {
-                    panel: own.2.as_ptr() as *const u8,
-                    row0: m0,
-                    kb,
-                    b: bp.get(),
-                    b_stride,
-                };
-                // SAFETY: as in gemm_amx; the own panel holds this block's row groups from row m0.
-                unsafe { gemm_block_amx::<T, INT8>(&op, m0, rows, pb0, pb1, c, kn) };
-                finish(m0, rows, pb0, pb1, c);
-            };
-            OWN.with(|cell| match cell.try_borrow_mut() {
-                Ok(mut own) => body(&mut own),
-                Err(_) => body(&mut (0, 0, Vec::new())),
-            });
-        },
-    );
+    call: u64,
+    m0: usize,
+    rows: usize,
+    f: impl FnOnce(*const u8) -> R,
+) -> R {
+    let groups = rows.div_ceil(32);
+    let need = groups * src.kb * A_STEP / ROW;
+    let body = |own: &mut (u64, usize, Vec<Line>)| {
+        if own.0 != call || own.1 != m0 || own.2.len() < need {
+            if own.2.len() < need {
+                own.2.resize(need, Line::default());
+            }
+            let dst = own.2.as_mut_ptr() as *mut u8;
+            for gl in 0..groups {
+                // SAFETY: the thread's own buffer holds `groups` slots; A as the caller says.
+                unsafe { pack_group(src, dst, m0 / 32 + gl, gl, 0, src.kb) };
+            }
+            (own.0, own.1) = (call, m0);
+        }
+        f(own.2.as_ptr() as *const u8)
+    };
+    OWN.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut own) => body(&mut own),
+        Err(_) => body(&mut (0, 0, Vec::new())),
+    })
 }
 
 /// Where a block kernel finds its operands.
+#[derive(Clone, Copy)]
 pub(crate) struct AmxOperands {
     /// The A panel (see the module header) from row `row0` (0 for the shared panel of all of M;
     /// the block's first row for a thread's own panel), and its K tiles per row group.
