@@ -455,7 +455,8 @@ fn amx_requested(group: usize) -> bool {
 /// and 2, where QKᵀ is a small part of the ISPC build's work.
 const AMX_MIN_GROUP: usize = 8;
 
-/// Which code runs: AMX tiles for the products (where the CPU has AMX, on request), the avx512
+/// Which code runs: AMX tiles for QKᵀ (where the CPU has AMX, at 8 or more query heads per KV
+/// head or on request; see [`amx_requested`]), the avx512
 /// build whose blocks run in `kernels/bf16dot.c` (AVX512-BF16, on request), ISPC with its own
 /// dispatch (avx512 here), ISPC's avx2 build forced, or the scalar twin where the CPU has none
 /// of them. Chosen from `platform::cpu_tier()`, which `TANDEM_CPU_TIER` lowers. `AmxEmu` runs
