@@ -6,6 +6,10 @@
 # (";"-separated, each a space-separated list of VAR=value, "default" for none). With
 # TANDEM_THREADS=1 it compares the knobs' per-core efficiency, apart from what else shares the
 # host's cores; a host whose two default runs differ by more than the knobs do is too noisy.
+# The item orders, alternated over two rounds (`own`: each thread packs its own rows of A):
+#   GEMM_SHAPES=llama3-8b.o,llama3-8b.down,28672x4096 GEMM_MS=512,2048 \
+#   KNOBS="default;TANDEM_AMX_ORDER=own;TANDEM_AMX_ORDER=rows;default;TANDEM_AMX_ORDER=own;TANDEM_AMX_ORDER=rows" \
+#   bash anchors/gemm_knobs.sh
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/gemm_knobs; mkdir -p "$L"
 export TANDEM_THREADS=${TANDEM_THREADS:-16}
