@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{
     result, sys, CudaContext, CudaEvent, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    PushKernelArg,
 };
 use platform::HostBuf;
 
@@ -329,6 +330,51 @@ pub fn copy_blocks_h2d<T: Copy + DeviceRepr>(
     src.end_use(stream)
 }
 
+/// Queues on `stream` a kernel that reads the first `n` f32 elements of the driver-allocated
+/// pinned buffer `src` over PCIe (mapped host memory: the SMs load it) and writes them to `dst`
+/// rounded to bf16, as [`crate::elementwise::cast_f32_bf16`] does. No copy engine takes part,
+/// so a step's activations reach the GPU while a streamed layer's weights hold the host→device
+/// engine (a copy queued there would wait behind every weight copy queued before it).
+pub fn pull_f32_bf16(
+    gpu: &Gpu,
+    stream: &CudaStream,
+    src: &PinnedBuf<f32>,
+    dst: &mut impl DevicePtrMut<half::bf16>,
+    n: usize,
+) -> Result<()> {
+    if n > src.len() || n > dst.len() {
+        return Err(shape_err(format!(
+            "pull_f32_bf16: {n} elements from {} to {}",
+            src.len(),
+            dst.len()
+        )));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    if !matches!(src.backing, Backing::Driver) {
+        return Err(shape_err(
+            "pull_f32_bf16: the source must be driver-allocated pinned memory (PinnedBuf::alloc)",
+        ));
+    }
+    let mut mapped: sys::CUdeviceptr = 0;
+    // SAFETY: src.ptr is the start of a live cuMemHostAlloc allocation; the call only looks it
+    // up (with unified addressing, every such allocation is mapped for the device).
+    unsafe { sys::cuMemHostGetDevicePointer_v2(&mut mapped, src.ptr as *mut _, 0) }.result()?;
+    let f = gpu.function("cast_f32_bf16")?;
+    src.begin_use(stream)?;
+    let (py, _gy) = dst.device_ptr_mut(stream);
+    let nn = n as i64;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&nn).arg(&mapped).arg(&py);
+    // SAFETY: cast_f32_bf16 is (int64 n, const float* x, bf16* y); x is the device address of
+    // src's mapped memory, which holds at least n f32 (checked) and stays alive until this use
+    // ends (its event is recorded below and waited for before any CPU access or free); y holds
+    // at least n elements (checked).
+    unsafe { b.launch(crate::grid_stride(gpu, n / 8 + 1)) }?;
+    src.end_use(stream)
+}
+
 /// Queues device→host copies of blocks on `stream`: device block `d` of `src` to host block
 /// `h` of `dst` for each `(d, h)` in `pairs`.
 pub fn copy_blocks_d2h<T: Copy + DeviceRepr>(
@@ -434,6 +480,43 @@ mod tests {
         }
         let back = b.into_host_buf().unwrap().unwrap();
         assert_close("registered buffer comes back", seed, &back, &data, 0.0, 0.0);
+    }
+
+    #[test]
+    fn gpu_pull_over_mapped_memory_matches_the_cast() {
+        let Some(gpu) = crate::gpu_or_skip() else {
+            return;
+        };
+        let (mut rng, seed) = rng();
+        let s = gpu.new_stream().unwrap();
+        let n = 4099; // not a multiple of the kernel's 8 per step
+        let data: Vec<f32> = rand_bf16(&mut rng, n + 2, -3.0, 3.0)
+            .iter()
+            .zip(rand_bf16(&mut rng, n + 2, -1e-3, 1e-3))
+            .map(|(a, b)| a.to_f32() + b.to_f32()) // not exact in bf16
+            .collect();
+        let mut src = PinnedBuf::<f32>::alloc(&gpu, n + 2).unwrap();
+        src.as_mut_slice().unwrap().copy_from_slice(&data);
+        let mut dev = s.clone_htod(&poisoned(n + 1)).unwrap();
+        pull_f32_bf16(&gpu, &s, &src, &mut dev, n).unwrap();
+        let got = s.clone_dtoh(&dev).unwrap();
+        let mut want = vec![bf16::ZERO; n];
+        crate::elementwise::cast_f32_bf16_ref(&data[..n], &mut want).unwrap();
+        assert!(
+            got[..n]
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| g.to_bits() == w.to_bits()),
+            "pull (seed {seed})"
+        );
+        assert!(got[n].is_nan(), "past n (seed {seed})");
+        assert!(pull_f32_bf16(&gpu, &s, &src, &mut dev, n + 2).is_err());
+        let hb = HostBuf::<f32>::zeroed(16, MemTier::Pageable).unwrap();
+        let reg = PinnedBuf::register(&gpu, hb).unwrap();
+        let e = pull_f32_bf16(&gpu, &s, &reg, &mut dev, 8)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("driver-allocated"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,8 @@ impl Policy {
     pub const FULL_GPU: Policy = Policy([false; 6]);
     pub const FULL_CPU: Policy = Policy([true; 6]);
     pub const ATTENTION_ON_CPU: Policy = Policy([false, true, true, false, false, false]);
+    /// Linears on the CPU, attention on the GPU over GPU KV: (1,0,0,1,1,1).
+    pub const LINEARS_ON_CPU: Policy = Policy([true, false, false, true, true, true]);
 
     /// Sublayer `s` (1-based, as LIA numbers them) runs on the CPU.
     pub fn on_cpu(&self, s: usize) -> bool {
@@ -148,9 +150,9 @@ impl LayerPlacement {
         !self.gpu_resident && !self.gpu_work()
     }
 
-    /// A non-resident layer whose decode runs entirely on the CPU.
+    /// A non-resident layer whose decode linears run on the CPU (its attention on either side).
     pub fn decode_on_cpu(&self) -> bool {
-        !self.gpu_resident && !self.decode.any_gpu()
+        !self.gpu_resident && !self.decode.gpu_linears()
     }
 
     /// A non-resident layer whose GPU sublayers need its weights streamed over PCIe.
@@ -161,7 +163,8 @@ impl LayerPlacement {
 
 /// One character per layer, for a glance at a placement (decode policies): `G` resident on the
 /// GPU, `S` streamed to the GPU over PCIe, `C` computed on the CPU; lower case (`g`, `s`) when
-/// the layer's decode attention runs on the CPU.
+/// the layer's decode attention runs on the CPU, and `c` for a CPU layer whose decode attention
+/// runs on the GPU.
 pub fn layer_map(layers: &[LayerPlacement]) -> String {
     layers
         .iter()
@@ -171,7 +174,8 @@ pub fn layer_map(layers: &[LayerPlacement]) -> String {
                 l.decode.gpu_linears(),
                 l.decode.attention_on_cpu(),
             ) {
-                (_, false, _) => 'C',
+                (_, false, true) => 'C',
+                (_, false, false) => 'c',
                 (true, true, false) => 'G',
                 (true, true, true) => 'g',
                 (false, true, false) => 'S',
@@ -271,6 +275,9 @@ mod tests {
         assert!(!p[24].streamed() && p[30].streamed());
         let map = layer_map(&p);
         assert_eq!(&map[22..32], "GGCCCCCCsC");
+        let ov: Vec<LayerOverride> = vec!["decode@1:100111".parse().unwrap()];
+        let p = layer_placements(2, Policy::FULL_GPU, Policy::FULL_GPU, 0.0, &ov).unwrap();
+        assert_eq!(layer_map(&p), "Sc");
         assert_eq!(resident_layers(48, 100.0).unwrap(), 48);
         assert_eq!(resident_layers(7, 50.0).unwrap(), 3);
         assert!(resident_layers(48, 101.0).is_err());
@@ -295,13 +302,15 @@ mod tests {
 /// streamed ones) so that the copy of each streamed layer overlaps the CPU layers before it.
 /// Returns one override per CPU layer, for `phase`: `Decode` keeps the prefill on the GPU
 /// (every layer streamed for it, compute-bound there), `Both` puts the CPU layers' prefill on
-/// the CPU too.
+/// the CPU too. The CPU layers get `policy`: [`Policy::FULL_CPU`], or
+/// [`Policy::LINEARS_ON_CPU`] where their KV is better kept on the GPU (large batches).
 pub fn auto_split(
     layers: usize,
     resident: usize,
     dram_bytes_s: f64,
     pcie_bytes_s: f64,
     phase: Phase,
+    policy: Policy,
 ) -> Vec<LayerOverride> {
     let n = layers.saturating_sub(resident);
     if n == 0 || dram_bytes_s <= 0.0 {
@@ -317,7 +326,7 @@ pub fn auto_split(
             first: resident + j,
             last: resident + j,
             phase,
-            policy: Policy::FULL_CPU,
+            policy,
         })
         .collect()
 }
@@ -336,18 +345,22 @@ mod split_tests {
     #[test]
     fn split_follows_bandwidths_and_interleaves() {
         // DRAM 100 GB/s, PCIe 55 GB/s: 64.5 % of 48 host layers on the CPU.
-        let ov = auto_split(48, 0, 100e9, 55e9, Phase::Both);
+        let ov = auto_split(48, 0, 100e9, 55e9, Phase::Both, Policy::FULL_CPU);
         assert_eq!(ov.len(), 30);
         // Never more than two CPU layers in a row, never two streamed ones in a row.
         let cpu: Vec<bool> = (0..48).map(|l| ov.iter().any(|o| o.first == l)).collect();
         assert!(cpu.windows(3).all(|w| !(w[0] && w[1] && w[2])));
         assert!(cpu.windows(2).all(|w| w[0] || w[1]));
         // Resident layers are left alone; no PCIe means everything on the CPU.
-        assert!(auto_split(48, 24, 100e9, 55e9, Phase::Both)
-            .iter()
-            .all(|o| o.first >= 24));
-        assert_eq!(auto_split(10, 0, 100e9, 0.0, Phase::Decode).len(), 10);
-        assert!(auto_split(10, 10, 100e9, 55e9, Phase::Both).is_empty());
+        assert!(
+            auto_split(48, 24, 100e9, 55e9, Phase::Both, Policy::FULL_CPU)
+                .iter()
+                .all(|o| o.first >= 24)
+        );
+        let ov = auto_split(10, 0, 100e9, 0.0, Phase::Decode, Policy::LINEARS_ON_CPU);
+        assert_eq!(ov.len(), 10);
+        assert!(ov.iter().all(|o| o.policy == Policy::LINEARS_ON_CPU));
+        assert!(auto_split(10, 10, 100e9, 55e9, Phase::Both, Policy::FULL_CPU).is_empty());
         for (n, k) in [(48, 0), (48, 1), (48, 30), (48, 48), (7, 3), (0, 0)] {
             let s = spread(n, k);
             assert_eq!((s.len(), s.iter().filter(|&&x| x).count()), (n, k));

@@ -215,13 +215,14 @@ fn check_cpu_session(name: &str, tier: MemTier) {
 /// prompt's KV moves between the pools after prefill); a CPU layer before a streamed GPU layer;
 /// a resident GPU layer before a CPU layer (the head then runs on the CPU); split layers
 /// (prefill on the GPU from the CPU's packed weights, unpacked there; decode on the CPU) alone,
-/// after a resident layer, before a streamed one, and with prefill attention on the CPU.
+/// after a resident layer, before a streamed one, and with prefill attention on the CPU; CPU
+/// linears with GPU attention (policy (1,0,0,1,1,1)).
 fn check_gpu_sessions(name: &str) {
     let Some(gpu) = cuda_kernels::gpu_or_skip() else {
         return;
     };
     let _one = gpu_lock();
-    let cases: [(&str, &str, f64, bool, &[&str], usize); 16] = [
+    let cases: [(&str, &str, f64, bool, &[&str], usize); 20] = [
         ("0", "1", 0.0, true, &[], 1),
         ("2", "1", 0.0, false, &[], 1),
         ("0", "0", 50.0, false, &["decode@1:1"], 1),
@@ -240,6 +241,13 @@ fn check_gpu_sessions(name: &str) {
         ("2", "2", 100.0, false, &[], 2),
         ("0", "1", 0.0, true, &[], 2),
         ("0", "2", 0.0, false, &["0:1"], 2),
+        // CPU linears with attention on the GPU (KV there only): in both phases; as split
+        // layers (prefill streamed), with two minibatches; after a CPU prefill (the prompt's
+        // KV moves up); after a resident layer.
+        ("100111", "100111", 0.0, true, &[], 1),
+        ("0", "100111", 0.0, true, &[], 2),
+        ("1", "100111", 0.0, false, &[], 1),
+        ("0", "0", 50.0, false, &["decode@1:100111"], 1),
     ];
     for (prefill, decode, pct, pin, overrides, minibatches) in cases {
         let w = Weights::load(&data_dir(name), MemTier::Pageable, &|_| {}).unwrap();

@@ -284,7 +284,6 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     let mut adaptive = None;
     if auto {
         let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
-        let cpu_rate = cpu_decode_rate(&cfg, &spec, &profile);
         let pcie = pcie_rate(&profile, spec.weight_tier);
         // A prefill is compute-bound: on the GPU, every layer streamed, whenever the prefill
         // policy has GPU linears; the split is for decode.
@@ -294,18 +293,39 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
         } else {
             engine::placement::Phase::Both
         };
-        spec.layer_overrides =
-            engine::placement::auto_split(cfg.layers, resident, cpu_rate, pcie, phase);
         let host = cfg.layers - resident;
-        // A split layer streamed for decode still attends on the CPU over its host KV: only
-        // worth it while a layer's KV is a small part of its weights (small batches).
+        // While a layer's KV is a small part of its weights (small batches), the CPU layers
+        // attend over host KV, and a split layer streamed for decode still does. Past that,
+        // the CPU layers attend on the GPU where HBM holds their KV (policy (1,0,0,1,1,1)):
+        // host memory then serves only weights, to the CPU and to the PCIe streaming.
         let ctx = spec.input_tokens + spec.max_new_tokens;
         let kv_layer = spec.batch_size * ctx * 2 * cfg.kv_dim() * 2;
         let small_kv = 20 * kv_layer <= 2 * cfg.layer_params();
+        let split = |policy: Policy| {
+            let rate = cpu_decode_rate(&cfg, &spec, &profile, policy.attention_on_cpu());
+            engine::placement::auto_split(cfg.layers, resident, rate, pcie, phase, policy)
+        };
+        let mut overrides = split(Policy::FULL_CPU);
+        if !small_kv && host > 0 {
+            let trial = RunSpec {
+                layer_overrides: split(Policy::LINEARS_ON_CPU),
+                ..spec.clone()
+            };
+            if Plan::new(&cfg, trial.clone(), &caps).is_ok() {
+                overrides = trial.layer_overrides;
+            }
+        }
+        spec.layer_overrides = overrides;
         if gpu_prefill && host > 0 && pcie > 0.0 && small_kv {
             adaptive = Some((host - spec.layer_overrides.len(), pcie));
-            spec.layer_overrides =
-                engine::placement::auto_split(cfg.layers, resident, 1.0, 0.0, phase);
+            spec.layer_overrides = engine::placement::auto_split(
+                cfg.layers,
+                resident,
+                1.0,
+                0.0,
+                phase,
+                Policy::FULL_CPU,
+            );
         }
     }
     let mut plan = Plan::new(&cfg, spec, &caps)?;
@@ -474,9 +494,14 @@ fn load_profile(path: Option<&Path>, gpu: bool) -> anyhow::Result<probe::Profile
 /// The rate, in weight bytes per second, at which the CPU decodes a layer at this batch, from
 /// the probe: its linears take the longer of streaming the weights (the GEMV's rate) and
 /// computing them (the 64-row GEMM's rate up to 64 rows, the large GEMM's beyond), and its
-/// attention reads the batch's KV at the DRAM read rate. LIA's split gives the CPU a share of
-/// the layers in proportion to this rate against PCIe's.
-fn cpu_decode_rate(cfg: &engine::config::ModelConfig, spec: &RunSpec, p: &probe::Profile) -> f64 {
+/// attention, where it runs on the CPU, reads the batch's KV at the DRAM read rate. LIA's
+/// split gives the CPU a share of the layers in proportion to this rate against PCIe's.
+fn cpu_decode_rate(
+    cfg: &engine::config::ModelConfig,
+    spec: &RunSpec,
+    p: &probe::Profile,
+    attention_on_cpu: bool,
+) -> f64 {
     let stream = if p.cpu_gemv_bytes_s > 0.0 {
         p.cpu_gemv_bytes_s
     } else {
@@ -493,7 +518,7 @@ fn cpu_decode_rate(cfg: &engine::config::ModelConfig, spec: &RunSpec, p: &probe:
     let linears = (w / stream).max(if rate > 0.0 { flops / rate } else { 0.0 });
     let ctx = (spec.input_tokens + spec.max_new_tokens / 2) as f64;
     let kv = b * ctx * 2.0 * cfg.kv_dim() as f64 * 2.0;
-    let attention = if p.dram_read_bytes_s > 0.0 {
+    let attention = if attention_on_cpu && p.dram_read_bytes_s > 0.0 {
         kv / p.dram_read_bytes_s
     } else {
         0.0

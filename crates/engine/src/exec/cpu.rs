@@ -201,6 +201,40 @@ pub fn embed(w: &Weights, tokens: &[u32], positions: &[usize], x: &mut [f32]) ->
     Ok(())
 }
 
+/// S1 in f32 into `qkv` (`[T, qkv_dim]`, each row q, k, v side by side): norm, QKV projection
+/// (+bias), RoPE.
+fn s1_rows(m: &CpuModel, l: usize, x: &[f32], positions: &[usize], qkv: &mut [f32]) -> Result<()> {
+    let cfg = m.config();
+    let lw = &m.w.layers[l];
+    let t = positions.len();
+    let mut a = vec![bf16::ZERO; t * cfg.hidden];
+    norm_bf16(cfg, x, &lw.attn_norm_w, lw.attn_norm_b.as_ref(), &mut a);
+    let w = cfg.qkv_dim();
+    let ep = Epilogue {
+        bias: lw.qkv_b.as_ref().map(|b| &b.data[..]),
+        ..Default::default()
+    };
+    gemm_bf16(&a, t, cfg.hidden, &m.layer(l)?.qkv, qkv, ep).map_err(kerr)?;
+    if let Some(rope) = &m.rope {
+        let (qd, kd) = (cfg.q_dim(), cfg.kv_dim());
+        platform::pool().install(|| {
+            qkv.par_chunks_mut(w)
+                .zip(positions.par_iter())
+                .for_each(|(row, &pos)| {
+                    rope.apply(&mut row[..qd], cfg.heads, pos);
+                    rope.apply(&mut row[qd..qd + kd], cfg.kv_heads, pos);
+                })
+        });
+    }
+    Ok(())
+}
+
+fn to_bf16(out: &mut [bf16], x: &[f32]) {
+    out.iter_mut()
+        .zip(x)
+        .for_each(|(o, &v)| *o = bf16::from_f32(v));
+}
+
 /// S1: norm, QKV projection (+bias), RoPE. Returns q `[T, heads·d]`, k, v `[T, kv_heads·d]`, bf16.
 pub fn s1_qkv(
     m: &CpuModel,
@@ -209,43 +243,43 @@ pub fn s1_qkv(
     positions: &[usize],
 ) -> Result<(Vec<bf16>, Vec<bf16>, Vec<bf16>)> {
     let cfg = m.config();
-    let lw = &m.w.layers[l];
     let t = positions.len();
-    let mut a = vec![bf16::ZERO; t * cfg.hidden];
-    norm_bf16(cfg, x, &lw.attn_norm_w, lw.attn_norm_b.as_ref(), &mut a);
-    let w = cfg.qkv_dim();
+    let (w, qd, kd) = (cfg.qkv_dim(), cfg.q_dim(), cfg.kv_dim());
     let mut qkv = vec![0f32; t * w];
-    let ep = Epilogue {
-        bias: lw.qkv_b.as_ref().map(|b| &b.data[..]),
-        ..Default::default()
-    };
-    gemm_bf16(&a, t, cfg.hidden, &m.layer(l)?.qkv, &mut qkv, ep).map_err(kerr)?;
-    let (qd, kd) = (cfg.q_dim(), cfg.kv_dim());
+    s1_rows(m, l, x, positions, &mut qkv)?;
     let mut q = vec![bf16::ZERO; t * qd];
     let mut k = vec![bf16::ZERO; t * kd];
     let mut v = vec![bf16::ZERO; t * kd];
     platform::pool().install(|| {
-        qkv.par_chunks_mut(w)
+        qkv.par_chunks(w)
             .zip(q.par_chunks_mut(qd))
             .zip(k.par_chunks_mut(kd).zip(v.par_chunks_mut(kd)))
-            .zip(positions.par_iter())
-            .for_each(|(((row, qr), (kr, vr)), &pos)| {
-                if let Some(rope) = &m.rope {
-                    rope.apply(&mut row[..qd], cfg.heads, pos);
-                    rope.apply(&mut row[qd..qd + kd], cfg.kv_heads, pos);
-                }
-                qr.iter_mut()
-                    .zip(&row[..qd])
-                    .for_each(|(o, &x)| *o = bf16::from_f32(x));
-                kr.iter_mut()
-                    .zip(&row[qd..qd + kd])
-                    .for_each(|(o, &x)| *o = bf16::from_f32(x));
-                vr.iter_mut()
-                    .zip(&row[qd + kd..])
-                    .for_each(|(o, &x)| *o = bf16::from_f32(x));
+            .for_each(|((row, qr), (kr, vr))| {
+                to_bf16(qr, &row[..qd]);
+                to_bf16(kr, &row[qd..qd + kd]);
+                to_bf16(vr, &row[qd + kd..]);
             })
     });
     Ok((q, k, v))
+}
+
+/// S1 into the f32 rows `[T, qkv_dim]` at the start of `out`, q, k and v of a token side by
+/// side (the layout the GPU's attention reads, for a CPU layer whose attention runs there).
+pub fn s1_qkv_rows(
+    m: &CpuModel,
+    l: usize,
+    x: &[f32],
+    positions: &[usize],
+    out: &mut [f32],
+) -> Result<()> {
+    let need = positions.len() * m.config().qkv_dim();
+    let have = out.len();
+    let out = out.get_mut(..need).ok_or_else(|| {
+        Error::Kernel(format!(
+            "S1 of layer {l}: the output holds {have} elements, {need} needed"
+        ))
+    })?;
+    s1_rows(m, l, x, positions, out)
 }
 
 /// S2+S3 for a prefill: causal attention of each prompt over itself (GQA), bf16 in and out,

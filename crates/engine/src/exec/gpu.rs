@@ -7,13 +7,23 @@
 //!   back up;
 //! - a CPU layer (policy (1,1,1,1,1,1)): AMX linears and ISPC attention over host KV, while the
 //!   copy stream keeps loading the next streamed layers, so that DRAM and PCIe work at once;
+//! - a CPU layer with attention on the GPU (policy (1,0,0,1,1,1)): AMX linears, Q/K/V rows up,
+//!   attention over GPU KV, the context down: at large batches, where the host layers' KV
+//!   would take host-memory bandwidth from their weights (and from the PCIe streaming), HBM
+//!   holds it instead, as FlexGen keeps its KV;
 //! - a split layer (prefill on the GPU, decode on the CPU: LIA's setting for large batches):
 //!   host memory holds its weights once, in the CPU kernels' prepacked layout; for a prefill
 //!   those packed bytes are streamed like a streamed layer's and unpacked on the GPU into the
-//!   staging buffer, and the prompt's KV moves to the host for the CPU decode.
+//!   staging buffer, and the prompt's KV moves to the host for a CPU decode (or stays on the
+//!   GPU where decode attention runs there).
+//!
+//! A policy's linears (S1, S4, S5, S6) run on one side; its attention (S2, S3) on either.
 //!
 //! The residual stream is bf16 on the GPU and f32 on the host; it moves when the next layer
-//! runs on the other side (at batch × hidden elements, a small copy).
+//! runs on the other side (at batch × hidden elements, a small copy). Rows going up (the
+//! residual, a CPU layer's Q/K/V) are read by the GPU itself from pinned host memory
+//! (`pull_f32_bf16`): a copy on the host→device engine would wait behind the streamed layers'
+//! weight copies queued there.
 //!
 //! Each layer's tensors live in one flat bf16 buffer (the same offsets for every layer, see
 //! [`FlatLayout`]), so that streaming a layer is one host→device copy. The residual stream is
@@ -32,7 +42,7 @@ use cuda_kernels::kv::{kv_append_bf16, KvShape};
 use cuda_kernels::norm::{add_layer_norm_bf16, add_rms_norm_bf16, layer_norm_bf16, rms_norm_bf16};
 use cuda_kernels::position::{rope_bf16, HeadRows};
 use cuda_kernels::sampling::argmax_bf16;
-use cuda_kernels::transfer::{copy_blocks_d2h, copy_blocks_h2d, HostPin, PinnedBuf};
+use cuda_kernels::transfer::{copy_blocks_d2h, copy_blocks_h2d, pull_f32_bf16, HostPin, PinnedBuf};
 use cuda_kernels::unpack::unpack_vnni_bf16;
 use cuda_kernels::{DeviceIds, Gpu};
 use cudarc::driver::{sys, CudaEvent, CudaGraph, CudaSlice, CudaStream, CudaView};
@@ -40,9 +50,12 @@ use half::bf16;
 use platform::HostBuf;
 
 use crate::config::{Family, ModelConfig};
-use crate::exec::cpu::{argmax_rows, cpu_attention, cpu_layer, embed, lm_head, CpuModel};
+use crate::exec::cpu::{
+    argmax_rows, cpu_attention, cpu_layer, embed, lm_head, s1_qkv_rows, s4_out, s56_mlp, CpuModel,
+};
 use crate::kv::{HostKv, Sequences, StepIds, BLOCK_TOKENS};
 use crate::placement::{LayerPlacement, Policy};
+use crate::profile::{span, Part};
 use crate::weights::{LayerWeights, Tensor, Weights};
 use crate::{Error, Result};
 
@@ -156,16 +169,23 @@ pub struct LayerRun {
 }
 
 impl LayerRun {
-    /// Policies 0 and 2 may differ between prefill and decode (attention moves, with the
-    /// prompt's KV blocks); policy 1 is both or neither, since the weights live on one side.
+    /// The attention's side may differ between prefill and decode (it moves, with the prompt's
+    /// KV blocks); linears on the CPU in the prefill need them there in decode too (the
+    /// weights live on one side; the reverse, a split layer, is built).
     pub fn of(l: usize, p: &LayerPlacement) -> Result<Self> {
+        // The linears run on one side, the attention on either.
         let gpu_linears = |pol: Policy| -> Result<bool> {
-            match pol {
-                Policy::FULL_GPU | Policy::ATTENTION_ON_CPU => Ok(true),
-                Policy::FULL_CPU => Ok(false),
-                other => Err(Error::Placement(format!(
-                    "layer {l}: policy {other} is not executed yet (0, 1 and 2 are: full GPU, full CPU, attention on CPU)"
-                ))),
+            let cpu = [1, 4, 5, 6].map(|s| pol.on_cpu(s));
+            if cpu.iter().all(|&c| c) {
+                Ok(false)
+            } else if cpu.iter().all(|&c| !c) {
+                Ok(true)
+            } else {
+                Err(Error::Placement(format!(
+                    "layer {l}: policy {pol} splits the linears (S1, S4, S5, S6) between CPU and GPU, \
+                     which is not executed yet (the linears run on one side, the attention S2+S3 on either: \
+                     0, 1, 2 or (1,0,0,1,1,1))"
+                )))
             }
         };
         let mode = match (gpu_linears(p.prefill)?, gpu_linears(p.decode)?) {
@@ -727,6 +747,8 @@ pub struct GpuSession<'m> {
     spare: Option<(usize, Acts)>,
     /// Pinned buffers for Q/K/V rows going to the CPU, kept between steps.
     pinned_pool: Vec<PinnedBuf<bf16>>,
+    /// Pinned f32 buffers for rows going up to the GPU (residuals, a CPU layer's Q/K/V).
+    pinned_f32_pool: Vec<PinnedBuf<f32>>,
     /// Time the next steps with CUDA events ([`GpuSession::last_trace`]).
     pub trace: bool,
     last_trace: Option<StepTrace>,
@@ -791,6 +813,7 @@ impl<'m> GpuSession<'m> {
             seqs,
             spare: None,
             pinned_pool: Vec::new(),
+            pinned_f32_pool: Vec::new(),
             trace: false,
             last_trace: None,
             graphs: std::env::var("TANDEM_CUDA_GRAPHS").map_or(true, |v| v != "0"),
@@ -1100,7 +1123,7 @@ impl<'m> GpuSession<'m> {
         let mut moved = false;
         for l in 0..self.model.runs.len() {
             let r = self.model.runs[l];
-            if r.mode == LayerMode::Cpu || r.attn_cpu_prefill == r.attn_cpu_decode {
+            if r.attn_cpu_prefill == r.attn_cpu_decode {
                 continue;
             }
             moved = true;
@@ -1142,6 +1165,14 @@ impl<'m> GpuSession<'m> {
             fb.as_ref(),
             &mut a.a,
         )
+    }
+
+    /// A pinned f32 host buffer of at least `n` elements, from those earlier uses gave back.
+    fn pinned_f32(&mut self, n: usize) -> Result<PinnedBuf<f32>> {
+        if let Some(i) = self.pinned_f32_pool.iter().position(|b| b.len() >= n) {
+            return Ok(self.pinned_f32_pool.swap_remove(i));
+        }
+        PinnedBuf::alloc(&self.model.gpu, n).map_err(gerr)
     }
 
     /// A pinned host buffer of at least `n` elements, from those earlier steps gave back
@@ -1186,16 +1217,64 @@ impl<'m> GpuSession<'m> {
         })
     }
 
+    /// Layer `l` with its linears on the CPU and its attention on the GPU (over the GPU KV):
+    /// every minibatch's S1 on the CPU, its Q/K/V rows up and its attention queued; then,
+    /// minibatch by minibatch, the context down and S4–S6 on the CPU, while the GPU attends
+    /// over the next minibatch.
+    fn cpu_layer_gpu_attention(
+        &mut self,
+        l: usize,
+        mbs: &mut [Minibatch],
+        prefill: bool,
+    ) -> Result<()> {
+        let (w, qd) = (self.model.cfg.qkv_dim(), self.model.cfg.q_dim());
+        let mut downs = Vec::with_capacity(mbs.len());
+        for mb in mbs.iter_mut() {
+            self.residual_to_host(mb)?;
+            let t = mb.ids.tokens.len();
+            let mut up = self.pinned_f32(t * w)?;
+            let rows = up.as_mut_slice().map_err(gerr)?;
+            span(Part::Qkv, || {
+                s1_qkv_rows(&self.model.cpu, l, &mb.x_host, &mb.ids.positions, rows)
+            })?;
+            let s = self.model.stream.clone();
+            pull_f32_bf16(&self.model.gpu, &s, &up, &mut mb.a.qkv, t * w).map_err(gerr)?;
+            self.pinned_f32_pool.push(up);
+            self.gpu_attention(l, &mb.ids, &mb.dev, prefill, &mut mb.a, None)?;
+            let mut down = self.pinned(t * qd)?;
+            copy_blocks_d2h(&s, &mb.a.att, &mut down, t * qd, &[(0, 0)]).map_err(gerr)?;
+            downs.push(down);
+        }
+        for (mb, down) in mbs.iter_mut().zip(downs) {
+            let t = mb.ids.tokens.len();
+            let r = span(Part::Attention, || down.as_slice().map_err(gerr)).and_then(|att| {
+                let cpu = &self.model.cpu;
+                span(Part::Out, || {
+                    s4_out(cpu, l, &att[..t * qd], &mut mb.x_host, t)
+                })?;
+                s56_mlp(cpu, l, &mut mb.x_host, t)
+            });
+            self.pinned_pool.push(down);
+            r?;
+        }
+        Ok(())
+    }
+
     /// Brings minibatch `mb`'s residual to the GPU (for a GPU layer); returns whether the last
     /// S6's output is still to be added.
-    fn residual_to_gpu(&self, mb: &mut Minibatch) -> Result<bool> {
+    /// The residual goes up through pinned memory that the GPU reads itself
+    /// ([`pull_f32_bf16`]), not through the host→device copy engine, where it would queue behind
+    /// every weight copy of the streamed layers ahead.
+    fn residual_to_gpu(&mut self, mb: &mut Minibatch) -> Result<bool> {
         match mb.at {
             Residual::Host => {
-                let xb: Vec<bf16> = mb.x_host.iter().map(|&v| bf16::from_f32(v)).collect();
-                self.model
-                    .stream
-                    .memcpy_htod(&xb, &mut mb.a.x)
-                    .map_err(gerr)?;
+                let n = mb.x_host.len();
+                let mut up = self.pinned_f32(n)?;
+                up.as_mut_slice().map_err(gerr)?[..n].copy_from_slice(&mb.x_host);
+                let (g, s) = (&self.model.gpu, &self.model.stream);
+                let r = pull_f32_bf16(g, s, &up, &mut mb.a.x, n).map_err(gerr);
+                self.pinned_f32_pool.push(up);
+                r?;
                 Ok(false)
             }
             Residual::Gpu(p) => Ok(p),
@@ -1264,7 +1343,14 @@ impl<'m> GpuSession<'m> {
         for l in 0..c.layers {
             let run = self.model.runs[l];
             if run.on_cpu(prefill) && !self.model.split_gpu[l] {
-                for mb in mbs.iter_mut() {
+                if !run.attn_cpu(prefill) {
+                    let t = std::time::Instant::now();
+                    self.cpu_layer_gpu_attention(l, &mut mbs, prefill)?;
+                    if run.mode == LayerMode::Split {
+                        cpu_s += t.elapsed().as_secs_f64();
+                    }
+                }
+                for mb in mbs.iter_mut().filter(|_| run.attn_cpu(prefill)) {
                     self.residual_to_host(mb)?;
                     let t = std::time::Instant::now();
                     cpu_layer(
@@ -1775,5 +1861,25 @@ mod tests {
             .contains("GPU-resident"));
         let e = run("0,0,0,0,1,1", "0", 0.0).unwrap_err().to_string();
         assert!(e.contains("not executed yet"), "{e}");
+        // Linears on the CPU, attention on the GPU: the KV lives only there.
+        let r = run("1,0,0,1,1,1", "100111", 0.0).unwrap();
+        assert_eq!(
+            (r.mode, r.attn_cpu_prefill, r.attn_cpu_decode),
+            (LayerMode::Cpu, false, false)
+        );
+        assert!(r.kv_on_gpu() && !r.kv_on_host());
+        let r = run("0", "100111", 0.0).unwrap();
+        assert_eq!(
+            (r.mode, r.attn_cpu_prefill, r.attn_cpu_decode),
+            (LayerMode::Split, false, false)
+        );
+        assert!(r.kv_on_gpu() && !r.kv_on_host());
+        let r = run("1", "100111", 0.0).unwrap();
+        assert_eq!(
+            (r.mode, r.attn_cpu_prefill, r.attn_cpu_decode),
+            (LayerMode::Cpu, true, false)
+        );
+        assert!(r.kv_on_gpu() && r.kv_on_host());
+        assert!(run("1,0,0,1,1,1", "100111", 100.0).is_err());
     }
 }
