@@ -21,7 +21,8 @@
 //!
 //! The residual stream is bf16 on the GPU and f32 on the host; it moves when the next layer
 //! runs on the other side (at batch × hidden elements, a small copy). Rows going up (the
-//! residual, a CPU layer's Q/K/V) are read by the GPU itself from pinned host memory
+//! residual, a CPU layer's Q/K/V, the context of attention on the CPU) are read by the GPU
+//! itself from pinned host memory
 //! (`pull_f32_bf16`): a copy on the host→device engine would wait behind the streamed layers'
 //! weight copies queued there.
 //!
@@ -747,7 +748,8 @@ pub struct GpuSession<'m> {
     spare: Option<(usize, Acts)>,
     /// Pinned buffers for Q/K/V rows going to the CPU, kept between steps.
     pinned_pool: Vec<PinnedBuf<bf16>>,
-    /// Pinned f32 buffers for rows going up to the GPU (residuals, a CPU layer's Q/K/V).
+    /// Pinned f32 buffers for rows going up to the GPU (residuals, a CPU layer's Q/K/V, the
+    /// context of attention on the CPU).
     pinned_f32_pool: Vec<PinnedBuf<f32>>,
     /// Time the next steps with CUDA events ([`GpuSession::last_trace`]).
     pub trace: bool,
@@ -845,7 +847,8 @@ impl<'m> GpuSession<'m> {
     }
 
     /// S2 + S3 of GPU layer `l` on the CPU over host KV, once `qkv` (the rows copied by
-    /// [`Self::qkv_to_host`]) is there; the context goes back up into `a.att`.
+    /// [`Self::qkv_to_host`]) is there; the context goes back up into `a.att`, read by the GPU
+    /// from pinned memory.
     fn cpu_attention_rows(
         &mut self,
         l: usize,
@@ -870,7 +873,18 @@ impl<'m> GpuSession<'m> {
             v.extend_from_slice(&row[(hq + hk) * d..]);
         }
         let att = cpu_attention(c, &mut self.host_kv, l, ids, prefill, &q, &k, &v)?;
-        m.stream.memcpy_htod(&att, &mut a.att).map_err(gerr)
+        // Up through pinned memory the GPU reads (see `residual_to_gpu`): widened to f32 and
+        // rounded back, exactly.
+        let mut up = self.pinned_f32(att.len())?;
+        up.as_mut_slice()
+            .map_err(gerr)?
+            .iter_mut()
+            .zip(&att)
+            .for_each(|(u, &x)| *u = x.to_f32());
+        let (g, s) = (&self.model.gpu, &self.model.stream);
+        let r = pull_f32_bf16(g, s, &up, &mut a.att, att.len()).map_err(gerr);
+        self.pinned_f32_pool.push(up);
+        r
     }
 
     /// S2 + S3 of GPU layer `l` on the GPU over its KV.
