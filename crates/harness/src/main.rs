@@ -274,59 +274,26 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     if auto && a.gpu_percentage.is_none() {
         spec.gpu_percentage = Plan::max_fitting_percentage(&cfg, &spec, &caps).unwrap_or(0.0);
     }
-    // Refuse what cannot run before measuring anything.
-    Plan::new(&cfg, spec.clone(), &caps)?;
+    // Refuse what cannot run before measuring anything. The automatic split may keep the CPU
+    // layers' KV on the host instead of the GPU: there, either way fitting is enough for now.
+    if let Err(e) = Plan::new(&cfg, spec.clone(), &caps) {
+        let host_kv_fits = auto
+            && host_attention_split(&cfg, &spec).is_ok_and(|ov| {
+                let s = RunSpec {
+                    layer_overrides: ov,
+                    ..spec.clone()
+                };
+                Plan::new(&cfg, s, &caps).is_ok()
+            });
+        if !host_kv_fits {
+            return Err(e.into());
+        }
+    }
     let profile = load_profile(a.profile.as_deref(), !no_gpu)?;
-    // With the automatic split and a GPU prefill, every host layer is a split layer (packed
-    // once for the CPU, streamed and unpacked for prefills), and decode steps move split layers
-    // between CPU compute and PCIe streaming as the measured times say (`adaptive` holds the
-    // first step's number on the GPU, from the probe).
+    // `adaptive`: see `auto_placement`.
     let mut adaptive = None;
     if auto {
-        let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
-        let pcie = pcie_rate(&profile, spec.weight_tier);
-        // A prefill is compute-bound: on the GPU, every layer streamed, whenever the prefill
-        // policy has GPU linears; the split is for decode.
-        let gpu_prefill = spec.prefill_policy.gpu_linears();
-        let phase = if gpu_prefill {
-            engine::placement::Phase::Decode
-        } else {
-            engine::placement::Phase::Both
-        };
-        let host = cfg.layers - resident;
-        // While a layer's KV is a small part of its weights (small batches), the CPU layers
-        // attend over host KV, and a split layer streamed for decode still does. Past that,
-        // the CPU layers attend on the GPU where HBM holds their KV (policy (1,0,0,1,1,1)):
-        // host memory then serves only weights, to the CPU and to the PCIe streaming.
-        let ctx = spec.input_tokens + spec.max_new_tokens;
-        let kv_layer = spec.batch_size * ctx * 2 * cfg.kv_dim() * 2;
-        let small_kv = 20 * kv_layer <= 2 * cfg.layer_params();
-        let split = |policy: Policy| {
-            let rate = cpu_decode_rate(&cfg, &spec, &profile, policy.attention_on_cpu());
-            engine::placement::auto_split(cfg.layers, resident, rate, pcie, phase, policy)
-        };
-        let mut overrides = split(Policy::FULL_CPU);
-        if !small_kv && host > 0 {
-            let trial = RunSpec {
-                layer_overrides: split(Policy::LINEARS_ON_CPU),
-                ..spec.clone()
-            };
-            if Plan::new(&cfg, trial.clone(), &caps).is_ok() {
-                overrides = trial.layer_overrides;
-            }
-        }
-        spec.layer_overrides = overrides;
-        if gpu_prefill && host > 0 && pcie > 0.0 && small_kv {
-            adaptive = Some((host - spec.layer_overrides.len(), pcie));
-            spec.layer_overrides = engine::placement::auto_split(
-                cfg.layers,
-                resident,
-                1.0,
-                0.0,
-                phase,
-                Policy::FULL_CPU,
-            );
-        }
+        (spec.layer_overrides, adaptive) = auto_placement(&cfg, &spec, &caps, &profile)?;
     }
     let mut plan = Plan::new(&cfg, spec, &caps)?;
     let full_cpu = plan.full_cpu();
@@ -468,6 +435,74 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
 }
 
 /// The probe profile named (or the default one); measured now, quickly, if there is none.
+/// Phase of the automatic split's overrides: decode only where the prefill runs on the GPU
+/// (compute-bound: every layer streamed for it), both phases otherwise.
+fn split_phase(spec: &RunSpec) -> engine::placement::Phase {
+    if spec.prefill_policy.gpu_linears() {
+        engine::placement::Phase::Decode
+    } else {
+        engine::placement::Phase::Both
+    }
+}
+
+/// Every non-resident layer a CPU layer with its attention on the host (policy 1): the
+/// placement of the automatic split that needs the least HBM.
+fn host_attention_split(cfg: &ModelConfig, spec: &RunSpec) -> anyhow::Result<Vec<LayerOverride>> {
+    let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
+    Ok(engine::placement::auto_split(
+        cfg.layers,
+        resident,
+        1.0,
+        0.0,
+        split_phase(spec),
+        Policy::FULL_CPU,
+    ))
+}
+
+/// LIA's split of the non-resident layers between CPU compute and PCIe streaming, from the
+/// measured bandwidths: the layer overrides, and for the adaptive split the number of layers
+/// the first decode step streams with the PCIe rate it rebalances against.
+///
+/// While a layer's KV is a small part of its weights (small batches), the CPU layers attend
+/// over host KV, and with a GPU prefill every host layer is a split layer (packed once for the
+/// CPU, streamed and unpacked for prefills) whose decode moves between CPU compute and PCIe
+/// streaming as measured times say (a split layer streamed for decode still attends on the
+/// CPU). Past that, the CPU layers attend on the GPU where HBM holds their KV (policy
+/// (1,0,0,1,1,1)): host memory then serves only weights, to the CPU and to the PCIe streaming.
+#[allow(clippy::type_complexity)]
+fn auto_placement(
+    cfg: &ModelConfig,
+    spec: &RunSpec,
+    caps: &Capabilities,
+    profile: &probe::Profile,
+) -> anyhow::Result<(Vec<LayerOverride>, Option<(usize, f64)>)> {
+    let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
+    let pcie = pcie_rate(profile, spec.weight_tier);
+    let phase = split_phase(spec);
+    let host = cfg.layers - resident;
+    let ctx = spec.input_tokens + spec.max_new_tokens;
+    let kv_layer = spec.batch_size * ctx * 2 * cfg.kv_dim() * 2;
+    let small_kv = 20 * kv_layer <= 2 * cfg.layer_params();
+    let split = |policy: Policy| {
+        let rate = cpu_decode_rate(cfg, spec, profile, policy.attention_on_cpu());
+        engine::placement::auto_split(cfg.layers, resident, rate, pcie, phase, policy)
+    };
+    if spec.prefill_policy.gpu_linears() && host > 0 && pcie > 0.0 && small_kv {
+        let on_gpu = host - split(Policy::FULL_CPU).len();
+        return Ok((host_attention_split(cfg, spec)?, Some((on_gpu, pcie))));
+    }
+    if !small_kv && host > 0 {
+        let trial = RunSpec {
+            layer_overrides: split(Policy::LINEARS_ON_CPU),
+            ..spec.clone()
+        };
+        if Plan::new(cfg, trial.clone(), caps).is_ok() {
+            return Ok((trial.layer_overrides, None));
+        }
+    }
+    Ok((split(Policy::FULL_CPU), None))
+}
+
 fn load_profile(path: Option<&Path>, gpu: bool) -> anyhow::Result<probe::Profile> {
     let path = path
         .map(Path::to_path_buf)
@@ -705,6 +740,74 @@ mod tests {
             Cmd::Bench(a) => a,
             _ => unreachable!(),
         }
+    }
+
+    /// OPT-30B, weights pinned on the host, a `gpu_gib` GPU, batch `batch` (input 256, output
+    /// 32): the automatic split's overrides and adaptive start, from a fixed profile.
+    fn auto(batch: usize, gpu_gib: usize) -> (Vec<LayerOverride>, Option<(usize, f64)>) {
+        let cfg = ModelConfig::preset("opt-30b").unwrap();
+        let mut caps = Capabilities::detect();
+        caps.numa_nodes = vec![engine::caps::NodeCaps {
+            id: 0,
+            mem_total: 512 << 30,
+            mem_free: 500 << 30,
+            cpus: (0..16).collect(),
+        }];
+        caps.gpus = vec![engine::caps::GpuCaps {
+            ordinal: 0,
+            name: "test GPU".into(),
+            total_mem: gpu_gib << 30,
+            free_mem: gpu_gib << 30,
+            compute_capability: (9, 0),
+            multiprocessors: 132,
+        }];
+        caps.gpu_absent = None;
+        let profile = probe::Profile {
+            dram_read_bytes_s: 120e9,
+            cpu_gemv_bytes_s: 110e9,
+            cpu_gemm_m64_flop_s: 4.6e12,
+            cpu_gemm_bf16_flop_s: 5e12,
+            pcie_h2d_pinned_bytes_s: 55e9,
+            ..Default::default()
+        };
+        let spec = RunSpec {
+            batch_size: batch,
+            input_tokens: 256,
+            max_new_tokens: 32,
+            prefill_policy: Policy::FULL_GPU,
+            decode_policy: Policy::FULL_GPU,
+            gpu_percentage: 0.0,
+            num_minibatch: 1,
+            pin_weight: true,
+            weight_tier: MemTier::Pinned,
+            layer_overrides: vec![],
+        };
+        auto_placement(&cfg, &spec, &caps, &profile).unwrap()
+    }
+
+    #[test]
+    fn automatic_split_keeps_large_batches_kv_on_the_gpu_when_it_fits() {
+        use engine::placement::Phase;
+        // Batch 64: 24 GB of KV; on an 80 GB GPU the CPU layers attend there, and the CPU's
+        // share follows its rate without the KV read (17.5 ms of 64-row GEMM a layer against
+        // 22.9 ms of PCIe: 27 of 48 layers).
+        let (ov, adaptive) = auto(64, 80);
+        assert!(adaptive.is_none());
+        assert_eq!(ov.len(), 27, "{ov:?}");
+        assert!(ov
+            .iter()
+            .all(|o| o.policy == Policy::LINEARS_ON_CPU && o.phase == Phase::Decode));
+        // On a 24 GB GPU their KV stays on the host (policy 1), and the CPU takes fewer layers.
+        let (ov, adaptive) = auto(64, 24);
+        assert!(adaptive.is_none());
+        assert!(!ov.is_empty() && ov.len() < 27, "{ov:?}");
+        assert!(ov.iter().all(|o| o.policy == Policy::FULL_CPU));
+        // Batch 1: the adaptive split, every host layer packed for the CPU and attending there.
+        let (ov, adaptive) = auto(1, 80);
+        assert_eq!(ov.len(), 48);
+        assert!(ov.iter().all(|o| o.policy == Policy::FULL_CPU));
+        let (on_gpu, pcie) = adaptive.expect("adaptive at batch 1");
+        assert!(on_gpu > 0 && on_gpu < 48 && pcie == 55e9, "{on_gpu} {pcie}");
     }
 
     /// Bad flags are refused with a reason before any weight is made.
