@@ -357,6 +357,7 @@ pub fn pull_f32_bf16(
             "pull_f32_bf16: the source must be driver-allocated pinned memory (PinnedBuf::alloc)",
         ));
     }
+    src.ctx.bind_to_thread()?;
     let mut mapped: sys::CUdeviceptr = 0;
     // SAFETY: src.ptr is the start of a live cuMemHostAlloc allocation; the call only looks it
     // up (with unified addressing, every such allocation is mapped for the device).
