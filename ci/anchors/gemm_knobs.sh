@@ -10,6 +10,11 @@
 #   GEMM_SHAPES=llama3-8b.o,llama3-8b.down,28672x4096 GEMM_MS=512,2048 \
 #   KNOBS="default;TANDEM_AMX_ORDER=own;TANDEM_AMX_ORDER=rows;default;TANDEM_AMX_ORDER=own;TANDEM_AMX_ORDER=rows" \
 #   bash anchors/gemm_knobs.sh
+# The 64-row product with its weight from DRAM (the engine's batch-64 CPU layers), one column
+# pair a block so that its C stays in L1 across short K chunks:
+#   GEMM_COLD=1 GEMM_SHAPES=opt-30b.qkv,opt-30b.fc2 GEMM_MS=64 \
+#   KNOBS="default;TANDEM_AMX_NB_SMALL=2 TANDEM_AMX_KC=4;TANDEM_AMX_NB_SMALL=2 TANDEM_AMX_KC=8;TANDEM_AMX_NB_SMALL=2;default" \
+#   bash anchors/gemm_knobs.sh
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/gemm_knobs; mkdir -p "$L"
 export TANDEM_THREADS=${TANDEM_THREADS:-16}

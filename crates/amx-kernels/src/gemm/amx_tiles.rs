@@ -29,7 +29,8 @@
 //!
 //! Blocking ([`Knobs`], each an environment variable read once, a tuning knob; defaults in
 //! [`Knobs::DEFAULT`]): a work block is up to `TANDEM_AMX_MB` rows × `TANDEM_AMX_NB` column
-//! blocks (M ≤ 64: all rows; default 128 × 8). K is cut into chunks of `TANDEM_AMX_KC` tiles
+//! blocks (M ≤ 64: all rows, and as many column blocks as give each thread eight work blocks, or
+//! `TANDEM_AMX_NB_SMALL`; default 128 × 8). K is cut into chunks of `TANDEM_AMX_KC` tiles
 //! (default 32); within a chunk the block's 32 × 32 tiles run either row group outside
 //! (`TANDEM_AMX_ROWS_OUTER=1`: the group's A strip of the chunk stays in L1 or L2 while the B
 //! tiles of every column pair stream) or column pair outside (`=0`, the default: the pair's B
@@ -93,6 +94,9 @@ pub(crate) struct Knobs {
     pub m_block: usize,
     /// Most packed column blocks of a work block when M > [`M_SMALL`] (even; `TANDEM_AMX_NB`).
     pub n_block: usize,
+    /// Packed column blocks of a work block when M ≤ [`M_SMALL`] (even;
+    /// `TANDEM_AMX_NB_SMALL`); `None`: as many as give each thread eight blocks.
+    pub n_block_small: Option<usize>,
     /// The order of the work blocks (`TANDEM_AMX_ORDER=columns|rows|skewed`).
     pub order: Order,
     /// Which operands are loaded with `tileloaddt1` (the not-reused hint): bit 0 A, bit 1 B
@@ -117,6 +121,7 @@ impl Knobs {
         pf_b2: 32,
         m_block: 128,
         n_block: 8,
+        n_block_small: None,
         order: Order::Columns,
         t1: 0,
     };
@@ -145,6 +150,10 @@ impl Knobs {
                 pf_b2: num("TANDEM_AMX_PF_B2", d.pf_b2),
                 m_block: num("TANDEM_AMX_MB", d.m_block).div_ceil(32).max(1) * 32,
                 n_block: num("TANDEM_AMX_NB", d.n_block).div_ceil(2).max(1) * 2,
+                n_block_small: std::env::var("TANDEM_AMX_NB_SMALL")
+                    .is_ok()
+                    .then(|| num("TANDEM_AMX_NB_SMALL", 2).div_ceil(2).max(1) * 2)
+                    .or(d.n_block_small),
                 t1: match std::env::var("TANDEM_AMX_T1").as_deref() {
                     Err(_) => d.t1,
                     Ok("none") => 0,
@@ -176,6 +185,7 @@ impl Knobs {
         super::Blocking {
             m_block: self.m_block,
             n_block_max: self.n_block,
+            n_block_small: self.n_block_small,
             order: self.order,
         }
     }

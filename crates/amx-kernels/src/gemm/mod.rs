@@ -211,6 +211,9 @@ pub(crate) struct Blocking {
     pub m_block: usize,
     /// Most packed column blocks of a block (even).
     pub n_block_max: usize,
+    /// Packed column blocks of a block when M ≤ [`M_SMALL`], where set (even); otherwise the
+    /// plan sizes them for eight items a thread.
+    pub n_block_small: Option<usize>,
     /// The order of the items (see [`Order`]).
     pub order: Order,
 }
@@ -237,6 +240,7 @@ impl Blocking {
     pub(crate) const SIMD: Blocking = Blocking {
         m_block: M_BLOCK,
         n_block_max: N_BLOCK_MAX,
+        n_block_small: None,
         order: Order::Columns,
     };
 }
@@ -268,6 +272,8 @@ impl Plan {
         let mut n_pairs = pairs.div_ceil(want_items).max(1);
         if m > M_SMALL {
             n_pairs = n_pairs.min(b.n_block_max / 2).max(1);
+        } else if let Some(nb) = b.n_block_small {
+            n_pairs = (nb / 2).max(1);
         }
         let n_block = 2 * n_pairs;
         Plan {

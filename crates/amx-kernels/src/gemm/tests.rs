@@ -269,7 +269,7 @@ fn emu_ep_tier() -> CpuTier {
 /// Knob settings the emulated AMX GEMM is checked with: the defaults, and two that cut every
 /// shape below into several K chunks, work blocks of several row groups (blocks starting past
 /// row 0), both loop orders and the other item orders (each thread's own panel too), with
-/// prefetch on and off.
+/// prefetch on and off, and set widths of small-M blocks.
 const EMU_KNOBS: [amx_tiles::Knobs; 4] = [
     amx_tiles::Knobs::DEFAULT,
     amx_tiles::Knobs {
@@ -281,6 +281,7 @@ const EMU_KNOBS: [amx_tiles::Knobs; 4] = [
         pf_b2: 3,
         m_block: 64,
         n_block: 4,
+        n_block_small: None,
         order: Order::Skewed,
         t1: 1,
     },
@@ -293,6 +294,7 @@ const EMU_KNOBS: [amx_tiles::Knobs; 4] = [
         pf_b2: 0,
         m_block: 32,
         n_block: 2,
+        n_block_small: Some(2),
         order: Order::Rows,
         t1: 2,
     },
@@ -305,6 +307,7 @@ const EMU_KNOBS: [amx_tiles::Knobs; 4] = [
         pf_b2: 4,
         m_block: 64,
         n_block: 2,
+        n_block_small: Some(4),
         order: Order::RowsOwn,
         t1: 0,
     },
@@ -450,25 +453,39 @@ fn plan_covers_every_block_once() {
             Blocking {
                 m_block: 32,
                 n_block_max: 2,
+                n_block_small: None,
                 order: Order::Rows,
+            },
+            Blocking {
+                n_block_small: Some(2),
+                ..Blocking::SIMD
             },
             Blocking {
                 m_block: 256,
                 n_block_max: 16,
+                n_block_small: None,
                 order: Order::Skewed,
             },
             Blocking {
                 m_block: 128,
                 n_block_max: 8,
+                n_block_small: None,
                 order: Order::Skewed,
             },
             Blocking {
                 m_block: 64,
                 n_block_max: 4,
+                n_block_small: None,
                 order: Order::RowsOwn,
             },
         ] {
             let plan = Plan::new(m, nblocks, threads, b);
+            if m <= M_SMALL && b.n_block_small == Some(2) {
+                assert!((0..plan.items()).all(|i| {
+                    let (_, _, pb0, pb1) = plan.item(i);
+                    pb1 - pb0 <= 2
+                }));
+            }
             let mut seen = vec![0u8; m * nblocks];
             for i in 0..plan.items() {
                 let (m0, rows, pb0, pb1) = plan.item(i);
