@@ -47,7 +47,11 @@
 //! than the ISPC build there on the GPU host and slower at fewer heads;
 //! `TANDEM_CPU_DECODE_AMX=1` or `0` forces it on or off at every group size, and
 //! `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 3, default 3) sets how many (block, KV head) items its
-//! tile products run ahead of the vector work.
+//! tile products run ahead of the vector work. `TANDEM_CPU_DECODE_AMX_PV=1` runs PV on tiles
+//! too (up to 8 query heads per KV head; each block's weights rounded to bf16 for the products,
+//! which moves the output by at most 2⁻⁸ of Σp·|v| / Σp), leaving the vector units the softmax
+//! and one rescale-and-add per block: built and tested on the tile emulator, not yet measured
+//! on the GPU host (`anchors/ispc_hybrid.sh` measures it).
 
 use half::bf16;
 use rayon::prelude::*;
@@ -449,6 +453,14 @@ fn amx_requested(group: usize) -> bool {
     });
     asked.unwrap_or(group >= AMX_MIN_GROUP)
 }
+/// `TANDEM_CPU_DECODE_AMX_PV=1` (read once): the AMX tier runs PV on tiles too
+/// ([`amx::segment_pv`]; the weights rounded to bf16 for the products), up to 8 query heads per
+/// KV head. Off by default.
+fn amx_pv_requested() -> bool {
+    static PV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PV.get_or_init(|| env_switch("TANDEM_CPU_DECODE_AMX_PV", false))
+}
+
 /// Query heads per KV head from which the AMX tier is the default where the CPU has AMX: on the
 /// GPU host (docs/BENCHMARKS.md, paired rounds over 1 GiB of KV) it reached 60–70% of the read
 /// at 8 heads against the ISPC build's 49–58%, but 63–74% at 4 against 70–77%, and less at 1
@@ -466,6 +478,11 @@ enum Path {
     Amx,
     #[cfg(test)]
     AmxEmu,
+    /// The AMX tier with PV on tiles ([`amx::segment_pv`]), on the hardware and on the emulator.
+    #[cfg(test)]
+    AmxPv,
+    #[cfg(test)]
+    AmxPvEmu,
     IspcDot,
     Ispc,
     IspcAvx2,
@@ -554,13 +571,29 @@ impl Path {
         let ispc = |f| Some(SegmentKernel::Ispc(f));
         let (seg, merge): (Option<SegmentKernel>, MergeFn) = match self {
             Path::Amx => (
-                Some(SegmentKernel::Rust(amx::segment::<Hw>)),
+                Some(SegmentKernel::Rust(if amx_pv_requested() {
+                    amx::segment_pv::<Hw>
+                } else {
+                    amx::segment::<Hw>
+                })),
                 sys::ispc_paged_decode_merge_bf16,
             ),
             #[cfg(test)]
             Path::AmxEmu => (
                 Some(SegmentKernel::Rust(
                     amx::segment::<amx_kernels::tile_ops::Emu>,
+                )),
+                sys::ispc_paged_decode_merge_bf16,
+            ),
+            #[cfg(test)]
+            Path::AmxPv => (
+                Some(SegmentKernel::Rust(amx::segment_pv::<Hw>)),
+                sys::ispc_paged_decode_merge_bf16,
+            ),
+            #[cfg(test)]
+            Path::AmxPvEmu => (
+                Some(SegmentKernel::Rust(
+                    amx::segment_pv::<amx_kernels::tile_ops::Emu>,
                 )),
                 sys::ispc_paged_decode_merge_bf16,
             ),

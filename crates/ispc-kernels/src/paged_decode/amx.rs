@@ -38,6 +38,12 @@
 //! - The K and V pages of the block `pf_ahead` blocks on are prefetched to L2 (their first
 //!   `pf_lines` lines each), a few lines per token of PV.
 //!
+//! [`segment_pv`] (opt-in, `TANDEM_CPU_DECODE_AMX_PV=1`) runs PV on tiles too, for up to 8 query
+//! heads per KV head: each full block's weights, rounded to bf16, in `(p, 0)` and `(0, p)` pairs
+//! as the A tile, V's 16 rows × 32 dims as stored as the B tile, one product for the even and
+//! one for the odd dims of each chunk (the O chunk order above), stored and added into O with
+//! `alpha` by the vector units one item later. Its tiles are in [`config_pv`].
+//!
 //! Tiles (palette 1, one configuration for the segment):
 //!
 //! ```text
@@ -53,7 +59,7 @@ use amx_kernels::simd::exp512;
 use amx_kernels::tile::TileConfig;
 use amx_kernels::tile_ops::Tiles;
 
-use super::{BLOCK_SIZE, MAX_CALL_ELEMS, MAX_CALL_HEADS};
+use super::{BLOCK_SIZE, MAX_CALL_ELEMS, MAX_CALL_HEADS, MAX_HEAD_DIM};
 
 /// One segment's work, as the ISPC segment function takes it (raw pointers: the caller's
 /// `run_checked` proved every access in bounds and disjoint between segments).
@@ -104,10 +110,20 @@ struct Scratch {
     l: [[f32; 16]; MAX_CALL_HEADS],
     /// `alpha` of the current block's head, lanes `0..gp`.
     alpha: [f32; 16],
+    /// PV on tiles ([`segment_pv`]): the block's weights as the A tile, `[gp][16]` 32-bit
+    /// words `(p, 0)` (even dims) then `(0, p)` (odd dims), bf16 in each half.
+    pa: [[u32; PV_MAX_GP * 16]; 2],
+    /// The products of two items, `[2][chunks][even, odd][gp][16]` f32, and their heads' `alpha`.
+    pv: [f32; 2 * (MAX_HEAD_DIM / 32) * 2 * PV_MAX_GP * 16],
+    pv_alpha: [[f32; 16]; 2],
 }
 
+/// Most query heads per KV head (padded) for which [`segment_pv`] runs PV on tiles; past it,
+/// on AVX-512 as [`segment`] does.
+const PV_MAX_GP: usize = 8;
+
 thread_local! {
-    /// Each pool thread's scratch (about 60 KiB; allocated once, reused by every segment).
+    /// Each pool thread's scratch (about 75 KiB; allocated once, reused by every segment).
     static SCRATCH: RefCell<Option<Box<Scratch>>> = const { RefCell::new(None) };
 }
 
@@ -151,6 +167,119 @@ fn config(gp: usize) -> TileConfig {
     c
 }
 
+/// The tiles of [`segment_pv`]: Sᵀ of two items in flight in tmm0 and tmm1, one K chunk in
+/// tmm2 and one Qᵀ chunk in tmm4; for PV the weights in tmm3 (`gp` rows of 16 token pairs), a V
+/// chunk in tmm5 (16 tokens × 32 dims as stored) and the even and odd dims' products in tmm6
+/// and tmm7 (`gp` rows × 16 f32).
+fn config_pv(gp: usize) -> TileConfig {
+    let mut c = TileConfig::palette1();
+    let gb = 4 * gp as u16;
+    for (t, rows, colsb) in [
+        (0, 16, gb),
+        (1, 16, gb),
+        (2, 16, 64),
+        (3, gp as u8, 64),
+        (4, 16, gb),
+        (5, 16, 64),
+        (6, gp as u8, 64),
+        (7, gp as u8, 64),
+    ] {
+        c.set(t, rows, colsb);
+    }
+    c
+}
+
+/// The weights of a full block as PV's A tiles (see `Scratch::pa`): `p[j]` in the softmax's
+/// lane pattern (vector `j`, lane `l`: token `j·16/gp + l/gp`, head `l % gp`), transposed to a
+/// row of 16 tokens per head and rounded to bf16 (to nearest even; the weights are finite).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn weights_to_tiles(p: &[__m512; MAX_GP], gp: usize, pa: &mut [[u32; PV_MAX_GP * 16]; 2]) {
+    let tpv = 16 / gp;
+    let r = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    // Row r of head h comes from vector r / tpv, lane (r % tpv)·gp + h.
+    let lane0 = _mm512_mullo_epi32(
+        _mm512_and_si512(r, _mm512_set1_epi32(tpv as i32 - 1)),
+        _mm512_set1_epi32(gp as i32),
+    );
+    let one = _mm512_set1_epi32(1);
+    let half = _mm512_set1_epi32(0x7fff);
+    for h in 0..gp {
+        let idx = _mm512_add_epi32(lane0, _mm512_set1_epi32(h as i32));
+        let mut row = _mm512_setzero_ps();
+        for (j, pj) in p.iter().enumerate().take(gp) {
+            let mask = (((1u32 << tpv) - 1) << (j * tpv)) as __mmask16;
+            row = _mm512_mask_permutexvar_ps(row, mask, idx, *pj);
+        }
+        let bits = _mm512_castps_si512(row);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), one);
+        let b16 = _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, _mm512_add_epi32(half, lsb)));
+        _mm512_storeu_si512(pa[0].as_mut_ptr().add(16 * h) as *mut _, b16);
+        _mm512_storeu_si512(
+            pa[1].as_mut_ptr().add(16 * h) as *mut _,
+            _mm512_slli_epi32::<16>(b16),
+        );
+    }
+}
+
+/// PV of one full block of one KV head on tiles (see [`config_pv`]): for each 32-dim chunk of
+/// V as stored, the even and the odd dims' products of the `gp` heads, stored to `out`
+/// (`[chunks][even, odd][gp][16]` f32); a share of the prefetches after each chunk.
+#[inline(always)]
+unsafe fn pv_tiles<T: Tiles>(
+    v: *const u8,
+    d: usize,
+    pa: &[[u32; PV_MAX_GP * 16]; 2],
+    gp: usize,
+    out: *mut f32,
+    pf: &mut Prefetch,
+) {
+    let (ae, ao) = (pa[0].as_ptr() as *const u8, pa[1].as_ptr() as *const u8);
+    for c in 0..d / 32 {
+        T::zero::<6>();
+        T::zero::<7>();
+        T::load::<5>(v.add(64 * c), 2 * d);
+        T::load::<3>(ae, 64);
+        T::dp_bf16::<6, 3, 5>();
+        T::load::<3>(ao, 64);
+        T::dp_bf16::<7, 3, 5>();
+        let o = out.add(c * 2 * gp * 16) as *mut u8;
+        T::store::<6>(o, 64);
+        T::store::<7>(o.add(gp * 64), 64);
+        pf.step();
+    }
+}
+
+/// `O = alpha·O + P·V` of an item [`pv_tiles`] computed: `pv` its products, `alpha` its heads'
+/// factors, `acc` its KV head's O rows.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn pv_tiles_apply(
+    pv: *const f32,
+    alpha: &[f32; 16],
+    g: usize,
+    gp: usize,
+    d: usize,
+    acc: *mut f32,
+) {
+    for (h, &al) in alpha.iter().enumerate().take(g) {
+        let a = _mm512_set1_ps(al);
+        for c in 0..d / 32 {
+            let o = acc.add(h * d + 32 * c);
+            let e = pv.add((c * 2 * gp + h) * 16);
+            let od = pv.add(((c * 2 + 1) * gp + h) * 16);
+            _mm512_storeu_ps(
+                o,
+                _mm512_fmadd_ps(a, _mm512_loadu_ps(o), _mm512_loadu_ps(e)),
+            );
+            _mm512_storeu_ps(
+                o.add(16),
+                _mm512_fmadd_ps(a, _mm512_loadu_ps(o.add(16)), _mm512_loadu_ps(od)),
+            );
+        }
+    }
+}
+
 /// `max` (`ADD` false) or sum (`ADD` true) of the `16 / gp` lane groups of `x`, every group
 /// receiving the result: lane `l` then holds the reduction over all lanes `≡ l (mod gp)`.
 #[inline]
@@ -177,9 +306,11 @@ unsafe fn reduce_groups<const ADD: bool>(mut x: __m512, gp: usize) -> __m512 {
     x
 }
 
-/// `Sᵀ = K · Qᵀ` of one KV head and block into tile `C`, stored at `s` (rows `4·gp` bytes).
+/// `Sᵀ = K · Qᵀ` of one KV head and block into tile `C`, stored at `s` (rows `4·gp` bytes); the
+/// K and Qᵀ chunks in tmm2 and tmm4, alternating with tmm3 and tmm5 where `ALT` (not in
+/// [`segment_pv`], whose PV holds those).
 #[inline(always)]
-unsafe fn qk_head<T: Tiles, const C: u8>(
+unsafe fn qk_head<T: Tiles, const C: u8, const ALT: bool>(
     k: *const u8,
     d: usize,
     qt: *const u8,
@@ -189,7 +320,7 @@ unsafe fn qk_head<T: Tiles, const C: u8>(
     T::zero::<C>();
     let qstep = 16 * gp * 4; // bytes of one chunk's Qᵀ tile
     for c in 0..d / 32 {
-        if c % 2 == 0 {
+        if !ALT || c % 2 == 0 {
             T::load::<2>(k.add(64 * c), 2 * d);
             T::load::<4>(qt.add(c * qstep), 4 * gp);
             T::dp_bf16::<C, 2, 4>();
@@ -321,17 +452,35 @@ unsafe fn pv_heads<const HG: usize, const CC: usize>(
 /// `nh·g·d ≤ 4096`, `d` a multiple of 32, every block id in range.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
+    with_scratch(|sc| unsafe { segment_with::<T, false>(a, sc) })
+}
+
+/// As [`segment`], with PV on tiles too where a KV head has at most 8 query heads: each full
+/// block's weights, rounded to bf16, are the A tile and V's rows as stored the B tiles (one
+/// product for the even dims with the weights in the low halves of the pairs, one for the odd
+/// dims with them in the high halves), so that the vector units only rescale and add each
+/// block's products into O, one item behind the tiles. The Sᵀ products then run at most one
+/// item ahead (eight tiles). A sequence's last, partial block runs PV on AVX-512 (V rows past
+/// the end are never read). Opt-in: `TANDEM_CPU_DECODE_AMX_PV=1`.
+///
+/// # Safety
+/// As [`segment`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn segment_pv<T: Tiles>(a: &SegArgs) {
+    with_scratch(|sc| unsafe { segment_with::<T, true>(a, sc) })
+}
+
+fn with_scratch(f: impl FnOnce(&mut Scratch)) {
     SCRATCH.with(|cell| {
         let mut slot = cell.borrow_mut();
         // SAFETY: every field is plain numbers, for which all-zero bytes are valid.
         let sc = slot.get_or_insert_with(|| unsafe { Box::new(std::mem::zeroed()) });
-        // SAFETY: the caller's contract, passed on.
-        unsafe { segment_with::<T>(a, sc) };
+        f(sc)
     })
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn segment_with<T: Tiles>(a: &SegArgs, sc: &mut Scratch) {
+unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch) {
     let (d, g, nh) = (a.d, a.g, a.nh);
     let gp = padded_group(g);
     let chunks = d / 32;
@@ -387,25 +536,45 @@ unsafe fn segment_with<T: Tiles>(a: &SegArgs, sc: &mut Scratch) {
         (g / 4) * of(2) + (g % 4 / 2) * of(4) + (g % 2) * of(4)
     };
     let pf_lines = a.pf_lines.min(head_step * 2 / 64);
-    T::config(&config(gp));
-    // Sᵀ of item i (block i / nh, KV head i % nh) into slot i % 4 (tile tmm0, 1, 6 or 7).
+    // PV on tiles (`segment_pv`): two Sᵀ slots, tmm0 and tmm1.
+    let tiles_pv = PV && gp <= PV_MAX_GP;
+    let slots = if tiles_pv { 2 } else { 4 };
+    T::config(&if tiles_pv { config_pv(gp) } else { config(gp) });
+    // Sᵀ of item i (block i / nh, KV head i % nh) into slot i % slots (tile tmm0, 1, 6 or 7).
     let (s_base, qt_base) = (sc.s.as_mut_ptr(), sc.qt.as_ptr());
     let qk = |i: usize| {
         let (b, hh) = (i / nh, i % nh);
         let k = a.k_cache.add(block(b) + hh * head_step) as *const u8;
         let qt = qt_base.add(hh * chunks * 16 * gp * 2) as *const u8;
-        let s = s_base.add((i % 4) * 16 * MAX_GP) as *mut u8;
-        match i % 4 {
-            0 => qk_head::<T, 0>(k, d, qt, gp, s),
-            1 => qk_head::<T, 1>(k, d, qt, gp, s),
-            2 => qk_head::<T, 6>(k, d, qt, gp, s),
-            _ => qk_head::<T, 7>(k, d, qt, gp, s),
+        let s = s_base.add((i % slots) * 16 * MAX_GP) as *mut u8;
+        match (tiles_pv, i % slots) {
+            (true, 0) => qk_head::<T, 0, false>(k, d, qt, gp, s),
+            (true, _) => qk_head::<T, 1, false>(k, d, qt, gp, s),
+            (false, 0) => qk_head::<T, 0, true>(k, d, qt, gp, s),
+            (false, 1) => qk_head::<T, 1, true>(k, d, qt, gp, s),
+            (false, 2) => qk_head::<T, 6, true>(k, d, qt, gp, s),
+            (false, _) => qk_head::<T, 7, true>(k, d, qt, gp, s),
         }
     };
     // The tile products run `lead` items ahead of the softmax and PV, so that the tile unit
     // works on the next heads while the vector units do this one's PV.
     let items = nblocks * nh;
-    let lead = qk_lead();
+    let lead = qk_lead().min(slots - 1);
+    // PV on tiles: the item whose products wait to be added into O (its KV head and buffer).
+    let mut pending: Option<(usize, usize)> = None;
+    let pv_len = chunks * 2 * gp * 16;
+    // Adds the products in buffer `pb` into the O rows of KV head `ph`.
+    let apply = |sc: &mut Scratch, ph: usize, pb: usize| {
+        let acc = sc.o.as_mut_ptr().add(ph * g * d);
+        pv_tiles_apply(
+            sc.pv.as_ptr().add(pb * pv_len),
+            &sc.pv_alpha[pb],
+            g,
+            gp,
+            d,
+            acc,
+        );
+    };
     for i in 0..lead.min(items) {
         qk(i);
     }
@@ -419,7 +588,7 @@ unsafe fn segment_with<T: Tiles>(a: &SegArgs, sc: &mut Scratch) {
         let ahead = (a.pf_ahead > 0 && b + a.pf_ahead < nblocks).then(|| block(b + a.pf_ahead));
         {
             // Online softmax of the gp columns.
-            let s = s_base.add((i % 4) * 16 * MAX_GP);
+            let s = s_base.add((i % slots) * 16 * MAX_GP);
             let scale = _mm512_set1_ps(a.scale);
             let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
             let mut x = [ninf; MAX_GP];
@@ -435,11 +604,13 @@ unsafe fn segment_with<T: Tiles>(a: &SegArgs, sc: &mut Scratch) {
             let m_old = _mm512_loadu_ps(sc.m[hh].as_ptr());
             let m_new = _mm512_max_ps(m_old, reduce_groups::<false>(mx, gp));
             let mut sum = _mm512_setzero_ps();
+            let mut pj = [_mm512_setzero_ps(); MAX_GP];
             for (j, xj) in x.iter().enumerate().take(gp) {
                 // exp(-inf) is 0: masked tokens weigh nothing.
                 let p = exp512(_mm512_sub_ps(*xj, m_new));
                 let p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(*xj, ninf), p);
                 _mm512_storeu_ps(s.add(16 * j), p);
+                pj[j] = p;
                 sum = _mm512_add_ps(sum, p);
             }
             // alpha = e^(m_old - m_new); 0 where nothing was seen yet (m_old = -inf).
@@ -454,7 +625,6 @@ unsafe fn segment_with<T: Tiles>(a: &SegArgs, sc: &mut Scratch) {
             _mm512_storeu_ps(sc.l[hh].as_mut_ptr(), l_new);
             _mm512_storeu_ps(sc.alpha.as_mut_ptr(), alpha);
 
-            // PV, passes of 4, 2, 1 heads.
             let v = a.v_cache.add(base + hh * head_step) as *const u16;
             let mut pf = match ahead {
                 Some(n) => Prefetch {
@@ -462,10 +632,30 @@ unsafe fn segment_with<T: Tiles>(a: &SegArgs, sc: &mut Scratch) {
                     v: a.v_cache.add(n + hh * head_step) as *const i8,
                     lines: pf_lines,
                     next: 0,
-                    per: (2 * pf_lines).div_ceil(passes.max(1) * valid),
+                    per: if tiles_pv && valid == BLOCK_SIZE {
+                        (2 * pf_lines).div_ceil(chunks)
+                    } else {
+                        (2 * pf_lines).div_ceil(passes.max(1) * valid)
+                    },
                 },
                 None => Prefetch::NONE,
             };
+            if tiles_pv && valid == BLOCK_SIZE {
+                // PV of this item on tiles, then the previous tile item's products into O.
+                weights_to_tiles(&pj, gp, &mut sc.pa);
+                let buf = i % 2;
+                let out = sc.pv.as_mut_ptr().add(buf * pv_len);
+                pv_tiles::<T>(v as *const u8, d, &sc.pa, gp, out, &mut pf);
+                _mm512_storeu_ps(sc.pv_alpha[buf].as_mut_ptr(), alpha);
+                if let Some((ph, pb)) = pending.replace((hh, buf)) {
+                    apply(sc, ph, pb);
+                }
+                continue;
+            }
+            if let Some((ph, pb)) = pending.take() {
+                apply(sc, ph, pb);
+            }
+            // PV, passes of 4, 2, 1 heads.
             let acc = sc.o.as_mut_ptr().add(hh * g * d);
             let al = sc.alpha.as_ptr();
             let mut h = 0;
@@ -496,6 +686,9 @@ unsafe fn segment_with<T: Tiles>(a: &SegArgs, sc: &mut Scratch) {
                 pv!(1, 4);
             }
         }
+    }
+    if let Some((ph, pb)) = pending.take() {
+        apply(sc, ph, pb);
     }
     T::release();
 
