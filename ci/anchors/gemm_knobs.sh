@@ -15,6 +15,10 @@
 #   GEMM_COLD=1 GEMM_SHAPES=opt-30b.qkv,opt-30b.fc2 GEMM_MS=64 \
 #   KNOBS="default;TANDEM_AMX_NB_SMALL=2 TANDEM_AMX_KC=4;TANDEM_AMX_NB_SMALL=2 TANDEM_AMX_KC=8;TANDEM_AMX_NB_SMALL=2;default" \
 #   bash anchors/gemm_knobs.sh
+# and the same for larger M (a 128 × 32 block's C is 16 KiB, L1-resident across K chunks):
+#   GEMM_SHAPES=llama3-8b.o,llama3-8b.down,llama3-8b.gate_up GEMM_MS=128,512 \
+#   KNOBS="default;TANDEM_AMX_NB=2 TANDEM_AMX_KC=4;TANDEM_AMX_NB=2 TANDEM_AMX_KC=8;TANDEM_AMX_NB=2 TANDEM_AMX_MB=64 TANDEM_AMX_KC=8;default" \
+#   bash anchors/gemm_knobs.sh
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/gemm_knobs; mkdir -p "$L"
 export TANDEM_THREADS=${TANDEM_THREADS:-16}
