@@ -873,18 +873,11 @@ impl<'m> GpuSession<'m> {
             v.extend_from_slice(&row[(hq + hk) * d..]);
         }
         let att = cpu_attention(c, &mut self.host_kv, l, ids, prefill, &q, &k, &v)?;
-        // Up through pinned memory the GPU reads (see `residual_to_gpu`): widened to f32 and
-        // rounded back, exactly.
-        let mut up = self.pinned_f32(att.len())?;
-        up.as_mut_slice()
-            .map_err(gerr)?
-            .iter_mut()
-            .zip(&att)
-            .for_each(|(u, &x)| *u = x.to_f32());
-        let (g, s) = (&self.model.gpu, &self.model.stream);
-        let r = pull_f32_bf16(g, s, &up, &mut a.att, att.len()).map_err(gerr);
-        self.pinned_f32_pool.push(up);
-        r
+        // Widened to f32 and rounded back on the way up, exactly.
+        pull_rows(m, &mut self.pinned_f32_pool, att.len(), &mut a.att, |up| {
+            up.iter_mut().zip(&att).for_each(|(u, &x)| *u = x.to_f32());
+            Ok(())
+        })
     }
 
     /// S2 + S3 of GPU layer `l` on the GPU over its KV.
@@ -1181,21 +1174,9 @@ impl<'m> GpuSession<'m> {
         )
     }
 
-    /// A pinned f32 host buffer of at least `n` elements, from those earlier uses gave back.
-    fn pinned_f32(&mut self, n: usize) -> Result<PinnedBuf<f32>> {
-        if let Some(i) = self.pinned_f32_pool.iter().position(|b| b.len() >= n) {
-            return Ok(self.pinned_f32_pool.swap_remove(i));
-        }
-        PinnedBuf::alloc(&self.model.gpu, n).map_err(gerr)
-    }
-
-    /// A pinned host buffer of at least `n` elements, from those earlier steps gave back
-    /// (page-locking is slow; a decode step with attention on the CPU needs one every layer).
+    /// A pinned host buffer of at least `n` elements (see [`take_pinned`]).
     fn pinned(&mut self, n: usize) -> Result<PinnedBuf<bf16>> {
-        if let Some(i) = self.pinned_pool.iter().position(|b| b.len() >= n) {
-            return Ok(self.pinned_pool.swap_remove(i));
-        }
-        PinnedBuf::alloc(&self.model.gpu, n).map_err(gerr)
+        take_pinned(&self.model.gpu, &mut self.pinned_pool, n)
     }
 
     /// A minibatch's state through one step.
@@ -1246,14 +1227,13 @@ impl<'m> GpuSession<'m> {
         for mb in mbs.iter_mut() {
             self.residual_to_host(mb)?;
             let t = mb.ids.tokens.len();
-            let mut up = self.pinned_f32(t * w)?;
-            let rows = up.as_mut_slice().map_err(gerr)?;
-            span(Part::Qkv, || {
-                s1_qkv_rows(&self.model.cpu, l, &mb.x_host, &mb.ids.positions, rows)
+            let m: &GpuModel = self.model;
+            pull_rows(m, &mut self.pinned_f32_pool, t * w, &mut mb.a.qkv, |rows| {
+                span(Part::Qkv, || {
+                    s1_qkv_rows(&m.cpu, l, &mb.x_host, &mb.ids.positions, rows)
+                })
             })?;
             let s = self.model.stream.clone();
-            pull_f32_bf16(&self.model.gpu, &s, &up, &mut mb.a.qkv, t * w).map_err(gerr)?;
-            self.pinned_f32_pool.push(up);
             self.gpu_attention(l, &mb.ids, &mb.dev, prefill, &mut mb.a, None)?;
             let mut down = self.pinned(t * qd)?;
             copy_blocks_d2h(&s, &mb.a.att, &mut down, t * qd, &[(0, 0)]).map_err(gerr)?;
@@ -1274,21 +1254,22 @@ impl<'m> GpuSession<'m> {
         Ok(())
     }
 
-    /// Brings minibatch `mb`'s residual to the GPU (for a GPU layer); returns whether the last
-    /// S6's output is still to be added.
-    /// The residual goes up through pinned memory that the GPU reads itself
-    /// ([`pull_f32_bf16`]), not through the host→device copy engine, where it would queue behind
-    /// every weight copy of the streamed layers ahead.
+    /// Brings minibatch `mb`'s residual to the GPU (for a GPU layer, through [`pull_rows`]);
+    /// returns whether the last S6's output is still to be added.
     fn residual_to_gpu(&mut self, mb: &mut Minibatch) -> Result<bool> {
         match mb.at {
             Residual::Host => {
-                let n = mb.x_host.len();
-                let mut up = self.pinned_f32(n)?;
-                up.as_mut_slice().map_err(gerr)?[..n].copy_from_slice(&mb.x_host);
-                let (g, s) = (&self.model.gpu, &self.model.stream);
-                let r = pull_f32_bf16(g, s, &up, &mut mb.a.x, n).map_err(gerr);
-                self.pinned_f32_pool.push(up);
-                r?;
+                let x = &mb.x_host;
+                pull_rows(
+                    self.model,
+                    &mut self.pinned_f32_pool,
+                    x.len(),
+                    &mut mb.a.x,
+                    |up| {
+                        up.copy_from_slice(x);
+                        Ok(())
+                    },
+                )?;
                 Ok(false)
             }
             Residual::Gpu(p) => Ok(p),
@@ -1796,6 +1777,42 @@ impl<'m> GpuSession<'m> {
             top,
         })
     }
+}
+
+/// A pinned host buffer of at least `n` elements from `pool` (buffers earlier uses gave back:
+/// page-locking is slow, and a decode step moving rows every layer needs one each time), or a
+/// new one.
+fn take_pinned<T: Copy + cudarc::driver::DeviceRepr>(
+    gpu: &Gpu,
+    pool: &mut Vec<PinnedBuf<T>>,
+    n: usize,
+) -> Result<PinnedBuf<T>> {
+    match pool.iter().position(|b| b.len() >= n) {
+        Some(i) => Ok(pool.swap_remove(i)),
+        None => PinnedBuf::alloc(gpu, n).map_err(gerr),
+    }
+}
+
+/// `n` rows' elements going up to `dst` (the residual, a CPU layer's Q/K/V, the context of
+/// attention on the CPU): `fill` writes them as f32 into a pinned buffer from `pool`, which the
+/// GPU reads itself on the model's stream, rounding to bf16 ([`pull_f32_bf16`]), rather than a
+/// copy on the host→device engine, where it would queue behind every weight copy of the
+/// streamed layers ahead. The buffer goes back to `pool`.
+fn pull_rows(
+    m: &GpuModel,
+    pool: &mut Vec<PinnedBuf<f32>>,
+    n: usize,
+    dst: &mut CudaSlice<bf16>,
+    fill: impl FnOnce(&mut [f32]) -> Result<()>,
+) -> Result<()> {
+    let mut up = take_pinned(&m.gpu, pool, n)?;
+    let r = up
+        .as_mut_slice()
+        .map_err(gerr)
+        .and_then(|rows| fill(&mut rows[..n]))
+        .and_then(|()| pull_f32_bf16(&m.gpu, &m.stream, &up, dst, n).map_err(gerr));
+    pool.push(up);
+    r
 }
 
 /// Pads a step's block tables to `pages` entries per sequence (entries past a context are
