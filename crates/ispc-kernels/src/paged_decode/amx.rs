@@ -285,23 +285,20 @@ unsafe fn pv_tiles_apply(
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn reduce_groups<const ADD: bool>(mut x: __m512, gp: usize) -> __m512 {
-    if gp <= 8 {
-        // swap the 256-bit halves
-        let y = _mm512_shuffle_f32x4::<0b01_00_11_10>(x, x);
-        x = if ADD {
+    let combine = |x, y| {
+        if ADD {
             _mm512_add_ps(x, y)
         } else {
             _mm512_max_ps(x, y)
-        };
+        }
+    };
+    if gp <= 8 {
+        // swap the 256-bit halves
+        x = combine(x, _mm512_shuffle_f32x4::<0b01_00_11_10>(x, x));
     }
     if gp <= 4 {
         // swap neighbouring 128-bit lanes
-        let y = _mm512_shuffle_f32x4::<0b10_11_00_01>(x, x);
-        x = if ADD {
-            _mm512_add_ps(x, y)
-        } else {
-            _mm512_max_ps(x, y)
-        };
+        x = combine(x, _mm512_shuffle_f32x4::<0b10_11_00_01>(x, x));
     }
     x
 }
