@@ -434,7 +434,6 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     })
 }
 
-/// The probe profile named (or the default one); measured now, quickly, if there is none.
 /// Phase of the automatic split's overrides: decode only where the prefill runs on the GPU
 /// (compute-bound: every layer streamed for it), both phases otherwise.
 fn split_phase(spec: &RunSpec) -> engine::placement::Phase {
@@ -503,6 +502,7 @@ fn auto_placement(
     Ok((split(Policy::FULL_CPU), None))
 }
 
+/// The probe profile named (or the default one); measured now, quickly, if there is none.
 fn load_profile(path: Option<&Path>, gpu: bool) -> anyhow::Result<probe::Profile> {
     let path = path
         .map(Path::to_path_buf)
