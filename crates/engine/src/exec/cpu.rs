@@ -9,6 +9,7 @@
 use amx_kernels::attention::{attention_prefill_bf16, AttnShape};
 use amx_kernels::{gemm_bf16, Epilogue, PackedWeight, Residual};
 use half::bf16;
+use half::slice::HalfFloatSliceExt;
 use ispc_kernels::{paged_decode_bf16, DecodeBatch, DecodeShape};
 use rayon::prelude::*;
 
@@ -229,12 +230,6 @@ fn s1_rows(m: &CpuModel, l: usize, x: &[f32], positions: &[usize], qkv: &mut [f3
     Ok(())
 }
 
-fn to_bf16(out: &mut [bf16], x: &[f32]) {
-    out.iter_mut()
-        .zip(x)
-        .for_each(|(o, &v)| *o = bf16::from_f32(v));
-}
-
 /// S1: norm, QKV projection (+bias), RoPE. Returns q `[T, heads·d]`, k, v `[T, kv_heads·d]`, bf16.
 pub fn s1_qkv(
     m: &CpuModel,
@@ -255,9 +250,9 @@ pub fn s1_qkv(
             .zip(q.par_chunks_mut(qd))
             .zip(k.par_chunks_mut(kd).zip(v.par_chunks_mut(kd)))
             .for_each(|((row, qr), (kr, vr))| {
-                to_bf16(qr, &row[..qd]);
-                to_bf16(kr, &row[qd..qd + kd]);
-                to_bf16(vr, &row[qd + kd..]);
+                qr.convert_from_f32_slice(&row[..qd]);
+                kr.convert_from_f32_slice(&row[qd..qd + kd]);
+                vr.convert_from_f32_slice(&row[qd + kd..]);
             })
     });
     Ok((q, k, v))
