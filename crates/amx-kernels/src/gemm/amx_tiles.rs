@@ -29,8 +29,8 @@
 //!
 //! Blocking ([`Knobs`], each an environment variable read once, a tuning knob; defaults in
 //! [`Knobs::DEFAULT`]): a work block is up to `TANDEM_AMX_MB` rows × `TANDEM_AMX_NB` column
-//! blocks (M ≤ 64: all rows, and as many column blocks as give each thread eight work blocks, or
-//! `TANDEM_AMX_NB_SMALL`; default 128 × 8). K is cut into chunks of `TANDEM_AMX_KC` tiles
+//! blocks (default 128 × 8; M ≤ 64: all rows × `TANDEM_AMX_NB_SMALL` column blocks, default 2,
+//! or with `=0` as many as give each thread eight work blocks). K is cut into chunks of `TANDEM_AMX_KC` tiles
 //! (default 32); within a chunk the block's 32 × 32 tiles run either row group outside
 //! (`TANDEM_AMX_ROWS_OUTER=1`: the group's A strip of the chunk stays in L1 or L2 while the B
 //! tiles of every column pair stream) or column pair outside (`=0`, the default: the pair's B
@@ -95,7 +95,7 @@ pub(crate) struct Knobs {
     /// Most packed column blocks of a work block when M > [`M_SMALL`] (even; `TANDEM_AMX_NB`).
     pub n_block: usize,
     /// Packed column blocks of a work block when M ≤ [`M_SMALL`] (even;
-    /// `TANDEM_AMX_NB_SMALL`); `None`: as many as give each thread eight blocks.
+    /// `TANDEM_AMX_NB_SMALL`, 0 for `None`); `None`: as many as give each thread eight blocks.
     pub n_block_small: Option<usize>,
     /// The order of the work blocks (`TANDEM_AMX_ORDER=columns|rows|skewed`).
     pub order: Order,
@@ -112,6 +112,10 @@ impl Knobs {
     /// (1.12–1.48×), no L1 prefetch (1.10–1.29×); 128 × 128 blocks in three (1.0–1.42×). Of
     /// seven combinations, this one had the best geometric mean in the second run; the host's
     /// figures moved by up to 25 % between the two runs (torch too), so the margins are rough.
+    /// Small M (≤ 64 rows) takes one column pair a block: in two alternated rounds on OPT-30B's
+    /// qkv, fc1 and fc2 with cold weights, that was 1.0–1.4× the eight-blocks-a-thread sizing at
+    /// M = 1, 8, 32 and 64 (qkv M = 1: 87 → 103–123 GB/s; M = 64: 3.5–3.9 → 4.2–4.6 TFLOP/s),
+    /// within the spread on fc2, and two pairs fell in between (docs/BENCHMARKS.md).
     pub(crate) const DEFAULT: Knobs = Knobs {
         kc: 32,
         rows_outer: Some(false),
@@ -121,7 +125,7 @@ impl Knobs {
         pf_b2: 32,
         m_block: 128,
         n_block: 8,
-        n_block_small: None,
+        n_block_small: Some(2),
         order: Order::Columns,
         t1: 0,
     };
@@ -150,10 +154,13 @@ impl Knobs {
                 pf_b2: num("TANDEM_AMX_PF_B2", d.pf_b2),
                 m_block: num("TANDEM_AMX_MB", d.m_block).div_ceil(32).max(1) * 32,
                 n_block: num("TANDEM_AMX_NB", d.n_block).div_ceil(2).max(1) * 2,
-                n_block_small: std::env::var("TANDEM_AMX_NB_SMALL")
-                    .is_ok()
-                    .then(|| num("TANDEM_AMX_NB_SMALL", 2).div_ceil(2).max(1) * 2)
-                    .or(d.n_block_small),
+                n_block_small: match std::env::var("TANDEM_AMX_NB_SMALL") {
+                    Err(_) => d.n_block_small,
+                    Ok(_) => match num("TANDEM_AMX_NB_SMALL", 2) {
+                        0 => None,
+                        nb => Some(nb.div_ceil(2) * 2),
+                    },
+                },
                 t1: match std::env::var("TANDEM_AMX_T1").as_deref() {
                     Err(_) => d.t1,
                     Ok("none") => 0,
