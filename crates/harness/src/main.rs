@@ -528,7 +528,7 @@ fn load_profile(path: Option<&Path>, gpu: bool) -> anyhow::Result<probe::Profile
 
 /// The rate, in weight bytes per second, at which the CPU decodes a layer at this batch, from
 /// the probe: its linears take the longer of streaming the weights (the GEMV's rate) and
-/// computing them (the 64-row GEMM's rate up to 64 rows, the large GEMM's beyond), and its
+/// computing them (at [`cpu_gemm_rate`] for the rows of one minibatch), and its
 /// attention, where it runs on the CPU, reads the batch's KV at the DRAM read rate. LIA's
 /// split gives the CPU a share of the layers in proportion to this rate against PCIe's.
 fn cpu_decode_rate(
@@ -545,11 +545,7 @@ fn cpu_decode_rate(
     let w = 2.0 * cfg.layer_params() as f64;
     let b = spec.batch_size as f64;
     let flops = 2.0 * b * cfg.layer_params() as f64;
-    let rate = if spec.batch_size <= 64 && p.cpu_gemm_m64_flop_s > 0.0 {
-        p.cpu_gemm_m64_flop_s
-    } else {
-        p.cpu_gemm_bf16_flop_s
-    };
+    let rate = cpu_gemm_rate(p, spec.batch_size.div_ceil(spec.num_minibatch.max(1)));
     let linears = (w / stream).max(if rate > 0.0 { flops / rate } else { 0.0 });
     let ctx = (spec.input_tokens + spec.max_new_tokens / 2) as f64;
     let kv = b * ctx * 2.0 * cfg.kv_dim() as f64 * 2.0;
@@ -559,6 +555,30 @@ fn cpu_decode_rate(
         0.0
     };
     w / (linears + attention)
+}
+
+/// The probe's CPU GEMM rate for `rows` rows of a decode step's linears: measured at 64 and
+/// 512 rows over weights from DRAM and at 2048 rows over a cached one, and in between on a
+/// straight line in log(rows), held flat outside. Points the profile lacks (0) are left out.
+fn cpu_gemm_rate(p: &probe::Profile, rows: usize) -> f64 {
+    let points: Vec<(f64, f64)> = [
+        (64.0, p.cpu_gemm_m64_flop_s),
+        (512.0, p.cpu_gemm_m512_flop_s),
+        (2048.0, p.cpu_gemm_bf16_flop_s),
+    ]
+    .into_iter()
+    .filter(|&(_, r)| r > 0.0)
+    .collect();
+    let x = (rows.max(1) as f64).ln();
+    match points.iter().position(|&(m, _)| x <= m.ln()) {
+        None => points.last().map_or(0.0, |&(_, r)| r),
+        Some(0) => points[0].1,
+        Some(i) => {
+            let ((m0, r0), (m1, r1)) = (points[i - 1], points[i]);
+            let t = (x - m0.ln()) / (m1.ln() - m0.ln());
+            r0 + t * (r1 - r0)
+        }
+    }
 }
 
 /// PCIe bandwidth for weights on `tier` (pinned copies run at full speed, pageable ones not).
@@ -808,6 +828,32 @@ mod tests {
         assert!(ov.iter().all(|o| o.policy == Policy::FULL_CPU));
         let (on_gpu, pcie) = adaptive.expect("adaptive at batch 1");
         assert!(on_gpu > 0 && on_gpu < 48 && pcie == 55e9, "{on_gpu} {pcie}");
+    }
+
+    #[test]
+    fn cpu_gemm_rate_follows_the_measured_rows() {
+        let p = probe::Profile {
+            cpu_gemm_m64_flop_s: 4e12,
+            cpu_gemm_m512_flop_s: 6e12,
+            cpu_gemm_bf16_flop_s: 8e12,
+            ..Default::default()
+        };
+        let near = |a: f64, b: f64| (a - b).abs() < 1e6;
+        assert!(near(cpu_gemm_rate(&p, 1), 4e12));
+        assert!(near(cpu_gemm_rate(&p, 64), 4e12));
+        // 181 rows: about halfway from 64 to 512 in log(rows).
+        assert!((cpu_gemm_rate(&p, 181) - 5e12).abs() < 0.01e12);
+        assert!(near(cpu_gemm_rate(&p, 512), 6e12));
+        assert!(near(cpu_gemm_rate(&p, 1024), 7e12));
+        assert!(near(cpu_gemm_rate(&p, 8192), 8e12));
+        // A profile from before the 512-row point: 64 rows to the large GEMM (512 rows are
+        // three fifths of the way in log(rows)).
+        let old = probe::Profile {
+            cpu_gemm_m512_flop_s: 0.0,
+            ..p.clone()
+        };
+        assert!(near(cpu_gemm_rate(&old, 512), 6.4e12));
+        assert_eq!(cpu_gemm_rate(&probe::Profile::default(), 512), 0.0);
     }
 
     /// Bad flags are refused with a reason before any weight is made.

@@ -32,6 +32,10 @@ pub struct Profile {
     /// between the GEMV's bandwidth and the large-M GEMM's compute rate.
     #[serde(default)]
     pub cpu_gemm_m64_flop_s: f64,
+    /// FLOP/s of a 512-row CPU GEMM over the same weights (from DRAM): a large batch's decode
+    /// linears, slower than the hot 2048-row GEMM above (0 in profiles from before it).
+    #[serde(default)]
+    pub cpu_gemm_m512_flop_s: f64,
     pub pcie_h2d_pinned_bytes_s: f64,
     pub pcie_d2h_pinned_bytes_s: f64,
     pub pcie_h2d_pageable_bytes_s: f64,
@@ -176,17 +180,21 @@ pub fn run() -> anyhow::Result<Profile> {
     }
     let t = t0.elapsed().as_secs_f64() / reps as f64;
     p.cpu_gemv_bytes_s = (parts.iter().sum::<usize>() * k * 2) as f64 / t;
-    // The 64-row GEMM over the largest linear (a third of the bytes, still past the cache).
+    // The 64- and 512-row GEMMs over the largest linear (a third of the bytes, still past the
+    // cache).
     let (pw, n) = (&linears[2], parts[2]);
-    let m = 64;
-    let x: Vec<bf16> = (0..m * k)
-        .map(|i| bf16::from_f32(((i % 7) as f32 - 3.0) / 10.0))
-        .collect();
-    let mut y = vec![0f32; m * n];
-    let t = best_of(3, || {
-        amx_kernels::gemm_bf16(&x, m, k, pw, &mut y, Default::default()).unwrap()
-    });
-    p.cpu_gemm_m64_flop_s = 2.0 * (m * n * k) as f64 / t;
+    let rows_rate = |m: usize| -> anyhow::Result<f64> {
+        let x: Vec<bf16> = (0..m * k)
+            .map(|i| bf16::from_f32(((i % 7) as f32 - 3.0) / 10.0))
+            .collect();
+        let mut y = vec![0f32; m * n];
+        let mut run = || amx_kernels::gemm_bf16(&x, m, k, pw, &mut y, Default::default());
+        run()?;
+        let t = best_of(3, || run().unwrap());
+        Ok(2.0 * (m * n * k) as f64 / t)
+    };
+    p.cpu_gemm_m64_flop_s = rows_rate(64)?;
+    p.cpu_gemm_m512_flop_s = rows_rate(512)?;
 
     gpu_probe(&mut p);
     Ok(p)
@@ -383,6 +391,7 @@ pub fn print(p: &Profile) {
     );
     println!("CPU GEMV bf16, batch 1    {}", gbs(p.cpu_gemv_bytes_s));
     println!("CPU GEMM bf16, 64 rows    {}", tfs(p.cpu_gemm_m64_flop_s));
+    println!("CPU GEMM bf16, 512 rows   {}", tfs(p.cpu_gemm_m512_flop_s));
     println!(
         "PCIe H2D pinned           {}",
         gbs(p.pcie_h2d_pinned_bytes_s)
