@@ -3,7 +3,8 @@
 # the automatic split, at batch 1 and 64 after a probe, with TANDEM_PROFILE's CPU breakdown;
 # each throughput beside FlexGen 0.1.8's on the GPU host with the same settings (0.90 tokens/s
 # at batch 1, 56.8 at batch 64). Run from the folder ci/build-device.sh wrote; logs under $OUT.
-# BATCHES overrides the batch list (FlexGen's figure is known for 1 and 64 only).
+# BATCHES overrides the batch list (FlexGen's figure is known for 1 and 64 only), INPUT the
+# input tokens (LIA's offline setting: INPUT=32 BATCHES=512).
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/e2e_opt30b; mkdir -p "$L"
 "$here/bin/tandem" probe --profile "$L/p.json" > "$L/probe.log" 2>&1
@@ -11,23 +12,24 @@ python3 - "$L/p.json" <<'PY'
 import json, sys
 p = json.load(open(sys.argv[1]))
 keys = [("dram_read_bytes_s", "DRAM read GB/s"), ("cpu_gemv_bytes_s", "GEMV GB/s"),
-        ("cpu_gemm_m64_flop_s", "64-row GEMM TFLOP/s"), ("cpu_fma_f32_flop_s", "FMA TFLOP/s"),
+        ("cpu_gemm_m64_flop_s", "64-row GEMM TFLOP/s"), ("cpu_gemm_m512_flop_s", "512-row GEMM TFLOP/s"),
+        ("cpu_fma_f32_flop_s", "FMA TFLOP/s"),
         ("pcie_h2d_pinned_bytes_s", "PCIe H2D GB/s"), ("host_read_with_h2d_bytes_s", "host read with H2D GB/s")]
 print("probe: " + ", ".join(f"{n} {p.get(k, 0) / (1e12 if 'FLOP' in n else 1e9):.2f}" for k, n in keys))
 PY
 for b in ${BATCHES:-1 64}; do
-  TANDEM_PROFILE=1 "$here/bin/tandem" bench --profile "$L/p.json" -m opt-30b --input-tokens 256 \
+  TANDEM_PROFILE=1 "$here/bin/tandem" bench --profile "$L/p.json" -m opt-30b --input-tokens "${INPUT:-256}" \
     --max-new-tokens 32 --num-iter 1 --num-warmup 0 --gpu-percentage 0 --pin-weight \
     --batch-size "$b" > "$L/b$b.log" 2>&1
   echo "rc=$?" >> "$L/b$b.log"
-  awk -v b="$b" '
+  awk -v b="$b" -v input="${INPUT:-256}" '
     /^layer map/ {map = $NF}
     /^next-token latency/ {step = $3}
     /^throughput/ {tps = $2}
     /^roofline  / {roof = $(NF-3) "%"}
     /^rc=/ {rc = substr($0, 4)}
     END {
-      flex = (b == 1) ? 0.90 : (b == 64) ? 56.8 : 0
+      flex = (input != 256) ? 0 : (b == 1) ? 0.90 : (b == 64) ? 56.8 : 0
       printf "batch %s: %s tokens/s", b, tps
       if (flex > 0 && tps != "") printf " (%.2fx FlexGen)", tps / flex
       printf ", next token %s ms, %s of the roofline, rc %s, layers %s\n", step, roof, rc, map
