@@ -44,8 +44,8 @@
 //! each pool thread packs the rows of A its blocks use into a panel of its own, once per call
 //! and row block (the row order hands it runs of blocks on the same rows), so that a line of
 //! the panel is written and read by one core. On the GPU host the GEMM ran 18–44% faster on o
-//! and down when the shared panel had not just been written (docs/BENCHMARKS.md); `own` is
-//! the candidate fix, not yet measured there.
+//! and down when the shared panel had not just been written (docs/BENCHMARKS.md); `own` was
+//! the candidate fix, and measured there it was no faster than the shared panel (sixth session).
 //!
 //! What bounds it: one core's tile products reach 84% of the `tdpbf16ps` peak with both
 //! operands in L1 and 21% with both in L2 (`amx_ceiling/l1`, `/l2`); the 2 × 2 micro-kernel
