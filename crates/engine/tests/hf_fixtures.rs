@@ -379,8 +379,8 @@ fn gpu_lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A GPU session whose split layers change sides every decode step: step i streams i mod
-/// (n + 1) of the n split layers to the GPU (attention on the CPU) and computes the rest on the
-/// CPU.
+/// (n + 1) of the n split layers to the GPU (attention where their decode policy puts it) and
+/// computes the rest on the CPU.
 struct CyclingSplit<'m>(engine::exec::gpu::GpuSession<'m>, usize);
 
 impl Engine for CyclingSplit<'_> {
@@ -396,13 +396,20 @@ impl Engine for CyclingSplit<'_> {
 }
 
 /// Every host layer split (prefill on the GPU from the packed weights, decode on the CPU), and
-/// decode steps moving them between the CPU and the GPU as the adaptive split does.
+/// decode steps moving them between the CPU and the GPU as the adaptive split does: with the
+/// attention on the CPU over host KV (policy 1, batch 1's split), and with it on the GPU over
+/// the GPU's KV while the CPU runs the linears ((1,0,0,1,1,1), large batches' split).
 fn check_adaptive_split(name: &str) {
     let Some(gpu) = cuda_kernels::gpu_or_skip() else {
         return;
     };
     let _one = gpu_lock();
-    for pin in [false, true] {
+    for (pin, decode) in [
+        (false, "1"),
+        (true, "1"),
+        (false, "100111"),
+        (true, "100111"),
+    ] {
         let w = Weights::load(&data_dir(name), MemTier::Pageable, &|_| {}).unwrap();
         let vocab = w.config.vocab;
         let p = engine::placement::layer_placements(
@@ -410,14 +417,14 @@ fn check_adaptive_split(name: &str) {
             Policy::FULL_GPU,
             Policy::FULL_GPU,
             0.0,
-            &["decode@0-1:1".parse().unwrap()],
+            &[format!("decode@0-1:{decode}").parse().unwrap()],
         )
         .unwrap();
         let mut model = engine::exec::gpu::GpuModel::new(gpu.clone(), w, &p, pin).unwrap();
         model.set_adaptive_split(0, 55e9);
         assert_eq!(model.split_counts(), (2, 0));
         let s = engine::exec::gpu::GpuSession::new(&mut model, 64, MemTier::Pageable).unwrap();
-        let what = format!("adaptive split, pinned {pin}");
+        let what = format!("adaptive split, decode policy {decode}, pinned {pin}");
         check_session(name, &what, vocab, &mut CyclingSplit(s, 1));
     }
 }

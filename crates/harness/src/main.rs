@@ -76,6 +76,10 @@ pub struct BenchArgs {
     gpu_percentage: Option<f64>,
     #[arg(long, default_value_t = 1)]
     num_minibatch: usize,
+    /// With the automatic split: keep the layers it first streams for every decode step,
+    /// instead of rebalancing them between the CPU and PCIe from each step's measured times.
+    #[arg(long)]
+    fixed_split: bool,
     /// Keep host weights in pinned memory (for PCIe streaming).
     #[arg(long)]
     pin_weight: bool,
@@ -365,7 +369,11 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
         let nbuf = plan.staging_buffers(&caps);
         let mut model = engine::exec::gpu::GpuModel::with_staging(gpu, w, &plan.layers, pin, nbuf)?;
         if let Some((gpu_layers, pcie)) = adaptive {
-            model.set_adaptive_split(gpu_layers, pcie);
+            if a.fixed_split {
+                model.set_fixed_split(gpu_layers);
+            } else {
+                model.set_adaptive_split(gpu_layers, pcie);
+            }
         }
         let r = go(&mut |f| {
             f(&mut engine::exec::gpu::GpuSession::new(
@@ -380,15 +388,27 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
             for l in plan.layers.iter_mut() {
                 if !l.gpu_resident && l.prefill.gpu_linears() && !l.decode.gpu_linears() {
                     if split.next() == Some(true) {
-                        l.decode = engine::placement::Policy::ATTENTION_ON_CPU;
+                        // Streamed, its attention stays where its KV is.
+                        l.decode = if l.decode.attention_on_cpu() {
+                            engine::placement::Policy::ATTENTION_ON_CPU
+                        } else {
+                            engine::placement::Policy::FULL_GPU
+                        };
                     }
                 }
             }
             if !quiet() {
-                println!(
-                    "adaptive split: decode began with {first} of {} host layers streamed and ended with {on_gpu} (the CPU computing {on_cpu})",
-                    on_cpu + on_gpu
-                );
+                if a.fixed_split {
+                    println!(
+                        "fixed split: decode streamed {on_gpu} of {} host layers (the CPU computing {on_cpu})",
+                        on_cpu + on_gpu
+                    );
+                } else {
+                    println!(
+                        "adaptive split: decode began with {first} of {} host layers streamed and ended with {on_gpu} (the CPU computing {on_cpu})",
+                        on_cpu + on_gpu
+                    );
+                }
                 println!(
                     "layer map (last decode step): {}",
                     engine::placement::layer_map(&plan.layers)
@@ -468,6 +488,8 @@ fn host_attention_split(cfg: &ModelConfig, spec: &RunSpec) -> anyhow::Result<Vec
 /// streaming as measured times say (a split layer streamed for decode still attends on the
 /// CPU). Past that, the CPU layers attend on the GPU where HBM holds their KV (policy
 /// (1,0,0,1,1,1)): host memory then serves only weights, to the CPU and to the PCIe streaming.
+/// There too, with a GPU prefill, every host layer is a split layer and the decode steps move
+/// them between the CPU and PCIe (a split layer streamed for decode attends on the GPU).
 #[allow(clippy::type_complexity)]
 fn auto_placement(
     cfg: &ModelConfig,
@@ -491,8 +513,28 @@ fn auto_placement(
         return Ok((host_attention_split(cfg, spec)?, Some((on_gpu, pcie))));
     }
     if !small_kv && host > 0 {
+        let ov = split(Policy::LINEARS_ON_CPU);
+        // With a GPU prefill, every host layer a split layer attending on the GPU, and the
+        // decode steps balancing them as for small batches, starting from LIA's split.
+        if phase == engine::placement::Phase::Decode && pcie > 0.0 {
+            let all = engine::placement::auto_split(
+                cfg.layers,
+                resident,
+                1.0,
+                0.0,
+                phase,
+                Policy::LINEARS_ON_CPU,
+            );
+            let trial = RunSpec {
+                layer_overrides: all,
+                ..spec.clone()
+            };
+            if Plan::new(cfg, trial.clone(), caps).is_ok() {
+                return Ok((trial.layer_overrides, Some((host - ov.len(), pcie))));
+            }
+        }
         let trial = RunSpec {
-            layer_overrides: split(Policy::LINEARS_ON_CPU),
+            layer_overrides: ov,
             ..spec.clone()
         };
         if Plan::new(cfg, trial.clone(), caps).is_ok() {
@@ -808,12 +850,13 @@ mod tests {
     #[test]
     fn automatic_split_keeps_large_batches_kv_on_the_gpu_when_it_fits() {
         use engine::placement::Phase;
-        // Batch 64: 24 GB of KV; on an 80 GB GPU the CPU layers attend there, and the CPU's
-        // share follows its rate without the KV read (17.5 ms of 64-row GEMM a layer against
-        // 22.9 ms of PCIe: 27 of 48 layers).
+        // Batch 64: 24 GB of KV; on an 80 GB GPU the CPU layers attend there. Every host layer
+        // is a split layer, and the decode starts from the CPU's share at its rate without the
+        // KV read (17.5 ms of 64-row GEMM a layer against 22.9 ms of PCIe: 27 of 48 layers on
+        // the CPU, 21 streamed).
         let (ov, adaptive) = auto(64, 80);
-        assert!(adaptive.is_none());
-        assert_eq!(ov.len(), 27, "{ov:?}");
+        assert_eq!(adaptive, Some((21, 55e9)));
+        assert_eq!(ov.len(), 48, "{ov:?}");
         assert!(ov
             .iter()
             .all(|o| o.policy == Policy::LINEARS_ON_CPU && o.phase == Phase::Decode));

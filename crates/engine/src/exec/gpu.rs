@@ -353,6 +353,13 @@ impl GpuModel {
         self.apply_split(gpu_layers);
     }
 
+    /// Streams `gpu_layers` of the split layers for every decode step and computes the rest
+    /// on the CPU, without rebalancing.
+    pub fn set_fixed_split(&mut self, gpu_layers: usize) {
+        self.adaptive = None;
+        self.apply_split(gpu_layers);
+    }
+
     /// Split layers decoded on the CPU and on the GPU now.
     pub fn split_counts(&self) -> (usize, usize) {
         let split: Vec<usize> = (0..self.runs.len())
