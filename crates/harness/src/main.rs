@@ -76,10 +76,12 @@ pub struct BenchArgs {
     gpu_percentage: Option<f64>,
     #[arg(long, default_value_t = 1)]
     num_minibatch: usize,
-    /// With the automatic split: keep the layers it first streams for every decode step,
-    /// instead of rebalancing them between the CPU and PCIe from each step's measured times.
-    #[arg(long)]
-    fixed_split: bool,
+    /// With the automatic split: `adaptive` rebalances its split layers between the CPU and
+    /// PCIe after every decode step from the step's measured times; `fixed` keeps the first
+    /// split. Default: adaptive while a layer's KV is small against its weights (CPU layers
+    /// attending on the host), fixed past that (CPU layers attending on the GPU).
+    #[arg(long, value_enum)]
+    split_steps: Option<SplitSteps>,
     /// Keep host weights in pinned memory (for PCIe streaming).
     #[arg(long)]
     pin_weight: bool,
@@ -294,11 +296,16 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
         }
     }
     let profile = load_profile(a.profile.as_deref(), !no_gpu)?;
-    // `adaptive`: see `auto_placement`.
-    let mut adaptive = None;
+    // `start`: see `auto_placement`.
+    let mut start = None;
     if auto {
-        (spec.layer_overrides, adaptive) = auto_placement(&cfg, &spec, &caps, &profile)?;
+        (spec.layer_overrides, start) = auto_placement(&cfg, &spec, &caps, &profile)?;
     }
+    let adaptive = start.map(|st| match a.split_steps {
+        Some(SplitSteps::Adaptive) => true,
+        Some(SplitSteps::Fixed) => false,
+        None => st.rebalance,
+    });
     let mut plan = Plan::new(&cfg, spec, &caps)?;
     let full_cpu = plan.full_cpu();
     let s = &plan.spec;
@@ -368,11 +375,11 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
         let pin = s.weight_tier == MemTier::Pinned;
         let nbuf = plan.staging_buffers(&caps);
         let mut model = engine::exec::gpu::GpuModel::with_staging(gpu, w, &plan.layers, pin, nbuf)?;
-        if let Some((gpu_layers, pcie)) = adaptive {
-            if a.fixed_split {
-                model.set_fixed_split(gpu_layers);
+        if let (Some(st), Some(rebalance)) = (start, adaptive) {
+            if rebalance {
+                model.set_adaptive_split(st.streamed, st.pcie_bytes_s);
             } else {
-                model.set_adaptive_split(gpu_layers, pcie);
+                model.set_fixed_split(st.streamed);
             }
         }
         let r = go(&mut |f| {
@@ -380,32 +387,36 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
                 &mut model, blocks, host_tier,
             )?)
         })?;
-        if let Some((first, _)) = adaptive {
+        if let (Some(st), Some(rebalance)) = (start, adaptive) {
             // The roofline and the layer map below are for the split the steps settled on.
             let (on_cpu, on_gpu) = model.split_counts();
             let marks = engine::placement::spread(on_cpu + on_gpu, on_gpu);
             let mut split = marks.into_iter();
             for l in plan.layers.iter_mut() {
-                if !l.gpu_resident && l.prefill.gpu_linears() && !l.decode.gpu_linears() {
-                    if split.next() == Some(true) {
-                        // Streamed, its attention stays where its KV is.
-                        l.decode = if l.decode.attention_on_cpu() {
-                            engine::placement::Policy::ATTENTION_ON_CPU
-                        } else {
-                            engine::placement::Policy::FULL_GPU
-                        };
-                    }
+                // (`split.next()` only for split layers: the marks follow their order.)
+                if !l.gpu_resident
+                    && l.prefill.gpu_linears()
+                    && !l.decode.gpu_linears()
+                    && split.next() == Some(true)
+                {
+                    // Streamed, its attention stays where its KV is.
+                    l.decode = if l.decode.attention_on_cpu() {
+                        engine::placement::Policy::ATTENTION_ON_CPU
+                    } else {
+                        engine::placement::Policy::FULL_GPU
+                    };
                 }
             }
             if !quiet() {
-                if a.fixed_split {
+                if rebalance {
                     println!(
-                        "fixed split: decode streamed {on_gpu} of {} host layers (the CPU computing {on_cpu})",
+                        "adaptive split: decode began with {} of {} host layers streamed and ended with {on_gpu} (the CPU computing {on_cpu})",
+                        st.streamed,
                         on_cpu + on_gpu
                     );
                 } else {
                     println!(
-                        "adaptive split: decode began with {first} of {} host layers streamed and ended with {on_gpu} (the CPU computing {on_cpu})",
+                        "fixed split: decode streamed {on_gpu} of {} host layers (the CPU computing {on_cpu})",
                         on_cpu + on_gpu
                     );
                 }
@@ -478,9 +489,27 @@ fn host_attention_split(cfg: &ModelConfig, spec: &RunSpec) -> anyhow::Result<Vec
     ))
 }
 
+/// How the automatic split's decode steps start, for its split layers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SplitStart {
+    /// Split layers the first decode step streams (the rest run on the CPU).
+    streamed: usize,
+    /// The PCIe rate the adaptive split balances the CPU's measured time against.
+    pcie_bytes_s: f64,
+    /// Whether the steps rebalance by default (`--split-steps` overrides it).
+    rebalance: bool,
+}
+
+/// `--split-steps`: see [`BenchArgs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SplitSteps {
+    Adaptive,
+    Fixed,
+}
+
 /// LIA's split of the non-resident layers between CPU compute and PCIe streaming, from the
-/// measured bandwidths: the layer overrides, and for the adaptive split the number of layers
-/// the first decode step streams with the PCIe rate it rebalances against.
+/// measured bandwidths: the layer overrides, and where its layers are split layers, how the
+/// decode steps start.
 ///
 /// While a layer's KV is a small part of its weights (small batches), the CPU layers attend
 /// over host KV, and with a GPU prefill every host layer is a split layer (packed once for the
@@ -488,15 +517,17 @@ fn host_attention_split(cfg: &ModelConfig, spec: &RunSpec) -> anyhow::Result<Vec
 /// streaming as measured times say (a split layer streamed for decode still attends on the
 /// CPU). Past that, the CPU layers attend on the GPU where HBM holds their KV (policy
 /// (1,0,0,1,1,1)): host memory then serves only weights, to the CPU and to the PCIe streaming.
-/// There too, with a GPU prefill, every host layer is a split layer and the decode steps move
-/// them between the CPU and PCIe (a split layer streamed for decode attends on the GPU).
-#[allow(clippy::type_complexity)]
+/// There too, with a GPU prefill, every host layer is a split layer (a split layer streamed
+/// for decode attends on the GPU), the first decode step streams LIA's share, and the steps
+/// keep it unless `--split-steps adaptive` asks them to rebalance: measured on the GPU host at
+/// batch 64, the kept split ran 478.9 ms a step and the rebalanced one 633.6 (it moved 9 more
+/// layers to PCIe, before its CPU time stopped counting the wait for the GPU's layers).
 fn auto_placement(
     cfg: &ModelConfig,
     spec: &RunSpec,
     caps: &Capabilities,
     profile: &probe::Profile,
-) -> anyhow::Result<(Vec<LayerOverride>, Option<(usize, f64)>)> {
+) -> anyhow::Result<(Vec<LayerOverride>, Option<SplitStart>)> {
     let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
     let pcie = pcie_rate(profile, spec.weight_tier);
     let phase = split_phase(spec);
@@ -510,7 +541,12 @@ fn auto_placement(
     };
     if spec.prefill_policy.gpu_linears() && host > 0 && pcie > 0.0 && small_kv {
         let on_gpu = host - split(Policy::FULL_CPU).len();
-        return Ok((host_attention_split(cfg, spec)?, Some((on_gpu, pcie))));
+        let start = SplitStart {
+            streamed: on_gpu,
+            pcie_bytes_s: pcie,
+            rebalance: true,
+        };
+        return Ok((host_attention_split(cfg, spec)?, Some(start)));
     }
     if !small_kv && host > 0 {
         let ov = split(Policy::LINEARS_ON_CPU);
@@ -530,7 +566,12 @@ fn auto_placement(
                 ..spec.clone()
             };
             if Plan::new(cfg, trial.clone(), caps).is_ok() {
-                return Ok((trial.layer_overrides, Some((host - ov.len(), pcie))));
+                let start = SplitStart {
+                    streamed: host - ov.len(),
+                    pcie_bytes_s: pcie,
+                    rebalance: false,
+                };
+                return Ok((trial.layer_overrides, Some(start)));
             }
         }
         let trial = RunSpec {
@@ -806,7 +847,7 @@ mod tests {
 
     /// OPT-30B, weights pinned on the host, a `gpu_gib` GPU, batch `batch` (input 256, output
     /// 32): the automatic split's overrides and adaptive start, from a fixed profile.
-    fn auto(batch: usize, gpu_gib: usize) -> (Vec<LayerOverride>, Option<(usize, f64)>) {
+    fn auto(batch: usize, gpu_gib: usize) -> (Vec<LayerOverride>, Option<SplitStart>) {
         let cfg = ModelConfig::preset("opt-30b").unwrap();
         let mut caps = Capabilities::detect();
         caps.numa_nodes = vec![engine::caps::NodeCaps {
@@ -854,23 +895,34 @@ mod tests {
         // is a split layer, and the decode starts from the CPU's share at its rate without the
         // KV read (17.5 ms of 64-row GEMM a layer against 22.9 ms of PCIe: 27 of 48 layers on
         // the CPU, 21 streamed).
-        let (ov, adaptive) = auto(64, 80);
-        assert_eq!(adaptive, Some((21, 55e9)));
+        let (ov, start) = auto(64, 80);
+        assert_eq!(
+            start,
+            Some(SplitStart {
+                streamed: 21,
+                pcie_bytes_s: 55e9,
+                rebalance: false
+            })
+        );
         assert_eq!(ov.len(), 48, "{ov:?}");
         assert!(ov
             .iter()
             .all(|o| o.policy == Policy::LINEARS_ON_CPU && o.phase == Phase::Decode));
         // On a 24 GB GPU their KV stays on the host (policy 1), and the CPU takes fewer layers.
-        let (ov, adaptive) = auto(64, 24);
-        assert!(adaptive.is_none());
+        let (ov, start) = auto(64, 24);
+        assert!(start.is_none());
         assert!(!ov.is_empty() && ov.len() < 27, "{ov:?}");
         assert!(ov.iter().all(|o| o.policy == Policy::FULL_CPU));
         // Batch 1: the adaptive split, every host layer packed for the CPU and attending there.
-        let (ov, adaptive) = auto(1, 80);
+        let (ov, start) = auto(1, 80);
         assert_eq!(ov.len(), 48);
         assert!(ov.iter().all(|o| o.policy == Policy::FULL_CPU));
-        let (on_gpu, pcie) = adaptive.expect("adaptive at batch 1");
-        assert!(on_gpu > 0 && on_gpu < 48 && pcie == 55e9, "{on_gpu} {pcie}");
+        let st = start.expect("a split start at batch 1");
+        assert!(st.rebalance, "{st:?}");
+        assert!(
+            st.streamed > 0 && st.streamed < 48 && st.pcie_bytes_s == 55e9,
+            "{st:?}"
+        );
     }
 
     #[test]
@@ -956,5 +1008,14 @@ mod tests {
             (64, 4, Some(50.0))
         );
         assert!(a.pin_weight && a.token_latency);
+        assert_eq!(
+            args(&["--split-steps", "fixed"]).split_steps,
+            Some(SplitSteps::Fixed)
+        );
+        let e = Cli::try_parse_from(["tandem", "bench", "--split-steps", "sometimes"])
+            .err()
+            .expect("a bad --split-steps is refused")
+            .to_string();
+        assert!(e.contains("sometimes") && e.contains("adaptive"), "{e}");
     }
 }

@@ -217,7 +217,7 @@ fn bench_args(p: &Point, a: &SweepArgs) -> BenchArgs {
         decoding_policy: explicit.map(|e| e.1.to_string()),
         gpu_percentage: p.gpu_percentage,
         num_minibatch: 1,
-        fixed_split: false,
+        split_steps: None,
         pin_weight: false,
         weights_tier: p.weights_tier.clone(),
         enable_cxl: false,
