@@ -78,8 +78,11 @@ pub struct BenchArgs {
     num_minibatch: usize,
     /// With the automatic split: `adaptive` rebalances its split layers between the CPU and
     /// PCIe after every decode step from the step's measured times; `fixed` keeps the first
-    /// split. Default: adaptive while a layer's KV is small against its weights (CPU layers
-    /// attending on the host), fixed past that (CPU layers attending on the GPU).
+    /// split. While a layer's KV is small against its weights (CPU layers attending on the
+    /// host) every host layer is a split layer, adaptive by default. Past that (CPU layers
+    /// attending on the GPU) the split is LIA's, with plain streamed layers, unless this flag
+    /// is given: then every host layer is a split layer there too (streamed ones unpacked on
+    /// the GPU from the CPU's layout).
     #[arg(long, value_enum)]
     split_steps: Option<SplitSteps>,
     /// Keep host weights in pinned memory (for PCIe streaming).
@@ -276,6 +279,12 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     // No placement asked for: as many layers resident as fit, and LIA's split of the rest
     // between CPU compute and PCIe streaming from the measured bandwidths.
     let auto = !no_gpu && !policies_given;
+    if a.split_steps.is_some() && !auto {
+        anyhow::bail!(
+            "--split-steps applies to the automatic split, which runs only with a GPU and without \
+             --prefill-policy, --decoding-policy or --layer-policy"
+        );
+    }
     let mut spec = spec;
     if auto && a.gpu_percentage.is_none() {
         spec.gpu_percentage = Plan::max_fitting_percentage(&cfg, &spec, &caps).unwrap_or(0.0);
@@ -299,7 +308,8 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     // `start`: see `auto_placement`.
     let mut start = None;
     if auto {
-        (spec.layer_overrides, start) = auto_placement(&cfg, &spec, &caps, &profile)?;
+        let split_layers = a.split_steps.is_some();
+        (spec.layer_overrides, start) = auto_placement(&cfg, &spec, &caps, &profile, split_layers)?;
     }
     let adaptive = start.map(|st| match a.split_steps {
         Some(SplitSteps::Adaptive) => true,
@@ -517,16 +527,19 @@ enum SplitSteps {
 /// streaming as measured times say (a split layer streamed for decode still attends on the
 /// CPU). Past that, the CPU layers attend on the GPU where HBM holds their KV (policy
 /// (1,0,0,1,1,1)): host memory then serves only weights, to the CPU and to the PCIe streaming.
-/// There too, with a GPU prefill, every host layer is a split layer (a split layer streamed
-/// for decode attends on the GPU), the first decode step streams LIA's share, and the steps
-/// keep it unless `--split-steps adaptive` asks them to rebalance: measured on the GPU host at
-/// batch 64, the kept split ran 478.9 ms a step and the rebalanced one 633.6 (it moved 9 more
-/// layers to PCIe, before its CPU time stopped counting the wait for the GPU's layers).
+/// There, with a GPU prefill and `split_layers` (`--split-steps` given), every host layer is a
+/// split layer too (a split layer streamed for decode attends on the GPU), and the first
+/// decode step streams LIA's share; otherwise LIA's split with plain streamed layers, which
+/// skip the unpacking on the copy stream (the PCIe-bound batch 512 pays it). Measured on the
+/// GPU host at batch 64: the kept split layers ran 478.9 ms a step, the rebalanced ones 633.6
+/// (they moved 9 more layers to PCIe, before a CPU layer's time stopped counting the wait for
+/// the GPU's layers before it).
 fn auto_placement(
     cfg: &ModelConfig,
     spec: &RunSpec,
     caps: &Capabilities,
     profile: &probe::Profile,
+    split_layers: bool,
 ) -> anyhow::Result<(Vec<LayerOverride>, Option<SplitStart>)> {
     let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
     let pcie = pcie_rate(profile, spec.weight_tier);
@@ -552,7 +565,7 @@ fn auto_placement(
         let ov = split(Policy::LINEARS_ON_CPU);
         // With a GPU prefill, every host layer a split layer attending on the GPU, and the
         // decode steps balancing them as for small batches, starting from LIA's split.
-        if phase == engine::placement::Phase::Decode && pcie > 0.0 {
+        if split_layers && phase == engine::placement::Phase::Decode && pcie > 0.0 {
             let all = engine::placement::auto_split(
                 cfg.layers,
                 resident,
@@ -847,7 +860,11 @@ mod tests {
 
     /// OPT-30B, weights pinned on the host, a `gpu_gib` GPU, batch `batch` (input 256, output
     /// 32): the automatic split's overrides and adaptive start, from a fixed profile.
-    fn auto(batch: usize, gpu_gib: usize) -> (Vec<LayerOverride>, Option<SplitStart>) {
+    fn auto(
+        batch: usize,
+        gpu_gib: usize,
+        split_layers: bool,
+    ) -> (Vec<LayerOverride>, Option<SplitStart>) {
         let cfg = ModelConfig::preset("opt-30b").unwrap();
         let mut caps = Capabilities::detect();
         caps.numa_nodes = vec![engine::caps::NodeCaps {
@@ -885,17 +902,23 @@ mod tests {
             weight_tier: MemTier::Pinned,
             layer_overrides: vec![],
         };
-        auto_placement(&cfg, &spec, &caps, &profile).unwrap()
+        auto_placement(&cfg, &spec, &caps, &profile, split_layers).unwrap()
     }
 
     #[test]
     fn automatic_split_keeps_large_batches_kv_on_the_gpu_when_it_fits() {
         use engine::placement::Phase;
-        // Batch 64: 24 GB of KV; on an 80 GB GPU the CPU layers attend there. Every host layer
-        // is a split layer, and the decode starts from the CPU's share at its rate without the
-        // KV read (17.5 ms of 64-row GEMM a layer against 22.9 ms of PCIe: 27 of 48 layers on
-        // the CPU, 21 streamed).
-        let (ov, start) = auto(64, 80);
+        // Batch 64: 24 GB of KV; on an 80 GB GPU the CPU layers attend there, and the CPU's
+        // share follows its rate without the KV read (17.5 ms of 64-row GEMM a layer against
+        // 22.9 ms of PCIe: 27 of 48 layers).
+        let (ov, start) = auto(64, 80, false);
+        assert!(start.is_none());
+        assert_eq!(ov.len(), 27, "{ov:?}");
+        assert!(ov
+            .iter()
+            .all(|o| o.policy == Policy::LINEARS_ON_CPU && o.phase == Phase::Decode));
+        // With `--split-steps`, every host layer a split layer; the first step streams 21.
+        let (ov, start) = auto(64, 80, true);
         assert_eq!(
             start,
             Some(SplitStart {
@@ -909,12 +932,12 @@ mod tests {
             .iter()
             .all(|o| o.policy == Policy::LINEARS_ON_CPU && o.phase == Phase::Decode));
         // On a 24 GB GPU their KV stays on the host (policy 1), and the CPU takes fewer layers.
-        let (ov, start) = auto(64, 24);
+        let (ov, start) = auto(64, 24, false);
         assert!(start.is_none());
         assert!(!ov.is_empty() && ov.len() < 27, "{ov:?}");
         assert!(ov.iter().all(|o| o.policy == Policy::FULL_CPU));
         // Batch 1: the adaptive split, every host layer packed for the CPU and attending there.
-        let (ov, start) = auto(1, 80);
+        let (ov, start) = auto(1, 80, false);
         assert_eq!(ov.len(), 48);
         assert!(ov.iter().all(|o| o.policy == Policy::FULL_CPU));
         let st = start.expect("a split start at batch 1");
@@ -954,7 +977,7 @@ mod tests {
     /// Bad flags are refused with a reason before any weight is made.
     #[test]
     fn bad_bench_flags_are_refused_before_work() {
-        let cases: [(&[&str], &str); 7] = [
+        let cases: [(&[&str], &str); 8] = [
             (&["--enable-cxl"], "--cxl-node"),
             (&["--weights-tier", "cxl"], "cxl"),
             (&["--prefill-policy", "0,1,0,0,0,0"], "S2"),
@@ -962,6 +985,10 @@ mod tests {
             (&["--max-new-tokens", "0"], "at least 1"),
             (&["--batch-size", "0"], "at least 1"),
             (&["--input-tokens", "5000"], "positions"),
+            (
+                &["--split-steps", "fixed", "--decoding-policy", "1"],
+                "automatic split",
+            ),
         ];
         for (extra, want) in cases {
             let e = match measure(&args(extra), false) {
