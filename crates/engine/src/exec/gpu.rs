@@ -1348,31 +1348,33 @@ impl<'m> GpuSession<'m> {
         for l in 0..c.layers {
             let run = self.model.runs[l];
             if run.on_cpu(prefill) && !self.model.split_gpu[l] {
-                if !run.attn_cpu(prefill) {
+                // The layer's own CPU time, for the adaptive split.
+                let mut own = 0.0;
+                if run.attn_cpu(prefill) {
+                    for mb in mbs.iter_mut() {
+                        self.residual_to_host(mb)?;
+                        let t = std::time::Instant::now();
+                        cpu_layer(
+                            &self.model.cpu,
+                            &mut self.host_kv,
+                            l,
+                            &mb.ids,
+                            prefill,
+                            &mut mb.x_host,
+                        )?;
+                        own += t.elapsed().as_secs_f64();
+                    }
+                } else {
                     let t = std::time::Instant::now();
                     let waited = self.cpu_layer_gpu_attention(l, &mut mbs, prefill)?;
-                    if run.mode == LayerMode::Split {
-                        // The layer's own time: not the wait for the residual, which holds the
-                        // GPU layers before it (and their copies).
-                        cpu_s += t.elapsed().as_secs_f64() - waited;
-                    }
+                    // Not the wait for the residual, which holds the GPU layers before it (and
+                    // their copies).
+                    own = t.elapsed().as_secs_f64() - waited;
                 }
-                for mb in mbs.iter_mut().filter(|_| run.attn_cpu(prefill)) {
-                    self.residual_to_host(mb)?;
-                    let t = std::time::Instant::now();
-                    cpu_layer(
-                        &self.model.cpu,
-                        &mut self.host_kv,
-                        l,
-                        &mb.ids,
-                        prefill,
-                        &mut mb.x_host,
-                    )?;
-                    if run.mode == LayerMode::Split {
-                        cpu_s += t.elapsed().as_secs_f64();
-                    }
+                if run.mode == LayerMode::Split {
+                    cpu_s += own;
+                    cpu_layers += 1;
                 }
-                cpu_layers += (run.mode == LayerMode::Split) as usize;
                 continue;
             }
             let slot = streamed.iter().position(|&x| x == l);
