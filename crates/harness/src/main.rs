@@ -311,11 +311,9 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
         let split_layers = a.split_steps.is_some();
         (spec.layer_overrides, start) = auto_placement(&cfg, &spec, &caps, &profile, split_layers)?;
     }
-    let adaptive = start.map(|st| match a.split_steps {
-        Some(SplitSteps::Adaptive) => true,
-        Some(SplitSteps::Fixed) => false,
-        None => st.rebalance,
-    });
+    if let (Some(st), Some(steps)) = (start.as_mut(), a.split_steps) {
+        st.rebalance = steps == SplitSteps::Adaptive;
+    }
     let mut plan = Plan::new(&cfg, spec, &caps)?;
     let full_cpu = plan.full_cpu();
     let s = &plan.spec;
@@ -385,8 +383,8 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
         let pin = s.weight_tier == MemTier::Pinned;
         let nbuf = plan.staging_buffers(&caps);
         let mut model = engine::exec::gpu::GpuModel::with_staging(gpu, w, &plan.layers, pin, nbuf)?;
-        if let (Some(st), Some(rebalance)) = (start, adaptive) {
-            if rebalance {
+        if let Some(st) = start {
+            if st.rebalance {
                 model.set_adaptive_split(st.streamed, st.pcie_bytes_s);
             } else {
                 model.set_fixed_split(st.streamed);
@@ -397,7 +395,7 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
                 &mut model, blocks, host_tier,
             )?)
         })?;
-        if let (Some(st), Some(rebalance)) = (start, adaptive) {
+        if let Some(st) = start {
             // The roofline and the layer map below are for the split the steps settled on.
             let (on_cpu, on_gpu) = model.split_counts();
             let marks = engine::placement::spread(on_cpu + on_gpu, on_gpu);
@@ -418,7 +416,7 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
                 }
             }
             if !quiet() {
-                if rebalance {
+                if st.rebalance {
                     println!(
                         "adaptive split: decode began with {} of {} host layers streamed and ended with {on_gpu} (the CPU computing {on_cpu})",
                         st.streamed,
@@ -485,9 +483,12 @@ fn split_phase(spec: &RunSpec) -> engine::placement::Phase {
     }
 }
 
-/// Every non-resident layer a CPU layer with its attention on the host (policy 1): the
-/// placement of the automatic split that needs the least HBM.
-fn host_attention_split(cfg: &ModelConfig, spec: &RunSpec) -> anyhow::Result<Vec<LayerOverride>> {
+/// Every non-resident layer a CPU layer (for the automatic split's phase) with `policy`.
+fn every_host_layer(
+    cfg: &ModelConfig,
+    spec: &RunSpec,
+    policy: Policy,
+) -> anyhow::Result<Vec<LayerOverride>> {
     let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
     Ok(engine::placement::auto_split(
         cfg.layers,
@@ -495,8 +496,14 @@ fn host_attention_split(cfg: &ModelConfig, spec: &RunSpec) -> anyhow::Result<Vec
         1.0,
         0.0,
         split_phase(spec),
-        Policy::FULL_CPU,
+        policy,
     ))
+}
+
+/// Every non-resident layer a CPU layer with its attention on the host (policy 1): the
+/// placement of the automatic split that needs the least HBM.
+fn host_attention_split(cfg: &ModelConfig, spec: &RunSpec) -> anyhow::Result<Vec<LayerOverride>> {
+    every_host_layer(cfg, spec, Policy::FULL_CPU)
 }
 
 /// How the automatic split's decode steps start, for its split layers.
@@ -506,7 +513,7 @@ struct SplitStart {
     streamed: usize,
     /// The PCIe rate the adaptive split balances the CPU's measured time against.
     pcie_bytes_s: f64,
-    /// Whether the steps rebalance by default (`--split-steps` overrides it).
+    /// Whether the steps rebalance: the placement's default until `--split-steps` says.
     rebalance: bool,
 }
 
@@ -563,19 +570,11 @@ fn auto_placement(
     }
     if !small_kv && host > 0 {
         let ov = split(Policy::LINEARS_ON_CPU);
-        // With a GPU prefill, every host layer a split layer attending on the GPU, and the
-        // decode steps balancing them as for small batches, starting from LIA's split.
+        // Asked for, with a GPU prefill: every host layer a split layer attending on the GPU,
+        // the first decode step streaming LIA's share.
         if split_layers && phase == engine::placement::Phase::Decode && pcie > 0.0 {
-            let all = engine::placement::auto_split(
-                cfg.layers,
-                resident,
-                1.0,
-                0.0,
-                phase,
-                Policy::LINEARS_ON_CPU,
-            );
             let trial = RunSpec {
-                layer_overrides: all,
+                layer_overrides: every_host_layer(cfg, spec, Policy::LINEARS_ON_CPU)?,
                 ..spec.clone()
             };
             if Plan::new(cfg, trial.clone(), caps).is_ok() {
