@@ -269,6 +269,12 @@ pub struct GpuModel {
     loaded: Vec<CudaEvent>,
     /// Timing events of the step in flight, when tracing.
     trace: Option<TraceEvents>,
+    /// Every step's timing events (`TANDEM_TIMELINE=FILE`).
+    timeline: Option<Timeline>,
+    /// Decode copies' start and end events, for the adaptive split, until they have completed.
+    copy_times: Vec<(CudaEvent, CudaEvent)>,
+    /// Whether [`GpuModel::load`] times its copies for the adaptive split (decode steps).
+    time_copies: bool,
     /// Host copies pinned: streamed layers' and, per session, the host KV cache.
     pin: bool,
     /// Split layers that decode steps run on the GPU (their packed weights streamed and
@@ -283,11 +289,90 @@ pub struct GpuModel {
 }
 
 /// Timed events of one step: each streamed layer's copy (copy stream) and each GPU layer's
-/// compute (compute stream), and the step's layer loop.
+/// compute (compute stream), both with their layer, each CPU layer's span on the host clock,
+/// and the step's layer loop.
 struct TraceEvents {
     start: CudaEvent,
-    copies: Vec<(CudaEvent, CudaEvent)>,
-    computes: Vec<(CudaEvent, CudaEvent)>,
+    /// The host clock when `start` was recorded (the compute stream is idle between steps, so
+    /// the two clocks agree to within a launch).
+    t0: std::time::Instant,
+    prefill: bool,
+    copies: Vec<(usize, CudaEvent, CudaEvent)>,
+    computes: Vec<(usize, CudaEvent, CudaEvent)>,
+    /// CPU layers: (layer, start, end, of which waiting for the residual), seconds from `t0`.
+    cpu: Vec<(usize, f64, f64, f64)>,
+    /// The layer loop's end on the compute stream, and the step's end on the host clock.
+    end: Option<(CudaEvent, f64)>,
+}
+
+/// Every step's [`TraceEvents`] for `TANDEM_TIMELINE=FILE`, written as JSON lines when the
+/// model is dropped (events are resolved then, so that no step waits for its copies).
+struct Timeline {
+    path: std::path::PathBuf,
+    steps: Vec<TraceEvents>,
+}
+
+impl Timeline {
+    /// From `TANDEM_TIMELINE`, if set.
+    fn from_env() -> Option<Timeline> {
+        let path = std::env::var_os("TANDEM_TIMELINE")?;
+        Some(Timeline {
+            path: path.into(),
+            steps: Vec::new(),
+        })
+    }
+
+    /// One JSON object per step: milliseconds from the step's start for every span.
+    fn write(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        let ms =
+            |a: &CudaEvent, b: &CudaEvent| a.elapsed_ms(b).map(|v| v as f64).unwrap_or(f64::NAN);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&self.path)?);
+        for (i, st) in self.steps.iter().enumerate() {
+            let spans = |v: &[(usize, CudaEvent, CudaEvent)]| -> Vec<(usize, f64, f64)> {
+                v.iter()
+                    .map(|(l, a, b)| (*l, ms(&st.start, a), ms(&st.start, b)))
+                    .collect()
+            };
+            let cpu: Vec<_> = st
+                .cpu
+                .iter()
+                .map(|&(l, a, b, w)| (l, a * 1e3, b * 1e3, w * 1e3))
+                .collect();
+            let (gpu_end, host_end) = st
+                .end
+                .as_ref()
+                .map_or((f64::NAN, f64::NAN), |(e, h)| (ms(&st.start, e), h * 1e3));
+            let line = serde_json::json!({
+                "step": i,
+                "prefill": st.prefill,
+                "gpu_end_ms": gpu_end,
+                "host_end_ms": host_end,
+                "copies": spans(&st.copies),
+                "gpu": spans(&st.computes),
+                "cpu": cpu,
+            });
+            writeln!(f, "{line}")?;
+        }
+        f.flush()
+    }
+}
+
+impl Drop for GpuModel {
+    fn drop(&mut self) {
+        if let Some(tl) = self.timeline.take() {
+            let _ = self.copy_stream.synchronize();
+            let _ = self.stream.synchronize();
+            match tl.write() {
+                Ok(()) => eprintln!(
+                    "tandem: timeline of {} steps written to {}",
+                    tl.steps.len(),
+                    tl.path.display()
+                ),
+                Err(e) => eprintln!("tandem: TANDEM_TIMELINE={}: {e}", tl.path.display()),
+            }
+        }
+    }
 }
 
 /// Where a traced step's time went, from CUDA events: the PCIe copies of streamed layers and
@@ -324,6 +409,9 @@ impl StepTrace {
 /// and whatever else reads DRAM (the copies themselves), so it is measured, not assumed.
 #[derive(Clone, Debug)]
 struct AdaptiveSplit {
+    /// Seconds a streamed split layer's copy takes: the probe's rate at first, then smoothed
+    /// from the decode steps' copies as timed on the copy stream (with the CPU reading host
+    /// memory at the same time, a copy runs slower than the probe's PCIe rate alone).
     pcie_s_per_layer: f64,
     /// Smoothed CPU seconds per split layer (none until a step computed one).
     cpu_s_per_layer: Option<f64>,
@@ -390,6 +478,22 @@ impl GpuModel {
         if cpu_layers > 0 {
             let c = cpu_s / cpu_layers as f64;
             a.cpu_s_per_layer = Some(a.cpu_s_per_layer.map_or(c, |old| 0.5 * old + 0.5 * c));
+        }
+        // The copies timed so far that have completed (the ones queued for the next step may
+        // still be running: they count at the next rebalance).
+        let (mut sum, mut n) = (0.0, 0usize);
+        self.copy_times.retain(|(t0, t1)| {
+            if !t1.is_complete() {
+                return true;
+            }
+            if let Ok(ms) = t0.elapsed_ms(t1) {
+                sum += ms as f64 / 1e3;
+                n += 1;
+            }
+            false
+        });
+        if n > 0 {
+            a.pcie_s_per_layer = 0.5 * a.pcie_s_per_layer + 0.5 * sum / n as f64;
         }
         let Some(c) = a.cpu_s_per_layer else {
             return;
@@ -559,6 +663,9 @@ impl GpuModel {
             free,
             loaded,
             trace: None,
+            timeline: Timeline::from_env(),
+            copy_times: Vec::new(),
+            time_copies: false,
             pin,
             split_gpu: vec![false; w_layers],
             adaptive: None,
@@ -576,6 +683,11 @@ impl GpuModel {
         }
         cs.wait(&self.free[s]).map_err(gerr)?;
         let t0 = self.mark(&cs)?;
+        let timed = if self.time_copies {
+            Some(self.mark_now(&cs)?)
+        } else {
+            None
+        };
         let dst = &mut self.staging[s];
         match &self.homes[l] {
             LayerHome::Streamed(host) => match host {
@@ -623,9 +735,17 @@ impl GpuModel {
             _ => unreachable!("checked above"),
         }
         self.loaded[s].record(&cs).map_err(gerr)?;
+        if let Some(a) = timed {
+            let b = self.mark_now(&cs)?;
+            self.copy_times.push((a, b));
+        }
         if let Some(t0) = t0 {
             let t1 = self.mark(&cs)?.expect("tracing");
-            self.trace.as_mut().expect("tracing").copies.push((t0, t1));
+            self.trace
+                .as_mut()
+                .expect("tracing")
+                .copies
+                .push((l, t0, t1));
         }
         Ok(())
     }
@@ -1325,12 +1445,17 @@ impl<'m> GpuSession<'m> {
             })
             .collect();
         let (mut cpu_layers, mut cpu_s) = (0usize, 0f64);
-        if self.trace {
+        self.model.time_copies = !prefill && self.model.adaptive.is_some();
+        if self.trace || self.model.timeline.is_some() {
             let start = self.model.mark_now(&s)?;
             self.model.trace = Some(TraceEvents {
                 start,
+                t0: std::time::Instant::now(),
+                prefill,
                 copies: Vec::new(),
                 computes: Vec::new(),
+                cpu: Vec::new(),
+                end: None,
             });
         }
         let nbuf = self.model.staging.len();
@@ -1348,6 +1473,7 @@ impl<'m> GpuSession<'m> {
         for l in 0..c.layers {
             let run = self.model.runs[l];
             if run.on_cpu(prefill) && !self.model.split_gpu[l] {
+                let begun = std::time::Instant::now();
                 // The layer's own CPU time, for the adaptive split.
                 let mut own = 0.0;
                 if run.attn_cpu(prefill) {
@@ -1374,6 +1500,11 @@ impl<'m> GpuSession<'m> {
                 if run.mode == LayerMode::Split {
                     cpu_s += own;
                     cpu_layers += 1;
+                }
+                if let Some(tr) = self.model.trace.as_mut() {
+                    let from = |i: std::time::Instant| i.duration_since(tr.t0).as_secs_f64();
+                    let (a, b) = (from(begun), from(std::time::Instant::now()));
+                    tr.cpu.push((l, a, b, (b - a - own).max(0.0)));
                 }
                 continue;
             }
@@ -1416,16 +1547,13 @@ impl<'m> GpuSession<'m> {
             if let Some(t0) = t0 {
                 let t1 = self.model.mark_now(&s)?;
                 let tr = self.model.trace.as_mut().expect("tracing");
-                tr.computes.push((t0, t1));
+                tr.computes.push((l, t0, t1));
             }
             if let Some(i) = slot {
                 self.model.free[buf(i)].record(&s).map_err(gerr)?;
                 if let Some(&next) = streamed.get(i + nbuf) {
                     self.model.load(next, buf(i))?;
-                } else if !prefill
-                    && self.model.trace.is_none()
-                    && i + nbuf - streamed.len() < streamed.len()
-                {
+                } else if !prefill && !self.trace && i + nbuf - streamed.len() < streamed.len() {
                     // A decode step is most likely followed by another with the same streamed
                     // layers: load the next step's first ones now, over this step's last CPU
                     // layers and head, into the buffers they will use there. (Not while
@@ -1442,25 +1570,29 @@ impl<'m> GpuSession<'m> {
         if !prefill {
             self.model.rebalance(cpu_layers, cpu_s);
         }
-        if let Some(tr) = self.model.trace.take() {
+        let mut traced = self.model.trace.take();
+        if let Some(tr) = traced.as_mut() {
             let end = self.model.mark_now(&s)?;
-            self.model.copy_stream.synchronize().map_err(gerr)?;
-            let secs = |a: &CudaEvent, b: &CudaEvent| -> Result<f64> {
-                Ok(a.elapsed_ms(b).map_err(gerr)? as f64 / 1e3)
-            };
-            let mut t = StepTrace {
-                layers_copied: tr.copies.len(),
-                layers_computed: tr.computes.len(),
-                wall_s: secs(&tr.start, &end)?,
-                ..Default::default()
-            };
-            for (a, b) in &tr.copies {
-                t.copy_s += secs(a, b)?;
+            if self.trace {
+                self.model.copy_stream.synchronize().map_err(gerr)?;
+                let secs = |a: &CudaEvent, b: &CudaEvent| -> Result<f64> {
+                    Ok(a.elapsed_ms(b).map_err(gerr)? as f64 / 1e3)
+                };
+                let mut t = StepTrace {
+                    layers_copied: tr.copies.len(),
+                    layers_computed: tr.computes.len(),
+                    wall_s: secs(&tr.start, &end)?,
+                    ..Default::default()
+                };
+                for (_, a, b) in &tr.copies {
+                    t.copy_s += secs(a, b)?;
+                }
+                for (_, a, b) in &tr.computes {
+                    t.compute_s += secs(a, b)?;
+                }
+                self.last_trace = Some(t);
             }
-            for (a, b) in &tr.computes {
-                t.compute_s += secs(a, b)?;
-            }
-            self.last_trace = Some(t);
+            tr.end = Some((end, 0.0));
         }
         let mut toks = Vec::new();
         let mut logits: Option<Vec<f32>> = want_logits.then(Vec::new);
@@ -1491,6 +1623,13 @@ impl<'m> GpuSession<'m> {
             // reset (decode steps of a batch all have the same size).
             self.spare = Some((t, mb.a));
             self.pinned_pool.extend(mb.qkv_host);
+        }
+        if let (Some(mut tr), Some(tl)) = (traced, self.model.timeline.as_mut()) {
+            let host_end = tr.t0.elapsed().as_secs_f64();
+            if let Some(end) = tr.end.as_mut() {
+                end.1 = host_end;
+            }
+            tl.steps.push(tr);
         }
         Ok((toks, logits))
     }
