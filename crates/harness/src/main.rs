@@ -549,14 +549,14 @@ fn auto_placement(
     split_layers: bool,
 ) -> anyhow::Result<(Vec<LayerOverride>, Option<SplitStart>)> {
     let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
-    let pcie = pcie_rate(profile, spec.weight_tier);
+    let (cpu_share, pcie) = contended_rates(profile, spec.weight_tier);
     let phase = split_phase(spec);
     let host = cfg.layers - resident;
     let ctx = spec.input_tokens + spec.max_new_tokens;
     let kv_layer = spec.batch_size * ctx * 2 * cfg.kv_dim() * 2;
     let small_kv = 20 * kv_layer <= 2 * cfg.layer_params();
     let split = |policy: Policy| {
-        let rate = cpu_decode_rate(cfg, spec, profile, policy.attention_on_cpu());
+        let rate = cpu_share * cpu_decode_rate(cfg, spec, profile, policy.attention_on_cpu());
         engine::placement::auto_split(cfg.layers, resident, rate, pcie, phase, policy)
     };
     if spec.prefill_policy.gpu_linears() && host > 0 && pcie > 0.0 && small_kv {
@@ -674,6 +674,24 @@ fn cpu_gemm_rate(p: &probe::Profile, rows: usize) -> f64 {
             r0 + t * (r1 - r0)
         }
     }
+}
+
+/// What the split's two sides get while both read host memory at once: the fraction of its
+/// own read rate left to the CPU, and the copies' rate. With pinned weights these come from the
+/// probe's `host read with H2D` (the CPU reading while the GPU copies in): on the GPU hosts the
+/// copies ran at 45–49 GB/s there against 55 alone, and the CPU's read at 0.82–1.0 of its own,
+/// and a split from the rates alone left the side that lost more as the step's long pole.
+/// Otherwise (pageable weights, or a profile without that figure): 1 and the PCIe rate.
+fn contended_rates(p: &probe::Profile, tier: MemTier) -> (f64, f64) {
+    let pcie = pcie_rate(p, tier);
+    let (cpu, dma) = (
+        p.host_read_with_h2d_cpu_bytes_s,
+        p.host_read_with_h2d_dma_bytes_s,
+    );
+    if tier != MemTier::Pinned || cpu <= 0.0 || dma <= 0.0 || p.dram_read_bytes_s <= 0.0 {
+        return (1.0, pcie);
+    }
+    ((cpu / p.dram_read_bytes_s).min(1.0), dma.min(pcie))
 }
 
 /// PCIe bandwidth for weights on `tier` (pinned copies run at full speed, pageable ones not).
@@ -889,7 +907,13 @@ mod tests {
             pcie_h2d_pinned_bytes_s: 55e9,
             ..Default::default()
         };
-        let spec = RunSpec {
+        auto_placement(&cfg, &pinned_spec(batch), &caps, &profile, split_layers).unwrap()
+    }
+
+    /// Input 256, output 32, every weight pinned on the host, the GPU's policy for prefill
+    /// and decode (the automatic split decides the rest).
+    fn pinned_spec(batch: usize) -> RunSpec {
+        RunSpec {
             batch_size: batch,
             input_tokens: 256,
             max_new_tokens: 32,
@@ -900,8 +924,7 @@ mod tests {
             pin_weight: true,
             weight_tier: MemTier::Pinned,
             layer_overrides: vec![],
-        };
-        auto_placement(&cfg, &spec, &caps, &profile, split_layers).unwrap()
+        }
     }
 
     #[test]
@@ -944,6 +967,65 @@ mod tests {
         assert!(
             st.streamed > 0 && st.streamed < 48 && st.pcie_bytes_s == 55e9,
             "{st:?}"
+        );
+    }
+
+    #[test]
+    fn split_rates_are_the_shares_both_sides_get_at_once() {
+        let p = probe::Profile {
+            dram_read_bytes_s: 120e9,
+            pcie_h2d_pinned_bytes_s: 55e9,
+            pcie_h2d_pageable_bytes_s: 10e9,
+            host_read_with_h2d_cpu_bytes_s: 99e9,
+            host_read_with_h2d_dma_bytes_s: 49e9,
+            ..Default::default()
+        };
+        let (cpu, pcie) = contended_rates(&p, MemTier::Pinned);
+        assert!(
+            (cpu - 99.0 / 120.0).abs() < 1e-9 && pcie == 49e9,
+            "{cpu} {pcie}"
+        );
+        // Pageable copies are not what the probe ran beside the CPU's read.
+        assert_eq!(contended_rates(&p, MemTier::Pageable), (1.0, 10e9));
+        // The CPU reading faster beside the copies than alone is not a share above 1.
+        let fast = probe::Profile {
+            host_read_with_h2d_cpu_bytes_s: 130e9,
+            ..p.clone()
+        };
+        assert_eq!(contended_rates(&fast, MemTier::Pinned), (1.0, 49e9));
+        // A profile without the figure: the rates alone.
+        let old = probe::Profile {
+            host_read_with_h2d_dma_bytes_s: 0.0,
+            ..p.clone()
+        };
+        assert_eq!(contended_rates(&old, MemTier::Pinned), (1.0, 55e9));
+        // OPT-30B at batch 64 (64-row GEMM bound: 71.9 GB/s of weights): the CPU's share of
+        // the split, 59.3 / (59.3 + 49) with both at once against 71.9 / (71.9 + 55) alone.
+        let cfg = ModelConfig::preset("opt-30b").unwrap();
+        let spec = pinned_spec(64);
+        let cpu_fraction = |q: &probe::Profile| {
+            let (share, pcie) = contended_rates(q, MemTier::Pinned);
+            let c = share * cpu_decode_rate(&cfg, &spec, q, false);
+            c / (c + pcie)
+        };
+        let with = probe::Profile {
+            cpu_gemv_bytes_s: 110e9,
+            cpu_gemm_m64_flop_s: 4.6e12,
+            ..p.clone()
+        };
+        let alone = probe::Profile {
+            host_read_with_h2d_dma_bytes_s: 0.0,
+            ..with.clone()
+        };
+        assert!(
+            (cpu_fraction(&with) - 0.548).abs() < 0.002,
+            "{}",
+            cpu_fraction(&with)
+        );
+        assert!(
+            (cpu_fraction(&alone) - 0.567).abs() < 0.002,
+            "{}",
+            cpu_fraction(&alone)
         );
     }
 
