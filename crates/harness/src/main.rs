@@ -76,13 +76,14 @@ pub struct BenchArgs {
     gpu_percentage: Option<f64>,
     #[arg(long, default_value_t = 1)]
     num_minibatch: usize,
-    /// With the automatic split: `adaptive` rebalances its split layers between the CPU and
-    /// PCIe after every decode step from the step's measured times; `fixed` keeps the first
-    /// split. While a layer's KV is small against its weights (CPU layers attending on the
-    /// host) every host layer is a split layer, adaptive by default. Past that (CPU layers
-    /// attending on the GPU) the split is LIA's, with plain streamed layers, unless this flag
-    /// is given: then every host layer is a split layer there too (streamed ones unpacked on
-    /// the GPU from the CPU's layout).
+    /// With the automatic split: `adaptive` makes every host layer a split layer (packed for
+    /// the CPU; streamed ones unpacked on the GPU from that layout) and rebalances them between
+    /// the CPU and PCIe after every decode step from the step's measured times; `fixed` keeps
+    /// the first split; `plain` is LIA's static split with plain streamed layers. By default:
+    /// `adaptive` while a layer's KV is small against its weights (CPU layers attending on the
+    /// host) and, past that (CPU layers attending on the GPU), where the CPU takes at least a
+    /// third of the host layers (batch 64 on OPT-30B); `plain` where PCIe carries most of them
+    /// (batch 512), which would pay the unpacking on its copy stream.
     #[arg(long, value_enum)]
     split_steps: Option<SplitSteps>,
     /// Keep host weights in pinned memory (for PCIe streaming).
@@ -308,11 +309,11 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
     // `start`: see `auto_placement`.
     let mut start = None;
     if auto {
-        let split_layers = a.split_steps.is_some();
+        let split_layers = a.split_steps.map(|s| s != SplitSteps::Plain);
         (spec.layer_overrides, start) = auto_placement(&cfg, &spec, &caps, &profile, split_layers)?;
     }
-    if let (Some(st), Some(steps)) = (start.as_mut(), a.split_steps) {
-        st.rebalance = steps == SplitSteps::Adaptive;
+    if let (Some(st), Some(SplitSteps::Fixed)) = (start.as_mut(), a.split_steps) {
+        st.rebalance = false;
     }
     let mut plan = Plan::new(&cfg, spec, &caps)?;
     let full_cpu = plan.full_cpu();
@@ -513,7 +514,7 @@ struct SplitStart {
     streamed: usize,
     /// The PCIe rate the adaptive split balances the CPU's measured time against.
     pcie_bytes_s: f64,
-    /// Whether the steps rebalance: the placement's default until `--split-steps` says.
+    /// Whether the steps rebalance (unless `--split-steps fixed`).
     rebalance: bool,
 }
 
@@ -522,6 +523,7 @@ struct SplitStart {
 enum SplitSteps {
     Adaptive,
     Fixed,
+    Plain,
 }
 
 /// LIA's split of the non-resident layers between CPU compute and PCIe streaming, from the
@@ -534,19 +536,19 @@ enum SplitSteps {
 /// streaming as measured times say (a split layer streamed for decode still attends on the
 /// CPU). Past that, the CPU layers attend on the GPU where HBM holds their KV (policy
 /// (1,0,0,1,1,1)): host memory then serves only weights, to the CPU and to the PCIe streaming.
-/// There, with a GPU prefill and `split_layers` (`--split-steps` given), every host layer is a
-/// split layer too (a split layer streamed for decode attends on the GPU), and the first
-/// decode step streams LIA's share; otherwise LIA's split with plain streamed layers, which
-/// skip the unpacking on the copy stream (the PCIe-bound batch 512 pays it). Measured on the
-/// GPU host at batch 64: the kept split layers ran 478.9 ms a step, the rebalanced ones 633.6
-/// (they moved 9 more layers to PCIe, before a CPU layer's time stopped counting the wait for
-/// the GPU's layers before it).
+/// There, with a GPU prefill, every host layer is a split layer too (a split layer streamed
+/// for decode attends on the GPU) where `split_layers` says so, or by default where LIA's share
+/// gives the CPU at least a third of the host layers, and the first decode step streams that
+/// share; otherwise LIA's split with plain streamed layers, which skip the unpacking on the
+/// copy stream (the PCIe-bound batch 512 would pay it). `split_layers = Some(false)` asks for
+/// LIA's plain split at every batch. Measured on the GPU host at batch 64, alternated in one
+/// call: the rebalanced split layers ran 1.01–1.05× LIA's plain split (docs/BENCHMARKS.md).
 fn auto_placement(
     cfg: &ModelConfig,
     spec: &RunSpec,
     caps: &Capabilities,
     profile: &probe::Profile,
-    split_layers: bool,
+    split_layers: Option<bool>,
 ) -> anyhow::Result<(Vec<LayerOverride>, Option<SplitStart>)> {
     let resident = engine::placement::resident_layers(cfg.layers, spec.gpu_percentage)?;
     let (cpu_share, pcie) = contended_rates(profile, spec.weight_tier);
@@ -559,7 +561,12 @@ fn auto_placement(
         let rate = cpu_share * cpu_decode_rate(cfg, spec, profile, policy.attention_on_cpu());
         engine::placement::auto_split(cfg.layers, resident, rate, pcie, phase, policy)
     };
-    if spec.prefill_policy.gpu_linears() && host > 0 && pcie > 0.0 && small_kv {
+    if spec.prefill_policy.gpu_linears()
+        && host > 0
+        && pcie > 0.0
+        && small_kv
+        && split_layers != Some(false)
+    {
         let on_gpu = host - split(Policy::FULL_CPU).len();
         let start = SplitStart {
             streamed: on_gpu,
@@ -570,9 +577,11 @@ fn auto_placement(
     }
     if !small_kv && host > 0 {
         let ov = split(Policy::LINEARS_ON_CPU);
-        // Asked for, with a GPU prefill: every host layer a split layer attending on the GPU,
-        // the first decode step streaming LIA's share.
-        if split_layers && phase == engine::placement::Phase::Decode && pcie > 0.0 {
+        // With a GPU prefill, asked for or where the CPU takes a third of the host layers:
+        // every host layer a split layer attending on the GPU, the first decode step streaming
+        // LIA's share.
+        let wanted = split_layers.unwrap_or(3 * ov.len() >= host);
+        if wanted && phase == engine::placement::Phase::Decode && pcie > 0.0 {
             let trial = RunSpec {
                 layer_overrides: every_host_layer(cfg, spec, Policy::LINEARS_ON_CPU)?,
                 ..spec.clone()
@@ -581,7 +590,7 @@ fn auto_placement(
                 let start = SplitStart {
                     streamed: host - ov.len(),
                     pcie_bytes_s: pcie,
-                    rebalance: false,
+                    rebalance: true,
                 };
                 return Ok((trial.layer_overrides, Some(start)));
             }
@@ -880,7 +889,7 @@ mod tests {
     fn auto(
         batch: usize,
         gpu_gib: usize,
-        split_layers: bool,
+        split_layers: Option<bool>,
     ) -> (Vec<LayerOverride>, Option<SplitStart>) {
         let cfg = ModelConfig::preset("opt-30b").unwrap();
         let mut caps = Capabilities::detect();
@@ -933,33 +942,42 @@ mod tests {
         // Batch 64: 24 GB of KV; on an 80 GB GPU the CPU layers attend there, and the CPU's
         // share follows its rate without the KV read (17.5 ms of 64-row GEMM a layer against
         // 22.9 ms of PCIe: 27 of 48 layers).
-        let (ov, start) = auto(64, 80, false);
+        // With `--split-steps plain`, LIA's split with plain streamed layers.
+        let (ov, start) = auto(64, 80, Some(false));
         assert!(start.is_none());
         assert_eq!(ov.len(), 27, "{ov:?}");
         assert!(ov
             .iter()
             .all(|o| o.policy == Policy::LINEARS_ON_CPU && o.phase == Phase::Decode));
-        // With `--split-steps`, every host layer a split layer; the first step streams 21.
-        let (ov, start) = auto(64, 80, true);
-        assert_eq!(
-            start,
-            Some(SplitStart {
-                streamed: 21,
-                pcie_bytes_s: 55e9,
-                rebalance: false
-            })
-        );
+        // By default (the CPU's 27 of 48 are past a third) and with `--split-steps
+        // adaptive|fixed`: every host layer a split layer; the first step streams 21.
+        for asked in [None, Some(true)] {
+            let (ov, start) = auto(64, 80, asked);
+            assert_eq!(
+                start,
+                Some(SplitStart {
+                    streamed: 21,
+                    pcie_bytes_s: 55e9,
+                    rebalance: true
+                })
+            );
+            assert_eq!(ov.len(), 48, "{ov:?}");
+        }
+        // Batch 512 (on a GPU that holds its KV): PCIe carries most host layers, and the
+        // default is LIA's plain split; asked for, split layers.
+        let (ov, start) = auto(512, 400, None);
+        assert!(start.is_none());
+        assert!(!ov.is_empty() && 3 * ov.len() < 48, "{ov:?}");
+        let (ov, start) = auto(512, 400, Some(true));
+        assert!(start.is_some_and(|s| s.rebalance && s.streamed > 32));
         assert_eq!(ov.len(), 48, "{ov:?}");
-        assert!(ov
-            .iter()
-            .all(|o| o.policy == Policy::LINEARS_ON_CPU && o.phase == Phase::Decode));
         // On a 24 GB GPU their KV stays on the host (policy 1), and the CPU takes fewer layers.
-        let (ov, start) = auto(64, 24, false);
+        let (ov, start) = auto(64, 24, None);
         assert!(start.is_none());
         assert!(!ov.is_empty() && ov.len() < 27, "{ov:?}");
         assert!(ov.iter().all(|o| o.policy == Policy::FULL_CPU));
         // Batch 1: the adaptive split, every host layer packed for the CPU and attending there.
-        let (ov, start) = auto(1, 80, false);
+        let (ov, start) = auto(1, 80, None);
         assert_eq!(ov.len(), 48);
         assert!(ov.iter().all(|o| o.policy == Policy::FULL_CPU));
         let st = start.expect("a split start at batch 1");
