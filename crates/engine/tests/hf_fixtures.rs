@@ -423,7 +423,14 @@ fn check_adaptive_split(name: &str) {
         let mut model = engine::exec::gpu::GpuModel::new(gpu.clone(), w, &p, pin).unwrap();
         model.set_adaptive_split(0, 55e9);
         assert_eq!(model.split_counts(), (2, 0));
-        let s = engine::exec::gpu::GpuSession::new(&mut model, 64, MemTier::Pageable).unwrap();
+        let mut s = engine::exec::gpu::GpuSession::new(&mut model, 64, MemTier::Pageable).unwrap();
+        // The prefill's step buffers made ahead, as the bench does (its exact token count, so
+        // that the prefill runs on them).
+        let tokens: usize = fixture_logits(name)
+            .iter()
+            .map(|(ids, _)| ids.len().div_ceil(2))
+            .sum();
+        s.reserve(tokens, 1).unwrap();
         let what = format!("adaptive split, decode policy {decode}, pinned {pin}");
         check_session(name, &what, vocab, &mut CyclingSplit(s, 1));
     }

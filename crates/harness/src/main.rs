@@ -391,10 +391,14 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
                 model.set_fixed_split(st.streamed);
             }
         }
+        // A prefill minibatch's tokens: its step buffers are made with the session, before the
+        // bench's clock starts (see `GpuSession::reserve`).
+        let per = engine::bench::minibatch_len(s.batch_size, s.num_minibatch);
+        let (mb_tokens, mbs) = (per * s.input_tokens, s.batch_size.div_ceil(per));
         let r = go(&mut |f| {
-            f(&mut engine::exec::gpu::GpuSession::new(
-                &mut model, blocks, host_tier,
-            )?)
+            let mut session = engine::exec::gpu::GpuSession::new(&mut model, blocks, host_tier)?;
+            session.reserve(mb_tokens, mbs)?;
+            f(&mut session)
         })?;
         if let Some(st) = start {
             // The roofline and the layer map below are for the split the steps settled on.

@@ -180,26 +180,51 @@ pub fn norm_bf16(cfg: &ModelConfig, x: &[f32], w: &Tensor, b: Option<&Tensor>, o
 /// Embedding rows (+ OPT's learned positions) of `tokens` at `positions`, into f32.
 pub fn embed(w: &Weights, tokens: &[u32], positions: &[usize], x: &mut [f32]) -> Result<()> {
     let h = w.config.hidden;
-    for (t, (&tok, &pos)) in tokens.iter().zip(positions).enumerate() {
-        if tok as usize >= w.config.vocab {
-            return Err(Error::Input(format!(
-                "token id {tok} is outside the vocabulary of {}",
-                w.config.vocab
-            )));
-        }
-        let row = &w.embed.data[tok as usize * h..][..h];
-        let xr = &mut x[t * h..(t + 1) * h];
-        for i in 0..h {
-            xr[i] = row[i].to_f32();
-        }
+    if let Some(&tok) = tokens.iter().find(|&&t| t as usize >= w.config.vocab) {
+        return Err(Error::Input(format!(
+            "token id {tok} is outside the vocabulary of {}",
+            w.config.vocab
+        )));
+    }
+    let row = |(xr, (&tok, &pos)): (&mut [f32], (&u32, &usize))| {
+        w.embed.data[tok as usize * h..][..h].convert_to_f32_slice(xr);
         if let Some(p) = &w.positions {
             let prow = &p.data[(pos + OPT_POSITION_OFFSET) * h..][..h];
-            for i in 0..h {
-                xr[i] += prow[i].to_f32();
+            for (o, v) in xr.iter_mut().zip(prow) {
+                *o += v.to_f32();
             }
         }
+    };
+    let rows = x[..tokens.len() * h]
+        .chunks_mut(h)
+        .zip(tokens.iter().zip(positions));
+    // A prefill's rows (hundreds of MB at batch 64 × 256 tokens) on the pool; a decode
+    // step's few in place.
+    if tokens.len() >= PAR_ROWS {
+        let rows: Vec<_> = rows.collect();
+        platform::pool().install(|| rows.into_par_iter().for_each(row));
+    } else {
+        rows.for_each(row);
     }
     Ok(())
+}
+
+/// Rows from which [`embed`] and [`par_copy`] work on the pool.
+pub(crate) const PAR_ROWS: usize = 256;
+
+/// `dst.copy_from_slice(src)`, on the pool in pieces for copies of [`PAR_ROWS`] rows of
+/// `row` elements or more (one thread copies a few GB/s: a prefill's residual is 470 MB).
+pub(crate) fn par_copy(dst: &mut [f32], src: &[f32], row: usize) {
+    let piece = 64 * row.max(1);
+    if src.len() >= PAR_ROWS * row.max(1) {
+        platform::pool().install(|| {
+            dst.par_chunks_mut(piece)
+                .zip(src.par_chunks(piece))
+                .for_each(|(d, s)| d.copy_from_slice(s))
+        });
+    } else {
+        dst.copy_from_slice(src);
+    }
 }
 
 /// S1 in f32 into `qkv` (`[T, qkv_dim]`, each row q, k, v side by side): norm, QKV projection
@@ -529,6 +554,38 @@ mod tests {
         for (a, b) in row.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn embed_rows_match_token_and_position_rows_on_and_off_the_pool() {
+        let cfg = ModelConfig {
+            layers: 1,
+            vocab: 1000,
+            ..ModelConfig::preset("opt-1.3b").unwrap()
+        };
+        let w = Weights::dummy(&cfg, platform::MemTier::Pageable, 7, &|_| {}).unwrap();
+        let h = cfg.hidden;
+        // PAR_ROWS and more rows go through the pool, fewer in place; both against the rows.
+        for n in [3, PAR_ROWS + 45] {
+            let tokens: Vec<u32> = (0..n).map(|i| (i * 7919 % 1000) as u32).collect();
+            let positions: Vec<usize> = (0..n).map(|i| i % 512).collect();
+            let mut x = vec![f32::NAN; n * h];
+            embed(&w, &tokens, &positions, &mut x).unwrap();
+            let p = w.positions.as_ref().expect("OPT has learned positions");
+            for (t, (&tok, &pos)) in tokens.iter().zip(&positions).enumerate() {
+                for i in [0, h / 2, h - 1] {
+                    let want = w.embed.data[tok as usize * h + i].to_f32()
+                        + p.data[(pos + OPT_POSITION_OFFSET) * h + i].to_f32();
+                    assert_eq!(x[t * h + i], want, "{n} rows: row {t}, column {i}");
+                }
+            }
+            assert!(
+                x.iter().all(|v| v.is_finite()),
+                "{n} rows: a row left unwritten"
+            );
+        }
+        let e = embed(&w, &[5, 1000], &[0, 1], &mut vec![0.0; 2 * h]).unwrap_err();
+        assert!(e.to_string().contains("1000"), "{e}");
     }
 
     #[test]

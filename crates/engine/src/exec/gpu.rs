@@ -881,6 +881,10 @@ enum Residual {
     Gpu(bool),
 }
 
+/// Step buffers a session keeps for its next steps, at least (more when a step has more
+/// minibatches): the oldest go first.
+const SPARE_STEPS: usize = 2;
+
 /// A batch of sequences: KV on the GPU for GPU-attention layers, on the host for the others.
 pub struct GpuSession<'m> {
     pub model: &'m mut GpuModel,
@@ -895,7 +899,9 @@ pub struct GpuSession<'m> {
     shape: KvShape,
     pub seqs: Sequences,
     /// Step buffers kept for the next step of the same size (every decode step of a batch).
-    spare: Option<(usize, Acts)>,
+    spare: Vec<(usize, Acts)>,
+    /// Host residual rows kept for the next steps (see [`GpuSession::reserve`]).
+    spare_host: Vec<Vec<f32>>,
     /// Pinned buffers for Q/K/V rows going to the CPU, kept between steps.
     pinned_pool: Vec<PinnedBuf<bf16>>,
     /// Pinned f32 buffers for rows going up to the GPU (residuals, a CPU layer's Q/K/V, the
@@ -963,7 +969,8 @@ impl<'m> GpuSession<'m> {
             host_kv,
             shape,
             seqs,
-            spare: None,
+            spare: Vec::new(),
+            spare_host: Vec::new(),
             pinned_pool: Vec::new(),
             pinned_f32_pool: Vec::new(),
             trace: false,
@@ -973,6 +980,27 @@ impl<'m> GpuSession<'m> {
             graph_replays: 0,
             capture_failed: false,
         })
+    }
+
+    /// Allocates, before any step needs them, what a step of `minibatches` minibatches of
+    /// `tokens` tokens each would otherwise allocate on its way (a prefill's first layer then
+    /// waited for them: 0.25–0.3 s of OPT-30B's batch-64 prefill, more than its other layers
+    /// took): the GPU step buffers, the pinned rows its residuals go up through, and the host
+    /// residuals with their pages touched. A server does this once at start; the bench, once
+    /// per session before its clock starts. Buffers of other sizes are still made when needed.
+    pub fn reserve(&mut self, tokens: usize, minibatches: usize) -> Result<()> {
+        let h = self.model.cfg.hidden;
+        for _ in 0..minibatches {
+            let a = self.acts(tokens)?;
+            self.spare.push((tokens, a));
+            // Written (not `vec![0; n]`, whose pages stay unmapped until `embed` writes them).
+            let mut x = Vec::with_capacity(tokens * h);
+            x.resize(tokens * h, 0f32);
+            self.spare_host.push(x);
+            let buf = PinnedBuf::alloc(&self.model.gpu, tokens * h).map_err(gerr)?;
+            self.pinned_f32_pool.push(buf);
+        }
+        Ok(())
     }
 
     fn acts(&self, t: usize) -> Result<Acts> {
@@ -1346,11 +1374,20 @@ impl<'m> GpuSession<'m> {
             tables: up(&ids.tables)?,
             ctx: up(&ids.ctx)?,
         };
-        let mut x_host = vec![0f32; t * c.hidden];
+        let mut x_host = match self
+            .spare_host
+            .iter()
+            .position(|v| v.capacity() >= t * c.hidden)
+        {
+            Some(i) => self.spare_host.swap_remove(i),
+            None => Vec::new(),
+        };
+        // (Every element is written by `embed`; a reused buffer keeps its pages.)
+        x_host.resize(t * c.hidden, 0.0);
         embed(&self.model.cpu.w, &ids.tokens, &ids.positions, &mut x_host)?;
-        let a = match self.spare.take() {
-            Some((n, a)) if n == t => a,
-            _ => self.acts(t)?,
+        let a = match self.spare.iter().position(|(n, _)| *n == t) {
+            Some(i) => self.spare.swap_remove(i).1,
+            None => self.acts(t)?,
         };
         Ok(Minibatch {
             ids,
@@ -1412,14 +1449,14 @@ impl<'m> GpuSession<'m> {
     fn residual_to_gpu(&mut self, mb: &mut Minibatch) -> Result<bool> {
         match mb.at {
             Residual::Host => {
-                let x = &mb.x_host;
+                let (x, hidden) = (&mb.x_host, self.model.cfg.hidden);
                 pull_rows(
                     self.model,
                     &mut self.pinned_f32_pool,
                     x.len(),
                     &mut mb.a.x,
                     |up| {
-                        up.copy_from_slice(x);
+                        crate::exec::cpu::par_copy(up, x, hidden);
                         Ok(())
                     },
                 )?;
@@ -1619,6 +1656,7 @@ impl<'m> GpuSession<'m> {
         }
         let mut toks = Vec::new();
         let mut logits: Option<Vec<f32>> = want_logits.then(Vec::new);
+        let keep = SPARE_STEPS.max(mbs.len());
         for mut mb in mbs {
             if prefill {
                 self.migrate_kv(&mb.ids)?;
@@ -1644,8 +1682,16 @@ impl<'m> GpuSession<'m> {
             }
             // Every buffer is fully written before it is read in a step, so reuse needs no
             // reset (decode steps of a batch all have the same size).
-            self.spare = Some((t, mb.a));
+            self.spare.push((t, mb.a));
+            self.spare_host.push(mb.x_host);
             self.pinned_pool.extend(mb.qkv_host);
+        }
+        // Only the latest few are kept (a batch's decode steps all have one size).
+        if self.spare.len() > keep {
+            self.spare.drain(..self.spare.len() - keep);
+        }
+        if self.spare_host.len() > keep {
+            self.spare_host.drain(..self.spare_host.len() - keep);
         }
         if let (Some(mut tr), Some(tl)) = (traced, self.model.timeline.as_mut()) {
             let host_end = tr.t0.elapsed().as_secs_f64();
