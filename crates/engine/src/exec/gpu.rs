@@ -309,17 +309,35 @@ struct TraceEvents {
 /// model is dropped (events are resolved then, so that no step waits for its copies).
 struct Timeline {
     path: std::path::PathBuf,
+    /// Created when the model is made (a new file: an existing one is never overwritten).
+    file: std::fs::File,
     steps: Vec<TraceEvents>,
 }
 
 impl Timeline {
-    /// From `TANDEM_TIMELINE`, if set.
-    fn from_env() -> Option<Timeline> {
-        let path = std::env::var_os("TANDEM_TIMELINE")?;
-        Some(Timeline {
-            path: path.into(),
+    /// From `TANDEM_TIMELINE`, if set: its file created now, so that a path that cannot be
+    /// written, or names a file that exists, is an error before any work.
+    fn from_env() -> Result<Option<Timeline>> {
+        let Some(path) = std::env::var_os("TANDEM_TIMELINE") else {
+            return Ok(None);
+        };
+        let path = std::path::PathBuf::from(path);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                path: format!(
+                    "TANDEM_TIMELINE={} (a new file: an existing one is never overwritten)",
+                    path.display()
+                ),
+                source,
+            })?;
+        Ok(Some(Timeline {
+            path,
+            file,
             steps: Vec::new(),
-        })
+        }))
     }
 
     /// One JSON object per step: milliseconds from the step's start for every span.
@@ -327,7 +345,7 @@ impl Timeline {
         use std::io::Write;
         let ms =
             |a: &CudaEvent, b: &CudaEvent| a.elapsed_ms(b).map(|v| v as f64).unwrap_or(f64::NAN);
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&self.path)?);
+        let mut f = std::io::BufWriter::new(&self.file);
         for (i, st) in self.steps.iter().enumerate() {
             let spans = |v: &[(usize, CudaEvent, CudaEvent)]| -> Vec<(usize, f64, f64)> {
                 v.iter()
@@ -666,6 +684,8 @@ impl GpuModel {
             .transpose()
             .map_err(gerr)?;
         stream.synchronize().map_err(gerr)?;
+        // Last, so that a model that fails to build leaves no empty timeline file behind.
+        let timeline = Timeline::from_env()?;
         Ok(GpuModel {
             gpu,
             cfg,
@@ -686,7 +706,7 @@ impl GpuModel {
             free,
             loaded,
             trace: None,
-            timeline: Timeline::from_env(),
+            timeline,
             copy_times: Vec::new(),
             time_copies: false,
             pin,
