@@ -4,7 +4,9 @@
 # each throughput beside FlexGen 0.1.8's on the GPU host with the same settings (0.90 tokens/s
 # at batch 1, 56.8 at batch 64). Run from the folder ci/build-device.sh wrote; logs under $OUT.
 # BATCHES overrides the batch list (FlexGen's figure is known for 1 and 64 only), INPUT the
-# input tokens (LIA's offline setting: INPUT=32 BATCHES=512).
+# input tokens (LIA's offline setting: INPUT=32 BATCHES=512). Each run writes its step
+# timeline (b$b.<time>.timeline.jsonl); the line printed per batch adds the first token and the
+# prefill's first and slowest later GPU layer from it.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/e2e_opt30b; mkdir -p "$L"
 "$here/bin/tandem" probe --profile "$L/p.json" > "$L/probe.log" 2>&1
@@ -18,7 +20,8 @@ keys = [("dram_read_bytes_s", "DRAM read GB/s"), ("cpu_gemv_bytes_s", "GEMV GB/s
 print("probe: " + ", ".join(f"{n} {p.get(k, 0) / (1e12 if 'FLOP' in n else 1e9):.2f}" for k, n in keys))
 PY
 for b in ${BATCHES:-1 64}; do
-  TANDEM_PROFILE=1 "$here/bin/tandem" bench --profile "$L/p.json" -m opt-30b --input-tokens "${INPUT:-256}" \
+  tl="$L/b$b.$(date +%s).timeline.jsonl"   # a new name: an existing timeline is never overwritten
+  TANDEM_TIMELINE="$tl" TANDEM_PROFILE=1 "$here/bin/tandem" bench --profile "$L/p.json" -m opt-30b --input-tokens "${INPUT:-256}" \
     --max-new-tokens 32 --num-iter 1 --num-warmup 0 --gpu-percentage 0 --pin-weight \
     --batch-size "$b" > "$L/b$b.log" 2>&1
   echo "rc=$?" >> "$L/b$b.log"
@@ -34,4 +37,18 @@ for b in ${BATCHES:-1 64}; do
       if (flex > 0 && tps != "") printf " (%.2fx FlexGen)", tps / flex
       printf ", next token %s ms, %s of the roofline, rc %s, layers %s\n", step, roof, rc, map
     }' "$L/b$b.log"
+  python3 - "$tl" "$L/b$b.log" <<'PY'
+import json, re, sys
+try:
+    steps = [json.loads(l) for l in open(sys.argv[1])]
+except OSError:
+    sys.exit(0)
+first = next((s for s in steps if s["prefill"]), None)
+ttft = re.search(r"first-token latency\s+([0-9.]+)", open(sys.argv[2]).read())
+if first and first["gpu"]:
+    g = [b - a for _, a, b in first["gpu"]]
+    print(f"  first token {ttft.group(1) if ttft else '?'} ms; prefill: first GPU layer {g[0]:.1f} ms, "
+          f"the others {min(g[1:] or [0]):.1f}..{max(g[1:] or [0]):.1f} ms, layers ended at "
+          f"{first['gpu_end_ms']:.1f} ms of the step")
+PY
 done
