@@ -52,6 +52,10 @@
 //! loads 1 KiB of operands per product, and here both stream from L2 except where a chunk's
 //! strip happens to stay in L1, so one thread runs at about a third of the peak.
 //!
+//! `TANDEM_AMX_SMALL=b1` runs blocks of 16, 32, 48 or 64 rows on a B-stationary kernel
+//! instead ([`gemm_block_amx_b1`]: C as four 16-row tiles of one column block, each B tile
+//! loaded once and used by every row tile); an opt-in for measurement, not the default.
+//!
 //! `ldtilecfg` is per thread: each block configures the tiles itself and releases them at the
 //! end, so any pool thread can run any block.
 
@@ -102,6 +106,9 @@ pub(crate) struct Knobs {
     /// Which operands are loaded with `tileloaddt1` (the not-reused hint): bit 0 A, bit 1 B
     /// (`TANDEM_AMX_T1=none|a|b|ab`).
     pub t1: u8,
+    /// Blocks of at most [`M_SMALL`] rows, a multiple of 16, on the B-stationary micro-kernel
+    /// ([`gemm_block_amx_b1`]; `TANDEM_AMX_SMALL=b1`; the default `2x2` is [`micro`]).
+    pub b_stationary: bool,
 }
 
 impl Knobs {
@@ -128,6 +135,7 @@ impl Knobs {
         n_block_small: Some(2),
         order: Order::Columns,
         t1: 0,
+        b_stationary: false,
     };
 
     /// The defaults with the environment's overrides, read once.
@@ -170,6 +178,15 @@ impl Knobs {
                     Ok(v) => {
                         eprintln!("tandem: TANDEM_AMX_T1={v:?} is not none, a, b or ab; using none");
                         d.t1
+                    }
+                },
+                b_stationary: match std::env::var("TANDEM_AMX_SMALL").as_deref() {
+                    Err(_) => d.b_stationary,
+                    Ok("b1") => true,
+                    Ok("2x2") => false,
+                    Ok(v) => {
+                        eprintln!("tandem: TANDEM_AMX_SMALL={v:?} is not 2x2 or b1; using 2x2");
+                        d.b_stationary
                     }
                 },
                 order: match std::env::var("TANDEM_AMX_ORDER").as_deref() {
@@ -332,8 +349,12 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     // (Knobs::blocking) and stay inside M and the weight's blocks; c holds rows · (pb1 - pb0)
     // · 16; the panel holds the block's row groups from row `row0` (caller's contract for the
     // rest).
-    let block = |op: &AmxOperands, m0, rows, pb0, pb1, c: &mut [f32]| {
-        gemm_block_amx::<T, INT8>(op, m0, rows, pb0, pb1, c, kn);
+    let block = |op: &AmxOperands, m0, rows: usize, pb0, pb1, c: &mut [f32]| {
+        if kn.b_stationary && rows <= M_SMALL && rows.is_multiple_of(16) {
+            gemm_block_amx_b1::<T, INT8>(op, m0, rows, pb0, pb1, c, kn);
+        } else {
+            gemm_block_amx::<T, INT8>(op, m0, rows, pb0, pb1, c, kn);
+        }
         finish(m0, rows, pb0, pb1, c);
     };
     // Order::RowsOwn: no shared panel, each block's rows packed by its thread (this call's
@@ -640,4 +661,120 @@ pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
         }
     }
     T::release();
+}
+
+/// The B-stationary block kernel (`TANDEM_AMX_SMALL=b1`) for blocks of 16, 32, 48 or 64 rows,
+/// the decode GEMMs of batches up to 64 with weights from DRAM. Tile allocation (palette 1,
+/// every tile 16 rows × 64 bytes):
+///
+/// ```text
+/// tmm0..tmm3  C rows 0..16, 16..32, 32..48, 48..64 of one 16-column block   f32|i32
+/// tmm4..tmm6  A rows of C tile i in tmm(4 + i mod 3) (C tile 3 reuses tmm4)
+/// tmm7        B: one K tile of the column block
+/// ```
+///
+/// Per K step one B tile is loaded and used by every row tile, so each weight byte is loaded
+/// from memory once and never again from L2 (the 2 × 2 [`micro`] loads a pair's B tiles once
+/// per 32-row group), at the price of one A load per product. Within a K chunk the block's
+/// column blocks run one after another over the same chunk of A (rows × chunk × 64 bytes:
+/// 32 KiB for 64 rows and chunks of 8), which stays in L1 while the B tiles stream; C goes to
+/// the block's scratch between chunks, as in [`gemm_block_amx`].
+///
+/// # Safety
+/// As [`gemm_block_amx`], and `rows` is 16, 32, 48 or 64.
+pub(crate) unsafe fn gemm_block_amx_b1<T: Tiles, const INT8: bool>(
+    op: &AmxOperands,
+    m0: usize,
+    rows: usize,
+    pb0: usize,
+    pb1: usize,
+    c: &mut [f32],
+    kn: &Knobs,
+) {
+    debug_assert!(m0.is_multiple_of(32) && rows.is_multiple_of(16) && (16..=64).contains(&rows));
+    let kb = op.kb;
+    let ldc_bytes = (pb1 - pb0) * BLOCK_N * 4;
+    let kc = kn.kc.max(1);
+    let tiles = rows / 16;
+    let mut cfg = TileConfig::palette1();
+    for t in 0..8 {
+        cfg.set(t, 16, 64);
+    }
+    T::config(&cfg);
+    let cbase = c.as_mut_ptr() as *mut u8;
+    // A tile i of K step k: 32-row group i / 2, its half i % 2.
+    let a_tile = |i: usize, k: usize| {
+        op.panel
+            .add((((m0 - op.row0) / 32 + i / 2) * kb + k) * A_STEP + (i % 2) * TILE_BYTES)
+    };
+    for kc0 in (0..kb).step_by(kc) {
+        let kend = (kc0 + kc).min(kb);
+        for nb in pb0..pb1 {
+            let b = op.b.add(nb * op.b_stride);
+            // SAFETY (C tiles): tile i is rows 16i.. of the scratch, the block's column nb.
+            let ct = |i: usize| cbase.add(16 * i * ldc_bytes + (nb - pb0) * BLOCK_N * 4);
+            if kc0 == 0 {
+                T::zero::<0>();
+                T::zero::<1>();
+                T::zero::<2>();
+                T::zero::<3>();
+            } else {
+                c_tiles::<T, false>(tiles, &ct, ldc_bytes);
+            }
+            for k in kc0..kend {
+                let bk = b.add(k * TILE_BYTES);
+                T::load::<7>(bk, ROW);
+                if kn.pf_b > 0 {
+                    prefetch::<false>(bk.wrapping_add(kn.pf_b * TILE_BYTES), 16);
+                }
+                if kn.pf_b2 > 0 {
+                    prefetch::<true>(bk.wrapping_add(kn.pf_b2 * TILE_BYTES), 16);
+                }
+                T::load::<4>(a_tile(0, k), ROW);
+                dp::<T, INT8, 0, 4, 7>();
+                if tiles > 1 {
+                    T::load::<5>(a_tile(1, k), ROW);
+                    dp::<T, INT8, 1, 5, 7>();
+                }
+                if tiles > 2 {
+                    T::load::<6>(a_tile(2, k), ROW);
+                    dp::<T, INT8, 2, 6, 7>();
+                }
+                if tiles > 3 {
+                    T::load::<4>(a_tile(3, k), ROW);
+                    dp::<T, INT8, 3, 4, 7>();
+                }
+            }
+            c_tiles::<T, true>(tiles, &ct, ldc_bytes);
+        }
+    }
+    T::release();
+}
+
+/// Loads C tiles tmm0 .. tmm(n − 1) from `at(i)` (`STORE`: stores them there), row stride
+/// `stride` bytes.
+#[inline(always)]
+unsafe fn c_tiles<T: Tiles, const STORE: bool>(
+    n: usize,
+    at: &impl Fn(usize) -> *mut u8,
+    stride: usize,
+) {
+    #[inline(always)]
+    unsafe fn one<T: Tiles, const I: u8, const STORE: bool>(p: *mut u8, stride: usize) {
+        if STORE {
+            T::store::<I>(p, stride)
+        } else {
+            T::load::<I>(p, stride)
+        }
+    }
+    one::<T, 0, STORE>(at(0), stride);
+    if n > 1 {
+        one::<T, 1, STORE>(at(1), stride);
+    }
+    if n > 2 {
+        one::<T, 2, STORE>(at(2), stride);
+    }
+    if n > 3 {
+        one::<T, 3, STORE>(at(3), stride);
+    }
 }

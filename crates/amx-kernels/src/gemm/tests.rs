@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::tile_ops::Emu;
+use crate::tile_ops::{Emu, Hw, Tiles};
 
 /// Unit roundoff of f32.
 const U32: f64 = f32::EPSILON as f64 / 2.0;
@@ -81,12 +81,43 @@ fn as_multiplied(dtype: Dtype, x: &[bf16], rows: usize, k: usize) -> Vec<f64> {
     }
 }
 
-/// What runs a GEMM: a tier's public entry, or the AMX driver on emulated tiles with the given
-/// knobs (the epilogue on this CPU's best tier).
+/// What runs a GEMM: a tier's public entry, or the AMX driver with the given knobs on emulated
+/// tiles or on the hardware (the epilogue on this CPU's best tier).
 #[derive(Clone, Copy, Debug)]
 enum Via {
     Tier(CpuTier),
     AmxEmu(amx_tiles::Knobs),
+    AmxHw(amx_tiles::Knobs),
+}
+
+/// The AMX bf16 driver on tiles `T` with knobs `kn`, after the public entry's checks.
+fn amx_bf16_on<T: Tiles, O: OutElem>(
+    kn: &amx_tiles::Knobs,
+    a: &[bf16],
+    m: usize,
+    w: &PackedWeight,
+    out: &mut [O],
+    ep: &Epilogue,
+) {
+    check_args(a, m, w.k, &w.shape(), out.len(), ep).unwrap();
+    // SAFETY: the arguments passed check_args, m > 0 (every test shape), and `T` is the
+    // emulator (runs anywhere) or the hardware on a CPU whose AMX tier is available (checked
+    // by the caller); the epilogue runs on this CPU's best tier.
+    unsafe { amx_bf16::gemm_amx_bf16::<T, O>(emu_ep_tier(), kn, a, m, w, out, ep) }
+}
+
+/// The AMX int8 driver on tiles `T` with knobs `kn`, as [`amx_bf16_on`].
+fn amx_int8_on<T: Tiles, O: OutElem>(
+    kn: &amx_tiles::Knobs,
+    a: &[bf16],
+    m: usize,
+    w: &PackedWeightI8,
+    out: &mut [O],
+    ep: &Epilogue,
+) {
+    check_args(a, m, w.k, &w.shape(), out.len(), ep).unwrap();
+    // SAFETY: as in amx_bf16_on (AMX-INT8 with the AMX tier on the GPU host's CPUs).
+    unsafe { int8::gemm_amx_int8::<T, O>(emu_ep_tier(), kn, a, m, w.k, w, out, ep) }
 }
 
 /// Runs one (dtype, path, shape, case, output type) against the reference; panics with the seed.
@@ -152,22 +183,8 @@ fn check<O: OutElem + std::fmt::Debug>(
             let w = w.unwrap();
             match via {
                 Via::Tier(tier) => gemm_bf16_on(tier, &a, m, k, &w, &mut out, ep).unwrap(),
-                Via::AmxEmu(kn) => {
-                    check_args(&a, m, k, &w.shape(), out.len(), &ep).unwrap();
-                    // SAFETY: the arguments passed check_args, m > 0, the emulated tiles run
-                    // anywhere and the epilogue runs on this CPU's best tier.
-                    unsafe {
-                        amx_bf16::gemm_amx_bf16::<Emu, O>(
-                            emu_ep_tier(),
-                            &kn,
-                            &a,
-                            m,
-                            &w,
-                            &mut out,
-                            &ep,
-                        )
-                    }
-                }
+                Via::AmxEmu(kn) => amx_bf16_on::<Emu, O>(&kn, &a, m, &w, &mut out, &ep),
+                Via::AmxHw(kn) => amx_bf16_on::<Hw, O>(&kn, &a, m, &w, &mut out, &ep),
             }
             gemm_bf16_ref(&a, m, k, &w, &mut want, ep).unwrap();
             ACC_SIGMAS * (k as f64).sqrt() * U32
@@ -181,22 +198,8 @@ fn check<O: OutElem + std::fmt::Debug>(
             let w = w.unwrap();
             match via {
                 Via::Tier(tier) => gemm_int8_on(tier, &a, m, k, &w, &mut out, ep).unwrap(),
-                Via::AmxEmu(kn) => {
-                    check_args(&a, m, k, &w.shape(), out.len(), &ep).unwrap();
-                    // SAFETY: as for bf16 above.
-                    unsafe {
-                        int8::gemm_amx_int8::<Emu, O>(
-                            emu_ep_tier(),
-                            &kn,
-                            &a,
-                            m,
-                            k,
-                            &w,
-                            &mut out,
-                            &ep,
-                        )
-                    }
-                }
+                Via::AmxEmu(kn) => amx_int8_on::<Emu, O>(&kn, &a, m, &w, &mut out, &ep),
+                Via::AmxHw(kn) => amx_int8_on::<Hw, O>(&kn, &a, m, &w, &mut out, &ep),
             }
             gemm_int8_ref(&a, m, k, &w, &mut want, ep).unwrap();
             INT8_DEQUANT_ROUNDINGS * U32
@@ -269,8 +272,9 @@ fn emu_ep_tier() -> CpuTier {
 /// Knob settings the emulated AMX GEMM is checked with: the defaults, and two that cut every
 /// shape below into several K chunks, work blocks of several row groups (blocks starting past
 /// row 0), both loop orders and the other item orders (each thread's own panel too), with
-/// prefetch on and off, and set widths of small-M blocks.
-const EMU_KNOBS: [amx_tiles::Knobs; 4] = [
+/// prefetch on and off, set widths of small-M blocks, and the B-stationary kernel for blocks of
+/// 16 to 64 rows (a multiple of 16; other small blocks fall back to the 2 × 2 one).
+const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
     amx_tiles::Knobs::DEFAULT,
     amx_tiles::Knobs {
         kc: 3,
@@ -284,6 +288,7 @@ const EMU_KNOBS: [amx_tiles::Knobs; 4] = [
         n_block_small: None,
         order: Order::Skewed,
         t1: 1,
+        b_stationary: false,
     },
     amx_tiles::Knobs {
         kc: 5,
@@ -297,6 +302,7 @@ const EMU_KNOBS: [amx_tiles::Knobs; 4] = [
         n_block_small: Some(2),
         order: Order::Rows,
         t1: 2,
+        b_stationary: false,
     },
     amx_tiles::Knobs {
         kc: 4,
@@ -310,13 +316,28 @@ const EMU_KNOBS: [amx_tiles::Knobs; 4] = [
         n_block_small: Some(4),
         order: Order::RowsOwn,
         t1: 0,
+        b_stationary: false,
+    },
+    amx_tiles::Knobs {
+        kc: 3,
+        rows_outer: None,
+        pf_a: 0,
+        pf_b: 1,
+        pf_a2: 0,
+        pf_b2: 3,
+        m_block: 128,
+        n_block: 8,
+        n_block_small: Some(6),
+        order: Order::Columns,
+        t1: 0,
+        b_stationary: true,
     },
 ];
 
 /// Shapes for the emulated AMX GEMM (m, n, k): M = 1, rows not filling a tile or a group, an
 /// odd number of column blocks, K tails in bf16 (K % 32) and int8 (K % 64), M past one
-/// work block, K over many chunks.
-const EMU_SHAPES: [(usize, usize, usize); 8] = [
+/// work block, K over many chunks, and 16, 48 and 64 rows (the B-stationary kernel's).
+const EMU_SHAPES: [(usize, usize, usize); 9] = [
     (1, 17, 33),
     (3, 40, 95),
     (16, 32, 64),
@@ -325,18 +346,24 @@ const EMU_SHAPES: [(usize, usize, usize); 8] = [
     (64, 300, 200),
     (97, 70, 330),
     (2, 20, 2085),
+    (48, 90, 150),
 ];
 
-fn check_amx_emu(dtype: Dtype) {
+/// Every knob setting of [`EMU_KNOBS`] on every shape of [`EMU_SHAPES`], through `via`.
+fn check_amx_knobs(dtype: Dtype, via: fn(amx_tiles::Knobs) -> Via) {
     for kn in EMU_KNOBS {
         for &(m, n, k) in &EMU_SHAPES {
             for case in [Case::Plain, Case::ResidualOutput, Case::SiluMul] {
                 let seed: u64 = rand::random();
-                check::<f32>(dtype, Via::AmxEmu(kn), m, n, k, case, seed);
-                check::<bf16>(dtype, Via::AmxEmu(kn), m, n, k, case, seed);
+                check::<f32>(dtype, via(kn), m, n, k, case, seed);
+                check::<bf16>(dtype, via(kn), m, n, k, case, seed);
             }
         }
     }
+}
+
+fn check_amx_emu(dtype: Dtype) {
+    check_amx_knobs(dtype, Via::AmxEmu);
 }
 
 /// With each thread's own panel, a second call on the same A buffer with new contents repacks
@@ -386,6 +413,19 @@ fn amx_bf16_on_emulated_tiles_matches_reference() {
 #[test]
 fn amx_int8_on_emulated_tiles_matches_reference() {
     check_amx_emu(Dtype::Int8);
+}
+
+/// The same knob settings on the hardware (the AMX host; elsewhere the test says why it
+/// skips): every kernel a knob selects, the B-stationary one too, runs its real instructions.
+#[test]
+fn amx_knobs_on_hardware_match_reference() {
+    if !platform::testing::tier_or_skip(CpuTier::Amx) {
+        return;
+    }
+    check_amx_knobs(Dtype::Bf16, Via::AmxHw);
+    if platform::cpu_caps().amx_int8_usable() {
+        check_amx_knobs(Dtype::Int8, Via::AmxHw);
+    }
 }
 
 #[test]
