@@ -15,6 +15,11 @@
 #   GEMM_COLD=1 GEMM_SHAPES=opt-30b.qkv,opt-30b.fc2 GEMM_MS=64 \
 #   KNOBS="default;TANDEM_AMX_NB_SMALL=2 TANDEM_AMX_KC=4;TANDEM_AMX_NB_SMALL=2 TANDEM_AMX_KC=8;TANDEM_AMX_NB_SMALL=2;default" \
 #   bash anchors/gemm_knobs.sh
+# The B-stationary kernel for those blocks (each weight tile loaded once for all 64 rows), with
+# one pair a block and with eight column blocks over K chunks of 8 (A's chunk, 32 KiB, in L1):
+#   GEMM_COLD=1 GEMM_SHAPES=opt-30b.qkv,opt-30b.fc1,opt-30b.fc2 GEMM_MS=64 \
+#   KNOBS="default;TANDEM_AMX_SMALL=b1;TANDEM_AMX_SMALL=b1 TANDEM_AMX_NB_SMALL=8 TANDEM_AMX_KC=8;default;TANDEM_AMX_SMALL=b1;TANDEM_AMX_SMALL=b1 TANDEM_AMX_NB_SMALL=8 TANDEM_AMX_KC=8" \
+#   bash anchors/gemm_knobs.sh
 # and the same for larger M (a 128 × 32 block's C is 16 KiB, L1-resident across K chunks):
 #   GEMM_SHAPES=llama3-8b.o,llama3-8b.down,llama3-8b.gate_up GEMM_MS=128,512 \
 #   KNOBS="default;TANDEM_AMX_NB=2 TANDEM_AMX_KC=4;TANDEM_AMX_NB=2 TANDEM_AMX_KC=8;TANDEM_AMX_NB=2 TANDEM_AMX_MB=64 TANDEM_AMX_KC=8;default" \
