@@ -12,6 +12,7 @@ Columns (means over the decode steps after the first N, default 2):
   copies     PCIe copies' durations (this step's and those queued for the next)
   pcie_idle  time inside [first copy start, last copy end] with no copy running
   gpu        GPU layers' compute (from its weights arriving to its last kernel)
+and which side was the longer: the CPU's own work (cpu - res_wait) or the copies.
 """
 import json
 import statistics
@@ -67,6 +68,13 @@ def main():
     for k in keys:
         v = [r[k] for r in rows]
         print(f"  {k:10s} {statistics.mean(v):8.1f}  ({min(v):.1f}..{max(v):.1f})")
+    # The longer side: the CPU's own work (its layers less their waits) or the copies.
+    own = statistics.mean(r["cpu"] - r["res_wait"] for r in rows)
+    cp = statistics.mean(r["copies"] for r in rows)
+    wall = statistics.mean(r["wall"] for r in rows)
+    side = "the copies (PCIe)" if cp > own else "the CPU"
+    print(f"  longer side: {side}: CPU own work {own:.1f} ms, copies {cp:.1f} ms, "
+          f"step {wall:.1f} ms ({100 * max(own, cp) / wall:.0f}% of it)")
     if detail is not None:
         st = dec[min(detail, len(dec) - 1)]
         ev = [(a, b, f"cpu {l}" + (f" (res wait {w:.1f})" if w > 0.05 else "")) for l, a, b, w in st["cpu"]]
