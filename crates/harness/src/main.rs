@@ -966,6 +966,9 @@ mod tests {
                 })
             );
             assert_eq!(ov.len(), 48, "{ov:?}");
+            assert!(ov
+                .iter()
+                .all(|o| o.policy == Policy::LINEARS_ON_CPU && o.phase == Phase::Decode));
         }
         // Batch 512 (on a GPU that holds its KV): PCIe carries most host layers, and the
         // default is LIA's plain split; asked for, split layers.
