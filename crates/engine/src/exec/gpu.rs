@@ -301,8 +301,10 @@ struct TraceEvents {
     computes: Vec<(usize, CudaEvent, CudaEvent)>,
     /// CPU layers: (layer, start, end, of which waiting for the residual), seconds from `t0`.
     cpu: Vec<(usize, f64, f64, f64)>,
-    /// The layer loop's end on the compute stream, and the step's end on the host clock.
-    end: Option<(CudaEvent, f64)>,
+    /// The layer loop's end on the compute stream.
+    end: Option<CudaEvent>,
+    /// The step's end on the host clock, seconds from `t0` (set when a timeline keeps it).
+    host_end: f64,
 }
 
 /// Every step's [`TraceEvents`] for `TANDEM_TIMELINE=FILE`, written as JSON lines when the
@@ -357,15 +359,12 @@ impl Timeline {
                 .iter()
                 .map(|&(l, a, b, w)| (l, a * 1e3, b * 1e3, w * 1e3))
                 .collect();
-            let (gpu_end, host_end) = st
-                .end
-                .as_ref()
-                .map_or((f64::NAN, f64::NAN), |(e, h)| (ms(&st.start, e), h * 1e3));
+            let gpu_end = st.end.as_ref().map_or(f64::NAN, |e| ms(&st.start, e));
             let line = serde_json::json!({
                 "step": i,
                 "prefill": st.prefill,
                 "gpu_end_ms": gpu_end,
-                "host_end_ms": host_end,
+                "host_end_ms": st.host_end * 1e3,
                 "copies": spans(&st.copies),
                 "gpu": spans(&st.computes),
                 "cpu": cpu,
@@ -904,6 +903,11 @@ enum Residual {
 /// Step buffers a session keeps for its next steps, at least (more when a step has more
 /// minibatches): the oldest go first.
 const SPARE_STEPS: usize = 2;
+
+/// Drops all but the last `n` of `v`.
+fn keep_latest<T>(v: &mut Vec<T>, n: usize) {
+    v.drain(..v.len().saturating_sub(n));
+}
 
 /// A batch of sequences: KV on the GPU for GPU-attention layers, on the host for the others.
 pub struct GpuSession<'m> {
@@ -1536,6 +1540,7 @@ impl<'m> GpuSession<'m> {
                 computes: Vec::new(),
                 cpu: Vec::new(),
                 end: None,
+                host_end: f64::NAN,
             });
         }
         let nbuf = self.model.staging.len();
@@ -1672,7 +1677,7 @@ impl<'m> GpuSession<'m> {
                 }
                 self.last_trace = Some(t);
             }
-            tr.end = Some((end, 0.0));
+            tr.end = Some(end);
         }
         let mut toks = Vec::new();
         let mut logits: Option<Vec<f32>> = want_logits.then(Vec::new);
@@ -1707,17 +1712,10 @@ impl<'m> GpuSession<'m> {
             self.pinned_pool.extend(mb.qkv_host);
         }
         // Only the latest few are kept (a batch's decode steps all have one size).
-        if self.spare.len() > keep {
-            self.spare.drain(..self.spare.len() - keep);
-        }
-        if self.spare_host.len() > keep {
-            self.spare_host.drain(..self.spare_host.len() - keep);
-        }
+        keep_latest(&mut self.spare, keep);
+        keep_latest(&mut self.spare_host, keep);
         if let (Some(mut tr), Some(tl)) = (traced, self.model.timeline.as_mut()) {
-            let host_end = tr.t0.elapsed().as_secs_f64();
-            if let Some(end) = tr.end.as_mut() {
-                end.1 = host_end;
-            }
+            tr.host_end = tr.t0.elapsed().as_secs_f64();
             tl.steps.push(tr);
         }
         Ok((toks, logits))
