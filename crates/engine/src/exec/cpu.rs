@@ -195,16 +195,19 @@ pub fn embed(w: &Weights, tokens: &[u32], positions: &[usize], x: &mut [f32]) ->
             }
         }
     };
-    let rows = x[..tokens.len() * h]
-        .chunks_mut(h)
-        .zip(tokens.iter().zip(positions));
+    let x = &mut x[..tokens.len() * h];
     // A prefill's rows (hundreds of MB at batch 64 × 256 tokens) on the pool; a decode
     // step's few in place.
     if tokens.len() >= PAR_ROWS {
-        let rows: Vec<_> = rows.collect();
-        platform::pool().install(|| rows.into_par_iter().for_each(row));
+        platform::pool().install(|| {
+            x.par_chunks_mut(h)
+                .zip(tokens.par_iter().zip(positions.par_iter()))
+                .for_each(row)
+        });
     } else {
-        rows.for_each(row);
+        x.chunks_mut(h)
+            .zip(tokens.iter().zip(positions))
+            .for_each(row);
     }
     Ok(())
 }
