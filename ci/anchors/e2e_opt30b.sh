@@ -6,7 +6,10 @@
 # BATCHES overrides the batch list (FlexGen's figure is known for 1 and 64 only), INPUT the
 # input tokens (LIA's offline setting: INPUT=32 BATCHES=512). Each run writes its step
 # timeline (b$b.<time>.timeline.jsonl); the line printed per batch adds the first token and the
-# prefill's first and slowest later GPU layer from it.
+# prefill's first and slowest later GPU layer from it. Like FlexGen's benchmark (a warm-up
+# generate before the timed one), one untimed iteration runs first (WARMUP, default 1; ITERS
+# timed ones, default 1): at batch 64 without it, the process's first prefill's first GPU layer
+# and its first decode step's first CPU layer each took 0.13-0.15 s more than the others.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/e2e_opt30b; mkdir -p "$L"
 "$here/bin/tandem" probe --profile "$L/p.json" > "$L/probe.log" 2>&1
@@ -22,7 +25,7 @@ PY
 for b in ${BATCHES:-1 64}; do
   tl="$L/b$b.$(date +%s).timeline.jsonl"   # a new name: an existing timeline is never overwritten
   TANDEM_TIMELINE="$tl" TANDEM_PROFILE=1 "$here/bin/tandem" bench --profile "$L/p.json" -m opt-30b --input-tokens "${INPUT:-256}" \
-    --max-new-tokens 32 --num-iter 1 --num-warmup 0 --gpu-percentage 0 --pin-weight \
+    --max-new-tokens 32 --num-iter "${ITERS:-1}" --num-warmup "${WARMUP:-1}" --gpu-percentage 0 --pin-weight \
     --batch-size "$b" > "$L/b$b.log" 2>&1
   echo "rc=$?" >> "$L/b$b.log"
   awk -v b="$b" -v input="${INPUT:-256}" '
@@ -43,7 +46,8 @@ try:
     steps = [json.loads(l) for l in open(sys.argv[1])]
 except OSError:
     sys.exit(0)
-first = next((s for s in steps if s["prefill"]), None)
+# The timed (last) iteration's prefill: the timeline holds the warm-up's steps too.
+first = ([s for s in steps if s["prefill"]] or [None])[-1]
 ttft = re.search(r"first-token latency\s+([0-9.]+)", open(sys.argv[2]).read())
 if first and first["gpu"]:
     g = [b - a for _, a, b in first["gpu"]]

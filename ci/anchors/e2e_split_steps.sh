@@ -4,7 +4,8 @@
 # the default at batch 512) against every host layer a split layer with the decode steps kept
 # (`--split-steps fixed`) or rebalanced (`--split-steps adaptive`, the default at batch 64),
 # alternated over ROUNDS rounds (default 1) after one probe. Each run also writes its step
-# timeline (TANDEM_TIMELINE; summed by anchors/timeline.py). Run from the folder
+# timeline (TANDEM_TIMELINE; summed by anchors/timeline.py). One untimed iteration runs first
+# (WARMUP, default 1), as FlexGen's benchmark warms up before timing. Run from the folder
 # ci/build-device.sh wrote; logs under $OUT.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/e2e_split_steps; mkdir -p "$L"
@@ -17,7 +18,7 @@ for r in $(seq 1 "${ROUNDS:-1}"); do
       log="$L/b${b}_${k}_$r.log"
       TANDEM_TIMELINE="$L/timeline_b${b}_${k}_$r.jsonl" TANDEM_PROFILE=1 "$here/bin/tandem" \
         bench --profile "$L/p.json" -m opt-30b --split-steps "$k" \
-        --input-tokens "$input" --max-new-tokens 32 --num-iter 1 --num-warmup 0 \
+        --input-tokens "$input" --max-new-tokens 32 --num-iter 1 --num-warmup "${WARMUP:-1}" \
         --gpu-percentage 0 --pin-weight --batch-size "$b" > "$log" 2>&1
       echo "rc=$?" >> "$log"
       awk -v tag="batch $b $k round $r" '
