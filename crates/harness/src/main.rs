@@ -142,18 +142,13 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 fn load_weights(model: &str, tier: MemTier, seed: u64) -> anyhow::Result<Weights> {
-    let path = Path::new(model);
-    if path.join("config.json").exists() {
-        let cfg = ModelConfig::from_file(&path.join("config.json"))?;
+    let (cfg, folder) = model_source(model)?;
+    if folder {
         let pb = bar(cfg.layers as u64, "loading weights");
-        let w = Weights::load(path, tier, &|l| pb.set_position(l as u64))?;
+        let w = Weights::load(Path::new(model), tier, &|l| pb.set_position(l as u64))?;
         pb.finish();
         return Ok(w);
     }
-    if path.exists() {
-        bail!("{model}: a folder without config.json; expected an HF checkpoint folder or a preset name");
-    }
-    let cfg = ModelConfig::preset(model)?;
     let pb = bar(cfg.layers as u64, "dummy weights");
     let w = Weights::dummy(&cfg, tier, seed, &|l| pb.set_position(l as u64))?;
     pb.finish();
@@ -161,12 +156,26 @@ fn load_weights(model: &str, tier: MemTier, seed: u64) -> anyhow::Result<Weights
 }
 
 fn model_config(model: &str) -> anyhow::Result<ModelConfig> {
+    Ok(model_source(model)?.0)
+}
+
+/// The configuration `-m` names, and whether it is a checkpoint folder (else a preset). A
+/// folder without `config.json`, or a path that names no folder, is an error saying so.
+fn model_source(model: &str) -> anyhow::Result<(ModelConfig, bool)> {
     let path = Path::new(model);
     if path.join("config.json").exists() {
-        Ok(ModelConfig::from_file(&path.join("config.json"))?)
-    } else {
-        Ok(ModelConfig::preset(model)?)
+        return Ok((ModelConfig::from_file(&path.join("config.json"))?, true));
     }
+    if path.exists() {
+        bail!("{model}: a folder without config.json; expected an HF checkpoint folder or a preset name");
+    }
+    if model.contains(std::path::MAIN_SEPARATOR) || model.starts_with('.') {
+        bail!(
+            "{model}: no such folder; expected an HF checkpoint folder (with config.json) or a preset: {}",
+            engine::config::PRESETS.join(", ")
+        );
+    }
+    Ok((ModelConfig::preset(model)?, false))
 }
 
 /// One bench run's inputs and outputs.
@@ -1110,6 +1119,19 @@ mod tests {
                 .unwrap()
         );
         assert!(e.contains("no-such-model") && e.contains("opt-30b"), "{e}");
+        // A path that names no folder, and a folder without config.json, say which.
+        let missing = std::env::temp_dir().join("tandem-no-such-checkpoint");
+        let empty = std::env::temp_dir().join(format!("tandem-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        for (dir, want) in [
+            (&missing, "no such folder"),
+            (&empty, "without config.json"),
+        ] {
+            let m = dir.to_str().unwrap();
+            let e = format!("{:#}", measure(&args(&["-m", m]), false).err().unwrap());
+            assert!(e.contains(m) && e.contains(want), "{e}");
+        }
+        std::fs::remove_dir(&empty).unwrap();
     }
 
     #[test]
