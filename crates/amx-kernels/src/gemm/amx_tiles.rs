@@ -54,7 +54,9 @@
 //!
 //! `TANDEM_AMX_SMALL=b1` runs blocks of 16, 32, 48 or 64 rows on a B-stationary kernel
 //! instead ([`gemm_block_amx_b1`]: C as four 16-row tiles of one column block, each B tile
-//! loaded once and used by every row tile); an opt-in for measurement, not the default.
+//! loaded once and used by every row tile); an opt-in for measurement, not the default: on the
+//! GPU host it ran the 64-row products of OPT-30B with cold weights at 0.87–0.94× the 2 × 2
+//! kernel, which loads one tile per tile product where it loads 1.25 (docs/BENCHMARKS.md).
 //!
 //! `ldtilecfg` is per thread: each block configures the tiles itself and releases them at the
 //! end, so any pool thread can run any block.
