@@ -20,6 +20,11 @@
 #   GEMM_COLD=1 GEMM_SHAPES=opt-30b.qkv,opt-30b.fc1,opt-30b.fc2 GEMM_MS=64 \
 #   KNOBS="default;TANDEM_AMX_SMALL=b1;TANDEM_AMX_SMALL=b1 TANDEM_AMX_NB_SMALL=8 TANDEM_AMX_KC=8;default;TANDEM_AMX_SMALL=b1;TANDEM_AMX_SMALL=b1 TANDEM_AMX_NB_SMALL=8 TANDEM_AMX_KC=8" \
 #   bash anchors/gemm_knobs.sh
+# A (the panel, from L2) prefetched into L1 ahead of the 64-row products' tile loads (at 512 and
+# 2048 rows the L1 prefetches lost; at 64 rows, with B from DRAM, not yet measured):
+#   GEMM_COLD=1 GEMM_SHAPES=opt-30b.qkv,opt-30b.fc1,opt-30b.fc2,opt-30b.out GEMM_MS=64 \
+#   KNOBS="default;TANDEM_AMX_PF_A=1;TANDEM_AMX_PF_A=2;TANDEM_AMX_PF_A=4;TANDEM_AMX_PF_A=2 TANDEM_AMX_PF_B=2;default" \
+#   bash anchors/gemm_knobs.sh
 # and the same for larger M (a 128 × 32 block's C is 16 KiB, L1-resident across K chunks):
 #   GEMM_SHAPES=llama3-8b.o,llama3-8b.down,llama3-8b.gate_up GEMM_MS=128,512 \
 #   KNOBS="default;TANDEM_AMX_NB=2 TANDEM_AMX_KC=4;TANDEM_AMX_NB=2 TANDEM_AMX_KC=8;TANDEM_AMX_NB=2 TANDEM_AMX_MB=64 TANDEM_AMX_KC=8;default" \
