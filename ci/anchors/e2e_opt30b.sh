@@ -9,7 +9,8 @@
 # prefill's first and slowest later GPU layer from it. Like FlexGen's benchmark (a warm-up
 # generate before the timed one), one untimed iteration runs first (WARMUP, default 1; ITERS
 # timed ones, default 1): at batch 64 without it, the process's first prefill's first GPU layer
-# and its first decode step's first CPU layer each took 0.13-0.15 s more than the others.
+# and its first decode step's first CPU layer each took 0.13-0.15 s more than the others; the
+# lines printed after each batch give both for every iteration.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/e2e_opt30b; mkdir -p "$L"
 "$here/bin/tandem" probe --profile "$L/p.json" > "$L/probe.log" 2>&1
@@ -54,5 +55,12 @@ if first and first["gpu"]:
     print(f"  first token {ttft.group(1) if ttft else '?'} ms; prefill: first GPU layer {g[0]:.1f} ms, "
           f"the others {min(g[1:] or [0]):.1f}..{max(g[1:] or [0]):.1f} ms, layers ended at "
           f"{first['gpu_end_ms']:.1f} ms of the step")
+# The first decode step of every iteration: a first CPU layer far slower than the next only in
+# the warm-up's says the cost is the process's; in the timed iteration's too, each session's.
+for i, s in enumerate(steps[:-1]):
+    c = steps[i + 1]["cpu"]
+    if s["prefill"] and len(c) > 1:
+        print(f"  first decode step after the prefill at step {s['step']}: first CPU layer "
+              f"{c[0][2] - c[0][1]:.1f} ms, the next {c[1][2] - c[1][1]:.1f} ms")
 PY
 done
