@@ -33,7 +33,7 @@ for b in ${BATCHES:-1 64}; do
     /^layer map/ {map = $NF}
     /^next-token latency/ {step = $3}
     /^throughput/ {tps = $2}
-    /^roofline  / {roof = $(NF-3) "%"}
+    /^roofline  / {for (i = 1; i + 3 <= NF; i++) if ($(i + 1) == "%" && $(i + 3) == "roofline") roof = $i "%"}
     /^rc=/ {rc = substr($0, 4)}
     END {
       flex = (input != 256) ? 0 : (b == 1) ? 0.90 : (b == 64) ? 56.8 : 0

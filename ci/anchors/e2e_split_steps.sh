@@ -24,7 +24,7 @@ for r in $(seq 1 "${ROUNDS:-1}"); do
       awk -v tag="batch $b $k round $r" '
         /^next-token latency/ {step = $3}
         /^throughput/ {tps = $2}
-        /^roofline  / {roof = $(NF-3) "%"}
+        /^roofline  / {for (i = 1; i + 3 <= NF; i++) if ($(i + 1) == "%" && $(i + 3) == "roofline") roof = $i "%"}
         /split: decode/ {sp = $0}
         /^rc=/ {rc = substr($0, 4)}
         END {printf "%s: %s tokens/s, next token %s ms, %s of the roofline, rc %s %s\n", tag, tps, step, roof, rc, (sp == "" ? "" : "| " sp)}' "$log"
