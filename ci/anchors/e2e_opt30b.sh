@@ -9,7 +9,8 @@
 # prefill's first and slowest later GPU layer from it. Like FlexGen's benchmark (a warm-up
 # generate before the timed one), one untimed iteration runs first (WARMUP, default 1; ITERS
 # timed ones, default 1): at batch 64 without it, the process's first prefill's first GPU layer
-# and its first decode step's first CPU layer each took 0.13-0.15 s more than the others; the
+# and its first decode step's first CPU layer each took 0.13-0.15 s more than the others; with
+# it, only the warm-up's iteration pays them (both are the process's, not each session's). The
 # lines printed after each batch give both for every iteration.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/e2e_opt30b; mkdir -p "$L"
