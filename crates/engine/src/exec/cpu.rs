@@ -212,22 +212,41 @@ pub fn embed(w: &Weights, tokens: &[u32], positions: &[usize], x: &mut [f32]) ->
     Ok(())
 }
 
-/// Rows from which [`embed`] and [`par_copy`] work on the pool.
+/// Rows from which [`embed`] works on the pool.
 pub(crate) const PAR_ROWS: usize = 256;
 
-/// `dst.copy_from_slice(src)`, on the pool in pieces for copies of [`PAR_ROWS`] rows of
-/// `row` elements or more (one thread copies a few GB/s: a prefill's residual is 470 MB).
-pub(crate) fn par_copy(dst: &mut [f32], src: &[f32], row: usize) {
-    let piece = 64 * row.max(1);
-    if src.len() >= PAR_ROWS * row.max(1) {
+/// Elements from which [`par_copy`] and [`par_widen`] work on the pool: 1 MiB of f32. A
+/// batch-64 residual of OPT-30B (1.8 MB, between a CPU layer and a GPU layer of a decode step)
+/// goes through the pool, which one thread copies in a tenth of a millisecond or more; batch 1's
+/// row is copied in place.
+pub(crate) const PAR_ELEMS: usize = 1 << 18;
+
+/// `f(dst piece, src piece)` over matching pieces of `dst` and `src` (equal lengths), on the
+/// pool from [`PAR_ELEMS`] elements, in place below.
+fn par_pieces<D: Send, S: Sync>(dst: &mut [D], src: &[S], f: impl Fn(&mut [D], &[S]) + Sync) {
+    assert_eq!(dst.len(), src.len(), "par_pieces: lengths differ");
+    const PIECE: usize = 1 << 15;
+    if src.len() >= PAR_ELEMS {
         platform::pool().install(|| {
-            dst.par_chunks_mut(piece)
-                .zip(src.par_chunks(piece))
-                .for_each(|(d, s)| d.copy_from_slice(s))
+            dst.par_chunks_mut(PIECE)
+                .zip(src.par_chunks(PIECE))
+                .for_each(|(d, s)| f(d, s))
         });
     } else {
-        dst.copy_from_slice(src);
+        f(dst, src);
     }
+}
+
+/// `dst.copy_from_slice(src)`, on the pool from [`PAR_ELEMS`] elements (one thread copies a few
+/// GB/s: a prefill's residual is 470 MB).
+pub(crate) fn par_copy(dst: &mut [f32], src: &[f32]) {
+    par_pieces(dst, src, |d, s| d.copy_from_slice(s));
+}
+
+/// `src` widened to f32 into `dst` (a residual coming back from the GPU in bf16), on the pool
+/// from [`PAR_ELEMS`] elements.
+pub(crate) fn par_widen(dst: &mut [f32], src: &[bf16]) {
+    par_pieces(dst, src, |d, s| s.convert_to_f32_slice(d));
 }
 
 /// S1 in f32 into `qkv` (`[T, qkv_dim]`, each row q, k, v side by side): norm, QKV projection
@@ -589,6 +608,29 @@ mod tests {
         }
         let e = embed(&w, &[5, 1000], &[0, 1], &mut vec![0.0; 2 * h]).unwrap_err();
         assert!(e.to_string().contains("1000"), "{e}");
+    }
+
+    #[test]
+    fn par_copy_and_widen_match_in_place_on_and_off_the_pool() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+        // Below PAR_ELEMS in place; from it on the pool, with a last piece shorter than the rest.
+        for n in [7168, PAR_ELEMS + 12345] {
+            let f: Vec<f32> = (0..n).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
+            let b: Vec<bf16> = f.iter().map(|&v| bf16::from_f32(v)).collect();
+            let mut got = vec![f32::NAN; n];
+            par_copy(&mut got, &f);
+            assert_eq!(got, f, "par_copy of {n}");
+            let mut got = vec![f32::NAN; n];
+            par_widen(&mut got, &b);
+            for (i, (g, w)) in got.iter().zip(&b).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_f32().to_bits(),
+                    "par_widen of {n}: element {i}"
+                );
+            }
+        }
     }
 
     #[test]
