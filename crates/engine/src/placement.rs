@@ -281,6 +281,9 @@ mod tests {
         assert_eq!(resident_layers(48, 100.0).unwrap(), 48);
         assert_eq!(resident_layers(7, 50.0).unwrap(), 3);
         assert!(resident_layers(48, 101.0).is_err());
+        let e = resident_layers(48, -5.0).unwrap_err().to_string();
+        assert!(e.contains("-5") && e.contains("0..=100"), "{e}");
+        assert!(resident_layers(48, f64::NAN).is_err());
         let e = layer_placements(
             48,
             Policy::FULL_GPU,

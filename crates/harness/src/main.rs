@@ -71,8 +71,9 @@ pub struct BenchArgs {
     prefill_policy: Option<String>,
     #[arg(long, alias = "decode-policy")]
     decoding_policy: Option<String>,
-    /// Percentage of layers (the first ones) whose weights stay on the GPU.
-    #[arg(long)]
+    /// Percentage of layers (the first ones) whose weights stay on the GPU (0 to 100; a value
+    /// outside is refused by the placement, negative ones included, by name).
+    #[arg(long, allow_negative_numbers = true)]
     gpu_percentage: Option<f64>,
     #[arg(long, default_value_t = 1)]
     num_minibatch: usize,
@@ -1170,6 +1171,9 @@ mod tests {
             (64, 4, Some(50.0))
         );
         assert!(a.pin_weight && a.token_latency);
+        // A negative percentage reaches the placement, which refuses it by name, rather than
+        // clap taking it for an unknown flag.
+        assert_eq!(args(&["--gpu-percentage", "-5"]).gpu_percentage, Some(-5.0));
         assert_eq!(
             args(&["--split-steps", "fixed"]).split_steps,
             Some(SplitSteps::Fixed)

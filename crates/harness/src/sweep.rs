@@ -35,7 +35,7 @@ pub struct SweepArgs {
     pub policies: Vec<String>,
     /// Comma-separated GPU percentages (default 0); `auto` takes each as its resident share
     /// and splits the rest, or, with none given, picks its own (as many layers as fit).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     pub gpu_percentages: Vec<f64>,
     /// Set by `resolve`: no percentages were given.
     #[arg(skip)]
