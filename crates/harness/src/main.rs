@@ -870,13 +870,12 @@ fn main() {
             Ok(())
         }
         Cmd::Probe { profile } => (|| {
+            let path = profile.unwrap_or_else(probe::default_path);
+            // Checked before the minute of measuring: only an earlier profile is replaced.
+            probe::check_replaceable(&path)?;
             let p = probe::run()?;
             probe::print(&p);
-            let path = profile.unwrap_or_else(probe::default_path);
-            if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d)?;
-            }
-            std::fs::write(&path, serde_json::to_string_pretty(&p)?)?;
+            probe::save(&path, &p)?;
             println!("profile saved to {}", path.display());
             Ok(())
         })(),

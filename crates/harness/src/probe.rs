@@ -66,6 +66,47 @@ pub fn load(path: &Path) -> Option<Profile> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
+/// Whether `tandem probe` may write its profile to `path`: where nothing is, or where an
+/// earlier profile is (re-probing replaces it); any other file, or a folder, is the user's and
+/// is refused, naming it.
+pub fn check_replaceable(path: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+        Ok(m) if m.is_file() && load(path).is_some() => Ok(()),
+        Ok(_) => Err(anyhow::anyhow!(
+            "{} exists and is not a tandem profile; it is left as it is (pick another --profile path)",
+            path.display()
+        )),
+    }
+}
+
+/// Writes `p` to `path` (after [`check_replaceable`]) through a temporary file in the same
+/// folder, renamed over the old profile when complete, so that an interrupted write never
+/// leaves a truncated profile behind.
+pub fn save(path: &Path, p: &Profile) -> anyhow::Result<()> {
+    check_replaceable(path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{}: not a file name", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, serde_json::to_string_pretty(p)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!("{}: {e}", path.display())
+    })
+}
+
 fn best_of<F: FnMut()>(reps: usize, mut f: F) -> f64 {
     (0..reps)
         .map(|_| {
@@ -416,5 +457,53 @@ pub fn print(p: &Profile) {
     println!("GPU GEMM bf16             {}", tfs(p.gpu_gemm_bf16_flop_s));
     for n in &p.notes {
         println!("note: {n}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tandem probe` writes where nothing is and over an earlier profile, and refuses any other
+    /// file or a folder, leaving it as it was; the write leaves no temporary file behind.
+    #[test]
+    fn probe_replaces_only_a_profile() {
+        let dir = std::env::temp_dir().join(format!("tandem-probe-save-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = Profile {
+            dram_read_bytes_s: 123e9,
+            ..Default::default()
+        };
+
+        let fresh = dir.join("sub").join("profile.json");
+        check_replaceable(&fresh).unwrap();
+        save(&fresh, &p).unwrap();
+        assert_eq!(load(&fresh).unwrap().dram_read_bytes_s, 123e9);
+        let again = Profile {
+            dram_read_bytes_s: 7e9,
+            ..Default::default()
+        };
+        save(&fresh, &again).unwrap();
+        assert_eq!(load(&fresh).unwrap().dram_read_bytes_s, 7e9);
+        let left: Vec<_> = std::fs::read_dir(fresh.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("profile.json")]);
+
+        let mine = dir.join("notes.json");
+        std::fs::write(&mine, "{\"my\": \"data\"}").unwrap();
+        for path in [&mine, &dir] {
+            let e = check_replaceable(path).unwrap_err().to_string();
+            assert!(e.contains("not a tandem profile"), "{e}");
+            let e = save(path, &p).unwrap_err().to_string();
+            assert!(e.contains(&path.display().to_string()), "{e}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(&mine).unwrap(),
+            "{\"my\": \"data\"}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
