@@ -239,6 +239,52 @@ fn read_rows(path: &Path) -> Vec<Row> {
         .unwrap_or_default()
 }
 
+/// Files a sweep writes in its output folder besides `results.jsonl` (rewritten from it at the
+/// end of every run).
+const DERIVED: [&str; 3] = ["results.csv", "throughput.svg", "breakdown.svg"];
+
+/// Checks that `out` holds nothing of the user's that a sweep would append to or write over:
+/// a `results.jsonl` whose every line is a sweep's row (an earlier run to resume), the files
+/// derived from it only beside it, and a `profile.json` that is a profile. Anything else is
+/// refused, naming the file, before any point runs.
+fn check_out(out: &Path) -> anyhow::Result<()> {
+    let refuse = |f: &Path, why: &str| {
+        anyhow::anyhow!(
+            "{} {why}; a sweep would write over it, so nothing was run (pick another --out)",
+            f.display()
+        )
+    };
+    let jsonl = out.join("results.jsonl");
+    match std::fs::read_to_string(&jsonl) {
+        Ok(t) => {
+            if let Some((i, _)) = t
+                .lines()
+                .enumerate()
+                .find(|(_, l)| !l.trim().is_empty() && serde_json::from_str::<Row>(l).is_err())
+            {
+                return Err(refuse(
+                    &jsonl,
+                    &format!("has a line ({}) that is not a sweep's result", i + 1),
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(f) = DERIVED.iter().map(|f| out.join(f)).find(|f| f.exists()) {
+                return Err(refuse(
+                    &f,
+                    "exists without a sweep's results.jsonl beside it",
+                ));
+            }
+        }
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", jsonl.display())),
+    }
+    let prof = out.join("profile.json");
+    if prof.exists() && crate::probe::load(&prof).is_none() {
+        return Err(refuse(&prof, "is not a tandem profile"));
+    }
+    Ok(())
+}
+
 pub fn run(a: SweepArgs) -> anyhow::Result<()> {
     let a = a.resolve()?;
     let caps = engine::caps::Capabilities::detect();
@@ -251,6 +297,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("results").join(format!("sweep-{model}")));
     std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    check_out(&out)?;
     let jsonl = out.join("results.jsonl");
     // One profile for every point: the named one, or measured once into the output folder.
     let mut a = a;
@@ -516,6 +563,74 @@ mod tests {
         assert!(g
             .iter()
             .any(|p| p.policy == "auto" && p.gpu_percentage.is_none()));
+    }
+
+    /// An output folder with a sweep's earlier results (or nothing) is taken; one holding
+    /// other files a sweep would append to or write over is refused, and they are left as they
+    /// were.
+    #[test]
+    fn output_folder_with_foreign_files_is_refused() {
+        let base = std::env::temp_dir().join(format!("tandem-sweep-out-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let fresh = base.join("fresh");
+        std::fs::create_dir_all(&fresh).unwrap();
+        check_out(&fresh).unwrap();
+
+        // An earlier sweep's rows and derived files: resumed.
+        let earlier = base.join("earlier");
+        std::fs::create_dir_all(&earlier).unwrap();
+        let row = Row {
+            key: "k".into(),
+            point: grid(&SweepArgs::default().resolve().unwrap(), "opt-1.3b").remove(0),
+            error: None,
+            throughput_tok_s: 1.0,
+            first_token_s: 0.1,
+            next_token_mean_s: 0.1,
+            next_token_p90_s: 0.1,
+            next_token_p99_s: 0.1,
+            decode_s: 0.1,
+            roofline_fraction: 0.5,
+            layers_resident: 0,
+            layers_streamed: 0,
+            layers_cpu: 24,
+        };
+        let line = serde_json::to_string(&row).unwrap();
+        std::fs::write(earlier.join("results.jsonl"), format!("{line}\n\n{line}\n")).unwrap();
+        std::fs::write(earlier.join("results.csv"), "x").unwrap();
+        check_out(&earlier).unwrap();
+
+        // The user's own files under the names a sweep writes.
+        let cases: [(&str, &str, &str); 3] = [
+            ("results.jsonl", "{\"mine\": 1}\n", "line (1)"),
+            (
+                "throughput.svg",
+                "<svg/>",
+                "without a sweep's results.jsonl",
+            ),
+            ("profile.json", "{\"mine\": 1}", "not a tandem profile"),
+        ];
+        for (i, (name, text, why)) in cases.iter().enumerate() {
+            let d = base.join(format!("user{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(name), text).unwrap();
+            let e = check_out(&d).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(why), "{name}: {e}");
+            let e = run(SweepArgs {
+                model: Some("opt-1.3b".into()),
+                out: Some(d.clone()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(name), "{name}: {e}");
+            assert_eq!(std::fs::read_to_string(d.join(name)).unwrap(), *text);
+            assert_eq!(
+                std::fs::read_dir(&d).unwrap().count(),
+                1,
+                "{name}: nothing added"
+            );
+        }
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
