@@ -267,8 +267,12 @@ impl Checkpoint {
             // SAFETY: the file is mapped read-only; a checkpoint changed underneath us while
             // loading is outside what we promise to handle, as with any reader.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let (_, meta) = safetensors::SafeTensors::read_metadata(&map)
-                .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
+            let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
+                Error::Weights(format!(
+                    "{}: not a readable safetensors file ({e}): truncated, or another format",
+                    path.display()
+                ))
+            })?;
             for name in meta.tensors().keys() {
                 index.insert(name.clone(), i);
             }

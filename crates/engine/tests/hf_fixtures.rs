@@ -297,10 +297,7 @@ fn sharded_checkpoint_loads_the_same_weights() {
     use safetensors::tensor::TensorView;
     use safetensors::Dtype;
     let src = data_dir("tiny-llama-gqa");
-    let dir = std::env::temp_dir().join(format!("tandem-shards-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
-    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let (dir, bytes) = scratch_copy("tiny-llama-gqa", "shards");
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<String> = st.names().into_iter().cloned().collect();
     names.sort();
@@ -349,24 +346,51 @@ fn sharded_checkpoint_loads_the_same_weights() {
     }
 }
 
+/// A scratch copy of fixture `name`'s folder (`tag` tells tests apart), with its config and
+/// its checkpoint's bytes read back for the test to change.
+fn scratch_copy(name: &str, tag: &str) -> (PathBuf, Vec<u8>) {
+    let src = data_dir(name);
+    let dir = std::env::temp_dir().join(format!("tandem-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    (dir, std::fs::read(src.join("model.safetensors")).unwrap())
+}
+
+/// The error of loading `dir`, which is removed.
+fn load_error(dir: &std::path::Path) -> String {
+    let e = Weights::load(dir, MemTier::Pageable, &|_| {})
+        .err()
+        .expect("loading the changed checkpoint fails")
+        .to_string();
+    std::fs::remove_dir_all(dir).ok();
+    e
+}
+
 /// A config that does not match its weights is an error naming the tensor and both shapes.
 #[test]
 fn config_and_weights_that_disagree_are_a_clear_error() {
-    let src = data_dir("tiny-opt");
-    let dir = std::env::temp_dir().join(format!("tandem-badcfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let (dir, bytes) = scratch_copy("tiny-opt", "badcfg");
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     cfg["ffn_dim"] = 768.into();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    let e = Weights::load(&dir, MemTier::Pageable, &|_| {})
-        .err()
-        .unwrap()
-        .to_string();
-    std::fs::remove_dir_all(&dir).ok();
+    let e = load_error(&dir);
     assert!(
         e.contains("fc1.weight") && e.contains("[768, 128]") && e.contains("[512, 128]"),
+        "{e}"
+    );
+}
+
+/// A truncated checkpoint is an error naming the file and saying what is wrong with it.
+#[test]
+fn truncated_checkpoint_is_a_clear_error() {
+    let (dir, bytes) = scratch_copy("tiny-opt", "truncated");
+    let file = dir.join("model.safetensors");
+    std::fs::write(&file, &bytes[..1000]).unwrap();
+    let e = load_error(&dir);
+    assert!(
+        e.contains(&file.display().to_string()) && e.contains("not a readable safetensors"),
         "{e}"
     );
 }
