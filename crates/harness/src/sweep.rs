@@ -305,7 +305,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         let p = out.join("profile.json");
         if !p.exists() {
             let prof = crate::load_profile(None, !caps.gpus.is_empty())?;
-            std::fs::write(&p, serde_json::to_string_pretty(&prof)?)?;
+            crate::probe::save(&p, &prof)?;
         }
         a.profile = Some(p);
     }
