@@ -49,6 +49,14 @@ pub struct Profile {
     pub host_read_with_h2d_cpu_bytes_s: f64,
     #[serde(default)]
     pub host_read_with_h2d_dma_bytes_s: f64,
+    /// FLOP/s of the 64-row CPU GEMM over the GEMV's weights (from DRAM) while the GPU's DMA
+    /// copies pinned memory in, and the DMA's bytes/s meanwhile: a batch-64 decode step's CPU
+    /// layers run beside its streamed layers' copies, and lose more to them than the plain read
+    /// above does (0 without a GPU, or in profiles from before it).
+    #[serde(default)]
+    pub cpu_gemm_m64_with_h2d_flop_s: f64,
+    #[serde(default)]
+    pub cpu_gemm_m64_with_h2d_dma_bytes_s: f64,
     pub hbm_copy_bytes_s: f64,
     pub gpu_gemm_bf16_flop_s: f64,
     pub notes: Vec<String>,
@@ -237,11 +245,26 @@ pub fn run() -> anyhow::Result<Profile> {
     p.cpu_gemm_m64_flop_s = rows_rate(64)?;
     p.cpu_gemm_m512_flop_s = rows_rate(512)?;
 
-    gpu_probe(&mut p);
+    // A batch-64 layer's four linears, one after the other (the GEMV's weights, from DRAM),
+    // for the GPU probe to run beside its copies: returns the pass's FLOPs.
+    let m = 64;
+    let x64: Vec<bf16> = (0..m * k)
+        .map(|i| bf16::from_f32(((i % 7) as f32 - 3.0) / 10.0))
+        .collect();
+    let y64 = std::sync::Mutex::new(vec![0f32; m * parts.iter().copied().max().unwrap_or(16)]);
+    let layer64 = || -> u64 {
+        let mut y = y64.lock().unwrap_or_else(|e| e.into_inner());
+        for (pw, &pn) in linears.iter().zip(&parts) {
+            amx_kernels::gemm_bf16(&x64, m, k, pw, &mut y[..m * pn], Default::default())
+                .expect("64-row GEMM of the probe's own shapes");
+        }
+        2 * (m * parts.iter().sum::<usize>() * k) as u64
+    };
+    gpu_probe(&mut p, &layer64);
     Ok(p)
 }
 
-fn gpu_probe(p: &mut Profile) {
+fn gpu_probe(p: &mut Profile, layer64: &(dyn Fn() -> u64 + Sync)) {
     match cuda_kernels::Gpu::new(0) {
         Err(e) => p
             .notes
@@ -250,8 +273,35 @@ fn gpu_probe(p: &mut Profile) {
             if let Err(e) = gpu_ceilings(&gpu, p) {
                 p.notes.push(format!("GPU probe failed: {e}"));
             }
+            if let Err(e) = gemm_with_h2d(&gpu, p, layer64) {
+                p.notes
+                    .push(format!("64-row GEMM beside H2D copies failed: {e}"));
+            }
         }
     }
+}
+
+/// The 64-row GEMM's rate while the GPU copies pinned memory in (see
+/// [`Profile::cpu_gemm_m64_with_h2d_flop_s`]).
+fn gemm_with_h2d(
+    gpu: &std::sync::Arc<cuda_kernels::Gpu>,
+    p: &mut Profile,
+    layer64: &(dyn Fn() -> u64 + Sync),
+) -> anyhow::Result<()> {
+    use cuda_kernels::transfer::PinnedBuf;
+    let s = gpu.new_stream()?;
+    let n = (1usize << 30) / 2; // 1 GiB of bf16
+    eprintln!("probe: CPU 64-row GEMM while the GPU copies pinned memory in");
+    let pinned = PinnedBuf::<bf16>::alloc(gpu, n)?;
+    let mut dst = s.alloc_zeros::<bf16>(n)?;
+    layer64(); // warm-up
+               // The round with the fastest GEMM.
+    let rounds = beside_h2d(gpu, &s, &pinned, &mut dst, n, layer64, p)?;
+    if let Some(&(cpu, dma)) = rounds.iter().max_by(|x, y| x.0.total_cmp(&y.0)) {
+        p.cpu_gemm_m64_with_h2d_flop_s = cpu;
+        p.cpu_gemm_m64_with_h2d_dma_bytes_s = dma;
+    }
+    Ok(())
 }
 
 /// Times `f` (queued on `stream`) with CUDA events, best of `reps`, seconds.
@@ -316,10 +366,8 @@ pub fn gpu_ceilings(
     Ok(())
 }
 
-/// The CPU reads a probe-sized buffer pass after pass on the pool (from a thread of its own,
-/// so that this one can watch the GPU) while the GPU copies `pinned` to `dst` sixteen times;
-/// only the CPU passes that began after the copies started and ended before they finished
-/// count, so each share is measured under the other's load. Best total of three rounds.
+/// The CPU reads a probe-sized buffer pass after pass on the pool while the GPU copies pinned
+/// memory in (see [`beside_h2d`]): the host memory's read by both at once.
 fn host_read_with_h2d(
     gpu: &cuda_kernels::Gpu,
     s: &std::sync::Arc<cudarc::driver::CudaStream>,
@@ -328,7 +376,6 @@ fn host_read_with_h2d(
     n: usize,
     p: &mut Profile,
 ) -> anyhow::Result<()> {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let bytes = probe_bytes();
     eprintln!(
         "probe: CPU read of {:.1} GiB while the GPU copies pinned memory in",
@@ -337,22 +384,54 @@ fn host_read_with_h2d(
     let mut host =
         platform::mem::HostBuf::<u64>::zeroed(bytes / 8, platform::mem::MemTier::Pageable)?;
     host.iter_mut().enumerate().for_each(|(i, x)| *x = i as u64);
+    let read = || {
+        std::hint::black_box(platform::membw::parallel_read(std::hint::black_box(&host)));
+        (host.len() * 8) as u64
+    };
+    // The round with the highest total.
+    let rounds = beside_h2d(gpu, s, pinned, dst, n, &read, p)?;
+    if let Some(&(cpu, dma)) = rounds
+        .iter()
+        .max_by(|x, y| (x.0 + x.1).total_cmp(&(y.0 + y.1)))
+    {
+        p.host_read_with_h2d_bytes_s = cpu + dma;
+        p.host_read_with_h2d_cpu_bytes_s = cpu;
+        p.host_read_with_h2d_dma_bytes_s = dma;
+    }
+    Ok(())
+}
+
+/// Runs `pass` (CPU work on the pool, returning what it did: bytes, FLOPs) again and again on a
+/// thread of its own, so that this one can watch the GPU, while the GPU copies `pinned` to
+/// `dst` sixteen times; only the passes that began after the copies started and ended before
+/// they finished count, so each side is measured under the other's load. Up to three rounds,
+/// each (CPU work per second, DMA bytes per second); a round where fewer than two passes fit
+/// inside the copies ends them, with a note in `p`.
+fn beside_h2d(
+    gpu: &cuda_kernels::Gpu,
+    s: &std::sync::Arc<cudarc::driver::CudaStream>,
+    pinned: &cuda_kernels::transfer::PinnedBuf<bf16>,
+    dst: &mut cudarc::driver::CudaSlice<bf16>,
+    n: usize,
+    pass: &(dyn Fn() -> u64 + Sync),
+    p: &mut Profile,
+) -> anyhow::Result<Vec<(f64, f64)>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let copies = 16;
+    let mut rounds = Vec::new();
     for _ in 0..3 {
         let stop = AtomicBool::new(false);
         let (passes, window) = std::thread::scope(|sc| -> anyhow::Result<_> {
-            let reader = sc.spawn(|| {
+            let worker = sc.spawn(|| {
                 let mut passes = Vec::new();
-                let mut sink = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
-                    sink ^= platform::membw::parallel_read(std::hint::black_box(&host));
-                    passes.push((t0, Instant::now()));
+                    let done = pass();
+                    passes.push((t0, Instant::now(), done));
                 }
-                std::hint::black_box(sink);
                 passes
             });
-            // Let the reader get going, then copy, and note when the copies ran on the host's
+            // Let the worker get going, then copy, and note when the copies ran on the host's
             // clock (polled every 100 µs).
             std::thread::sleep(std::time::Duration::from_millis(30));
             let (a, b) = (gpu.timing_event()?, gpu.timing_event()?);
@@ -370,33 +449,30 @@ fn host_read_with_h2d(
             let started = poll(&a);
             let ended = poll(&b);
             stop.store(true, Ordering::Relaxed);
-            let passes = reader.join().expect("probe reader thread");
+            let passes = worker.join().expect("probe worker thread");
             let dma_s = a.elapsed_ms(&b)? as f64 / 1e3;
             Ok((passes, (started?, ended?, dma_s)))
         })?;
         let (started, ended, dma_s) = window;
         let inside: Vec<_> = passes
             .iter()
-            .filter(|(t0, t1)| *t0 >= started && *t1 <= ended)
+            .filter(|(t0, t1, _)| *t0 >= started && *t1 <= ended)
             .collect();
         if inside.len() < 2 {
             p.notes.push(format!(
-                "host read with H2D: {} CPU passes inside the {:.0} ms of copies; not measured",
+                "beside H2D copies: {} CPU passes inside the {:.0} ms of copies; round not counted",
                 inside.len(),
                 dma_s * 1e3
             ));
-            return Ok(());
+            break;
         }
         let cpu_s = inside.last().unwrap().1 - inside[0].0;
-        let cpu = (inside.len() * bytes / 8 * 8) as f64 / cpu_s.as_secs_f64();
+        let work: u64 = inside.iter().map(|x| x.2).sum();
+        let cpu = work as f64 / cpu_s.as_secs_f64();
         let dma = (copies * n * 2) as f64 / dma_s;
-        if cpu + dma > p.host_read_with_h2d_bytes_s {
-            p.host_read_with_h2d_bytes_s = cpu + dma;
-            p.host_read_with_h2d_cpu_bytes_s = cpu;
-            p.host_read_with_h2d_dma_bytes_s = dma;
-        }
+        rounds.push((cpu, dma));
     }
-    Ok(())
+    Ok(rounds)
 }
 
 pub fn print(p: &Profile) {
@@ -451,6 +527,13 @@ pub fn print(p: &Profile) {
             gbs(p.host_read_with_h2d_bytes_s),
             gbs(p.host_read_with_h2d_cpu_bytes_s).trim(),
             gbs(p.host_read_with_h2d_dma_bytes_s).trim()
+        );
+    }
+    if p.cpu_gemm_m64_with_h2d_flop_s > 0.0 {
+        println!(
+            "CPU GEMM 64 rows with H2D {} (DMA {})",
+            tfs(p.cpu_gemm_m64_with_h2d_flop_s),
+            gbs(p.cpu_gemm_m64_with_h2d_dma_bytes_s).trim()
         );
     }
     println!("HBM copy (read+write)     {}", gbs(p.hbm_copy_bytes_s));
