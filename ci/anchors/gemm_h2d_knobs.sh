@@ -6,7 +6,7 @@
 # ROUNDS override the defaults.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/gemm_h2d_knobs; mkdir -p "$L"
-IFS=';' read -ra list <<< "${KNOBS:-default;TANDEM_AMX_PF_B2=64;TANDEM_AMX_PF_A=4}"
+IFS=';' read -ra list <<< "${KNOBS:-default;TANDEM_AMX_PF_B2=0;TANDEM_AMX_PF_B2=8;TANDEM_AMX_PF_B2=64}"
 for r in $(seq 1 "${ROUNDS:-2}"); do
   i=0
   for k in "${list[@]}"; do
