@@ -26,6 +26,10 @@
 //! (the weights are zero-padded already), so that one K step of one group is 2 KiB in one
 //! piece: no cache-set conflicts between the 16 rows of a tile load, no tail step, and no copy
 //! inside the blocks (a block of a decode GEMM spans all rows, and used to repack them).
+//! `TANDEM_AMX_A=direct|auto` reads A in place instead, one tile row per row of A at the
+//! caller's row stride ([`ASrc`]; `auto` only where A's rows start on 64-byte lines): no copy
+//! and no freshly written panel, whose reads slowed o and down by 18–44 % on the GPU host
+//! (docs/BENCHMARKS.md), at the price of 16 rows a tile load that may share cache sets.
 //!
 //! Blocking ([`Knobs`], each an environment variable read once, a tuning knob; defaults in
 //! [`Knobs::DEFAULT`]): a work block is up to `TANDEM_AMX_MB` rows × `TANDEM_AMX_NB` column
@@ -111,6 +115,22 @@ pub(crate) struct Knobs {
     /// Blocks of at most [`M_SMALL`] rows, a multiple of 16, on the B-stationary micro-kernel
     /// ([`gemm_block_amx_b1`]; `TANDEM_AMX_SMALL=b1`; the default `2x2` is [`micro`]).
     pub b_stationary: bool,
+    /// Where the tile loads read A (`TANDEM_AMX_A=panel|direct|auto`, see [`ASrc`]).
+    pub a_src: ASrc,
+}
+
+/// Where the AMX GEMM's tile loads read A.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ASrc {
+    /// Always from the A panel, copied first (the module header's layout).
+    Panel,
+    /// In place, each tile row one row of A at the caller's row stride, wherever the rows hold
+    /// whole K tiles (K a multiple of 32 for bf16; the int8 GEMM's quantized rows always do);
+    /// the panel otherwise.
+    Direct,
+    /// In place where [`ASrc::Direct`] would be and A's rows also start on 64-byte lines (A
+    /// 64-byte aligned, a row stride of whole lines), so that no tile row straddles two lines.
+    Auto,
 }
 
 impl Knobs {
@@ -138,6 +158,7 @@ impl Knobs {
         order: Order::Columns,
         t1: 0,
         b_stationary: false,
+        a_src: ASrc::Panel,
     };
 
     /// The defaults with the environment's overrides, read once.
@@ -189,6 +210,19 @@ impl Knobs {
                     Ok(v) => {
                         eprintln!("tandem: TANDEM_AMX_SMALL={v:?} is not 2x2 or b1; using 2x2");
                         d.b_stationary
+                    }
+                },
+                a_src: match std::env::var("TANDEM_AMX_A").as_deref() {
+                    Err(_) => d.a_src,
+                    Ok("panel") => ASrc::Panel,
+                    Ok("direct") => ASrc::Direct,
+                    Ok("auto") => ASrc::Auto,
+                    Ok(v) => {
+                        eprintln!(
+                            "tandem: TANDEM_AMX_A={v:?} is not panel, direct or auto; using {:?}",
+                            d.a_src
+                        );
+                        d.a_src
                     }
                 },
                 order: match std::env::var("TANDEM_AMX_ORDER").as_deref() {
@@ -343,9 +377,18 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     let base = &AmxOperands {
         panel: std::ptr::null(),
         row0: 0,
+        al: ALayout::panel(src.kb),
         kb: src.kb,
         b,
         b_stride,
+    };
+    // A read in place (no panel) where the knob allows it for this A (see `ASrc`).
+    let whole = src.row_bytes == src.kb * ROW;
+    let lines = (src.a as usize).is_multiple_of(ROW) && src.lda.is_multiple_of(ROW);
+    let direct = match kn.a_src {
+        ASrc::Panel => false,
+        ASrc::Direct => whole,
+        ASrc::Auto => whole && lines,
     };
     // SAFETY (both blocks below): the plan's blocks start on multiples of 32 rows
     // (Knobs::blocking) and stay inside M and the weight's blocks; c holds rows · (pb1 - pb0)
@@ -361,7 +404,7 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     };
     // Order::RowsOwn: no shared panel, each block's rows packed by its thread (this call's
     // number tells a thread's panel of this call from one of an earlier call).
-    let own = (kn.order == Order::RowsOwn && src.m > M_SMALL)
+    let own = (kn.order == Order::RowsOwn && src.m > M_SMALL && !direct)
         .then(|| OWN_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
     let mut blocks = |shared: AmxOperands| {
         let shared = &shared;
@@ -386,6 +429,11 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
         )
     };
     match own {
+        _ if direct => blocks(AmxOperands {
+            panel: src.a,
+            al: ALayout::direct(src.lda),
+            ..*base
+        }),
         Some(_) => blocks(*base),
         None => with_panel(src, |panel| blocks(AmxOperands { panel, ..*base })),
     }
@@ -439,10 +487,12 @@ unsafe fn with_own_panel<R>(
 /// Where a block kernel finds its operands.
 #[derive(Clone, Copy)]
 pub(crate) struct AmxOperands {
-    /// The A panel (see the module header) from row `row0` (0 for the shared panel of all of M;
-    /// the block's first row for a thread's own panel), and its K tiles per row group.
+    /// A from row `row0`, laid out as `al` says: the A panel (see the module header; `row0` 0
+    /// for the shared panel of all of M, the block's first row for a thread's own panel), or A
+    /// itself in place (`row0` 0); and the K tiles of a row.
     pub panel: *const u8,
     pub row0: usize,
+    pub al: ALayout,
     pub kb: usize,
     /// The first packed block of the weight, and the bytes from one block to the next.
     pub b: *const u8,
@@ -506,27 +556,67 @@ pub(crate) struct Prefetch {
     pub t1: u8,
 }
 
+/// How a block kernel finds A: the tile of a 32-row group's first 16 rows at K step `s` is at
+/// `group_base + s · step`, its rows `stride` bytes apart, the group's other 16 rows `half`
+/// bytes further, and group `g` `g · group` bytes past group 0.
+#[derive(Clone, Copy)]
+pub(crate) struct ALayout {
+    pub stride: usize,
+    pub step: usize,
+    pub half: usize,
+    pub group: usize,
+}
+
+impl ALayout {
+    /// The A panel of `kb` K tiles a group (the module header's layout).
+    pub(crate) fn panel(kb: usize) -> Self {
+        ALayout {
+            stride: ROW,
+            step: A_STEP,
+            half: TILE_BYTES,
+            group: kb * A_STEP,
+        }
+    }
+
+    /// A in place, rows `lda` bytes apart, each tile row 64 bytes of one row.
+    fn direct(lda: usize) -> Self {
+        ALayout {
+            stride: lda,
+            step: ROW,
+            half: 16 * lda,
+            group: 32 * lda,
+        }
+    }
+
+    /// Row `r` (0..32) of the group's tile at `a`.
+    #[inline(always)]
+    fn row(&self, a: *const u8, r: usize) -> *const u8 {
+        a.wrapping_add((r / 16) * self.half + (r % 16) * self.stride)
+    }
+}
+
 /// `steps` K steps of the micro-kernel on tmm0–3 (tmm0–1 only unless `TWO`, the group has a
-/// second 16 rows): A from `a` (2 KiB per step), B from `b0` and `b1` (1 KiB per step).
+/// second 16 rows): A from `a` as `al` lays it out, B from `b0` and `b1` (1 KiB per step).
 #[inline(always)]
 pub(crate) unsafe fn micro<T: Tiles, const INT8: bool, const TWO: bool>(
     a: *const u8,
+    al: ALayout,
     b0: *const u8,
     b1: *const u8,
     steps: usize,
     pf: Prefetch,
 ) {
-    let a_lines = if TWO { 32 } else { 16 };
+    let a_rows = if TWO { 32 } else { 16 };
     for s in 0..steps {
         let (a, b0, b1) = (
-            a.add(s * A_STEP),
+            a.add(s * al.step),
             b0.add(s * TILE_BYTES),
             b1.add(s * TILE_BYTES),
         );
         if pf.t1 & 1 != 0 {
-            T::load_t1::<4>(a, ROW);
+            T::load_t1::<4>(a, al.stride);
         } else {
-            T::load::<4>(a, ROW);
+            T::load::<4>(a, al.stride);
         }
         if pf.t1 & 2 != 0 {
             T::load_t1::<6>(b0, ROW);
@@ -542,9 +632,9 @@ pub(crate) unsafe fn micro<T: Tiles, const INT8: bool, const TWO: bool>(
         dp::<T, INT8, 1, 4, 7>();
         if TWO {
             if pf.t1 & 1 != 0 {
-                T::load_t1::<5>(a.add(TILE_BYTES), ROW);
+                T::load_t1::<5>(a.add(al.half), al.stride);
             } else {
-                T::load::<5>(a.add(TILE_BYTES), ROW);
+                T::load::<5>(a.add(al.half), al.stride);
             }
             dp::<T, INT8, 2, 5, 6>();
             dp::<T, INT8, 3, 5, 7>();
@@ -554,14 +644,26 @@ pub(crate) unsafe fn micro<T: Tiles, const INT8: bool, const TWO: bool>(
             prefetch::<false>(b1.wrapping_add(pf.b * TILE_BYTES), 16);
         }
         if pf.a > 0 {
-            prefetch::<false>(a.wrapping_add(pf.a * A_STEP), a_lines);
+            prefetch_a::<false>(a.wrapping_add(pf.a * al.step), &al, a_rows);
         }
         if pf.b2 > 0 {
             prefetch::<true>(b0.wrapping_add(pf.b2 * TILE_BYTES), 16);
             prefetch::<true>(b1.wrapping_add(pf.b2 * TILE_BYTES), 16);
         }
         if pf.a2 > 0 {
-            prefetch::<true>(a.wrapping_add(pf.a2 * A_STEP), a_lines);
+            prefetch_a::<true>(a.wrapping_add(pf.a2 * al.step), &al, a_rows);
+        }
+    }
+}
+
+/// [`prefetch`] of the first `rows` rows of the A tile(s) at `a` (one 64-byte line a row).
+#[inline(always)]
+fn prefetch_a<const L2: bool>(a: *const u8, al: &ALayout, rows: usize) {
+    if al.stride == ROW && al.half == TILE_BYTES {
+        prefetch::<L2>(a, rows);
+    } else {
+        for r in 0..rows {
+            prefetch::<L2>(al.row(a, r), 1);
         }
     }
 }
@@ -613,7 +715,7 @@ pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
             let b1 = if two_cols { b0.add(op.b_stride) } else { b0 };
             let a = op
                 .panel
-                .add((((m0 - op.row0) / 32 + g) * kb + kc0) * A_STEP);
+                .add(((m0 - op.row0) / 32 + g) * op.al.group + kc0 * op.al.step);
             // SAFETY (C tiles): inside the scratch (rows × ldc); only the ones this group and
             // pair own are loaded or stored.
             let c00 = cbase.add((mp * ldc + (np - pb0) * BLOCK_N) * 4);
@@ -646,9 +748,9 @@ pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
                 t1: kn.t1,
             };
             if two_rows {
-                micro::<T, INT8, true>(a, b0, b1, steps, pf);
+                micro::<T, INT8, true>(a, op.al, b0, b1, steps, pf);
             } else {
-                micro::<T, INT8, false>(a, b0, b1, steps, pf);
+                micro::<T, INT8, false>(a, op.al, b0, b1, steps, pf);
             }
             T::store::<0>(c00, ldc_bytes);
             if two_cols {
@@ -705,9 +807,10 @@ pub(crate) unsafe fn gemm_block_amx_b1<T: Tiles, const INT8: bool>(
     T::config(&cfg);
     let cbase = c.as_mut_ptr() as *mut u8;
     // A tile i of K step k: 32-row group i / 2, its half i % 2.
+    let al = op.al;
     let a_tile = |i: usize, k: usize| {
         op.panel
-            .add((((m0 - op.row0) / 32 + i / 2) * kb + k) * A_STEP + (i % 2) * TILE_BYTES)
+            .add(((m0 - op.row0) / 32 + i / 2) * al.group + k * al.step + (i % 2) * al.half)
     };
     for kc0 in (0..kb).step_by(kc) {
         let kend = (kc0 + kc).min(kb);
@@ -732,18 +835,18 @@ pub(crate) unsafe fn gemm_block_amx_b1<T: Tiles, const INT8: bool>(
                 if kn.pf_b2 > 0 {
                     prefetch::<true>(bk.wrapping_add(kn.pf_b2 * TILE_BYTES), 16);
                 }
-                T::load::<4>(a_tile(0, k), ROW);
+                T::load::<4>(a_tile(0, k), al.stride);
                 dp::<T, INT8, 0, 4, 7>();
                 if tiles > 1 {
-                    T::load::<5>(a_tile(1, k), ROW);
+                    T::load::<5>(a_tile(1, k), al.stride);
                     dp::<T, INT8, 1, 5, 7>();
                 }
                 if tiles > 2 {
-                    T::load::<6>(a_tile(2, k), ROW);
+                    T::load::<6>(a_tile(2, k), al.stride);
                     dp::<T, INT8, 2, 6, 7>();
                 }
                 if tiles > 3 {
-                    T::load::<4>(a_tile(3, k), ROW);
+                    T::load::<4>(a_tile(3, k), al.stride);
                     dp::<T, INT8, 3, 4, 7>();
                 }
             }

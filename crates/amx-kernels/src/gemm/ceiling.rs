@@ -15,7 +15,7 @@
 
 use std::cell::RefCell;
 
-use super::amx_tiles::{dp, micro, Line, Prefetch, A_STEP, TILE_BYTES};
+use super::amx_tiles::{dp, micro, ALayout, Line, Prefetch, A_STEP, TILE_BYTES};
 use crate::tile::TileConfig;
 use crate::tile_ops::{Hw, Tiles};
 use crate::{Error, Result};
@@ -97,6 +97,7 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
             let a = buf.as_ptr() as *const u8;
             let b0 = a.wrapping_add(span * A_STEP);
             let b1 = b0.wrapping_add(span * TILE_BYTES);
+            let al = ALayout::panel(span);
             let mut cfg = TileConfig::palette1();
             for t in 0..8 {
                 cfg.set(t, 16, 64);
@@ -114,10 +115,11 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
                         Ceiling::TdpInt8 => tdp_only::<true>(span),
                         Ceiling::Tdp6 => tdp_six(span),
                         Ceiling::L1 | Ceiling::L2 => {
-                            micro::<Hw, false, true>(a, b0, b1, span, Prefetch::default())
+                            micro::<Hw, false, true>(a, al, b0, b1, span, Prefetch::default())
                         }
                         Ceiling::L2Prefetch => micro::<Hw, false, true>(
                             a,
+                            al,
                             b0,
                             b1,
                             span,

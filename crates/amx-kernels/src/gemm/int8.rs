@@ -15,7 +15,7 @@ use half::bf16;
 use platform::CpuTier;
 use rayon::prelude::*;
 
-use super::amx_tiles::{gemm_amx, ASource, Knobs};
+use super::amx_tiles::{gemm_amx, ASource, Knobs, Line};
 use super::pack::BLOCK_N;
 use super::pack_int8::{quantize_row_int8, PackedWeightI8, BLOCK_K_INT8};
 use super::{
@@ -96,8 +96,9 @@ pub fn gemm_int8<O: OutElem>(
 }
 
 thread_local! {
-    /// The calling thread's quantized activations and their scales.
-    static QUANT: RefCell<Vec<i8>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's quantized activations (in 64-byte lines, so that every row of
+    /// whole tiles starts on a line and the AMX tiles can read them in place) and their scales.
+    static QUANT: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
     static QUANT_SCALES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -150,9 +151,12 @@ fn with_quantized<R>(
     kpad: usize,
     f: impl FnOnce(&QuantA) -> R,
 ) -> R {
-    crate::scratch::with_buf(&QUANT, m * kpad, |q| {
+    crate::scratch::with_buf(&QUANT, (m * kpad).div_ceil(64), |lines| {
+        // SAFETY: the lines hold at least m · kpad bytes, any bit pattern is an i8, and the
+        // borrow of `lines` outlives this view.
+        let q = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut i8, m * kpad) };
         crate::scratch::with_buf(&QUANT_SCALES, m, |scales| {
-            let (q, scales) = (&mut q[..m * kpad], &mut scales[..m]);
+            let scales = &mut scales[..m];
             platform::pool().install(|| {
                 q.par_chunks_mut(kpad)
                     .zip(scales.par_iter_mut())

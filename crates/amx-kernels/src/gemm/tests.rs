@@ -8,6 +8,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::tile_ops::{Emu, Hw, Tiles};
+use amx_tiles::ASrc;
 
 /// Unit roundoff of f32.
 const U32: f64 = f32::EPSILON as f64 / 2.0;
@@ -273,7 +274,8 @@ fn emu_ep_tier() -> CpuTier {
 /// shape below into several K chunks, work blocks of several row groups (blocks starting past
 /// row 0), both loop orders and the other item orders (each thread's own panel too), with
 /// prefetch on and off, set widths of small-M blocks, and the B-stationary kernel for blocks of
-/// 16 to 64 rows (a multiple of 16; other small blocks fall back to the 2 × 2 one).
+/// 16 to 64 rows (a multiple of 16; other small blocks fall back to the 2 × 2 one); A read in
+/// place (where K is whole tiles) or from the panel.
 const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
     amx_tiles::Knobs::DEFAULT,
     amx_tiles::Knobs {
@@ -289,6 +291,7 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         order: Order::Skewed,
         t1: 1,
         b_stationary: false,
+        a_src: ASrc::Direct,
     },
     amx_tiles::Knobs {
         kc: 5,
@@ -303,6 +306,7 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         order: Order::Rows,
         t1: 2,
         b_stationary: false,
+        a_src: ASrc::Auto,
     },
     amx_tiles::Knobs {
         kc: 4,
@@ -317,6 +321,7 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         order: Order::RowsOwn,
         t1: 0,
         b_stationary: false,
+        a_src: ASrc::Direct,
     },
     amx_tiles::Knobs {
         kc: 3,
@@ -331,13 +336,15 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         order: Order::Columns,
         t1: 0,
         b_stationary: true,
+        a_src: ASrc::Direct,
     },
 ];
 
 /// Shapes for the emulated AMX GEMM (m, n, k): M = 1, rows not filling a tile or a group, an
 /// odd number of column blocks, K tails in bf16 (K % 32) and int8 (K % 64), M past one
-/// work block, K over many chunks, and 16, 48 and 64 rows (the B-stationary kernel's).
-const EMU_SHAPES: [(usize, usize, usize); 9] = [
+/// work block, K over many chunks, and 16, 48 and 64 rows (the B-stationary kernel's); K of
+/// whole tiles (64, 128, 96), which A read in place needs, also past one work block of rows.
+const EMU_SHAPES: [(usize, usize, usize); 11] = [
     (1, 17, 33),
     (3, 40, 95),
     (16, 32, 64),
@@ -347,6 +354,8 @@ const EMU_SHAPES: [(usize, usize, usize); 9] = [
     (97, 70, 330),
     (2, 20, 2085),
     (48, 90, 150),
+    (64, 40, 128),
+    (130, 36, 96),
 ];
 
 /// Every knob setting of [`EMU_KNOBS`] on every shape of [`EMU_SHAPES`], through `via`.
