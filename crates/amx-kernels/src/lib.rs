@@ -41,7 +41,7 @@
 
 pub mod attention;
 pub mod gemm;
-mod scratch;
+pub mod scratch;
 pub mod simd;
 pub mod tile;
 pub mod tile_ops;

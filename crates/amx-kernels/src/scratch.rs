@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::thread::LocalKey;
 
 /// Runs `f` with this thread's buffer `key`, at least `len` long (contents unspecified).
-pub(crate) fn with_buf<T: Clone + Default, R>(
+pub fn with_buf<T: Clone + Default, R>(
     key: &'static LocalKey<RefCell<Vec<T>>>,
     len: usize,
     f: impl FnOnce(&mut Vec<T>) -> R,
