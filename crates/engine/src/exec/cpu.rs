@@ -477,16 +477,21 @@ const KEEP_ELEMS: usize = 1 << 24;
 /// Runs `f` with `n` elements of the calling thread's buffer `key`, kept between calls (a
 /// layer's buffers were allocated and zero-filled on one thread at every layer: 4.6 MB at batch
 /// 64 on OPT-30B). Its contents are whatever the last user left: `f` writes all `n` before it
-/// reads any.
+/// reads any. The slice starts on a 64-byte line, so that the AMX GEMM can read its rows in
+/// place.
 fn with_kept<R>(
     key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<bf16>>>,
     n: usize,
     f: impl FnOnce(&mut [bf16]) -> R,
 ) -> R {
+    let on_line = |v: &mut [bf16]| {
+        let off = (64 - v.as_ptr() as usize % 64) % 64 / 2;
+        f(&mut v[off..off + n])
+    };
     if n > KEEP_ELEMS {
-        return f(&mut vec![bf16::ZERO; n]);
+        return on_line(&mut vec![bf16::ZERO; n + 32]);
     }
-    amx_kernels::scratch::with_buf(key, n, |v| f(&mut v[..n]))
+    amx_kernels::scratch::with_buf(key, n + 32, |v| on_line(v))
 }
 
 /// Final norm and LM head over the given rows of `x`: logits `[rows.len(), vocab]`.
