@@ -588,15 +588,11 @@ impl GpuModel {
         let Some(c) = a.cpu_s_per_layer else {
             return;
         };
-        // `TANDEM_SPLIT_HOST=0`: the CPU layers against the copies alone, as the split once
-        // balanced them (for comparison).
-        static HOST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let host = *HOST.get_or_init(|| std::env::var("TANDEM_SPLIT_HOST").as_deref() != Ok("0"));
         let costs = SplitCosts {
             cpu_s: c,
-            gpu_s: if host { a.gpu_s_per_layer } else { 0.0 },
+            gpu_s: a.gpu_s_per_layer,
             pcie_s: a.pcie_s_per_layer,
-            fixed_s: if host { a.fixed_s } else { 0.0 },
+            fixed_s: a.fixed_s,
         };
         let total = n_cpu + n_gpu;
         let want = costs.worth_moving(total, a.gpu_layers, costs.balanced(total));
