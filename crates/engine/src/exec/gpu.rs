@@ -435,32 +435,25 @@ struct AdaptiveSplit {
     /// Smoothed host seconds per streamed split layer: issuing its work and waiting for its
     /// residual before the next CPU layer (0 until a step streamed one).
     gpu_s_per_layer: f64,
-    /// Smoothed host seconds a step spends on neither (the embedding, the head, other layers),
-    /// from one rebalance to the next, and when the last rebalance ran.
-    fixed_s: f64,
-    last: Option<std::time::Instant>,
     gpu_layers: usize,
 }
 
 /// What a split of `n` layers costs a decode step, per layer: a CPU layer `cpu_s` of the host's
 /// chain; a streamed one `gpu_s` of that chain (the host issues it and waits for its residual:
-/// the CPU computes nothing meanwhile) and `pcie_s` of copies; and the chain's `fixed_s`
-/// besides. The step takes the longer of the chain and the copies.
+/// the CPU computes nothing meanwhile) and `pcie_s` of copies. The step takes the longer of the
+/// chain and the copies.
 #[derive(Clone, Copy, Debug)]
 struct SplitCosts {
     cpu_s: f64,
     gpu_s: f64,
     pcie_s: f64,
-    fixed_s: f64,
 }
 
 impl SplitCosts {
-    /// The longer side with `g` of `n` layers streamed:
-    /// `max(fixed_s + (n − g)·cpu_s + g·gpu_s, g·pcie_s)`.
+    /// The longer side with `g` of `n` layers streamed: `max((n − g)·cpu_s + g·gpu_s, g·pcie_s)`.
     fn longer(&self, n: usize, g: usize) -> f64 {
         let g = g.min(n);
-        let chain = self.fixed_s + (n - g) as f64 * self.cpu_s + g as f64 * self.gpu_s;
-        chain.max(g as f64 * self.pcie_s)
+        ((n - g) as f64 * self.cpu_s + g as f64 * self.gpu_s).max(g as f64 * self.pcie_s)
     }
 
     /// Of `n` split layers, how many to stream: the count with the shortest longer side (the
@@ -502,8 +495,6 @@ impl GpuModel {
             pcie_s_per_layer: bytes as f64 / pcie_bytes_s.max(1.0),
             cpu_s_per_layer: None,
             gpu_s_per_layer: 0.0,
-            fixed_s: 0.0,
-            last: None,
             gpu_layers,
         });
         self.apply_split(gpu_layers);
@@ -556,19 +547,6 @@ impl GpuModel {
                 g
             };
         }
-        let now = std::time::Instant::now();
-        if let Some(last) = a.last {
-            // (Bounded by the layers' own time: a step held up once by the host must not
-            // move the split for the steps after it.)
-            let f =
-                (now.duration_since(last).as_secs_f64() - cpu_s - gpu_s).clamp(0.0, cpu_s + gpu_s);
-            a.fixed_s = if a.fixed_s > 0.0 {
-                0.5 * a.fixed_s + 0.5 * f
-            } else {
-                f
-            };
-        }
-        a.last = Some(now);
         // The copies timed so far that have completed (the ones queued for the next step may
         // still be running: they count at the next rebalance).
         let (mut sum, mut n) = (0.0, 0usize);
@@ -592,7 +570,6 @@ impl GpuModel {
             cpu_s: c,
             gpu_s: a.gpu_s_per_layer,
             pcie_s: a.pcie_s_per_layer,
-            fixed_s: a.fixed_s,
         };
         let total = n_cpu + n_gpu;
         let want = costs.worth_moving(total, a.gpu_layers, costs.balanced(total));
@@ -1734,9 +1711,6 @@ impl<'m> GpuSession<'m> {
         }
         if !prefill {
             self.model.rebalance(cpu_layers, cpu_s, gpu_layers, gpu_s);
-        } else if let Some(a) = self.model.adaptive.as_mut() {
-            // The next decode step's fixed time is timed from its own start, not the prefill's.
-            a.last = None;
         }
         let mut traced = self.model.trace.take();
         if let Some(tr) = traced.as_mut() {
@@ -2183,7 +2157,6 @@ mod tests {
             cpu_s,
             gpu_s,
             pcie_s,
-            fixed_s: 0.0,
         };
         // OPT-30B at batch 1: 13.6 ms per CPU layer, 22.5 ms per copied layer, 48 layers.
         assert_eq!(costs(13.6e-3, 0.0, 22.5e-3).balanced(48), 18);
@@ -2212,12 +2185,6 @@ mod tests {
         assert_eq!(c.balanced(48), 22);
         assert_eq!(c.worth_moving(48, 21, 22), 22);
         assert!(c.longer(48, 22) < 0.97 * c.longer(48, 21));
-        // The chain's fixed time counts on its side: 60 ms of it moves a layer more to PCIe.
-        let c = SplitCosts {
-            fixed_s: 60e-3,
-            ..c
-        };
-        assert_eq!(c.balanced(48), 23);
     }
 
     #[test]
