@@ -432,53 +432,29 @@ struct AdaptiveSplit {
     pcie_s_per_layer: f64,
     /// Smoothed CPU seconds per split layer (none until a step computed one).
     cpu_s_per_layer: Option<f64>,
-    /// Smoothed host seconds per streamed split layer: issuing its work and waiting for its
-    /// residual before the next CPU layer (0 until a step streamed one).
-    gpu_s_per_layer: f64,
     gpu_layers: usize,
 }
 
-/// What a split of `n` layers costs a decode step, per layer: a CPU layer `cpu_s` of the host's
-/// chain; a streamed one `gpu_s` of that chain (the host issues it and waits for its residual:
-/// the CPU computes nothing meanwhile) and `pcie_s` of copies. The step takes the longer of the
-/// chain and the copies.
-#[derive(Clone, Copy, Debug)]
-struct SplitCosts {
-    cpu_s: f64,
-    gpu_s: f64,
-    pcie_s: f64,
+/// Of `n` split layers, how many to stream so that the CPU's share (`cpu_s` each) and the
+/// copies (`pcie_s` each) take equally long: `(n − g)·cpu_s = g·pcie_s`.
+fn balanced_gpu_layers(n: usize, cpu_s: f64, pcie_s: f64) -> usize {
+    if !(cpu_s > 0.0) || !(pcie_s > 0.0) {
+        return if cpu_s > 0.0 { n } else { 0 };
+    }
+    ((n as f64 * cpu_s / (cpu_s + pcie_s)).round() as usize).min(n)
 }
 
-impl SplitCosts {
-    /// The longer side with `g` of `n` layers streamed: `max((n − g)·cpu_s + g·gpu_s, g·pcie_s)`.
-    fn longer(&self, n: usize, g: usize) -> f64 {
-        let g = g.min(n);
-        ((n - g) as f64 * self.cpu_s + g as f64 * self.gpu_s).max(g as f64 * self.pcie_s)
-    }
-
-    /// Of `n` split layers, how many to stream: the count with the shortest longer side (the
-    /// fewest streamed among equals). Leaving the streamed layers' host time out, as the split
-    /// once did, keeps a layer too many on the CPU where the host's chain is the longer side.
-    fn balanced(&self, n: usize) -> usize {
-        if !(self.cpu_s > 0.0) || !(self.pcie_s > 0.0) {
-            return if self.cpu_s > 0.0 { n } else { 0 };
-        }
-        (0..=n)
-            .min_by(|&a, &b| self.longer(n, a).total_cmp(&self.longer(n, b)))
-            .unwrap_or(0)
-    }
-
-    /// The split's next count of streamed layers: `want` where its longer side beats the
-    /// current count's by more than [`SPLIT_GAIN`], else `now`. Moving layers costs the next
-    /// step its prefetched copies (the previous step loaded the layers it streamed), and the
-    /// measured times move with the host's load from step to step: a split that followed every
-    /// change of a layer or two would pay that cost for no gain.
-    fn worth_moving(&self, n: usize, now: usize, want: usize) -> usize {
-        if want != now && self.longer(n, want) < (1.0 - SPLIT_GAIN) * self.longer(n, now) {
-            want
-        } else {
-            now
-        }
+/// The split's next count of streamed layers: `want` where its longer side, `max((n − g)·cpu_s,
+/// g·pcie_s)`, beats the current count's by more than [`SPLIT_GAIN`], else `now`. Moving
+/// layers costs the next step its prefetched copies (the previous step loaded the layers it
+/// streamed), and the measured times move with the host's load from step to step: a split that
+/// followed every change of a layer or two would pay that cost for no gain.
+fn worth_moving(n: usize, now: usize, want: usize, cpu_s: f64, pcie_s: f64) -> usize {
+    let longer = |g: usize| ((n - g.min(n)) as f64 * cpu_s).max(g as f64 * pcie_s);
+    if want != now && longer(want) < (1.0 - SPLIT_GAIN) * longer(now) {
+        want
+    } else {
+        now
     }
 }
 
@@ -494,7 +470,6 @@ impl GpuModel {
         self.adaptive = Some(AdaptiveSplit {
             pcie_s_per_layer: bytes as f64 / pcie_bytes_s.max(1.0),
             cpu_s_per_layer: None,
-            gpu_s_per_layer: 0.0,
             gpu_layers,
         });
         self.apply_split(gpu_layers);
@@ -528,9 +503,8 @@ impl GpuModel {
     }
 
     /// After a decode step that computed `cpu_layers` split layers on the CPU in `cpu_s`
-    /// seconds and streamed `gpu_layers` of them, which held the host's chain for `gpu_s`
     /// seconds: the next step's split.
-    fn rebalance(&mut self, cpu_layers: usize, cpu_s: f64, gpu_layers: usize, gpu_s: f64) {
+    fn rebalance(&mut self, cpu_layers: usize, cpu_s: f64) {
         let (n_cpu, n_gpu) = self.split_counts();
         let Some(a) = self.adaptive.as_mut() else {
             return;
@@ -538,14 +512,6 @@ impl GpuModel {
         if cpu_layers > 0 {
             let c = cpu_s / cpu_layers as f64;
             a.cpu_s_per_layer = Some(a.cpu_s_per_layer.map_or(c, |old| 0.5 * old + 0.5 * c));
-        }
-        if gpu_layers > 0 {
-            let g = gpu_s / gpu_layers as f64;
-            a.gpu_s_per_layer = if a.gpu_s_per_layer > 0.0 {
-                0.5 * a.gpu_s_per_layer + 0.5 * g
-            } else {
-                g
-            };
         }
         // The copies timed so far that have completed (the ones queued for the next step may
         // still be running: they count at the next rebalance).
@@ -566,13 +532,13 @@ impl GpuModel {
         let Some(c) = a.cpu_s_per_layer else {
             return;
         };
-        let costs = SplitCosts {
-            cpu_s: c,
-            gpu_s: a.gpu_s_per_layer,
-            pcie_s: a.pcie_s_per_layer,
-        };
-        let total = n_cpu + n_gpu;
-        let want = costs.worth_moving(total, a.gpu_layers, costs.balanced(total));
+        let want = worth_moving(
+            n_cpu + n_gpu,
+            a.gpu_layers,
+            balanced_gpu_layers(n_cpu + n_gpu, c, a.pcie_s_per_layer),
+            c,
+            a.pcie_s_per_layer,
+        );
         if want != a.gpu_layers {
             a.gpu_layers = want;
             let g = a.gpu_layers;
@@ -1570,9 +1536,6 @@ impl<'m> GpuSession<'m> {
             })
             .collect();
         let (mut cpu_layers, mut cpu_s) = (0usize, 0f64);
-        // Streamed split layers, and the host's time on them: issuing each, then the next CPU
-        // layer's wait for its residual (`after_gpu`: the layer before was one).
-        let (mut gpu_layers, mut gpu_s, mut after_gpu) = (0usize, 0f64, false);
         self.model.time_copies = !prefill && self.model.adaptive.is_some();
         if self.trace || self.model.timeline.is_some() {
             let start = self.model.mark_now(&s)?;
@@ -1605,12 +1568,9 @@ impl<'m> GpuSession<'m> {
                 let begun = std::time::Instant::now();
                 // The layer's own CPU time, for the adaptive split.
                 let mut own = 0.0;
-                let mut waited = 0.0;
                 if run.attn_cpu(prefill) {
                     for mb in mbs.iter_mut() {
-                        let w = std::time::Instant::now();
                         self.residual_to_host(mb)?;
-                        waited += w.elapsed().as_secs_f64();
                         let t = std::time::Instant::now();
                         cpu_layer(
                             &self.model.cpu,
@@ -1624,7 +1584,7 @@ impl<'m> GpuSession<'m> {
                     }
                 } else {
                     let t = std::time::Instant::now();
-                    waited = self.cpu_layer_gpu_attention(l, &mut mbs, prefill)?;
+                    let waited = self.cpu_layer_gpu_attention(l, &mut mbs, prefill)?;
                     // Not the wait for the residual, which holds the GPU layers before it (and
                     // their copies).
                     own = t.elapsed().as_secs_f64() - waited;
@@ -1633,10 +1593,6 @@ impl<'m> GpuSession<'m> {
                     cpu_s += own;
                     cpu_layers += 1;
                 }
-                if after_gpu {
-                    gpu_s += waited;
-                }
-                after_gpu = false;
                 if let Some(tr) = self.model.trace.as_mut() {
                     let from = |i: std::time::Instant| i.duration_since(tr.t0).as_secs_f64();
                     let (a, b) = (from(begun), from(std::time::Instant::now()));
@@ -1644,7 +1600,6 @@ impl<'m> GpuSession<'m> {
                 }
                 continue;
             }
-            let issued = std::time::Instant::now();
             let slot = streamed.iter().position(|&x| x == l);
             if let Some(i) = slot {
                 s.wait(&self.model.loaded[buf(i)]).map_err(gerr)?;
@@ -1700,17 +1655,12 @@ impl<'m> GpuSession<'m> {
                     self.model.prefetched.push((streamed[j], buf(i)));
                 }
             }
-            after_gpu = run.mode == LayerMode::Split;
-            if after_gpu {
-                gpu_s += issued.elapsed().as_secs_f64();
-                gpu_layers += 1;
-            }
         }
         if nbuf > 0 {
             self.model.stage_base = (base + streamed.len()) % nbuf;
         }
         if !prefill {
-            self.model.rebalance(cpu_layers, cpu_s, gpu_layers, gpu_s);
+            self.model.rebalance(cpu_layers, cpu_s);
         }
         let mut traced = self.model.trace.take();
         if let Some(tr) = traced.as_mut() {
@@ -2153,38 +2103,22 @@ mod tests {
 
     #[test]
     fn adaptive_split_balances_cpu_and_pcie_time() {
-        let costs = |cpu_s: f64, gpu_s: f64, pcie_s: f64| SplitCosts {
-            cpu_s,
-            gpu_s,
-            pcie_s,
-        };
         // OPT-30B at batch 1: 13.6 ms per CPU layer, 22.5 ms per copied layer, 48 layers.
-        assert_eq!(costs(13.6e-3, 0.0, 22.5e-3).balanced(48), 18);
-        assert_eq!(costs(1.0, 0.0, 1.0).balanced(48), 24);
-        assert_eq!(costs(0.0, 0.0, 1.0).balanced(10), 0);
-        assert_eq!(costs(1.0, 0.0, 0.0).balanced(10), 10);
-        assert_eq!(costs(1.0, 0.0, 1.0).balanced(0), 0);
+        assert_eq!(balanced_gpu_layers(48, 13.6e-3, 22.5e-3), 18);
+        assert_eq!(balanced_gpu_layers(48, 1.0, 1.0), 24);
+        assert_eq!(balanced_gpu_layers(10, 0.0, 1.0), 0);
+        assert_eq!(balanced_gpu_layers(10, 1.0, 0.0), 10);
+        assert_eq!(balanced_gpu_layers(0, 1.0, 1.0), 0);
         // 21.5 ms a CPU layer, 22.7 ms a copy: 26 streamed of 48 leave the copies 590 ms,
         // the balance's 23 the CPU 538 ms: moved. From 24 (545 ms of copies) 23 gains 1.3 %:
         // kept; from 23, 22 or 24 would be slower: kept.
-        let c = costs(21.5e-3, 0.0, 22.7e-3);
-        let want = c.balanced(48);
+        let want = balanced_gpu_layers(48, 21.5e-3, 22.7e-3);
         assert_eq!(want, 23);
-        assert_eq!(c.worth_moving(48, 26, want), 23);
-        assert_eq!(c.worth_moving(48, 24, want), 24);
-        assert_eq!(c.worth_moving(48, 23, 22), 23);
-        assert_eq!(c.worth_moving(48, 23, 24), 23);
-        assert_eq!(costs(1.0, 0.0, 1.0).worth_moving(0, 0, 0), 0);
-        // A batch-64 step on the GPU host: 19.9 ms a CPU layer, 24.5 ms a copy, and each
-        // streamed layer holds the host 1.0 ms (issued, then its residual awaited). Without
-        // that millisecond the balance is 21 streamed (the CPU's 27 layers 537 ms against 514
-        // ms of copies, but the host's chain is 558 ms); with it, 22: both sides 539 ms,
-        // 3.4 % shorter, and worth the move.
-        assert_eq!(costs(19.9e-3, 0.0, 24.5e-3).balanced(48), 21);
-        let c = costs(19.9e-3, 1.0e-3, 24.5e-3);
-        assert_eq!(c.balanced(48), 22);
-        assert_eq!(c.worth_moving(48, 21, 22), 22);
-        assert!(c.longer(48, 22) < 0.97 * c.longer(48, 21));
+        assert_eq!(worth_moving(48, 26, want, 21.5e-3, 22.7e-3), 23);
+        assert_eq!(worth_moving(48, 24, want, 21.5e-3, 22.7e-3), 24);
+        assert_eq!(worth_moving(48, 23, 22, 21.5e-3, 22.7e-3), 23);
+        assert_eq!(worth_moving(48, 23, 24, 21.5e-3, 22.7e-3), 23);
+        assert_eq!(worth_moving(0, 0, 0, 1.0, 1.0), 0);
     }
 
     #[test]
