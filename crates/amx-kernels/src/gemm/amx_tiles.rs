@@ -117,6 +117,15 @@ pub(crate) struct Knobs {
     pub b_stationary: bool,
     /// Where the tile loads read A (`TANDEM_AMX_A=panel|direct|auto`, see [`ASrc`]).
     pub a_src: ASrc,
+    /// Packed column blocks of a work block when M ≤ [`M_SMALL`] and A (M rows of K) holds
+    /// more than `deep_a_bytes` (`TANDEM_AMX_NB_DEEP`, even; `None`: as `n_block_small`). A
+    /// block walks its K chunks outside its column pairs, so each chunk of A is read from the
+    /// L3 once a block: an A past the L2 (OPT-30B's FC2 at 64 rows: 3.7 MB) is read again by
+    /// every block, where wider blocks read it fewer times, at the price of fewer blocks to
+    /// balance the threads with.
+    pub n_block_deep: Option<usize>,
+    /// A's bytes above which `n_block_deep` applies (`TANDEM_AMX_DEEP_A`, default 1 MiB).
+    pub deep_a_bytes: usize,
 }
 
 /// Where the AMX GEMM's tile loads read A.
@@ -159,6 +168,8 @@ impl Knobs {
         t1: 0,
         b_stationary: false,
         a_src: ASrc::Panel,
+        n_block_deep: None,
+        deep_a_bytes: 1 << 20,
     };
 
     /// The defaults with the environment's overrides, read once.
@@ -212,6 +223,11 @@ impl Knobs {
                         d.b_stationary
                     }
                 },
+                n_block_deep: match num("TANDEM_AMX_NB_DEEP", 0) {
+                    0 => d.n_block_deep,
+                    nb => Some(nb.div_ceil(2) * 2),
+                },
+                deep_a_bytes: num("TANDEM_AMX_DEEP_A", d.deep_a_bytes),
                 a_src: match std::env::var("TANDEM_AMX_A").as_deref() {
                     Err(_) => d.a_src,
                     Ok("panel") => ASrc::Panel,
@@ -240,12 +256,16 @@ impl Knobs {
         })
     }
 
-    /// The work blocks of the plan.
-    pub(crate) fn blocking(&self) -> super::Blocking {
+    /// The work blocks of the plan for `m` rows of A taking `a_bytes` in all.
+    pub(crate) fn blocking(&self, m: usize, a_bytes: usize) -> super::Blocking {
+        let deep = m <= M_SMALL && a_bytes > self.deep_a_bytes;
         super::Blocking {
             m_block: self.m_block,
             n_block_max: self.n_block,
-            n_block_small: self.n_block_small,
+            n_block_small: match self.n_block_deep {
+                Some(nb) if deep => Some(nb),
+                _ => self.n_block_small,
+            },
             order: self.order,
         }
     }
@@ -410,7 +430,7 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
         let shared = &shared;
         run(
             ep_tier,
-            kn.blocking(),
+            kn.blocking(src.m, src.m * src.row_bytes),
             src.m,
             w,
             out,

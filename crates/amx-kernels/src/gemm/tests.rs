@@ -275,7 +275,8 @@ fn emu_ep_tier() -> CpuTier {
 /// row 0), both loop orders and the other item orders (each thread's own panel too), with
 /// prefetch on and off, set widths of small-M blocks, and the B-stationary kernel for blocks of
 /// 16 to 64 rows (a multiple of 16; other small blocks fall back to the 2 × 2 one); A read in
-/// place (where K is whole tiles) or from the panel.
+/// place (where K is whole tiles) or from the panel; wider blocks where A (up to 64 rows) is
+/// past 4 KiB.
 const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
     amx_tiles::Knobs::DEFAULT,
     amx_tiles::Knobs {
@@ -292,6 +293,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         t1: 1,
         b_stationary: false,
         a_src: ASrc::Direct,
+        n_block_deep: None,
+        deep_a_bytes: 4096,
     },
     amx_tiles::Knobs {
         kc: 5,
@@ -307,6 +310,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         t1: 2,
         b_stationary: false,
         a_src: ASrc::Auto,
+        n_block_deep: Some(4),
+        deep_a_bytes: 4096,
     },
     amx_tiles::Knobs {
         kc: 4,
@@ -322,6 +327,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         t1: 0,
         b_stationary: false,
         a_src: ASrc::Direct,
+        n_block_deep: Some(2),
+        deep_a_bytes: 4096,
     },
     amx_tiles::Knobs {
         kc: 3,
@@ -337,6 +344,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         t1: 0,
         b_stationary: true,
         a_src: ASrc::Direct,
+        n_block_deep: Some(8),
+        deep_a_bytes: 4096,
     },
 ];
 
