@@ -56,6 +56,11 @@
 //! loads 1 KiB of operands per product, and here both stream from L2 except where a chunk's
 //! strip happens to stay in L1, so one thread runs at about a third of the peak.
 //!
+//! `TANDEM_AMX_NB_DEEP` widens the blocks of M ≤ 64 rows whose A is past `TANDEM_AMX_DEEP_A`
+//! bytes (1 MiB), so that fewer blocks re-read each K chunk of A from the L3; off by default:
+//! two pairs a block made OPT-30B's FC2 (A 3.7 MB at 64 rows) 3–7 % slower end to end on the
+//! GPU host (docs/BENCHMARKS.md).
+//!
 //! `TANDEM_AMX_SMALL=b1` runs blocks of 16, 32, 48 or 64 rows on a B-stationary kernel
 //! instead ([`gemm_block_amx_b1`]: C as four 16-row tiles of one column block, each B tile
 //! loaded once and used by every row tile); an opt-in for measurement, not the default: on the
