@@ -638,7 +638,7 @@ fn load_profile(path: Option<&Path>, gpu: bool) -> anyhow::Result<probe::Profile
     };
     if gpu {
         if let Ok(g) = cuda_kernels::Gpu::new(0) {
-            probe::gpu_ceilings(&g, &mut p)?;
+            probe::gpu_ceilings(&g, &mut p, None)?;
         }
     }
     Ok(p)

@@ -260,43 +260,34 @@ pub fn run() -> anyhow::Result<Profile> {
         }
         2 * (m * parts.iter().sum::<usize>() * k) as u64
     };
-    gpu_probe(&mut p, &layer64);
-    Ok(p)
-}
-
-fn gpu_probe(p: &mut Profile, layer64: &(dyn Fn() -> u64 + Sync)) {
     match cuda_kernels::Gpu::new(0) {
         Err(e) => p
             .notes
             .push(format!("no GPU ({e}): PCIe, HBM and GPU GEMM not measured")),
         Ok(gpu) => {
-            if let Err(e) = gpu_ceilings(&gpu, p) {
+            if let Err(e) = gpu_ceilings(&gpu, &mut p, Some(&layer64)) {
                 p.notes.push(format!("GPU probe failed: {e}"));
-            }
-            if let Err(e) = gemm_with_h2d(&gpu, p, layer64) {
-                p.notes
-                    .push(format!("64-row GEMM beside H2D copies failed: {e}"));
             }
         }
     }
+    Ok(p)
 }
 
-/// The 64-row GEMM's rate while the GPU copies pinned memory in (see
-/// [`Profile::cpu_gemm_m64_with_h2d_flop_s`]).
+/// The 64-row GEMM's rate while the GPU copies `pinned` to `dst` (see
+/// [`Profile::cpu_gemm_m64_with_h2d_flop_s`]); `layer64` runs the GEMMs and returns their FLOPs.
 fn gemm_with_h2d(
-    gpu: &std::sync::Arc<cuda_kernels::Gpu>,
+    gpu: &cuda_kernels::Gpu,
+    s: &std::sync::Arc<cudarc::driver::CudaStream>,
+    pinned: &cuda_kernels::transfer::PinnedBuf<bf16>,
+    dst: &mut cudarc::driver::CudaSlice<bf16>,
+    n: usize,
     p: &mut Profile,
     layer64: &(dyn Fn() -> u64 + Sync),
 ) -> anyhow::Result<()> {
-    use cuda_kernels::transfer::PinnedBuf;
-    let s = gpu.new_stream()?;
-    let n = (1usize << 30) / 2; // 1 GiB of bf16
     eprintln!("probe: CPU 64-row GEMM while the GPU copies pinned memory in");
-    let pinned = PinnedBuf::<bf16>::alloc(gpu, n)?;
-    let mut dst = s.alloc_zeros::<bf16>(n)?;
     layer64(); // warm-up
                // The round with the fastest GEMM.
-    let rounds = beside_h2d(gpu, &s, &pinned, &mut dst, n, layer64, p)?;
+    let rounds = beside_h2d(gpu, s, pinned, dst, n, layer64, p)?;
     if let Some(&(cpu, dma)) = rounds.iter().max_by(|x, y| x.0.total_cmp(&y.0)) {
         p.cpu_gemm_m64_with_h2d_flop_s = cpu;
         p.cpu_gemm_m64_with_h2d_dma_bytes_s = dma;
@@ -324,10 +315,13 @@ fn time_gpu(
     Ok(best)
 }
 
-/// HBM copy, PCIe both ways (pinned, and pageable host to device), cuBLAS bf16 GEMM.
+/// HBM copy, PCIe both ways (pinned, and pageable host to device), the CPU's read beside the
+/// H2D copies, cuBLAS bf16 GEMM; with `layer64`, also the 64-row CPU GEMM beside the copies
+/// (see [`gemm_with_h2d`]), on the same pinned and device buffers.
 pub fn gpu_ceilings(
     gpu: &std::sync::Arc<cuda_kernels::Gpu>,
     p: &mut Profile,
+    layer64: Option<&(dyn Fn() -> u64 + Sync)>,
 ) -> anyhow::Result<()> {
     use cuda_kernels::transfer::{copy_blocks_d2h, copy_blocks_h2d, PinnedBuf};
     let s = gpu.new_stream()?;
@@ -347,6 +341,12 @@ pub fn gpu_ceilings(
     })?;
     p.pcie_d2h_pinned_bytes_s = (n * 2) as f64 / t;
     host_read_with_h2d(gpu, &s, &pinned, &mut dst, n, p)?;
+    if let Some(layer64) = layer64 {
+        if let Err(e) = gemm_with_h2d(gpu, &s, &pinned, &mut dst, n, p, layer64) {
+            p.notes
+                .push(format!("64-row GEMM beside H2D copies failed: {e}"));
+        }
+    }
     let pageable = vec![bf16::ZERO; n];
     let t = time_gpu(gpu, &s, 3, || Ok(s.memcpy_htod(&pageable, &mut dst)?))?;
     p.pcie_h2d_pageable_bytes_s = (n * 2) as f64 / t;
