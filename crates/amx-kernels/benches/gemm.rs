@@ -165,7 +165,7 @@ fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
         // A starts on a 64-byte line, as the engine's GEMM inputs do, so that its rows (K a
         // multiple of 32) can be read in place (TANDEM_AMX_A=auto).
         let a_store = random_bf16(mmax * k + 32, 100 + i as u64);
-        let off = (64 - a_store.as_ptr() as usize % 64) % 64 / 2;
+        let off = amx_kernels::scratch::line_offset(a_store.as_ptr());
         let a = &a_store[off..off + mmax * k];
         let bias = random_bf16(n, 200 + i as u64);
         let mut out = random_bf16(mmax * out_cols, 300 + i as u64);

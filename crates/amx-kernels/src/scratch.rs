@@ -8,6 +8,12 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
+/// Elements of `T` to skip from `p` so that a slice starts on a 64-byte line (`T`'s size divides
+/// 64 and `p` is aligned to it). Callers over-allocate by `64 / size_of::<T>()` elements.
+pub fn line_offset<T>(p: *const T) -> usize {
+    (64 - p as usize % 64) % 64 / std::mem::size_of::<T>()
+}
+
 /// Runs `f` with this thread's buffer `key`, at least `len` long (contents unspecified).
 pub fn with_buf<T: Clone + Default, R>(
     key: &'static LocalKey<RefCell<Vec<T>>>,

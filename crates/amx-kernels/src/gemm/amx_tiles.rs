@@ -684,12 +684,8 @@ pub(crate) unsafe fn micro<T: Tiles, const INT8: bool, const TWO: bool>(
 /// [`prefetch`] of the first `rows` rows of the A tile(s) at `a` (one 64-byte line a row).
 #[inline(always)]
 fn prefetch_a<const L2: bool>(a: *const u8, al: &ALayout, rows: usize) {
-    if al.stride == ROW && al.half == TILE_BYTES {
-        prefetch::<L2>(a, rows);
-    } else {
-        for r in 0..rows {
-            prefetch::<L2>(al.row(a, r), 1);
-        }
+    for r in 0..rows {
+        prefetch::<L2>(al.row(a, r), 1);
     }
 }
 
