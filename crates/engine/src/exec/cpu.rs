@@ -485,7 +485,7 @@ fn with_kept<R>(
     f: impl FnOnce(&mut [bf16]) -> R,
 ) -> R {
     let on_line = |v: &mut [bf16]| {
-        let off = (64 - v.as_ptr() as usize % 64) % 64 / 2;
+        let off = amx_kernels::scratch::line_offset(v.as_ptr());
         f(&mut v[off..off + n])
     };
     if n > KEEP_ELEMS {
@@ -688,13 +688,9 @@ mod tests {
             f32::from_bits(0x7f7f_ffff),
             f32::from_bits(0x0000_8000),
         ];
-        let mut state: u64 = rand::random();
-        for _ in 0..200_000 {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            specials.push(f32::from_bits((state >> 32) as u32));
-        }
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+        specials.extend((0..200_000).map(|_| f32::from_bits(rng.gen())));
         for v in specials {
             let (got, want) = (bf16_rne(v), bf16::from_f32(v));
             if v.is_nan() {
@@ -709,13 +705,9 @@ mod tests {
     /// multiple of the lanes, rows centred far from 0, on the pool; the output poisoned first.
     #[test]
     fn norm_matches_reference_within_a_bf16_rounding() {
-        let mut state: u64 = rand::random();
-        let mut rnd = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+        let mut rnd = || rng.gen_range(-1.0f32..1.0);
         for (preset, hidden) in [("opt-1.3b", 1000), ("llama3-8b", 4096 + 24)] {
             let cfg = ModelConfig {
                 hidden,
