@@ -80,7 +80,7 @@ use rayon::prelude::*;
 use platform::CpuTier;
 
 use super::pack::BLOCK_N;
-use super::{run, Epilogue, Order, OutElem, SharedMut, WeightShape, M_SMALL};
+use super::{run, Epilogue, Item, Order, OutElem, SharedMut, SplitK, WeightShape, M_SMALL};
 use crate::tile::TileConfig;
 use crate::tile_ops::Tiles;
 
@@ -129,8 +129,15 @@ pub(crate) struct Knobs {
     /// every block, where wider blocks read it fewer times, at the price of fewer blocks to
     /// balance the threads with.
     pub n_block_deep: Option<usize>,
-    /// A's bytes above which `n_block_deep` applies (`TANDEM_AMX_DEEP_A`, default 1 MiB).
+    /// A's bytes above which `n_block_deep` applies (`TANDEM_AMX_DEEP_A`, default 1 MiB); with
+    /// K slices chosen automatically, the most of A one slice holds where M ≤ [`M_SMALL`].
     pub deep_a_bytes: usize,
+    /// K slices (`TANDEM_AMX_KSPLIT=off|auto|N`; [`SplitK`]): 1 off, 0 automatic (enough for
+    /// `split_items` items a thread, and where M ≤ [`M_SMALL`] for slices of A no larger than
+    /// `deep_a_bytes`), N that many (at most one a K chunk).
+    pub k_split: usize,
+    /// Items a thread should have before K is sliced automatically (`TANDEM_AMX_KSPLIT_ITEMS`).
+    pub split_items: usize,
 }
 
 /// Where the AMX GEMM's tile loads read A.
@@ -175,6 +182,8 @@ impl Knobs {
         a_src: ASrc::Panel,
         n_block_deep: None,
         deep_a_bytes: 1 << 20,
+        k_split: 1,
+        split_items: 32,
     };
 
     /// The defaults with the environment's overrides, read once.
@@ -233,6 +242,21 @@ impl Knobs {
                     nb => Some(nb.div_ceil(2) * 2),
                 },
                 deep_a_bytes: num("TANDEM_AMX_DEEP_A", d.deep_a_bytes),
+                k_split: match std::env::var("TANDEM_AMX_KSPLIT").as_deref() {
+                    Err(_) => d.k_split,
+                    Ok("off") => 1,
+                    Ok("auto") => 0,
+                    Ok(v) => match v.trim().parse::<usize>() {
+                        Ok(n) if n > 0 => n,
+                        _ => {
+                            eprintln!(
+                                "tandem: TANDEM_AMX_KSPLIT={v:?} is not off, auto or a count; using off"
+                            );
+                            d.k_split
+                        }
+                    },
+                },
+                split_items: num("TANDEM_AMX_KSPLIT_ITEMS", d.split_items).max(1),
                 a_src: match std::env::var("TANDEM_AMX_A").as_deref() {
                     Err(_) => d.a_src,
                     Ok("panel") => ASrc::Panel,
@@ -261,8 +285,8 @@ impl Knobs {
         })
     }
 
-    /// The work blocks of the plan for `m` rows of A taking `a_bytes` in all.
-    pub(crate) fn blocking(&self, m: usize, a_bytes: usize) -> super::Blocking {
+    /// The work blocks of the plan for `m` rows of A taking `a_bytes` in all, `kb` K tiles.
+    pub(crate) fn blocking(&self, m: usize, a_bytes: usize, kb: usize) -> super::Blocking {
         let deep = m <= M_SMALL && a_bytes > self.deep_a_bytes;
         super::Blocking {
             m_block: self.m_block,
@@ -272,6 +296,14 @@ impl Knobs {
                 _ => self.n_block_small,
             },
             order: self.order,
+            split: (self.k_split != 1).then_some(SplitK {
+                kb,
+                chunk: self.kc.max(1),
+                slices: self.k_split,
+                a_bytes,
+                a_max: self.deep_a_bytes,
+                items: self.split_items,
+            }),
         }
     }
 
@@ -419,11 +451,14 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     // (Knobs::blocking) and stay inside M and the weight's blocks; c holds rows · (pb1 - pb0)
     // · 16; the panel holds the block's row groups from row `row0` (caller's contract for the
     // rest).
-    let block = |op: &AmxOperands, m0, rows: usize, pb0, pb1, c: &mut [f32]| {
+    // (int8's `finish` scales each element: a K slice's partial sums add up after it.)
+    let block = |op: &AmxOperands, it: &Item, c: &mut [f32]| {
+        let (m0, rows, pb0, pb1) = (it.m0, it.rows, it.pb0, it.pb1);
+        let k = it.k.unwrap_or((0, op.kb));
         if kn.b_stationary && rows <= M_SMALL && rows.is_multiple_of(16) {
-            gemm_block_amx_b1::<T, INT8>(op, m0, rows, pb0, pb1, c, kn);
+            gemm_block_amx_b1::<T, INT8>(op, m0, rows, pb0, pb1, k, c, kn);
         } else {
-            gemm_block_amx::<T, INT8>(op, m0, rows, pb0, pb1, c, kn);
+            gemm_block_amx::<T, INT8>(op, m0, rows, pb0, pb1, k, c, kn);
         }
         finish(m0, rows, pb0, pb1, c);
     };
@@ -435,21 +470,21 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
         let shared = &shared;
         run(
             ep_tier,
-            kn.blocking(src.m, src.m * src.row_bytes),
+            kn.blocking(src.m, src.m * src.row_bytes, src.kb),
             src.m,
             w,
             out,
             ep,
-            |m0, rows, pb0, pb1, c| match own {
-                Some(call) => with_own_panel(src, call, m0, rows, |panel| {
+            |it, c| match own {
+                Some(call) => with_own_panel(src, call, it.m0, it.rows, |panel| {
                     let op = AmxOperands {
                         panel,
-                        row0: m0,
+                        row0: it.m0,
                         ..*shared
                     };
-                    block(&op, m0, rows, pb0, pb1, c)
+                    block(&op, it, c)
                 }),
-                None => block(shared, m0, rows, pb0, pb1, c),
+                None => block(shared, it, c),
             },
         )
     };
@@ -571,7 +606,7 @@ fn prefetch<const L2: bool>(p: *const u8, lines: usize) {
 }
 
 /// Prefetch distances (K steps, 0: none) of one micro-kernel call: A and B into L1, into L2.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub(crate) struct Prefetch {
     pub a: usize,
     pub b: usize,
@@ -579,6 +614,24 @@ pub(crate) struct Prefetch {
     pub b2: usize,
     /// [`Knobs::t1`].
     pub t1: u8,
+    /// Steps from the call's first one past which nothing is prefetched (the end of the item's
+    /// K slice, whose next tiles belong to another item; `usize::MAX` where the item runs to the
+    /// end of K, whose next lines start the neighbouring block's).
+    pub end: usize,
+}
+
+impl Default for Prefetch {
+    /// No prefetch, and no limit.
+    fn default() -> Self {
+        Prefetch {
+            a: 0,
+            b: 0,
+            a2: 0,
+            b2: 0,
+            t1: 0,
+            end: usize::MAX,
+        }
+    }
 }
 
 /// How a block kernel finds A: the tile of a 32-row group's first 16 rows at K step `s` is at
@@ -671,11 +724,11 @@ pub(crate) unsafe fn micro<T: Tiles, const INT8: bool, const TWO: bool>(
         if pf.a > 0 {
             prefetch_a::<false>(a.wrapping_add(pf.a * al.step), &al, a_rows);
         }
-        if pf.b2 > 0 {
+        if pf.b2 > 0 && s + pf.b2 < pf.end {
             prefetch::<true>(b0.wrapping_add(pf.b2 * TILE_BYTES), 16);
             prefetch::<true>(b1.wrapping_add(pf.b2 * TILE_BYTES), 16);
         }
-        if pf.a2 > 0 {
+        if pf.a2 > 0 && s + pf.a2 < pf.end {
             prefetch_a::<true>(a.wrapping_add(pf.a2 * al.step), &al, a_rows);
         }
     }
@@ -690,23 +743,25 @@ fn prefetch_a<const L2: bool>(a: *const u8, al: &ALayout, rows: usize) {
 }
 
 /// Accumulators (f32 for bf16, i32 bits for int8) of rows `m0 .. m0 + rows` × packed blocks
-/// `pb0..pb1`, into `c` (row stride `(pb1 - pb0) · 16`).
+/// `pb0..pb1` over K tiles `k0 .. k1`, into `c` (row stride `(pb1 - pb0) · 16`).
 ///
 /// # Safety
 /// The tiles `T` models are usable on this thread (AMX, and AMX-INT8 for `INT8`, for `Hw`);
 /// `m0` is a multiple of 32; `op` describes a panel of at least `m0 + rows` rows and a weight
-/// with blocks up to `pb1`; `c` holds `rows · (pb1 - pb0) · 16` elements.
+/// with blocks up to `pb1`; `k0 < k1 ≤ op.kb`; `c` holds `rows · (pb1 - pb0) · 16` elements.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
     op: &AmxOperands,
     m0: usize,
     rows: usize,
     pb0: usize,
     pb1: usize,
+    (k0, k1): (usize, usize),
     c: &mut [f32],
     kn: &Knobs,
 ) {
     debug_assert_eq!(m0 % 32, 0);
-    let kb = op.kb;
+    debug_assert!(k0 < k1 && k1 <= op.kb);
     let ldc = (pb1 - pb0) * BLOCK_N;
     let ldc_bytes = ldc * 4;
     let kc = kn.kc.max(1);
@@ -715,8 +770,8 @@ pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
     let pairs = (pb1 - pb0).div_ceil(2);
     let cbase = c.as_mut_ptr() as *mut u8;
     let mut configured = None;
-    for kc0 in (0..kb).step_by(kc) {
-        let steps = (kc0 + kc).min(kb) - kc0;
+    for kc0 in (k0..k1).step_by(kc) {
+        let steps = (kc0 + kc).min(k1) - kc0;
         for i in 0..pairs * groups {
             let (pi, g) = if rows_outer {
                 (i % pairs, i / pairs)
@@ -744,7 +799,7 @@ pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
             let c10 = c00.wrapping_add(16 * ldc_bytes);
             let c11 = c10.wrapping_add(BLOCK_N * 4);
             let two_rows = r1 > 0;
-            if kc0 == 0 {
+            if kc0 == k0 {
                 T::zero::<0>();
                 T::zero::<1>();
                 T::zero::<2>();
@@ -767,6 +822,7 @@ pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
                 a2: if pi == 0 { kn.pf_a2 } else { 0 },
                 b2: if g == 0 { kn.pf_b2 } else { 0 },
                 t1: kn.t1,
+                end: if k1 < op.kb { k1 - kc0 } else { usize::MAX },
             };
             if two_rows {
                 micro::<T, INT8, true>(a, op.al, b0, b1, steps, pf);
@@ -807,17 +863,19 @@ pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
 ///
 /// # Safety
 /// As [`gemm_block_amx`], and `rows` is 16, 32, 48 or 64.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_block_amx_b1<T: Tiles, const INT8: bool>(
     op: &AmxOperands,
     m0: usize,
     rows: usize,
     pb0: usize,
     pb1: usize,
+    (k0, k1): (usize, usize),
     c: &mut [f32],
     kn: &Knobs,
 ) {
     debug_assert!(m0.is_multiple_of(32) && rows.is_multiple_of(16) && (16..=64).contains(&rows));
-    let kb = op.kb;
+    debug_assert!(k0 < k1 && k1 <= op.kb);
     let ldc_bytes = (pb1 - pb0) * BLOCK_N * 4;
     let kc = kn.kc.max(1);
     let tiles = rows / 16;
@@ -833,13 +891,13 @@ pub(crate) unsafe fn gemm_block_amx_b1<T: Tiles, const INT8: bool>(
         op.panel
             .add(((m0 - op.row0) / 32 + i / 2) * al.group + k * al.step + (i % 2) * al.half)
     };
-    for kc0 in (0..kb).step_by(kc) {
-        let kend = (kc0 + kc).min(kb);
+    for kc0 in (k0..k1).step_by(kc) {
+        let kend = (kc0 + kc).min(k1);
         for nb in pb0..pb1 {
             let b = op.b.add(nb * op.b_stride);
             // SAFETY (C tiles): tile i is rows 16i.. of the scratch, the block's column nb.
             let ct = |i: usize| cbase.add(16 * i * ldc_bytes + (nb - pb0) * BLOCK_N * 4);
-            if kc0 == 0 {
+            if kc0 == k0 {
                 T::zero::<0>();
                 T::zero::<1>();
                 T::zero::<2>();
@@ -853,7 +911,7 @@ pub(crate) unsafe fn gemm_block_amx_b1<T: Tiles, const INT8: bool>(
                 if kn.pf_b > 0 {
                     prefetch::<false>(bk.wrapping_add(kn.pf_b * TILE_BYTES), 16);
                 }
-                if kn.pf_b2 > 0 {
+                if kn.pf_b2 > 0 && (k1 == op.kb || k + kn.pf_b2 < k1) {
                     prefetch::<true>(bk.wrapping_add(kn.pf_b2 * TILE_BYTES), 16);
                 }
                 T::load::<4>(a_tile(0, k), al.stride);

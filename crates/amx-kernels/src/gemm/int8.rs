@@ -124,21 +124,14 @@ pub fn gemm_int8_on<O: OutElem>(
         return Ok(());
     };
     with_quantized(a, m, k, w.kb * BLOCK_K_INT8, |qa| {
-        run(
-            tier,
-            Blocking::SIMD,
-            m,
-            &shape,
-            out,
-            &ep,
-            |m0, rows, pb0, pb1, c| {
-                // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
-                // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
-                // elements; kernel_for checked the tier.
-                unsafe { kernel(qa, m0, rows, w, pb0, pb1, c) };
-                dequantize(c, rows, pb0, pb1, &qa.scales[m0..m0 + rows], &w.scales);
-            },
-        )
+        run(tier, Blocking::SIMD, m, &shape, out, &ep, |it, c| {
+            let (m0, rows, pb0, pb1) = (it.m0, it.rows, it.pb0, it.pb1);
+            // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
+            // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
+            // elements; kernel_for checked the tier.
+            unsafe { kernel(qa, m0, rows, w, pb0, pb1, c) };
+            dequantize(c, rows, pb0, pb1, &qa.scales[m0..m0 + rows], &w.scales);
+        })
     });
     Ok(())
 }

@@ -49,6 +49,7 @@ mod scalar_bf16;
 mod scalar_int8;
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use half::bf16;
 use platform::CpuTier;
@@ -146,15 +147,9 @@ pub fn gemm_bf16_on<O: OutElem>(
     // SAFETY: check_args validated A against the weight and M; the plan keeps m0 + rows ≤ M and
     // pb0 < pb1 ≤ nblocks; run hands over rows · (pb1 - pb0) · 16 accumulators; the tier was
     // checked available above.
-    run(
-        tier,
-        Blocking::SIMD,
-        m,
-        &shape,
-        out,
-        &ep,
-        |m0, rows, pb0, pb1, c| unsafe { kernel(a, m0, rows, w, pb0, pb1, c) },
-    );
+    run(tier, Blocking::SIMD, m, &shape, out, &ep, |it, c| unsafe {
+        kernel(a, it.m0, it.rows, w, it.pb0, it.pb1, c)
+    });
     Ok(())
 }
 
@@ -216,7 +211,31 @@ pub(crate) struct Blocking {
     pub n_block_small: Option<usize>,
     /// The order of the items (see [`Order`]).
     pub order: Order,
+    /// K cut into slices (the AMX tier only; `None`: every item takes all of K).
+    pub split: Option<SplitK>,
 }
+
+/// Cutting K into slices, so that a product with few column blocks still gives every thread
+/// many items, and one with a long K keeps each item's part of A in a core's L2: item `i`
+/// computes its block over one K slice, and the last of a block's slices to finish adds them
+/// (in slice order, so the sum does not depend on which finished last) and runs the epilogue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct SplitK {
+    /// K tiles of the weight, and the tiles of one granule (a K chunk): slices are whole
+    /// granules.
+    pub kb: usize,
+    pub chunk: usize,
+    /// Slices asked for; 0: the automatic rule (the most of the two below).
+    pub slices: usize,
+    /// Bytes of A; where M ≤ [`M_SMALL`], enough slices that each holds at most `a_max` of them.
+    pub a_bytes: usize,
+    pub a_max: usize,
+    /// Enough slices that every thread has at least `items` items.
+    pub items: usize,
+}
+
+/// Most K slices of one product.
+const MAX_SLICES: usize = 8;
 
 /// The order in which the pool takes a plan's items. The pool hands each thread a contiguous
 /// run of items first, so the order decides what a thread's items share.
@@ -242,7 +261,19 @@ impl Blocking {
         n_block_max: N_BLOCK_MAX,
         n_block_small: None,
         order: Order::Columns,
+        split: None,
     };
+}
+
+/// One item of a [`Plan`]: rows `m0 .. m0 + rows`, packed blocks `pb0 .. pb1`, and the K tiles
+/// `k.0 .. k.1` where K is sliced (`None`: all of K).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Item {
+    pub m0: usize,
+    pub rows: usize,
+    pub pb0: usize,
+    pub pb1: usize,
+    pub k: Option<(usize, usize)>,
 }
 
 /// How the output is cut into blocks.
@@ -256,6 +287,10 @@ pub(crate) struct Plan {
     n_items: usize,
     nblocks: usize,
     order: Order,
+    /// K slices (1: none), the slices' granule in K tiles and the weight's K tiles.
+    slices: usize,
+    chunk: usize,
+    kb: usize,
 }
 
 impl Plan {
@@ -276,23 +311,77 @@ impl Plan {
             n_pairs = (nb / 2).max(1);
         }
         let n_block = 2 * n_pairs;
+        let n_items = nblocks.div_ceil(n_block);
+        let (slices, chunk, kb) = match b.split {
+            None => (1, 1, 0),
+            Some(sp) => {
+                let chunk = sp.chunk.max(1);
+                let want = if sp.slices > 0 {
+                    sp.slices
+                } else {
+                    let by_a = if m <= M_SMALL {
+                        sp.a_bytes.div_ceil(sp.a_max.max(1))
+                    } else {
+                        1
+                    };
+                    by_a.max((sp.items * threads).div_ceil(m_items * n_items))
+                };
+                (
+                    want.min(sp.kb.div_ceil(chunk)).clamp(1, MAX_SLICES),
+                    chunk,
+                    sp.kb,
+                )
+            }
+        };
         Plan {
             m,
             m_block,
             m_items,
             n_block,
-            n_items: nblocks.div_ceil(n_block),
+            n_items,
             nblocks,
             order: b.order,
+            slices,
+            chunk,
+            kb,
         }
     }
 
     pub(crate) fn items(&self) -> usize {
+        self.blocks() * self.slices
+    }
+
+    /// Output blocks (items of one K slice).
+    pub(crate) fn blocks(&self) -> usize {
         self.m_items * self.n_items
     }
 
-    /// Item `i`: rows `m0 .. m0 + rows`, packed blocks `pb0 .. pb1`, in the plan's [`Order`].
-    pub(crate) fn item(&self, i: usize) -> (usize, usize, usize, usize) {
+    /// K slices of every block (1: K is not sliced).
+    pub(crate) fn slices(&self) -> usize {
+        self.slices
+    }
+
+    /// f32 elements of one block's accumulators at most (a K slice's partial sums).
+    pub(crate) fn block_len(&self) -> usize {
+        self.m_block.min(self.m) * self.n_block * BLOCK_N
+    }
+
+    /// Item `i`'s output block and K slice: the slices outermost, so that the pool's runs of
+    /// items share a slice (and its part of A).
+    pub(crate) fn block_slice(&self, i: usize) -> (usize, usize) {
+        (i % self.blocks(), i / self.blocks())
+    }
+
+    /// Item `i`, in the plan's [`Order`] within each K slice.
+    pub(crate) fn item(&self, i: usize) -> Item {
+        let (blk, s) = self.block_slice(i);
+        let k = (self.slices > 1).then(|| {
+            let granules = self.kb.div_ceil(self.chunk);
+            let g0 = s * granules / self.slices;
+            let g1 = (s + 1) * granules / self.slices;
+            (g0 * self.chunk, (g1 * self.chunk).min(self.kb))
+        });
+        let i = blk;
         let (ni, mi) = match self.order {
             Order::Columns => (i / self.m_items, i % self.m_items),
             Order::Rows | Order::RowsOwn => (i % self.n_items, i / self.n_items),
@@ -303,12 +392,13 @@ impl Plan {
         };
         let m0 = mi * self.m_block;
         let pb0 = ni * self.n_block;
-        (
+        Item {
             m0,
-            self.m_block.min(self.m - m0),
+            rows: self.m_block.min(self.m - m0),
             pb0,
-            (pb0 + self.n_block).min(self.nblocks),
-        )
+            pb1: (pb0 + self.n_block).min(self.nblocks),
+            k,
+        }
     }
 }
 
@@ -417,9 +507,36 @@ impl WeightShape {
     }
 }
 
-/// Runs `kernel(m0, rows, pb0, pb1, acc)` for every block of the plan on the pool, then the
-/// epilogue of each block into `out`. `kernel` must fill `acc` (`rows × (pb1 - pb0)·16` f32)
-/// with the block's accumulators.
+thread_local! {
+    /// The calling thread's K-slice partial sums and per-block counts of a sliced product.
+    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SLICES_DONE: RefCell<Vec<AtomicU32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `n` counters at zero (this thread's, reused; private ones on re-entry).
+fn with_counters<R>(n: usize, f: impl FnOnce(&[AtomicU32]) -> R) -> R {
+    let zeroed = |v: &mut Vec<AtomicU32>| {
+        if v.len() < n {
+            v.resize_with(n, AtomicU32::default);
+        }
+        v[..n].iter().for_each(|c| c.store(0, Ordering::Relaxed));
+    };
+    SLICES_DONE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            zeroed(&mut v);
+            f(&v[..n])
+        }
+        Err(_) => {
+            let mut v = Vec::new();
+            zeroed(&mut v);
+            f(&v)
+        }
+    })
+}
+
+/// Runs `kernel(item, acc)` for every item of the plan on the pool, then the epilogue of each
+/// block into `out`. `kernel` must fill `acc` (`rows × (pb1 - pb0)·16` f32) with the item's
+/// accumulators (over its K slice where the plan slices K; see [`SplitK`]).
 pub(crate) fn run<O: OutElem>(
     tier: CpuTier,
     blocking: Blocking,
@@ -427,40 +544,95 @@ pub(crate) fn run<O: OutElem>(
     w: &WeightShape,
     out: &mut [O],
     ep: &Epilogue,
-    kernel: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
+    kernel: impl Fn(&Item, &mut [f32]) + Sync,
 ) {
     let plan = Plan::new(m, w.nblocks, platform::pool_threads(), blocking);
     let out_ptr = SharedMut(out.as_mut_ptr());
     let gate_up = matches!(w.kind, WeightKind::GateUp { .. });
     let out_cols = w.out_cols();
-    let body = |i: usize| {
-        let (m0, rows, pb0, pb1) = plan.item(i);
-        let ldc = (pb1 - pb0) * BLOCK_N;
-        with_scratch(rows * ldc, |c| {
-            kernel(m0, rows, pb0, pb1, c);
-            let (col0, cols) = if gate_up {
-                let c0 = pb0 / 2 * BLOCK_N;
-                (c0, (pb1 / 2 * BLOCK_N).min(out_cols) - c0)
-            } else {
-                (pb0 * BLOCK_N, (pb1 * BLOCK_N).min(out_cols) - pb0 * BLOCK_N)
-            };
-            let dst = epilogue::BlockDst {
-                out: out_ptr.get(),
-                out_cols,
-                m0,
-                col0,
-            };
-            // SAFETY: out holds M · out_cols (checked); this item owns rows m0.. × its columns;
-            // the tier is available (checked by the caller).
-            unsafe { epilogue::apply_on(tier, c, ldc, rows, cols, gate_up, w.n, ep, &dst) };
-        })
+    // The epilogue of one block's finished accumulators.
+    let epilogue = |it: &Item, c: &mut [f32]| {
+        let ldc = (it.pb1 - it.pb0) * BLOCK_N;
+        let (col0, cols) = if gate_up {
+            let c0 = it.pb0 / 2 * BLOCK_N;
+            (c0, (it.pb1 / 2 * BLOCK_N).min(out_cols) - c0)
+        } else {
+            (
+                it.pb0 * BLOCK_N,
+                (it.pb1 * BLOCK_N).min(out_cols) - it.pb0 * BLOCK_N,
+            )
+        };
+        let dst = epilogue::BlockDst {
+            out: out_ptr.get(),
+            out_cols,
+            m0: it.m0,
+            col0,
+        };
+        // SAFETY: out holds M · out_cols (checked); this block's epilogue runs once and owns
+        // rows m0.. × its columns; the tier is available (checked by the caller).
+        unsafe { epilogue::apply_on(tier, c, ldc, it.rows, cols, gate_up, w.n, ep, &dst) };
     };
     let items = plan.items();
-    if items == 1 {
-        body(0);
-    } else {
-        platform::pool().install(|| (0..items).into_par_iter().for_each(body));
+    if plan.slices() == 1 {
+        let body = |i: usize| {
+            let it = plan.item(i);
+            with_scratch(it.rows * (it.pb1 - it.pb0) * BLOCK_N, |c| {
+                kernel(&it, c);
+                epilogue(&it, c);
+            })
+        };
+        if items == 1 {
+            body(0);
+        } else {
+            platform::pool().install(|| (0..items).into_par_iter().for_each(body));
+        }
+        return;
     }
+    // K sliced: each item leaves its partial sums in its slot; the block's last slice to
+    // finish adds the slots in slice order and runs the epilogue.
+    let (blocks, slices, slot) = (plan.blocks(), plan.slices(), plan.block_len());
+    crate::scratch::with_buf(&PARTIALS, slices * blocks * slot, |parts| {
+        let parts = SharedMut(parts.as_mut_ptr());
+        with_counters(blocks, |done| {
+            let body = |i: usize| {
+                let it = plan.item(i);
+                let (blk, s) = plan.block_slice(i);
+                let len = it.rows * (it.pb1 - it.pb0) * BLOCK_N;
+                with_scratch(len, |c| {
+                    kernel(&it, c);
+                    // SAFETY: slot (s, blk) is this item's alone, and `len ≤ slot`.
+                    let mine = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            parts.get().add((s * blocks + blk) * slot),
+                            len,
+                        )
+                    };
+                    mine.copy_from_slice(c);
+                    // AcqRel: the slots written before every other slice's increment are
+                    // visible to the one that sees the count complete.
+                    if done[blk].fetch_add(1, Ordering::AcqRel) as usize + 1 < slices {
+                        return;
+                    }
+                    for s2 in 0..slices {
+                        // SAFETY: every slice of this block has written its slot (the count).
+                        let theirs = unsafe {
+                            std::slice::from_raw_parts(
+                                parts.get().add((s2 * blocks + blk) * slot),
+                                len,
+                            )
+                        };
+                        if s2 == 0 {
+                            c.copy_from_slice(theirs);
+                        } else {
+                            c.iter_mut().zip(theirs).for_each(|(x, y)| *x += y);
+                        }
+                    }
+                    epilogue(&it, c);
+                })
+            };
+            platform::pool().install(|| (0..items).into_par_iter().for_each(body));
+        })
+    })
 }
 
 #[cfg(test)]

@@ -276,7 +276,8 @@ fn emu_ep_tier() -> CpuTier {
 /// prefetch on and off, set widths of small-M blocks, and the B-stationary kernel for blocks of
 /// 16 to 64 rows (a multiple of 16; other small blocks fall back to the 2 × 2 one); A read in
 /// place (where K is whole tiles) or from the panel; wider blocks where A (up to 64 rows) is
-/// past 4 KiB.
+/// past 4 KiB; K cut into slices (automatic, by A's size or by items a thread, and fixed
+/// counts), whose partial sums the last slice adds before the epilogue.
 const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
     amx_tiles::Knobs::DEFAULT,
     amx_tiles::Knobs {
@@ -295,6 +296,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         a_src: ASrc::Direct,
         n_block_deep: None,
         deep_a_bytes: 4096,
+        k_split: 0,
+        split_items: 64,
     },
     amx_tiles::Knobs {
         kc: 5,
@@ -312,6 +315,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         a_src: ASrc::Auto,
         n_block_deep: Some(4),
         deep_a_bytes: 4096,
+        k_split: 3,
+        split_items: 32,
     },
     amx_tiles::Knobs {
         kc: 4,
@@ -329,6 +334,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         a_src: ASrc::Direct,
         n_block_deep: Some(2),
         deep_a_bytes: 4096,
+        k_split: 0,
+        split_items: 1,
     },
     amx_tiles::Knobs {
         kc: 3,
@@ -346,6 +353,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         a_src: ASrc::Direct,
         n_block_deep: Some(8),
         deep_a_bytes: 4096,
+        k_split: 2,
+        split_items: 32,
     },
 ];
 
@@ -498,6 +507,14 @@ fn scalar_int8_matches_reference() {
 
 #[test]
 fn plan_covers_every_block_once() {
+    let split = |slices, items| SplitK {
+        kb: 10,
+        chunk: 3,
+        slices,
+        a_bytes: 5000,
+        a_max: 1000,
+        items,
+    };
     for &(m, nblocks, threads) in &[
         (1, 1, 16),
         (1, 257, 16),
@@ -513,9 +530,15 @@ fn plan_covers_every_block_once() {
                 n_block_max: 2,
                 n_block_small: None,
                 order: Order::Rows,
+                split: Some(split(0, 8)),
             },
             Blocking {
                 n_block_small: Some(2),
+                ..Blocking::SIMD
+            },
+            Blocking {
+                n_block_small: Some(2),
+                split: Some(split(3, 1)),
                 ..Blocking::SIMD
             },
             Blocking {
@@ -523,39 +546,58 @@ fn plan_covers_every_block_once() {
                 n_block_max: 16,
                 n_block_small: None,
                 order: Order::Skewed,
+                split: Some(split(20, 1)),
             },
             Blocking {
                 m_block: 128,
                 n_block_max: 8,
                 n_block_small: None,
                 order: Order::Skewed,
+                split: Some(split(0, 1)),
             },
             Blocking {
                 m_block: 64,
                 n_block_max: 4,
                 n_block_small: None,
                 order: Order::RowsOwn,
+                split: None,
             },
         ] {
             let plan = Plan::new(m, nblocks, threads, b);
             if m <= M_SMALL && b.n_block_small == Some(2) {
                 assert!((0..plan.items()).all(|i| {
-                    let (_, _, pb0, pb1) = plan.item(i);
-                    pb1 - pb0 <= 2
+                    let it = plan.item(i);
+                    it.pb1 - it.pb0 <= 2
                 }));
             }
-            let mut seen = vec![0u8; m * nblocks];
+            // Every (row, column block, K tile) exactly once; K tiles only where K is sliced.
+            let kb = if plan.slices() > 1 { 10 } else { 1 };
+            assert!(plan.slices() <= 4, "at most one slice a chunk: {plan:?}");
+            if let Some(sp) = b.split.filter(|sp| sp.slices == 3) {
+                assert_eq!(plan.slices(), sp.slices, "{plan:?}");
+            }
+            let mut seen = vec![0u8; m * nblocks * kb];
             for i in 0..plan.items() {
-                let (m0, rows, pb0, pb1) = plan.item(i);
+                let it = plan.item(i);
+                let (m0, rows, pb0, pb1) = (it.m0, it.rows, it.pb0, it.pb1);
                 assert!(
                     rows > 0 && pb0 < pb1 && pb1 <= nblocks && m0 + rows <= m,
                     "{plan:?} item {i}"
                 );
                 assert!(pb0 % 2 == 0, "items start on a pair of blocks");
                 assert!(m0 % 32 == 0, "items start on a row group (the AMX panel's)");
+                assert!(rows * (pb1 - pb0) * BLOCK_N <= plan.block_len());
+                let (k0, k1) = it.k.unwrap_or((0, 1));
+                assert_eq!(it.k.is_some(), plan.slices() > 1);
+                assert!(
+                    k0 < k1 && k1 <= kb && (k0 % 3 == 0 || kb == 1),
+                    "{plan:?} item {i}"
+                );
                 for r in m0..m0 + rows {
                     for b in pb0..pb1 {
-                        seen[r * nblocks + b] += 1;
+                        for t in k0..k1 {
+                            seen[(r * nblocks + b) * kb + t] += 1;
+                        }
                     }
                 }
             }
