@@ -245,6 +245,14 @@ pub struct GpuModel {
     pub cfg: ModelConfig,
     pub stream: Arc<CudaStream>,
     copy_stream: Arc<CudaStream>,
+    /// Where split layers' packed linears are unpacked (`None`: on the copy stream, with
+    /// `TANDEM_UNPACK_STREAM=0`). On its own stream an unpack no longer holds the next copy
+    /// back: the copy stream's DMA goes on while the GPU unpacks the part just copied.
+    unpack_stream: Option<Arc<CudaStream>>,
+    /// Per linear of the packed staging buffer: its last unpack is done (the next copy into
+    /// that part waits for it); and one event for "this part has been copied".
+    part_free: Vec<CudaEvent>,
+    part_copied: CudaEvent,
     blas: Blas,
     layout: FlatLayout,
     homes: Vec<LayerHome>,
@@ -379,6 +387,9 @@ impl Drop for GpuModel {
     fn drop(&mut self) {
         if let Some(tl) = self.timeline.take() {
             let _ = self.copy_stream.synchronize();
+            if let Some(us) = &self.unpack_stream {
+                let _ = us.synchronize();
+            }
             let _ = self.stream.synchronize();
             match tl.write() {
                 Ok(()) => eprintln!(
@@ -587,6 +598,10 @@ impl GpuModel {
         unsafe { gpu.ctx().disable_event_tracking() };
         let stream = gpu.new_stream().map_err(gerr)?;
         let copy_stream = gpu.new_stream().map_err(gerr)?;
+        let unpack_stream = match std::env::var("TANDEM_UNPACK_STREAM").as_deref() {
+            Ok("0") => None,
+            _ => Some(gpu.new_stream().map_err(gerr)?),
+        };
         let blas = Blas::new(&gpu, stream.clone()).map_err(gerr)?;
         let layout = FlatLayout::of(&w.layers[0]);
         let cfg = w.config.clone();
@@ -651,6 +666,11 @@ impl GpuModel {
         for e in &free {
             e.record(&stream).map_err(gerr)?;
         }
+        let part_free = (0..LINEARS.len()).map(ev).collect::<Result<Vec<_>>>()?;
+        for e in &part_free {
+            e.record(&stream).map_err(gerr)?;
+        }
+        let part_copied = ev(0)?;
         let inv: Vec<f32> = if cfg.family == Family::Llama {
             cfg.rope_inv_freq().iter().map(|&x| x as f32).collect()
         } else {
@@ -690,6 +710,9 @@ impl GpuModel {
             cfg,
             stream,
             copy_stream,
+            unpack_stream,
+            part_free,
+            part_copied,
             blas,
             layout,
             homes,
@@ -743,18 +766,29 @@ impl GpuModel {
                     .as_ref()
                     .expect("split layers are packed");
                 let stage = self.packed_stage.as_mut().expect("packed staging");
+                // Each part is unpacked on the unpack stream (where there is one) once copied,
+                // while the copy stream moves on to the next part.
+                let us = self.unpack_stream.clone().unwrap_or_else(|| cs.clone());
                 let mut at = 0;
-                for (pw, t) in [&cl.qkv, &cl.o, &cl.up, &cl.down].into_iter().zip(LINEARS) {
+                for (p, (pw, t)) in [&cl.qkv, &cl.o, &cl.up, &cl.down]
+                    .into_iter()
+                    .zip(LINEARS)
+                    .enumerate()
+                {
                     let src = pw.packed_bf16();
                     let mut part = stage.slice_mut(at..at + src.len());
+                    // The last unpack of this part (a layer ago) has read it.
+                    cs.wait(&self.part_free[p]).map_err(gerr)?;
                     // Pinned in place (HostPin) when the weights are pinned: a DMA at full
                     // speed; otherwise the driver stages the pageable copy.
                     cs.memcpy_htod(src, &mut part).map_err(gerr)?;
+                    self.part_copied.record(&cs).map_err(gerr)?;
+                    us.wait(&self.part_copied).map_err(gerr)?;
                     let (o, n) = self.layout.at[t];
                     let gate_up = matches!(pw.kind(), amx_kernels::WeightKind::GateUp { .. });
                     unpack_vnni_bf16(
                         &self.gpu,
-                        &cs,
+                        &us,
                         &part,
                         pw.n(),
                         pw.k(),
@@ -762,21 +796,26 @@ impl GpuModel {
                         &mut dst.slice_mut(o..o + n),
                     )
                     .map_err(gerr)?;
+                    self.part_free[p].record(&us).map_err(gerr)?;
                     at += src.len();
                 }
                 let mut so = 0;
                 for i in (0..12).filter(|i| !LINEARS.contains(i)) {
                     let (o, n) = self.layout.at[i];
                     if n > 0 {
-                        cs.memcpy_dtod(&small.slice(so..so + n), &mut dst.slice_mut(o..o + n))
+                        us.memcpy_dtod(&small.slice(so..so + n), &mut dst.slice_mut(o..o + n))
                             .map_err(gerr)?;
                         so += n;
                     }
                 }
+                // The layer is complete once its last unpack is (after all its copies).
+                self.loaded[s].record(&us).map_err(gerr)?;
             }
             _ => unreachable!("checked above"),
         }
-        self.loaded[s].record(&cs).map_err(gerr)?;
+        if matches!(self.homes[l], LayerHome::Streamed(_)) {
+            self.loaded[s].record(&cs).map_err(gerr)?;
+        }
         if let Some(a) = timed {
             let b = self.mark_now(&cs)?;
             self.copy_times.push((a, b));
