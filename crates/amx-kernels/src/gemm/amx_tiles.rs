@@ -61,6 +61,16 @@
 //! two pairs a block made OPT-30B's FC2 (A 3.7 MB at 64 rows) 3–7 % slower end to end on the
 //! GPU host (docs/BENCHMARKS.md).
 //!
+//! `TANDEM_AMX_KSPLIT=off|auto|N` cuts K into slices ([`SplitK`](super::SplitK)): each item
+//! computes its block over one slice of K chunks, and the last slice of a block to finish adds
+//! the partial sums (in slice order) and runs the epilogue. `auto` (the default) slices where
+//! M ≤ 64 so that a slice of A holds at most `TANDEM_AMX_DEEP_A` bytes and stays in a core's
+//! L2 while the pool's runs of items (one slice at a time) stream their weight strips (OPT-30B's
+//! FC2 at 64 rows: A is 3.7 MB, four slices; +17 % cold on the GPU host, its down 6 % shorter
+//! end to end), and where M > 64 so that every thread has `TANDEM_AMX_KSPLIT_ITEMS` (8) items
+//! (LLaMA-3-8B o and down at 128 rows: 32 blocks, two a thread; 1.12–1.37× there). Slicing for
+//! items at M ≤ 64 made OPT-30B's out (224 one-pair blocks) 7–9 % slower, so it does not.
+//!
 //! `TANDEM_AMX_SMALL=b1` runs blocks of 16, 32, 48 or 64 rows on a B-stationary kernel
 //! instead ([`gemm_block_amx_b1`]: C as four 16-row tiles of one column block, each B tile
 //! loaded once and used by every row tile); an opt-in for measurement, not the default: on the
@@ -132,11 +142,12 @@ pub(crate) struct Knobs {
     /// A's bytes above which `n_block_deep` applies (`TANDEM_AMX_DEEP_A`, default 1 MiB); with
     /// K slices chosen automatically, the most of A one slice holds where M ≤ [`M_SMALL`].
     pub deep_a_bytes: usize,
-    /// K slices (`TANDEM_AMX_KSPLIT=off|auto|N`; [`SplitK`]): 1 off, 0 automatic (enough for
-    /// `split_items` items a thread, and where M ≤ [`M_SMALL`] for slices of A no larger than
-    /// `deep_a_bytes`), N that many (at most one a K chunk).
+    /// K slices (`TANDEM_AMX_KSPLIT=off|auto|N`; [`SplitK`]): 1 off, 0 automatic (the
+    /// default: where M ≤ [`M_SMALL`], slices of A no larger than `deep_a_bytes`; above, enough
+    /// for `split_items` items a thread), N that many (at most one a K chunk).
     pub k_split: usize,
-    /// Items a thread should have before K is sliced automatically (`TANDEM_AMX_KSPLIT_ITEMS`).
+    /// Items a thread should have where M > [`M_SMALL`] before K is sliced automatically
+    /// (`TANDEM_AMX_KSPLIT_ITEMS`, default 8).
     pub split_items: usize,
 }
 
@@ -182,8 +193,8 @@ impl Knobs {
         a_src: ASrc::Panel,
         n_block_deep: None,
         deep_a_bytes: 1 << 20,
-        k_split: 1,
-        split_items: 32,
+        k_split: 0,
+        split_items: 8,
     };
 
     /// The defaults with the environment's overrides, read once.
@@ -256,7 +267,7 @@ impl Knobs {
                         }
                     },
                 },
-                split_items: num("TANDEM_AMX_KSPLIT_ITEMS", d.split_items).max(1),
+                split_items: num("TANDEM_AMX_KSPLIT_ITEMS", d.split_items),
                 a_src: match std::env::var("TANDEM_AMX_A").as_deref() {
                     Err(_) => d.a_src,
                     Ok("panel") => ASrc::Panel,

@@ -225,12 +225,12 @@ pub(crate) struct SplitK {
     /// granules.
     pub kb: usize,
     pub chunk: usize,
-    /// Slices asked for; 0: the automatic rule (the most of the two below).
+    /// Slices asked for; 0: the automatic rule (below).
     pub slices: usize,
     /// Bytes of A; where M ≤ [`M_SMALL`], enough slices that each holds at most `a_max` of them.
     pub a_bytes: usize,
     pub a_max: usize,
-    /// Enough slices that every thread has at least `items` items.
+    /// Where M > [`M_SMALL`], enough slices that every thread has at least `items` items.
     pub items: usize,
 }
 
@@ -319,12 +319,14 @@ impl Plan {
                 let want = if sp.slices > 0 {
                     sp.slices
                 } else {
-                    let by_a = if m <= M_SMALL {
+                    // M ≤ M_SMALL streams the weight once: slices for A's sake only (more
+                    // items made out, 224 one-pair blocks, slower there); above, the blocks
+                    // reuse A and need items enough to balance the threads.
+                    if m <= M_SMALL {
                         sp.a_bytes.div_ceil(sp.a_max.max(1))
                     } else {
-                        1
-                    };
-                    by_a.max((sp.items * threads).div_ceil(m_items * n_items))
+                        (sp.items * threads).div_ceil(m_items * n_items)
+                    }
                 };
                 (
                     want.min(sp.kb.div_ceil(chunk)).clamp(1, MAX_SLICES),
