@@ -273,21 +273,27 @@ pub fn run() -> anyhow::Result<Profile> {
     Ok(p)
 }
 
-/// The 64-row GEMM's rate while the GPU copies `pinned` to `dst` (see
+/// What the measurements beside host-to-device copies share: the GPU copies `n` elements of
+/// `pinned` to `dst` on `s`, again and again, while the CPU works (see [`beside_h2d`]).
+struct H2dCopies<'a> {
+    gpu: &'a cuda_kernels::Gpu,
+    s: &'a std::sync::Arc<cudarc::driver::CudaStream>,
+    pinned: &'a cuda_kernels::transfer::PinnedBuf<bf16>,
+    dst: &'a mut cudarc::driver::CudaSlice<bf16>,
+    n: usize,
+}
+
+/// The 64-row GEMM's rate while the GPU copies (see
 /// [`Profile::cpu_gemm_m64_with_h2d_flop_s`]); `layer64` runs the GEMMs and returns their FLOPs.
 fn gemm_with_h2d(
-    gpu: &cuda_kernels::Gpu,
-    s: &std::sync::Arc<cudarc::driver::CudaStream>,
-    pinned: &cuda_kernels::transfer::PinnedBuf<bf16>,
-    dst: &mut cudarc::driver::CudaSlice<bf16>,
-    n: usize,
+    h2d: &mut H2dCopies,
     p: &mut Profile,
     layer64: &(dyn Fn() -> u64 + Sync),
 ) -> anyhow::Result<()> {
     eprintln!("probe: CPU 64-row GEMM while the GPU copies pinned memory in");
     layer64(); // warm-up
                // The round with the fastest GEMM.
-    let rounds = beside_h2d(gpu, s, pinned, dst, n, layer64, p)?;
+    let rounds = beside_h2d(h2d, layer64, p)?;
     if let Some(&(cpu, dma)) = rounds.iter().max_by(|x, y| x.0.total_cmp(&y.0)) {
         p.cpu_gemm_m64_with_h2d_flop_s = cpu;
         p.cpu_gemm_m64_with_h2d_dma_bytes_s = dma;
@@ -340,9 +346,16 @@ pub fn gpu_ceilings(
         Ok(copy_blocks_d2h(&s, &src, &mut pinned, n, &[(0, 0)])?)
     })?;
     p.pcie_d2h_pinned_bytes_s = (n * 2) as f64 / t;
-    host_read_with_h2d(gpu, &s, &pinned, &mut dst, n, p)?;
+    let mut h2d = H2dCopies {
+        gpu,
+        s: &s,
+        pinned: &pinned,
+        dst: &mut dst,
+        n,
+    };
+    host_read_with_h2d(&mut h2d, p)?;
     if let Some(layer64) = layer64 {
-        if let Err(e) = gemm_with_h2d(gpu, &s, &pinned, &mut dst, n, p, layer64) {
+        if let Err(e) = gemm_with_h2d(&mut h2d, p, layer64) {
             p.notes
                 .push(format!("64-row GEMM beside H2D copies failed: {e}"));
         }
@@ -368,14 +381,7 @@ pub fn gpu_ceilings(
 
 /// The CPU reads a probe-sized buffer pass after pass on the pool while the GPU copies pinned
 /// memory in (see [`beside_h2d`]): the host memory's read by both at once.
-fn host_read_with_h2d(
-    gpu: &cuda_kernels::Gpu,
-    s: &std::sync::Arc<cudarc::driver::CudaStream>,
-    pinned: &cuda_kernels::transfer::PinnedBuf<bf16>,
-    dst: &mut cudarc::driver::CudaSlice<bf16>,
-    n: usize,
-    p: &mut Profile,
-) -> anyhow::Result<()> {
+fn host_read_with_h2d(h2d: &mut H2dCopies, p: &mut Profile) -> anyhow::Result<()> {
     let bytes = probe_bytes();
     eprintln!(
         "probe: CPU read of {:.1} GiB while the GPU copies pinned memory in",
@@ -389,7 +395,7 @@ fn host_read_with_h2d(
         (host.len() * 8) as u64
     };
     // The round with the highest total.
-    let rounds = beside_h2d(gpu, s, pinned, dst, n, &read, p)?;
+    let rounds = beside_h2d(h2d, &read, p)?;
     if let Some(&(cpu, dma)) = rounds
         .iter()
         .max_by(|x, y| (x.0 + x.1).total_cmp(&(y.0 + y.1)))
@@ -402,21 +408,18 @@ fn host_read_with_h2d(
 }
 
 /// Runs `pass` (CPU work on the pool, returning what it did: bytes, FLOPs) again and again on a
-/// thread of its own, so that this one can watch the GPU, while the GPU copies `pinned` to
-/// `dst` sixteen times; only the passes that began after the copies started and ended before
+/// thread of its own, so that this one can watch the GPU, while the GPU copies sixteen times;
+/// only the passes that began after the copies started and ended before
 /// they finished count, so each side is measured under the other's load. Up to three rounds,
 /// each (CPU work per second, DMA bytes per second); a round where fewer than two passes fit
 /// inside the copies ends them, with a note in `p`.
 fn beside_h2d(
-    gpu: &cuda_kernels::Gpu,
-    s: &std::sync::Arc<cudarc::driver::CudaStream>,
-    pinned: &cuda_kernels::transfer::PinnedBuf<bf16>,
-    dst: &mut cudarc::driver::CudaSlice<bf16>,
-    n: usize,
+    h2d: &mut H2dCopies,
     pass: &(dyn Fn() -> u64 + Sync),
     p: &mut Profile,
 ) -> anyhow::Result<Vec<(f64, f64)>> {
     use std::sync::atomic::{AtomicBool, Ordering};
+    let (gpu, s, n) = (h2d.gpu, h2d.s, h2d.n);
     let copies = 16;
     let mut rounds = Vec::new();
     for _ in 0..3 {
@@ -437,7 +440,7 @@ fn beside_h2d(
             let (a, b) = (gpu.timing_event()?, gpu.timing_event()?);
             a.record(s)?;
             for _ in 0..copies {
-                cuda_kernels::transfer::copy_blocks_h2d(s, pinned, dst, n, &[(0, 0)])?;
+                cuda_kernels::transfer::copy_blocks_h2d(s, h2d.pinned, h2d.dst, n, &[(0, 0)])?;
             }
             b.record(s)?;
             let poll = |e: &cudarc::driver::CudaEvent| -> anyhow::Result<Instant> {
