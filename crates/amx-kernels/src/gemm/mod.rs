@@ -6,7 +6,9 @@
 //! shared pinned pool. Each block's kernel writes raw f32 accumulators into a per-thread scratch
 //! (grown once, then reused: no allocation on the hot path), and the epilogue turns them into
 //! output. For small M (decode) a block spans all rows and the column blocks are cut so that
-//! every thread streams its own contiguous slice of the packed weight.
+//! every thread streams its own contiguous slice of the packed weight. The AMX tier may also cut
+//! K into slices (`SplitK`, `TANDEM_AMX_KSPLIT`): a block's slices run as separate items, and the last one to
+//! finish adds their partial sums before the epilogue.
 
 /// Calls `$micro::<MR, NR>($args)` for runtime `mr`, `nr` in 1..=4.
 macro_rules! dispatch_micro {
