@@ -260,8 +260,13 @@ impl Knobs {
                     Ok(v) => match v.trim().parse::<usize>() {
                         Ok(n) if n > 0 => n,
                         _ => {
+                            let using = match d.k_split {
+                                0 => "auto".to_string(),
+                                1 => "off".to_string(),
+                                n => n.to_string(),
+                            };
                             eprintln!(
-                                "tandem: TANDEM_AMX_KSPLIT={v:?} is not off, auto or a count; using off"
+                                "tandem: TANDEM_AMX_KSPLIT={v:?} is not off, auto or a count; using {using}"
                             );
                             d.k_split
                         }
