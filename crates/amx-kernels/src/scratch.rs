@@ -15,19 +15,26 @@ pub fn line_offset<T>(p: *const T) -> usize {
 }
 
 /// Runs `f` with this thread's buffer `key`, at least `len` long (contents unspecified).
-pub fn with_buf<T: Clone + Default, R>(
+pub fn with_buf<T: Default, R>(
     key: &'static LocalKey<RefCell<Vec<T>>>,
     len: usize,
     f: impl FnOnce(&mut Vec<T>) -> R,
 ) -> R {
+    let grown = |v: &mut Vec<T>| {
+        if v.len() < len {
+            v.resize_with(len, T::default);
+        }
+    };
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut v) => {
-            if v.len() < len {
-                v.resize(len, T::default());
-            }
+            grown(&mut v);
             f(&mut v)
         }
-        Err(_) => f(&mut vec![T::default(); len]),
+        Err(_) => {
+            let mut v = Vec::new();
+            grown(&mut v);
+            f(&mut v)
+        }
     })
 }
 

@@ -519,22 +519,9 @@ thread_local! {
 
 /// Runs `f` with `n` counters at zero (this thread's, reused; private ones on re-entry).
 fn with_counters<R>(n: usize, f: impl FnOnce(&[AtomicU32]) -> R) -> R {
-    let zeroed = |v: &mut Vec<AtomicU32>| {
-        if v.len() < n {
-            v.resize_with(n, AtomicU32::default);
-        }
+    crate::scratch::with_buf(&SLICES_DONE, n, |v| {
         v[..n].iter().for_each(|c| c.store(0, Ordering::Relaxed));
-    };
-    SLICES_DONE.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => {
-            zeroed(&mut v);
-            f(&v[..n])
-        }
-        Err(_) => {
-            let mut v = Vec::new();
-            zeroed(&mut v);
-            f(&v)
-        }
+        f(&v[..n])
     })
 }
 
