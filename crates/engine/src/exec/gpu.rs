@@ -754,13 +754,17 @@ impl GpuModel {
             None
         };
         let dst = &mut self.staging[s];
-        match &self.homes[l] {
-            LayerHome::Streamed(host) => match host {
-                HostLayer::Pinned(pb) => {
-                    copy_blocks_h2d(&cs, pb, dst, self.layout.len, &[(0, 0)]).map_err(gerr)?
+        // The stream whose work completes the layer.
+        let last = match &self.homes[l] {
+            LayerHome::Streamed(host) => {
+                match host {
+                    HostLayer::Pinned(pb) => {
+                        copy_blocks_h2d(&cs, pb, dst, self.layout.len, &[(0, 0)]).map_err(gerr)?
+                    }
+                    HostLayer::Pageable(v) => cs.memcpy_htod(&v[..], dst).map_err(gerr)?,
                 }
-                HostLayer::Pageable(v) => cs.memcpy_htod(&v[..], dst).map_err(gerr)?,
-            },
+                cs.clone()
+            }
             LayerHome::Split(small) => {
                 let cl = self.cpu.layers[l]
                     .as_ref()
@@ -808,14 +812,12 @@ impl GpuModel {
                         so += n;
                     }
                 }
-                // The layer is complete once its last unpack is (after all its copies).
-                self.loaded[s].record(&us).map_err(gerr)?;
+                // Its last unpack comes after all its copies.
+                us
             }
             _ => unreachable!("checked above"),
-        }
-        if matches!(self.homes[l], LayerHome::Streamed(_)) {
-            self.loaded[s].record(&cs).map_err(gerr)?;
-        }
+        };
+        self.loaded[s].record(&last).map_err(gerr)?;
         if let Some(a) = timed {
             let b = self.mark_now(&cs)?;
             self.copy_times.push((a, b));
