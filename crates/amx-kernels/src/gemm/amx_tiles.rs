@@ -630,9 +630,8 @@ pub(crate) struct Prefetch {
     pub b2: usize,
     /// [`Knobs::t1`].
     pub t1: u8,
-    /// Steps from the call's first one past which nothing is prefetched (the end of the item's
-    /// K slice, whose next tiles belong to another item; `usize::MAX` where the item runs to the
-    /// end of K, whose next lines start the neighbouring block's).
+    /// Steps from the call's first one past which nothing is prefetched (see
+    /// [`prefetch_end`]; `usize::MAX`: no limit).
     pub end: usize,
 }
 
@@ -750,6 +749,17 @@ pub(crate) unsafe fn micro<T: Tiles, const INT8: bool, const TWO: bool>(
     }
 }
 
+/// The K tile from which an item covering tiles `.. k1` of `kb` prefetches nothing: the end of
+/// its K slice, whose next tiles belong to another item; none where it runs to the end of K,
+/// whose next lines start the neighbouring block's.
+fn prefetch_end(k1: usize, kb: usize) -> usize {
+    if k1 < kb {
+        k1
+    } else {
+        usize::MAX
+    }
+}
+
 /// [`prefetch`] of the first `rows` rows of the A tile(s) at `a` (one 64-byte line a row).
 #[inline(always)]
 fn prefetch_a<const L2: bool>(a: *const u8, al: &ALayout, rows: usize) {
@@ -785,6 +795,7 @@ pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
     let groups = rows.div_ceil(32);
     let pairs = (pb1 - pb0).div_ceil(2);
     let cbase = c.as_mut_ptr() as *mut u8;
+    let pf_end = prefetch_end(k1, op.kb);
     let mut configured = None;
     for kc0 in (k0..k1).step_by(kc) {
         let steps = (kc0 + kc).min(k1) - kc0;
@@ -838,7 +849,7 @@ pub(crate) unsafe fn gemm_block_amx<T: Tiles, const INT8: bool>(
                 a2: if pi == 0 { kn.pf_a2 } else { 0 },
                 b2: if g == 0 { kn.pf_b2 } else { 0 },
                 t1: kn.t1,
-                end: if k1 < op.kb { k1 - kc0 } else { usize::MAX },
+                end: pf_end - kc0,
             };
             if two_rows {
                 micro::<T, INT8, true>(a, op.al, b0, b1, steps, pf);
@@ -901,6 +912,7 @@ pub(crate) unsafe fn gemm_block_amx_b1<T: Tiles, const INT8: bool>(
     }
     T::config(&cfg);
     let cbase = c.as_mut_ptr() as *mut u8;
+    let pf_end = prefetch_end(k1, op.kb);
     // A tile i of K step k: 32-row group i / 2, its half i % 2.
     let al = op.al;
     let a_tile = |i: usize, k: usize| {
@@ -927,7 +939,7 @@ pub(crate) unsafe fn gemm_block_amx_b1<T: Tiles, const INT8: bool>(
                 if kn.pf_b > 0 {
                     prefetch::<false>(bk.wrapping_add(kn.pf_b * TILE_BYTES), 16);
                 }
-                if kn.pf_b2 > 0 && (k1 == op.kb || k + kn.pf_b2 < k1) {
+                if kn.pf_b2 > 0 && k + kn.pf_b2 < pf_end {
                     prefetch::<true>(bk.wrapping_add(kn.pf_b2 * TILE_BYTES), 16);
                 }
                 T::load::<4>(a_tile(0, k), al.stride);
