@@ -34,3 +34,16 @@ extern "C" __global__ void cast_f32_bf16(int64_t n, const float* __restrict__ x,
     }
     for (int64_t i = done + tandem::gtid(); i < n; i += tandem::gstride()) y[i] = tandem::to_bf16(x[i]);
 }
+
+// bf16 -> bf16 copy (a step's rows read by the SMs from mapped host memory, see
+// transfer::pull_bf16): 8 elements per 16-byte step where both pointers allow it.
+extern "C" __global__ void copy_bf16(int64_t n, const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y) {
+    int64_t done = 0;
+    if (tandem::aligned16(x) && tandem::aligned16(y)) {
+        const int64_t n8 = n / 8;
+        for (int64_t i = tandem::gtid(); i < n8; i += tandem::gstride())
+            reinterpret_cast<uint4*>(y)[i] = reinterpret_cast<const uint4*>(x)[i];
+        done = n8 * 8;
+    }
+    for (int64_t i = done + tandem::gtid(); i < n; i += tandem::gstride()) y[i] = x[i];
+}

@@ -7,7 +7,7 @@
 //! the host KV cache, which appends the new token's K/V itself.
 
 use amx_kernels::attention::{attention_prefill_bf16, AttnShape};
-use amx_kernels::{gemm_bf16, Epilogue, PackedWeight, Residual};
+use amx_kernels::{gemm_bf16, Epilogue, OutElem, PackedWeight, Residual};
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
 use ispc_kernels::{paged_decode_bf16, DecodeBatch, DecodeShape};
@@ -288,10 +288,10 @@ pub fn embed(w: &Weights, tokens: &[u32], positions: &[usize], x: &mut [f32]) ->
 /// Rows from which [`embed`] works on the pool.
 pub(crate) const PAR_ROWS: usize = 256;
 
-/// Elements from which [`par_copy`] and [`par_widen`] work on the pool: 1 MiB of f32. A
-/// batch-64 residual of OPT-30B (1.8 MB, between a CPU layer and a GPU layer of a decode step)
-/// goes through the pool, which one thread copies in a tenth of a millisecond or more; batch 1's
-/// row is copied in place.
+/// Elements from which [`par_narrow`] and [`par_widen`] work on the pool: 1 MiB of f32. A
+/// batch-64 residual of OPT-30B (1.8 MB of f32, between a CPU layer and a GPU layer of a decode
+/// step) goes through the pool, which one thread converts in a tenth of a millisecond or more;
+/// batch 1's row is converted in place.
 pub(crate) const PAR_ELEMS: usize = 1 << 18;
 
 /// `f(dst piece, src piece)` over matching pieces of `dst` and `src` (equal lengths), on the
@@ -310,33 +310,26 @@ fn par_pieces<D: Send, S: Sync>(dst: &mut [D], src: &[S], f: impl Fn(&mut [D], &
     }
 }
 
-/// `dst.copy_from_slice(src)`, on the pool from [`PAR_ELEMS`] elements (one thread copies a few
-/// GB/s: a prefill's residual is 470 MB).
-pub(crate) fn par_copy(dst: &mut [f32], src: &[f32]) {
-    par_pieces(dst, src, |d, s| d.copy_from_slice(s));
-}
-
 /// `src` widened to f32 into `dst` (a residual coming back from the GPU in bf16), on the pool
 /// from [`PAR_ELEMS`] elements.
 pub(crate) fn par_widen(dst: &mut [f32], src: &[bf16]) {
     par_pieces(dst, src, |d, s| s.convert_to_f32_slice(d));
 }
 
+/// `src` rounded to bf16 into `dst` (to nearest even, as the GPU's cast rounds: rows going up
+/// to the GPU), on the pool from [`PAR_ELEMS`] elements.
+pub(crate) fn par_narrow(dst: &mut [bf16], src: &[f32]) {
+    par_pieces(dst, src, |d, s| {
+        d.iter_mut().zip(s).for_each(|(o, &v)| *o = bf16_rne(v))
+    });
+}
+
 /// S1 in f32 into `qkv` (`[T, qkv_dim]`, each row q, k, v side by side): norm, QKV projection
 /// (+bias), RoPE.
 fn s1_rows(m: &CpuModel, l: usize, x: &[f32], positions: &[usize], qkv: &mut [f32]) -> Result<()> {
     let cfg = m.config();
-    let lw = &m.w.layers[l];
-    let t = positions.len();
     let w = cfg.qkv_dim();
-    let ep = Epilogue {
-        bias: lw.qkv_b.as_ref().map(|b| &b.data[..]),
-        ..Default::default()
-    };
-    with_kept(&NORMED, t * cfg.hidden, |a| {
-        norm_bf16(cfg, x, &lw.attn_norm_w, lw.attn_norm_b.as_ref(), a);
-        gemm_bf16(a, t, cfg.hidden, &m.layer(l)?.qkv, qkv, ep).map_err(kerr)
-    })?;
+    s1_proj(m, l, x, positions.len(), qkv)?;
     if let Some(rope) = &m.rope {
         let (qd, kd) = (cfg.q_dim(), cfg.kv_dim());
         platform::pool().install(|| {
@@ -349,6 +342,21 @@ fn s1_rows(m: &CpuModel, l: usize, x: &[f32], positions: &[usize], qkv: &mut [f3
         });
     }
     Ok(())
+}
+
+/// S1's norm and QKV projection (+bias) of `t` rows into `qkv`, without RoPE; a bf16 `qkv`
+/// is rounded by the projection's epilogue.
+fn s1_proj<O: OutElem>(m: &CpuModel, l: usize, x: &[f32], t: usize, qkv: &mut [O]) -> Result<()> {
+    let cfg = m.config();
+    let lw = &m.w.layers[l];
+    let ep = Epilogue {
+        bias: lw.qkv_b.as_ref().map(|b| &b.data[..]),
+        ..Default::default()
+    };
+    with_kept(&NORMED, t * cfg.hidden, |a| {
+        norm_bf16(cfg, x, &lw.attn_norm_w, lw.attn_norm_b.as_ref(), a);
+        gemm_bf16(a, t, cfg.hidden, &m.layer(l)?.qkv, qkv, ep).map_err(kerr)
+    })
 }
 
 /// S1: norm, QKV projection (+bias), RoPE. Returns q `[T, heads·d]`, k, v `[T, kv_heads·d]`, bf16.
@@ -379,14 +387,16 @@ pub fn s1_qkv(
     Ok((q, k, v))
 }
 
-/// S1 into the f32 rows `[T, qkv_dim]` at the start of `out`, q, k and v of a token side by
-/// side (the layout the GPU's attention reads, for a CPU layer whose attention runs there).
+/// S1 into the bf16 rows `[T, qkv_dim]` at the start of `out`, q, k and v of a token side by
+/// side (the layout the GPU's attention reads, for a CPU layer whose attention runs there; bf16
+/// is what the GPU keeps, so the rows go up at half the bytes of f32). Without RoPE the
+/// projection writes them rounded; with it, RoPE runs on the f32 rows first, as in [`s1_qkv`].
 pub fn s1_qkv_rows(
     m: &CpuModel,
     l: usize,
     x: &[f32],
     positions: &[usize],
-    out: &mut [f32],
+    out: &mut [bf16],
 ) -> Result<()> {
     let need = positions.len() * m.config().qkv_dim();
     let have = out.len();
@@ -395,7 +405,14 @@ pub fn s1_qkv_rows(
             "S1 of layer {l}: the output holds {have} elements, {need} needed"
         ))
     })?;
-    s1_rows(m, l, x, positions, out)
+    if m.rope.is_none() {
+        return s1_proj(m, l, x, positions.len(), out);
+    }
+    with_kept(&QKV_F32, need, |rows| {
+        s1_rows(m, l, x, positions, rows)?;
+        par_narrow(out, rows);
+        Ok(())
+    })
 }
 
 /// S2+S3 for a prefill: causal attention of each prompt over itself (GQA), bf16 in and out,
@@ -467,6 +484,8 @@ thread_local! {
     /// output, S6's input), kept between layers.
     static NORMED: std::cell::RefCell<Vec<bf16>> = const { std::cell::RefCell::new(Vec::new()) };
     static ACT: std::cell::RefCell<Vec<bf16>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// S1's f32 rows before RoPE and their rounding, where they go up to the GPU.
+    static QKV_F32: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Buffers of up to this many elements stay with the thread that used them (a batch-64 decode
@@ -479,19 +498,21 @@ const KEEP_ELEMS: usize = 1 << 24;
 /// 64 on OPT-30B). Its contents are whatever the last user left: `f` writes all `n` before it
 /// reads any. The slice starts on a 64-byte line, so that the AMX GEMM can read its rows in
 /// place.
-fn with_kept<R>(
-    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<bf16>>>,
+fn with_kept<T: Copy + Default, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
     n: usize,
-    f: impl FnOnce(&mut [bf16]) -> R,
+    f: impl FnOnce(&mut [T]) -> R,
 ) -> R {
-    let on_line = |v: &mut [bf16]| {
+    let on_line = |v: &mut [T]| {
         let off = amx_kernels::scratch::line_offset(v.as_ptr());
         f(&mut v[off..off + n])
     };
+    // Room for the offset to the first line: 64 bytes of the smallest element.
+    let pad = 64 / std::mem::size_of::<T>().max(1);
     if n > KEEP_ELEMS {
-        return on_line(&mut vec![bf16::ZERO; n + 32]);
+        return on_line(&mut vec![T::default(); n + pad]);
     }
-    amx_kernels::scratch::with_buf(key, n + 32, |v| on_line(v))
+    amx_kernels::scratch::with_buf(key, n + pad, |v| on_line(v))
 }
 
 /// Final norm and LM head over the given rows of `x`: logits `[rows.len(), vocab]`.
@@ -791,16 +812,18 @@ mod tests {
     }
 
     #[test]
-    fn par_copy_and_widen_match_in_place_on_and_off_the_pool() {
+    fn par_narrow_and_widen_match_in_place_on_and_off_the_pool() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
         // Below PAR_ELEMS in place; from it on the pool, with a last piece shorter than the rest.
         for n in [7168, PAR_ELEMS + 12345] {
             let f: Vec<f32> = (0..n).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
             let b: Vec<bf16> = f.iter().map(|&v| bf16::from_f32(v)).collect();
-            let mut got = vec![f32::NAN; n];
-            par_copy(&mut got, &f);
-            assert_eq!(got, f, "par_copy of {n}");
+            let mut got = vec![bf16::NAN; n];
+            par_narrow(&mut got, &f);
+            for (i, (g, w)) in got.iter().zip(&b).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "par_narrow of {n}: element {i}");
+            }
             let mut got = vec![f32::NAN; n];
             par_widen(&mut got, &b);
             for (i, (g, w)) in got.iter().zip(&b).enumerate() {

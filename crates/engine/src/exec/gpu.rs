@@ -22,9 +22,8 @@
 //! The residual stream is bf16 on the GPU and f32 on the host; it moves when the next layer
 //! runs on the other side (at batch × hidden elements, a small copy). Rows going up (the
 //! residual, a CPU layer's Q/K/V, the context of attention on the CPU) are read by the GPU
-//! itself from pinned host memory
-//! (`pull_f32_bf16`): a copy on the host→device engine would wait behind the streamed layers'
-//! weight copies queued there.
+//! itself from pinned host memory, in bf16, half the bytes of f32 (`pull_bf16`): a copy on the
+//! host→device engine would wait behind the streamed layers' weight copies queued there.
 //!
 //! Each layer's tensors live in one flat bf16 buffer (the same offsets for every layer, see
 //! [`FlatLayout`]), so that streaming a layer is one host→device copy. The residual stream is
@@ -43,7 +42,7 @@ use cuda_kernels::kv::{kv_append_bf16, KvShape};
 use cuda_kernels::norm::{add_layer_norm_bf16, add_rms_norm_bf16, layer_norm_bf16, rms_norm_bf16};
 use cuda_kernels::position::{rope_bf16, HeadRows};
 use cuda_kernels::sampling::argmax_bf16;
-use cuda_kernels::transfer::{copy_blocks_d2h, copy_blocks_h2d, pull_f32_bf16, HostPin, PinnedBuf};
+use cuda_kernels::transfer::{copy_blocks_d2h, copy_blocks_h2d, pull_bf16, HostPin, PinnedBuf};
 use cuda_kernels::unpack::unpack_vnni_bf16;
 use cuda_kernels::{DeviceIds, Gpu};
 use cudarc::driver::{sys, CudaEvent, CudaGraph, CudaSlice, CudaStream, CudaView};
@@ -969,9 +968,9 @@ pub struct GpuSession<'m> {
     spare_host: Vec<Vec<f32>>,
     /// Pinned buffers for Q/K/V rows going to the CPU, kept between steps.
     pinned_pool: Vec<PinnedBuf<bf16>>,
-    /// Pinned f32 buffers for rows going up to the GPU (residuals, a CPU layer's Q/K/V, the
-    /// context of attention on the CPU).
-    pinned_f32_pool: Vec<PinnedBuf<f32>>,
+    /// Pinned bf16 buffers, driver-allocated, for rows going up to the GPU (residuals, a CPU
+    /// layer's Q/K/V, the context of attention on the CPU; see [`pull_rows`]).
+    pinned_up_pool: Vec<PinnedBuf<bf16>>,
     /// Time the next steps with CUDA events ([`GpuSession::last_trace`]).
     pub trace: bool,
     last_trace: Option<StepTrace>,
@@ -1037,7 +1036,7 @@ impl<'m> GpuSession<'m> {
             spare: Vec::new(),
             spare_host: Vec::new(),
             pinned_pool: Vec::new(),
-            pinned_f32_pool: Vec::new(),
+            pinned_up_pool: Vec::new(),
             trace: false,
             last_trace: None,
             graphs: std::env::var("TANDEM_CUDA_GRAPHS").map_or(true, |v| v != "0"),
@@ -1063,7 +1062,7 @@ impl<'m> GpuSession<'m> {
             x.resize(tokens * h, 0f32);
             self.spare_host.push(x);
             let buf = PinnedBuf::alloc(&self.model.gpu, tokens * h).map_err(gerr)?;
-            self.pinned_f32_pool.push(buf);
+            self.pinned_up_pool.push(buf);
         }
         Ok(())
     }
@@ -1116,9 +1115,8 @@ impl<'m> GpuSession<'m> {
             v.extend_from_slice(&row[(hq + hk) * d..]);
         }
         let att = cpu_attention(c, &mut self.host_kv, l, ids, prefill, &q, &k, &v)?;
-        // Widened to f32 and rounded back on the way up, exactly.
-        pull_rows(m, &mut self.pinned_f32_pool, att.len(), &mut a.att, |up| {
-            up.iter_mut().zip(&att).for_each(|(u, &x)| *u = x.to_f32());
+        pull_rows(m, &mut self.pinned_up_pool, att.len(), &mut a.att, |up| {
+            up.copy_from_slice(&att);
             Ok(())
         })
     }
@@ -1483,7 +1481,7 @@ impl<'m> GpuSession<'m> {
             waited += t0.elapsed().as_secs_f64();
             let t = mb.ids.tokens.len();
             let m: &GpuModel = self.model;
-            pull_rows(m, &mut self.pinned_f32_pool, t * w, &mut mb.a.qkv, |rows| {
+            pull_rows(m, &mut self.pinned_up_pool, t * w, &mut mb.a.qkv, |rows| {
                 span(Part::Qkv, || {
                     s1_qkv_rows(&m.cpu, l, &mb.x_host, &mb.ids.positions, rows)
                 })
@@ -1517,11 +1515,11 @@ impl<'m> GpuSession<'m> {
                 let x = &mb.x_host;
                 pull_rows(
                     self.model,
-                    &mut self.pinned_f32_pool,
+                    &mut self.pinned_up_pool,
                     x.len(),
                     &mut mb.a.x,
                     |up| {
-                        crate::exec::cpu::par_copy(up, x);
+                        crate::exec::cpu::par_narrow(up, x);
                         Ok(())
                     },
                 )?;
@@ -2082,23 +2080,23 @@ fn take_pinned<T: Copy + cudarc::driver::DeviceRepr>(
 }
 
 /// `n` rows' elements going up to `dst` (the residual, a CPU layer's Q/K/V, the context of
-/// attention on the CPU): `fill` writes them as f32 into a pinned buffer from `pool`, which the
-/// GPU reads itself on the model's stream, rounding to bf16 ([`pull_f32_bf16`]), rather than a
-/// copy on the host→device engine, where it would queue behind every weight copy of the
-/// streamed layers ahead. The buffer goes back to `pool`.
+/// attention on the CPU): `fill` writes them as bf16 (rounded to nearest even, as the GPU
+/// rounds) into a pinned buffer from `pool`, which the GPU reads itself on the model's stream
+/// ([`pull_bf16`]), rather than a copy on the host→device engine, where it would queue behind
+/// every weight copy of the streamed layers ahead. The buffer goes back to `pool`.
 fn pull_rows(
     m: &GpuModel,
-    pool: &mut Vec<PinnedBuf<f32>>,
+    pool: &mut Vec<PinnedBuf<bf16>>,
     n: usize,
     dst: &mut CudaSlice<bf16>,
-    fill: impl FnOnce(&mut [f32]) -> Result<()>,
+    fill: impl FnOnce(&mut [bf16]) -> Result<()>,
 ) -> Result<()> {
     let mut up = take_pinned(&m.gpu, pool, n)?;
     let r = up
         .as_mut_slice()
         .map_err(gerr)
         .and_then(|rows| fill(&mut rows[..n]))
-        .and_then(|()| pull_f32_bf16(&m.gpu, &m.stream, &up, dst, n).map_err(gerr));
+        .and_then(|()| pull_bf16(&m.gpu, &m.stream, &up, dst, n).map_err(gerr));
     pool.push(up);
     r
 }
