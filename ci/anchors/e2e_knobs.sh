@@ -6,7 +6,9 @@
 # more, interleaved, and compare the ratios printed besides tokens/s (down and out against
 # norm+up, which most GEMM knobs leave alike), not single runs. Run from the folder
 # ci/build-device.sh wrote; logs under $OUT. KNOBS: ";"-separated, each a space-separated list of
-# VAR=value, "default" for none. Example (K slices on and off, the unpack stream on and off):
+# VAR=value, "default" for none; BIN=name in a setting runs bin/name, an earlier build of
+# tandem carried beside bin/tandem, for A/B runs of a change without a knob. Example (K slices
+# on and off, the unpack stream on and off):
 #   KNOBS="default;TANDEM_AMX_KSPLIT=off;TANDEM_UNPACK_STREAM=0;default;TANDEM_AMX_KSPLIT=off;TANDEM_UNPACK_STREAM=0" \
 #   bash anchors/e2e_knobs.sh
 set -u
@@ -17,9 +19,14 @@ KNOBS=${KNOBS:-"default;TANDEM_UNPACK_STREAM=0;default;TANDEM_UNPACK_STREAM=0"}
 i=0
 IFS=';' read -ra list <<< "$KNOBS"
 for k in "${list[@]}"; do
-  i=$((i + 1)); envs=(); [ "$k" = default ] || read -ra envs <<< "$k"
+  i=$((i + 1)); words=(); [ "$k" = default ] || read -ra words <<< "$k"
+  # BIN=name runs bin/name instead of bin/tandem (an earlier build carried beside it).
+  bin="$here/bin/tandem"; envs=()
+  for e in "${words[@]}"; do
+    case "$e" in BIN=*) bin="$here/bin/${e#BIN=}" ;; *) envs+=("$e") ;; esac
+  done
   tl="$L/r$i.$(date +%s).timeline.jsonl"   # a new name: an existing timeline is never overwritten
-  env "${envs[@]}" TANDEM_PROFILE=1 TANDEM_TIMELINE="$tl" "$here/bin/tandem" bench --profile "$L/p.json" \
+  env "${envs[@]}" TANDEM_PROFILE=1 TANDEM_TIMELINE="$tl" "$bin" bench --profile "$L/p.json" \
     -m opt-30b --input-tokens "${INPUT:-256}" --max-new-tokens 32 --num-iter 1 --num-warmup 1 \
     --gpu-percentage 0 --pin-weight --batch-size "${BATCH:-64}" > "$L/r$i.log" 2>&1
   echo "rc=$?" >> "$L/r$i.log"
