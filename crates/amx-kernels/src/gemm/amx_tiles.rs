@@ -606,7 +606,7 @@ pub(crate) unsafe fn dp<T: Tiles, const INT8: bool, const C: u8, const A: u8, co
 /// `prefetcht0` (`L2`: `prefetcht1`) of `lines` cache lines from `p` (a hint: never faults,
 /// any address).
 #[inline(always)]
-pub(crate) fn prefetch<const L2: bool>(p: *const u8, lines: usize) {
+fn prefetch<const L2: bool>(p: *const u8, lines: usize) {
     #[cfg(target_arch = "x86_64")]
     for i in 0..lines {
         let q = p.wrapping_add(i * ROW) as *const i8;

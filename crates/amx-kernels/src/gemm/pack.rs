@@ -201,31 +201,6 @@ impl PackedWeight {
         }
     }
 
-    /// Starts reading up to `bytes` of this weight into the caches on the pool and returns at
-    /// once: for a caller about to wait (for the GPU) before a product over this weight, so that
-    /// DRAM, idle through the wait, serves the product's first tiles. The bytes are spread
-    /// over the pool's threads' shares of the column blocks, the start of each share (an
-    /// unsliced product of M ≤ 64 rows walks its column blocks in order, each pool thread
-    /// starting at its share; `prefetcht1`, one task per thread). The tasks hold only an
-    /// address: a prefetch never faults, so a weight dropped meanwhile makes them useless, not
-    /// unsound. Measured on the GPU host before any default uses it (`TANDEM_WARM_MB` in
-    /// engine).
-    pub fn warm(&self, bytes: usize) {
-        let total = self.packed_bytes();
-        let threads = platform::pool_threads().max(1);
-        let each = bytes.min(total) / threads;
-        if each == 0 {
-            return;
-        }
-        let (base, share) = (self.tiles.as_ptr() as usize, total / threads);
-        for t in 0..threads {
-            let start = base + t * share;
-            let lines = each.div_ceil(super::amx_tiles::ROW);
-            platform::pool()
-                .spawn(move || super::amx_tiles::prefetch::<true>(start as *const u8, lines));
-        }
-    }
-
     /// `W[row][col]` read back from the packed tiles (for references and tests).
     pub fn get(&self, row: usize, col: usize) -> bf16 {
         let (nb, c) = self.kind.block_of(row);

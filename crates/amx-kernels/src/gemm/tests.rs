@@ -789,33 +789,6 @@ fn concurrent_calls_from_pool_jobs_agree() {
     }
 }
 
-/// Warming a weight (prefetch tasks on the pool, returning at once) leaves the product as it
-/// was, whether the product follows at once, the tasks outlive the weight (dropped right after
-/// warming), or more bytes are asked for than the weight holds.
-#[test]
-fn warmed_weights_give_the_same_product() {
-    let seed: u64 = rand::random();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (m, n, k) = (5, 300, 260);
-    let a = random_bf16(&mut rng, m * k);
-    let wv = random_bf16(&mut rng, n * k);
-    let w = PackedWeight::from_bf16(&wv, n, k).unwrap();
-    let mut cold = vec![f32::NAN; m * n];
-    gemm_bf16(&a, m, k, &w, &mut cold, Epilogue::default()).unwrap();
-    for bytes in [0, 4096, w.packed_bytes() / 2, usize::MAX] {
-        w.warm(bytes);
-        let mut warm = vec![f32::NAN; m * n];
-        gemm_bf16(&a, m, k, &w, &mut warm, Epilogue::default()).unwrap();
-        assert_eq!(warm, cold, "warmed {bytes} bytes (seed {seed})");
-    }
-    for _ in 0..8 {
-        let gone = PackedWeight::from_bf16(&wv, n, k).unwrap();
-        gone.warm(usize::MAX);
-        drop(gone);
-    }
-    platform::pool().install(|| ()); // the tasks ran or are queued; nothing to wait for
-}
-
 /// The AVX-512 activation quantizer gives the scalar one's scale and bytes: random rows of every
 /// length up to 100 (masked tails), rows whose scaled values land on exact halves (ties round
 /// to even in both), an all-zero row, and a row with a NaN (that element becomes 0). The output

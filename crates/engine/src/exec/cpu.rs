@@ -141,7 +141,7 @@ impl CpuModel {
         &self.w.config
     }
 
-    pub(crate) fn layer(&self, l: usize) -> Result<&CpuLayer> {
+    fn layer(&self, l: usize) -> Result<&CpuLayer> {
         self.layers[l]
             .as_ref()
             .ok_or_else(|| Error::Placement(format!("layer {l} is not placed on the CPU")))

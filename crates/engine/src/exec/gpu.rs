@@ -248,11 +248,6 @@ pub struct GpuModel {
     /// `TANDEM_UNPACK_STREAM=0`). On its own stream an unpack no longer holds the next copy
     /// back: the copy stream's DMA goes on while the GPU unpacks the part just copied.
     unpack_stream: Option<Arc<CudaStream>>,
-    /// Bytes of a CPU layer's next weight to start reading into the caches while the host waits
-    /// for the GPU before it (`TANDEM_WARM_MB`; 0, the default: off): the QKV projection's
-    /// before a decode step's CPU layer that follows a GPU layer, the output projection's
-    /// while its attention runs on the GPU ([`amx_kernels::PackedWeight::warm`]).
-    warm_bytes: usize,
     /// Per linear of the packed staging buffer: its last unpack is done (the next copy into
     /// that part waits for it); and one event for "this part has been copied".
     part_free: Vec<CudaEvent>,
@@ -606,16 +601,6 @@ impl GpuModel {
             Ok("0") => None,
             _ => Some(gpu.new_stream().map_err(gerr)?),
         };
-        let warm_bytes = match std::env::var("TANDEM_WARM_MB") {
-            Err(_) => 0,
-            Ok(v) => match v.parse::<f64>() {
-                Ok(mb) if mb >= 0.0 && mb.is_finite() => (mb * 1e6) as usize,
-                _ => {
-                    eprintln!("TANDEM_WARM_MB={v}: not a number of MB; warming stays off (0)");
-                    0
-                }
-            },
-        };
         let blas = Blas::new(&gpu, stream.clone()).map_err(gerr)?;
         let layout = FlatLayout::of(&w.layers[0]);
         let cfg = w.config.clone();
@@ -725,7 +710,6 @@ impl GpuModel {
             stream,
             copy_stream,
             unpack_stream,
-            warm_bytes,
             part_free,
             part_copied,
             blas,
@@ -844,19 +828,6 @@ impl GpuModel {
                 .expect("tracing")
                 .copies
                 .push((l, t0, t1));
-        }
-        Ok(())
-    }
-
-    /// Starts reading [`GpuModel::warm_bytes`] of CPU layer `l`'s weight `pick` into the caches
-    /// (nothing when off), for the host about to wait for the GPU.
-    fn warm(
-        &self,
-        l: usize,
-        pick: fn(&crate::exec::cpu::CpuLayer) -> &amx_kernels::PackedWeight,
-    ) -> Result<()> {
-        if self.warm_bytes > 0 {
-            pick(self.cpu.layer(l)?).warm(self.warm_bytes);
         }
         Ok(())
     }
@@ -1521,9 +1492,6 @@ impl<'m> GpuSession<'m> {
             copy_blocks_d2h(&s, &mb.a.att, &mut down, t * qd, &[(0, 0)]).map_err(gerr)?;
             downs.push(down);
         }
-        if !prefill {
-            self.model.warm(l, |c| &c.o)?;
-        }
         for (mb, down) in mbs.iter_mut().zip(downs) {
             let t = mb.ids.tokens.len();
             let r = span(Part::Attention, || down.as_slice().map_err(gerr)).and_then(|att| {
@@ -1654,9 +1622,6 @@ impl<'m> GpuSession<'m> {
                         own += t.elapsed().as_secs_f64();
                     }
                 } else {
-                    if !prefill && mbs.iter().any(|mb| matches!(mb.at, Residual::Gpu(_))) {
-                        self.model.warm(l, |c| &c.qkv)?;
-                    }
                     let t = std::time::Instant::now();
                     let waited = self.cpu_layer_gpu_attention(l, &mut mbs, prefill)?;
                     // Not the wait for the residual, which holds the GPU layers before it (and
