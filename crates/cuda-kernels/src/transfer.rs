@@ -523,21 +523,25 @@ mod tests {
             .zip(rand_bf16(&mut rng, n + 2, -1e-3, 1e-3))
             .map(|(a, b)| a.to_f32() + b.to_f32()) // not exact in bf16
             .collect();
+        // The pulled n elements bit for bit as `want`, and the poison past them left alone.
+        let check = |what: &str, dev: &cudarc::driver::CudaSlice<bf16>, want: &[bf16]| {
+            let got = s.clone_dtoh(dev).unwrap();
+            assert!(
+                got[..n]
+                    .iter()
+                    .zip(want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits()),
+                "{what} (seed {seed})"
+            );
+            assert!(got[n].is_nan(), "{what}: past n (seed {seed})");
+        };
         let mut src = PinnedBuf::<f32>::alloc(&gpu, n + 2).unwrap();
         src.as_mut_slice().unwrap().copy_from_slice(&data);
         let mut dev = s.clone_htod(&poisoned(n + 1)).unwrap();
         pull_f32_bf16(&gpu, &s, &src, &mut dev, n).unwrap();
-        let got = s.clone_dtoh(&dev).unwrap();
         let mut want = vec![bf16::ZERO; n];
         crate::elementwise::cast_f32_bf16_ref(&data[..n], &mut want).unwrap();
-        assert!(
-            got[..n]
-                .iter()
-                .zip(&want)
-                .all(|(g, w)| g.to_bits() == w.to_bits()),
-            "pull (seed {seed})"
-        );
-        assert!(got[n].is_nan(), "past n (seed {seed})");
+        check("pull_f32_bf16", &dev, &want);
         assert!(pull_f32_bf16(&gpu, &s, &src, &mut dev, n + 2).is_err());
         let hb = HostBuf::<f32>::zeroed(16, MemTier::Pageable).unwrap();
         let reg = PinnedBuf::register(&gpu, hb).unwrap();
@@ -553,15 +557,7 @@ mod tests {
         src.as_mut_slice().unwrap().copy_from_slice(&rows);
         let mut dev = s.clone_htod(&poisoned(n + 1)).unwrap();
         pull_bf16(&gpu, &s, &src, &mut dev, n).unwrap();
-        let got = s.clone_dtoh(&dev).unwrap();
-        assert!(
-            got[..n]
-                .iter()
-                .zip(&rows)
-                .all(|(g, w)| g.to_bits() == w.to_bits()),
-            "pull_bf16 (seed {seed})"
-        );
-        assert!(got[n].is_nan(), "pull_bf16 past n (seed {seed})");
+        check("pull_bf16", &dev, &rows[..n]);
         let e = pull_bf16(&gpu, &s, &src, &mut dev, n + 2)
             .unwrap_err()
             .to_string();
