@@ -250,8 +250,8 @@ fn bench_dram_read(c: &mut Criterion) {
 }
 
 /// The AMX micro-kernel's ceilings on every pool thread at once (FLOP/s as elem/s): dot
-/// products only, then the 2 × 2 kernel with its operands in L1, in L2, and in L2 with
-/// prefetch. Skipped where AMX is not usable.
+/// products only, then the 2 × 2 kernel with its operands in L1, in L2, in L2 with prefetch,
+/// and with one operand in L1 and the other in L2. Skipped where AMX is not usable.
 fn bench_amx_ceiling(c: &mut Criterion) {
     use amx_kernels::gemm::ceiling::{amx_ceiling, Ceiling};
     const STEPS: usize = 4096;
@@ -270,6 +270,8 @@ fn bench_amx_ceiling(c: &mut Criterion) {
         ("l1", Ceiling::L1),
         ("l2", Ceiling::L2),
         ("l2_prefetch", Ceiling::L2Prefetch),
+        ("l1a_l2b", Ceiling::L1A),
+        ("l2a_l1b", Ceiling::L1B),
     ] {
         let Ok(flop) = amx_ceiling(kind, STEPS) else {
             continue;

@@ -9,6 +9,9 @@
 //! - [`Ceiling::L1`]: the 2 × 2 micro-kernel, A and B cycling through 16 KiB each (L1).
 //! - [`Ceiling::L2`]: the same over 512 KiB each (L2, past L1), no prefetch;
 //!   [`Ceiling::L2Prefetch`]: with B and A prefetched two steps ahead.
+//! - [`Ceiling::L1A`]: A cycling through 16 KiB (L1) while B cycles through 512 KiB (L2);
+//!   [`Ceiling::L1B`]: the reverse. Where one operand stays in L1 (a short K chunk of A reused
+//!   by several column pairs, or of B by several row groups), these bound the kernel.
 //!
 //! And [`simd_fma_ceiling`]: 512-bit f32 FMAs on registers only, every pool thread at once, the
 //! vector units' own ceiling (which the SIMD tiers, and the CPU paged decode attention, share).
@@ -29,6 +32,8 @@ pub enum Ceiling {
     L1,
     L2,
     L2Prefetch,
+    L1A,
+    L1B,
 }
 
 thread_local! {
@@ -59,12 +64,14 @@ unsafe fn tdp_six(steps: usize) {
     }
 }
 
-/// K steps whose operands one ceiling cycles through.
-fn span(kind: Ceiling) -> usize {
+/// K steps that one ceiling cycles A and B through (8: 16 KiB each, in L1; 256: 512 KiB, in L2).
+fn spans(kind: Ceiling) -> (usize, usize) {
     match kind {
-        Ceiling::Tdp | Ceiling::TdpInt8 | Ceiling::Tdp6 => 1,
-        Ceiling::L1 => 8,
-        Ceiling::L2 | Ceiling::L2Prefetch => 256,
+        Ceiling::Tdp | Ceiling::TdpInt8 | Ceiling::Tdp6 => (1, 1),
+        Ceiling::L1 => (8, 8),
+        Ceiling::L2 | Ceiling::L2Prefetch => (256, 256),
+        Ceiling::L1A => (8, 256),
+        Ceiling::L1B => (256, 8),
     }
 }
 
@@ -79,11 +86,15 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
             have: platform::cpu_caps().best_tier(),
         });
     }
-    let span = span(kind);
+    let (sa, sb) = spans(kind);
+    let span = sa.max(sb);
+    // The micro-kernel runs `inner` steps at a time; the operand with the longer span moves on
+    // by `inner` steps from call to call, the other starts over.
+    let inner = sa.min(sb);
     let rounds = steps.div_ceil(span);
     let threads = platform::pool().broadcast(|_| {
-        // A: span × 2 KiB, then B: two blocks of span × 1 KiB; values 1.0 (bf16) throughout.
-        let lines = span * (A_STEP + 2 * TILE_BYTES) / 64;
+        // A: sa × 2 KiB, then B: two blocks of sb × 1 KiB; values 1.0 (bf16) throughout.
+        let lines = (sa * A_STEP + 2 * sb * TILE_BYTES) / 64;
         crate::scratch::with_buf(&BUF, lines, |buf| {
             // Filled once per thread (values 1.0), so that a call times only the kernel.
             let one = [0x80u8, 0x3f];
@@ -95,14 +106,15 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
                 }
             }
             let a = buf.as_ptr() as *const u8;
-            let b0 = a.wrapping_add(span * A_STEP);
-            let b1 = b0.wrapping_add(span * TILE_BYTES);
-            let al = ALayout::panel(span);
+            let b0 = a.wrapping_add(sa * A_STEP);
+            let b1 = b0.wrapping_add(sb * TILE_BYTES);
+            let al = ALayout::panel(sa);
             let mut cfg = TileConfig::palette1();
             for t in 0..8 {
                 cfg.set(t, 16, 64);
             }
-            // SAFETY: AMX is usable (checked above); every load stays inside buf (span steps).
+            // SAFETY: AMX is usable (checked above); every load stays inside buf (sa steps of A,
+            // sb of B).
             unsafe {
                 Hw::config(&cfg);
                 Hw::load::<4>(a, 64);
@@ -114,8 +126,22 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
                         Ceiling::Tdp => tdp_only::<false>(span),
                         Ceiling::TdpInt8 => tdp_only::<true>(span),
                         Ceiling::Tdp6 => tdp_six(span),
-                        Ceiling::L1 | Ceiling::L2 => {
-                            micro::<Hw, false, true>(a, al, b0, b1, span, Prefetch::default())
+                        Ceiling::L1 | Ceiling::L2 | Ceiling::L1A | Ceiling::L1B => {
+                            for j in 0..span / inner {
+                                let (da, db) = if sa > sb {
+                                    (j * inner * A_STEP, 0)
+                                } else {
+                                    (0, j * inner * TILE_BYTES)
+                                };
+                                micro::<Hw, false, true>(
+                                    a.wrapping_add(da),
+                                    al,
+                                    b0.wrapping_add(db),
+                                    b1.wrapping_add(db),
+                                    inner,
+                                    Prefetch::default(),
+                                )
+                            }
                         }
                         Ceiling::L2Prefetch => micro::<Hw, false, true>(
                             a,
