@@ -625,7 +625,13 @@ fn load_profile(path: Option<&Path>, gpu: bool) -> anyhow::Result<probe::Profile
     let path = path
         .map(Path::to_path_buf)
         .unwrap_or_else(probe::default_path);
-    if let Some(p) = probe::load(&path) {
+    // A file that is there but unreadable is the user's mistake to hear about, not a reason to
+    // measure quietly in its place.
+    if let Some(p) = probe::read(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; it is left as it is: name another --profile, or move it away and run `tandem probe`"
+        )
+    })? {
         return Ok(p);
     }
     eprintln!(

@@ -70,8 +70,22 @@ pub fn default_path() -> PathBuf {
     base.join("tandem").join("profile.json")
 }
 
+/// The profile at `path`: `None` where nothing is, an error naming the file where something
+/// is that cannot be read or is not a profile.
+pub fn read(path: &Path) -> anyhow::Result<Option<Profile>> {
+    let text = match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::anyhow!("profile {}: {e}", path.display())),
+        Ok(t) => t,
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("profile {}: not a tandem profile ({e})", path.display()))
+}
+
+/// [`read`], with every failure as `None`.
 pub fn load(path: &Path) -> Option<Profile> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    read(path).ok().flatten()
 }
 
 /// Whether `tandem probe` may write its profile to `path`: where nothing is, or where an
@@ -590,6 +604,37 @@ mod tests {
             std::fs::read_to_string(&mine).unwrap(),
             "{\"my\": \"data\"}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `read` tells a missing profile (`None`: bench and sweep measure now) from a file that
+    /// is there but is not a profile (an error naming it and what was wrong), and reads a
+    /// saved one back.
+    #[test]
+    fn read_tells_missing_from_unreadable() {
+        let dir = std::env::temp_dir().join(format!("tandem-probe-read-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(read(&dir.join("none.json")).unwrap().is_none());
+        for (name, text) in [("cut.json", "{\"dram_read"), ("other.json", "{}")] {
+            let f = dir.join(name);
+            std::fs::write(&f, text).unwrap();
+            let e = read(&f).unwrap_err().to_string();
+            assert!(
+                e.contains(&f.display().to_string()) && e.contains("not a tandem profile"),
+                "{e}"
+            );
+            assert!(load(&f).is_none());
+        }
+        let e = read(&dir).unwrap_err().to_string();
+        assert!(e.contains(&dir.display().to_string()), "{e}");
+        let f = dir.join("p.json");
+        let p = Profile {
+            dram_read_bytes_s: 99e9,
+            ..Default::default()
+        };
+        save(&f, &p).unwrap();
+        assert_eq!(read(&f).unwrap().unwrap().dram_read_bytes_s, 99e9);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
