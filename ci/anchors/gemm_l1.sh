@@ -4,7 +4,9 @@
 # the other in L2: l1a_l2b, l2a_l1b), then the blockings that keep one operand in L1, alternated
 # with the defaults: at 64 rows with the weight from DRAM (OPT-30B FC1 and FC2, a batch-64
 # decode step's CPU layers: row groups outside, a K chunk of A of 8 tiles reused by four or
-# eight column pairs, the weight prefetched into L1 two steps ahead), and at 128 and 512 rows
+# eight column pairs, the weight prefetched into L1 two steps ahead; or column pairs outside
+# over K chunks of 4, where both row groups' chunk of A, 16 KiB, and a pair's chunk of B, 8 KiB,
+# fit L1 together), and at 128 and 512 rows
 # (LLaMA-3-8B o and down, issue 3's cells under 2x torch). GFLOP/s (criterion medians). Run
 # from the folder ci/build-device.sh wrote; logs under $OUT. Each part is skipped once LIMIT
 # seconds (default 300) have passed since the start.
@@ -19,7 +21,7 @@ for t in 1 16; do
 done
 L1="TANDEM_AMX_ROWS_OUTER=1 TANDEM_AMX_KC=8"
 [ "$(left)" -gt 30 ] && OUT=$L/m64 GEMM_COLD=1 GEMM_SHAPES=opt-30b.fc1,opt-30b.fc2 GEMM_MS=64 \
-  KNOBS="default;$L1 TANDEM_AMX_NB_SMALL=8;$L1 TANDEM_AMX_NB_SMALL=8 TANDEM_AMX_PF_B=2;$L1 TANDEM_AMX_NB_SMALL=4 TANDEM_AMX_PF_B=2;default;$L1 TANDEM_AMX_NB_SMALL=8;$L1 TANDEM_AMX_NB_SMALL=8 TANDEM_AMX_PF_B=2" \
+  KNOBS="default;$L1 TANDEM_AMX_NB_SMALL=8;$L1 TANDEM_AMX_NB_SMALL=8 TANDEM_AMX_PF_B=2;$L1 TANDEM_AMX_NB_SMALL=4 TANDEM_AMX_PF_B=2;TANDEM_AMX_KC=4 TANDEM_AMX_NB_SMALL=8;default;$L1 TANDEM_AMX_NB_SMALL=8;$L1 TANDEM_AMX_NB_SMALL=8 TANDEM_AMX_PF_B=2;TANDEM_AMX_KC=4 TANDEM_AMX_NB_SMALL=8" \
   timeout "$(left)" bash "$here/anchors/gemm_knobs.sh"
 [ "$(left)" -gt 30 ] && OUT=$L/m512 GEMM_SHAPES=llama3-8b.o,llama3-8b.down GEMM_MS=128,512 \
   KNOBS="default;$L1;$L1 TANDEM_AMX_PF_B=2;default;$L1;$L1 TANDEM_AMX_PF_B=2" \
