@@ -279,7 +279,7 @@ fn check_out(out: &Path) -> anyhow::Result<()> {
         Err(e) => return Err(anyhow::anyhow!("{}: {e}", jsonl.display())),
     }
     let prof = out.join("profile.json");
-    if prof.exists() && crate::probe::load(&prof).is_none() {
+    if crate::probe::read(&prof).is_err() {
         return Err(refuse(&prof, "is not a tandem profile"));
     }
     Ok(())
