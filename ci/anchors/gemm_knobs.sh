@@ -43,3 +43,5 @@ for k in "${list[@]}"; do
     "$here/benches/amx_kernels__gemm" --bench --warm-up-time 0.3 --measurement-time 1 > "$L/k$i.log" 2>&1
   echo "[$k] $(awk '/^cpu_/ {name = $1} /thrpt/ {sub(/^cpu_gemm_bf16\/(llama3-8b\.)?/, "", name); printf "%s=%s ", name, $(NF-3)}' "$L/k$i.log")"
 done
+# Each knob set's geometric mean over the shapes against the defaults' (knob_ratio.py).
+python3 "$here/anchors/knob_ratio.py" "$L" "$KNOBS" 2>&1 >/dev/null
