@@ -272,6 +272,10 @@ fn bench_amx_ceiling(c: &mut Criterion) {
         ("l2_prefetch", Ceiling::L2Prefetch),
         ("l1a_l2b", Ceiling::L1A),
         ("l2a_l1b", Ceiling::L1B),
+        ("tdp2_bf16", Ceiling::Tdp2),
+        ("l1_2x1db", Ceiling::L1Db),
+        ("l1a_l2b_2x1db", Ceiling::L1ADb),
+        ("l2_2x1db", Ceiling::L2Db),
     ] {
         let Ok(flop) = amx_ceiling(kind, STEPS) else {
             continue;

@@ -51,10 +51,13 @@
 //! and down when the shared panel had not just been written (docs/BENCHMARKS.md); `own` was
 //! the candidate fix, and measured there it was no faster than the shared panel (sixth session).
 //!
-//! What bounds it: one core's tile products reach 84% of the `tdpbf16ps` peak with both
-//! operands in L1 and 21% with both in L2 (`amx_ceiling/l1`, `/l2`); the 2 × 2 micro-kernel
-//! loads 1 KiB of operands per product, and here both stream from L2 except where a chunk's
-//! strip happens to stay in L1, so one thread runs at about a third of the peak.
+//! What bounds it: the micro-kernel itself. With both operands in L1 it reaches 62 % of the
+//! `tdpbf16ps` rate on one thread and 67 % on 16, with both in L2 55 % and 50 %
+//! (`amx_ceiling/l1`, `/l2`, fifteenth session's host; the sixth session's host read 84 % and
+//! 21 % on one thread). The 2 × 2 kernel loads one tile per product into registers that a
+//! product may still be reading, so its loads do not overlap its products even from L1; the
+//! blockings that keep A in L1 (`TANDEM_AMX_ROWS_OUTER=1` with short chunks) were 12–33 %
+//! slower than the defaults at 64, 128 and 512 rows (docs/BENCHMARKS.md).
 //!
 //! `TANDEM_AMX_NB_DEEP` widens the blocks of M ≤ 64 rows whose A is past `TANDEM_AMX_DEEP_A`
 //! bytes (1 MiB), so that fewer blocks re-read each K chunk of A from the L3; off by default:

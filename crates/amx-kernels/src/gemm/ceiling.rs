@@ -12,13 +12,21 @@
 //! - [`Ceiling::L1A`]: A cycling through 16 KiB (L1) while B cycles through 512 KiB (L2);
 //!   [`Ceiling::L1B`]: the reverse. Where one operand stays in L1 (a short K chunk of A reused
 //!   by several column pairs, or of B by several row groups), these bound the kernel.
+//! - [`Ceiling::Tdp2`]: two accumulators on registers, no loads: whether two chains of
+//!   `tdpbf16ps` cover its latency.
+//! - [`Ceiling::L1Db`], [`Ceiling::L1ADb`], [`Ceiling::L2Db`]: a 2 × 1 kernel (two C tiles, one
+//!   B tile, 32 rows of A) whose A and B tiles are double-buffered in the other six registers,
+//!   so that every load has a whole step to land and never waits for a product still reading
+//!   its register; 1.5 tile loads a product, against the 2 × 2 kernel's one. Operands in L1; A
+//!   in L1 with B in L2; both in L2. If these beat [`Ceiling::L1`] / [`Ceiling::L1A`], the
+//!   2 × 2 kernel waits on its loads' register reuse, not on their bytes.
 //!
 //! And [`simd_fma_ceiling`]: 512-bit f32 FMAs on registers only, every pool thread at once, the
 //! vector units' own ceiling (which the SIMD tiers, and the CPU paged decode attention, share).
 
 use std::cell::RefCell;
 
-use super::amx_tiles::{dp, micro, ALayout, Line, Prefetch, A_STEP, TILE_BYTES};
+use super::amx_tiles::{dp, micro, ALayout, Line, Prefetch, A_STEP, ROW, TILE_BYTES};
 use crate::tile::TileConfig;
 use crate::tile_ops::{Hw, Tiles};
 use crate::{Error, Result};
@@ -34,6 +42,10 @@ pub enum Ceiling {
     L2Prefetch,
     L1A,
     L1B,
+    Tdp2,
+    L1Db,
+    L1ADb,
+    L2Db,
 }
 
 thread_local! {
@@ -64,13 +76,51 @@ unsafe fn tdp_six(steps: usize) {
     }
 }
 
+/// `steps` rounds of two `tdpbf16ps` into tmm0 and tmm1, no loads.
+#[inline(always)]
+unsafe fn tdp_two(steps: usize) {
+    for _ in 0..steps {
+        dp::<Hw, false, 0, 2, 6>();
+        dp::<Hw, false, 1, 3, 6>();
+    }
+}
+
+/// `steps` K steps (even, ≥ 2) of the 2 × 1 double-buffered kernel: C in tmm0 (rows 0–15) and
+/// tmm1 (16–31); A of even steps in tmm2/3 and B in tmm6, of odd steps in tmm4/5 and tmm7. Each
+/// product is followed by a load of the step after next into the register that the step before
+/// freed. The prologue loads step 0; the last loads fetch step 0 again (wrapping), whose
+/// results are never used. A at `a` in the panel layout `al`, B one tile a step at `b`.
+#[inline(always)]
+unsafe fn micro_2x1_db(a: *const u8, al: ALayout, b: *const u8, steps: usize) {
+    Hw::load::<2>(a, al.stride);
+    Hw::load::<3>(a.add(al.half), al.stride);
+    Hw::load::<6>(b, ROW);
+    let mut s = 0;
+    while s + 2 <= steps {
+        let (a1, b1) = (a.add((s + 1) * al.step), b.add((s + 1) * TILE_BYTES));
+        dp::<Hw, false, 0, 2, 6>();
+        Hw::load::<4>(a1, al.stride);
+        dp::<Hw, false, 1, 3, 6>();
+        Hw::load::<5>(a1.add(al.half), al.stride);
+        Hw::load::<7>(b1, ROW);
+        let s2 = (s + 2) % steps;
+        let (a2, b2) = (a.add(s2 * al.step), b.add(s2 * TILE_BYTES));
+        dp::<Hw, false, 0, 4, 7>();
+        Hw::load::<2>(a2, al.stride);
+        dp::<Hw, false, 1, 5, 7>();
+        Hw::load::<3>(a2.add(al.half), al.stride);
+        Hw::load::<6>(b2, ROW);
+        s += 2;
+    }
+}
+
 /// K steps that one ceiling cycles A and B through (8: 16 KiB each, in L1; 256: 512 KiB, in L2).
 fn spans(kind: Ceiling) -> (usize, usize) {
     match kind {
-        Ceiling::Tdp | Ceiling::TdpInt8 | Ceiling::Tdp6 => (1, 1),
-        Ceiling::L1 => (8, 8),
-        Ceiling::L2 | Ceiling::L2Prefetch => (256, 256),
-        Ceiling::L1A => (8, 256),
+        Ceiling::Tdp | Ceiling::TdpInt8 | Ceiling::Tdp6 | Ceiling::Tdp2 => (1, 1),
+        Ceiling::L1 | Ceiling::L1Db => (8, 8),
+        Ceiling::L2 | Ceiling::L2Prefetch | Ceiling::L2Db => (256, 256),
+        Ceiling::L1A | Ceiling::L1ADb => (8, 256),
         Ceiling::L1B => (256, 8),
     }
 }
@@ -126,6 +176,14 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
                         Ceiling::Tdp => tdp_only::<false>(span),
                         Ceiling::TdpInt8 => tdp_only::<true>(span),
                         Ceiling::Tdp6 => tdp_six(span),
+                        Ceiling::Tdp2 => tdp_two(span),
+                        Ceiling::L1Db | Ceiling::L1ADb | Ceiling::L2Db => {
+                            // B moves on by `inner` steps a call where its span is the longer.
+                            for j in 0..span / inner {
+                                let db = if sb > sa { j * inner * TILE_BYTES } else { 0 };
+                                micro_2x1_db(a, al, b0.wrapping_add(db), inner)
+                            }
+                        }
                         Ceiling::L1 | Ceiling::L2 | Ceiling::L1A | Ceiling::L1B => {
                             for j in 0..span / inner {
                                 let (da, db) = if sa > sb {
@@ -168,7 +226,11 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
     let threads: u64 = threads.iter().sum();
     // A tdpbssd multiplies 64 of K per tile row, a tdpbf16ps 32.
     let k_per_tile = if kind == Ceiling::TdpInt8 { 64 } else { 32 };
-    let per_step = if kind == Ceiling::Tdp6 { 6 } else { 4 };
+    let per_step = match kind {
+        Ceiling::Tdp6 => 6,
+        Ceiling::Tdp2 | Ceiling::L1Db | Ceiling::L1ADb | Ceiling::L2Db => 2,
+        _ => 4,
+    };
     Ok(threads * (rounds * span) as u64 * per_step * 16 * 16 * k_per_tile * 2)
 }
 
