@@ -51,13 +51,15 @@
 //! and down when the shared panel had not just been written (docs/BENCHMARKS.md); `own` was
 //! the candidate fix, and measured there it was no faster than the shared panel (sixth session).
 //!
-//! What bounds it: the micro-kernel itself. With both operands in L1 it reaches 62 % of the
-//! `tdpbf16ps` rate on one thread and 67 % on 16, with both in L2 55 % and 50 %
-//! (`amx_ceiling/l1`, `/l2`, fifteenth session's host; the sixth session's host read 84 % and
-//! 21 % on one thread). The 2 × 2 kernel loads one tile per product into registers that a
-//! product may still be reading, so its loads do not overlap its products even from L1; the
-//! blockings that keep A in L1 (`TANDEM_AMX_ROWS_OUTER=1` with short chunks) were 12–33 %
-//! slower than the defaults at 64, 128 and 512 rows (docs/BENCHMARKS.md).
+//! What bounds it: on one thread the 2 × 2 kernel runs at the full `tdpbf16ps` rate with one
+//! operand in L1 (`amx_ceiling/l1`, `/l1a_l2b`; 46–65 % with both in L2). On all 16 threads of
+//! the GPU host, the same kernel with every operand in its core's own L1 reaches only 6–8
+//! TFLOP/s, about a third of sixteen times one thread, while the products alone scale to 12
+//! threads: a ceiling of the host (likely its power and clock), which the 64-row product from
+//! DRAM reaches within 10–20 %. The blockings that keep A in L1 (`TANDEM_AMX_ROWS_OUTER=1` with
+//! short chunks) were 12–33 % slower than the defaults at 64, 128 and 512 rows, and a 2 × 1
+//! kernel with double-buffered operands slower than the 2 × 2 (docs/BENCHMARKS.md, fifteenth
+//! session).
 //!
 //! `TANDEM_AMX_NB_DEEP` widens the blocks of M ≤ 64 rows whose A is past `TANDEM_AMX_DEEP_A`
 //! bytes (1 MiB), so that fewer blocks re-read each K chunk of A from the L3; off by default:

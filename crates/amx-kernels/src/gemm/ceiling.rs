@@ -18,8 +18,9 @@
 //!   B tile, 32 rows of A) whose A and B tiles are double-buffered in the other six registers,
 //!   so that every load has a whole step to land and never waits for a product still reading
 //!   its register; 1.5 tile loads a product, against the 2 × 2 kernel's one. Operands in L1; A
-//!   in L1 with B in L2; both in L2. If these beat [`Ceiling::L1`] / [`Ceiling::L1A`], the
-//!   2 × 2 kernel waits on its loads' register reuse, not on their bytes.
+//!   in L1 with B in L2; both in L2. Measured on the GPU host, they lose to the 2 × 2 kernel,
+//!   which already runs at the products' full rate on one thread with an operand in L1
+//!   (docs/BENCHMARKS.md, fifteenth session).
 //!
 //! And [`simd_fma_ceiling`]: 512-bit f32 FMAs on registers only, every pool thread at once, the
 //! vector units' own ceiling (which the SIMD tiers, and the CPU paged decode attention, share).
