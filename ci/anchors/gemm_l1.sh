@@ -9,9 +9,10 @@
 # fit L1 together), and at 128 and 512 rows
 # (LLaMA-3-8B o and down, issue 3's cells under 2x torch). GFLOP/s (criterion medians). Run
 # from the folder ci/build-device.sh wrote; logs under $OUT. Each part is skipped once LIMIT
-# seconds (default 300) have passed since the start. Measured in the fifteenth session
-# (docs/BENCHMARKS.md): every blocking that keeps A in L1 lost to the defaults, by 12-33 %. The 64-row knob set that beat the defaults
-# by 4 % or more in both rounds, if one did, is written to $OUT/gemm_l1/best64.txt.
+# seconds (default 300) have passed since the start. The 64-row knob set that beat the
+# defaults by 4 % or more in both rounds, if one did, is written to $OUT/gemm_l1/best64.txt.
+# Measured in the fifteenth session (docs/BENCHMARKS.md): every blocking that keeps A in L1
+# lost to the defaults, by 12-33 %.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/gemm_l1; mkdir -p "$L"
 S0=$(date +%s)
