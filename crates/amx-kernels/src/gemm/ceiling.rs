@@ -178,28 +178,34 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
                         Ceiling::TdpInt8 => tdp_only::<true>(span),
                         Ceiling::Tdp6 => tdp_six(span),
                         Ceiling::Tdp2 => tdp_two(span),
-                        Ceiling::L1Db | Ceiling::L1ADb | Ceiling::L2Db => {
-                            // B moves on by `inner` steps a call where its span is the longer.
-                            for j in 0..span / inner {
-                                let db = if sb > sa { j * inner * TILE_BYTES } else { 0 };
-                                micro_2x1_db(a, al, b0.wrapping_add(db), inner)
-                            }
-                        }
-                        Ceiling::L1 | Ceiling::L2 | Ceiling::L1A | Ceiling::L1B => {
+                        Ceiling::L1
+                        | Ceiling::L2
+                        | Ceiling::L1A
+                        | Ceiling::L1B
+                        | Ceiling::L1Db
+                        | Ceiling::L1ADb
+                        | Ceiling::L2Db => {
+                            let db_kernel =
+                                matches!(kind, Ceiling::L1Db | Ceiling::L1ADb | Ceiling::L2Db);
                             for j in 0..span / inner {
                                 let (da, db) = if sa > sb {
                                     (j * inner * A_STEP, 0)
                                 } else {
                                     (0, j * inner * TILE_BYTES)
                                 };
-                                micro::<Hw, false, true>(
-                                    a.wrapping_add(da),
-                                    al,
-                                    b0.wrapping_add(db),
-                                    b1.wrapping_add(db),
-                                    inner,
-                                    Prefetch::default(),
-                                )
+                                let (a, b0) = (a.wrapping_add(da), b0.wrapping_add(db));
+                                if db_kernel {
+                                    micro_2x1_db(a, al, b0, inner)
+                                } else {
+                                    micro::<Hw, false, true>(
+                                        a,
+                                        al,
+                                        b0,
+                                        b1.wrapping_add(db),
+                                        inner,
+                                        Prefetch::default(),
+                                    )
+                                }
                             }
                         }
                         Ceiling::L2Prefetch => micro::<Hw, false, true>(
