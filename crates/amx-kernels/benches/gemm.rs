@@ -13,7 +13,8 @@
 //! them call by call, so that the weight comes from DRAM as a model's layers do (groups
 //! `cpu_gemm_bf16_cold`, `cpu_gemm_int8_cold`); without it one weight is reused and whatever of
 //! it the L3 holds is read from there. An entry `NxK` of `GEMM_SHAPES` (`28672x4096`) adds a
-//! plain product of that shape (no epilogue), named `NxK`.
+//! plain product of that shape (no epilogue), named `NxK`. `GEMM_CEILING_STEPS` sets the K
+//! steps a thread of each `amx_ceiling` call (4096 by default).
 
 use std::time::Duration;
 
@@ -254,10 +255,22 @@ fn bench_dram_read(c: &mut Criterion) {
 /// and with one operand in L1 and the other in L2. Skipped where AMX is not usable.
 fn bench_amx_ceiling(c: &mut Criterion) {
     use amx_kernels::gemm::ceiling::{amx_ceiling, Ceiling};
-    const STEPS: usize = 4096;
     if !selected("GEMM_GROUPS", "ceiling") {
         return;
     }
+    // K steps a thread per call (4096: about 0.13 ms of tile products at 2 GHz). Longer calls
+    // (GEMM_CEILING_STEPS) make the pool's hand-off and a late thread's wake-up a smaller part
+    // of each timed call.
+    let steps = match std::env::var("GEMM_CEILING_STEPS") {
+        Err(_) => 4096,
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!("amx_ceiling: GEMM_CEILING_STEPS={v:?} is not a positive count; skipped");
+                return;
+            }
+        },
+    };
     if amx_ceiling(Ceiling::Tdp, 1).is_err() {
         eprintln!("amx_ceiling: skipped, AMX is not usable here");
         return;
@@ -277,11 +290,11 @@ fn bench_amx_ceiling(c: &mut Criterion) {
         ("l1a_l2b_2x1db", Ceiling::L1ADb),
         ("l2_2x1db", Ceiling::L2Db),
     ] {
-        let Ok(flop) = amx_ceiling(kind, STEPS) else {
+        let Ok(flop) = amx_ceiling(kind, steps) else {
             continue;
         };
         g.throughput(Throughput::Elements(flop));
-        g.bench_function(name, |b| b.iter(|| amx_ceiling(kind, STEPS).unwrap()));
+        g.bench_function(name, |b| b.iter(|| amx_ceiling(kind, steps).unwrap()));
     }
     g.finish();
 }
