@@ -254,6 +254,17 @@ pub fn run(
     })
 }
 
+/// Seconds to move `bytes` at `bw` bytes/s: 0 for nothing, unbounded at an unknown rate.
+fn secs(bytes: usize, bw: f64) -> f64 {
+    if bytes == 0 {
+        0.0
+    } else if bw > 0.0 {
+        bytes as f64 / bw
+    } else {
+        f64::INFINITY
+    }
+}
+
 /// Bytes a decode step must move and where from, for a roofline.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Roofline {
@@ -275,6 +286,26 @@ pub struct Roofline {
     pub pcie_bytes_s: f64,
     /// Host memory read by the CPU and the PCIe DMA together (probe); 0 where not measured.
     pub host_total_bytes_s: f64,
+    /// FLOP of the CPU sublayers' linears per decode step (2 · batch · their parameters, the
+    /// LM head included where it runs on the CPU).
+    pub cpu_flop: f64,
+    /// The CPU GEMM rate given to [`Roofline::with_cpu_compute`] (FLOP/s; 0 until then).
+    pub cpu_gemm_flop_s: f64,
+    /// The step bound with the CPU's linears also held to `cpu_gemm_flop_s`: the longer of
+    /// `step_bound_s` and the CPU side's time, its linears the longer of reading their weights
+    /// from DRAM and computing them, plus its attention's KV read. 0 until
+    /// [`Roofline::with_cpu_compute`].
+    pub compute_bound_s: f64,
+    /// The least step any division of the same host-held weights (`host_weight_bytes +
+    /// pcie_bytes`) between CPU compute and PCIe streaming could reach at these rates: the CPU
+    /// consumes weights at the lower of its DRAM read and `cpu_gemm_flop_s / batch` bytes/s
+    /// (a weight byte is `batch` FLOP), PCIe at its rate, both at once, and together no faster
+    /// than `host_total_bytes_s` where measured. KV reads left out. 0 where the step has no
+    /// such split (no weights both on the CPU side and streamed) or before
+    /// [`Roofline::with_cpu_compute`].
+    pub best_split_bound_s: f64,
+    /// Sequences of the step (the FLOP per weight byte of its linears).
+    pub batch: usize,
 }
 
 impl Roofline {
@@ -314,6 +345,7 @@ impl Roofline {
                 let bytes = 2 * params;
                 if p.on_cpu(sub) {
                     r.host_weight_bytes += bytes;
+                    r.cpu_flop += 2.0 * (s.batch_size * params) as f64;
                 } else {
                     r.gpu_weight_bytes += bytes;
                     if !l.gpu_resident {
@@ -330,17 +362,13 @@ impl Roofline {
         let head = 2 * cfg.vocab * cfg.hidden;
         match plan.layers.last() {
             Some(l) if !l.decode.on_cpu(6) => r.gpu_weight_bytes += head,
-            _ => r.host_weight_bytes += head,
-        }
-        let t = |bytes: usize, bw: f64| {
-            if bytes == 0 {
-                0.0
-            } else if bw > 0.0 {
-                bytes as f64 / bw
-            } else {
-                f64::INFINITY
+            _ => {
+                r.host_weight_bytes += head;
+                r.cpu_flop += (s.batch_size * head) as f64;
             }
-        };
+        }
+        r.batch = s.batch_size;
+        let t = secs;
         r.step_bound_s = t(r.host_weight_bytes + r.host_kv_bytes, dram)
             .max(t(r.gpu_weight_bytes + r.gpu_kv_bytes, hbm))
             .max(t(r.pcie_bytes, pcie));
@@ -349,6 +377,36 @@ impl Roofline {
             r.step_bound_s = r.step_bound_s.max(t(host, host_total));
         }
         r
+    }
+
+    /// Adds the bounds that also hold the CPU's linears to `cpu_gemm_flop_s` (a measured GEMM
+    /// rate: the bandwidth roofline alone assumes the CPU computes as fast as DRAM feeds it,
+    /// which a batch's GEMM may not). A rate of 0 or less leaves both bounds at 0.
+    pub fn with_cpu_compute(mut self, cpu_gemm_flop_s: f64) -> Roofline {
+        if cpu_gemm_flop_s <= 0.0 || !cpu_gemm_flop_s.is_finite() {
+            return self;
+        }
+        self.cpu_gemm_flop_s = cpu_gemm_flop_s;
+        let dram = self.dram_read_bytes_s;
+        let over = secs;
+        let linears = over(self.host_weight_bytes, dram).max(self.cpu_flop / cpu_gemm_flop_s);
+        let cpu_side = linears + over(self.host_kv_bytes, dram);
+        self.compute_bound_s = self.step_bound_s.max(cpu_side);
+        if self.host_weight_bytes > 0 && self.pcie_bytes > 0 && self.pcie_bytes_s > 0.0 {
+            let w = (self.host_weight_bytes + self.pcie_bytes) as f64;
+            let cpu_bytes_s = cpu_gemm_flop_s / self.batch.max(1) as f64;
+            let cpu_bytes_s = if dram > 0.0 {
+                cpu_bytes_s.min(dram)
+            } else {
+                cpu_bytes_s
+            };
+            let mut best = w / (cpu_bytes_s + self.pcie_bytes_s);
+            if self.host_total_bytes_s > 0.0 {
+                best = best.max(w / self.host_total_bytes_s);
+            }
+            self.best_split_bound_s = best;
+        }
+        self
     }
 }
 
@@ -366,6 +424,72 @@ mod tests {
         );
         assert!((s.mean - 50.5).abs() < 1e-12);
         assert_eq!(Stats::of(&[]).n, 0);
+    }
+
+    #[test]
+    fn roofline_counts_the_cpu_linears_flop() {
+        // LIA's policy 1 on the CPU alone: every linear and the LM head on the CPU.
+        let cfg = crate::config::ModelConfig::preset("opt-1.3b").unwrap();
+        let spec = crate::plan::RunSpec {
+            batch_size: 8,
+            input_tokens: 16,
+            max_new_tokens: 4,
+            prefill_policy: "1".parse().unwrap(),
+            decode_policy: "1".parse().unwrap(),
+            gpu_percentage: 0.0,
+            num_minibatch: 1,
+            pin_weight: false,
+            weight_tier: platform::MemTier::Pageable,
+            layer_overrides: vec![],
+        };
+        let mut caps = crate::caps::Capabilities::detect();
+        caps.gpus.clear();
+        let plan = crate::plan::Plan::new(&cfg, spec, &caps).unwrap();
+        let r = Roofline::decode(&plan, &cfg, 100e9, 0.0, 0.0, 0.0);
+        let h = cfg.hidden;
+        let linear = cfg.qkv_dim() * h + h * cfg.q_dim() + cfg.up_rows() * h + h * cfg.ffn;
+        let params = cfg.layers * linear + cfg.vocab * h;
+        assert_eq!(r.cpu_flop, (2 * 8 * params) as f64);
+        assert_eq!(r.host_weight_bytes, 2 * params);
+        assert_eq!(r.batch, 8);
+        assert_eq!((r.compute_bound_s, r.best_split_bound_s), (0.0, 0.0));
+    }
+
+    #[test]
+    fn compute_bound_holds_the_cpu_to_its_gemm_rate() {
+        // 30 GB computed on the CPU and 30 GB streamed at batch 64 (64 FLOP a weight byte).
+        let r = Roofline {
+            host_weight_bytes: 30_000_000_000,
+            pcie_bytes: 30_000_000_000,
+            cpu_flop: 64.0 * 30e9,
+            batch: 64,
+            dram_read_bytes_s: 100e9,
+            pcie_bytes_s: 50e9,
+            host_total_bytes_s: 150e9,
+            // max(30 / 100, 30 / 50, 60 / 150) s, as `decode` computes it
+            step_bound_s: 0.6,
+            ..Default::default()
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9 * b.abs().max(1.0);
+        // 4 TFLOP/s: the CPU's 1.92 TFLOP take 0.48 s, under PCIe's 0.6 s; the best division
+        // feeds the CPU 62.5 GB/s (4e12 / 64) beside PCIe's 50: 60 GB in 0.533 s.
+        let fast = r.clone().with_cpu_compute(4e12);
+        assert!(close(fast.compute_bound_s, 0.6), "{}", fast.compute_bound_s);
+        assert!(close(fast.best_split_bound_s, 60.0 / 112.5));
+        assert_eq!(fast.cpu_gemm_flop_s, 4e12);
+        // 1 TFLOP/s: the CPU side (1.92 s) is the step's bound.
+        let slow = r.clone().with_cpu_compute(1e12);
+        assert!(close(slow.compute_bound_s, 1.92));
+        assert!(close(slow.best_split_bound_s, 60.0 / (15.625 + 50.0)));
+        // Faster than DRAM can feed: the read bounds the CPU's share, and host memory's
+        // 150 GB/s for both sides bounds the division.
+        let dram_bound = r.clone().with_cpu_compute(100e12);
+        assert!(close(dram_bound.best_split_bound_s, 60.0 / 150.0));
+        // No rate, or a meaningless one: no compute bounds.
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let n = r.clone().with_cpu_compute(bad);
+            assert_eq!((n.compute_bound_s, n.best_split_bound_s), (0.0, 0.0));
+        }
     }
 
     #[test]

@@ -222,6 +222,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             ),
         );
     }
+    report_compute_bound(&m.result, &m.roof, &m.plan.spec);
     let s = &m.plan.spec;
     let out = a.json.clone().unwrap_or_else(|| {
         let ts = std::time::SystemTime::now()
@@ -466,6 +467,8 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
             0.0
         },
     );
+    let cpu_rate = cpu_compute_rate(&profile, s, roof.pcie_bytes > 0);
+    let roof = roof.with_cpu_compute(cpu_rate);
     // The DRAM read again, now, where the step reads host memory on the CPU side.
     let roof_same_run = (roof.host_weight_bytes + roof.host_kv_bytes > 0).then(|| {
         let now = platform::membw::read_bandwidth(probe::probe_bytes(), 5);
@@ -477,6 +480,7 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
             pcie,
             roof.host_total_bytes_s,
         )
+        .with_cpu_compute(cpu_rate)
     });
     Ok(Measured {
         cfg,
@@ -705,6 +709,20 @@ fn cpu_gemm_rate(p: &probe::Profile, rows: usize) -> f64 {
     }
 }
 
+/// The CPU GEMM rate a decode step's CPU linears can run at, from the probe: its rate for the
+/// rows of one minibatch ([`cpu_gemm_rate`]) and, where pinned weights also stream over PCIe
+/// meanwhile, times the fraction of its 64-row rate the probe's GEMM kept beside the copies.
+fn cpu_compute_rate(p: &probe::Profile, spec: &RunSpec, streams: bool) -> f64 {
+    let rows = spec.batch_size.div_ceil(spec.num_minibatch.max(1));
+    let rate = cpu_gemm_rate(p, rows);
+    let (beside, alone) = (p.cpu_gemm_m64_with_h2d_flop_s, p.cpu_gemm_m64_flop_s);
+    if streams && spec.weight_tier == MemTier::Pinned && beside > 0.0 && alone > 0.0 {
+        rate * (beside / alone).min(1.0)
+    } else {
+        rate
+    }
+}
+
 /// What the split's two sides get while both read host memory at once: the fraction of its
 /// own read rate left to the CPU, and the copies' rate. With pinned weights these come from the
 /// probe's `host read with H2D` (the CPU reading while the GPU copies in): on the GPU hosts the
@@ -861,6 +879,40 @@ fn report_roofline(r: &BenchResult, roof: &Roofline, label: &str, note: &str) {
             parts.join("; "),
         );
     }
+}
+
+/// The bounds that also hold the CPU's linears to the probe's GEMM rate (see
+/// [`Roofline::with_cpu_compute`]): for this step's division of the layers, and for the best
+/// division of the same host-held weights between CPU and PCIe.
+fn report_compute_bound(r: &BenchResult, roof: &Roofline, spec: &RunSpec) {
+    if roof.compute_bound_s <= 0.0 || !roof.compute_bound_s.is_finite() || roof.cpu_flop <= 0.0 {
+        return;
+    }
+    let ms = |x: f64| x * 1e3;
+    let pct = |b: f64| 100.0 * b / r.next_token.mean;
+    let rows = spec.batch_size.div_ceil(spec.num_minibatch.max(1));
+    let beside = if roof.pcie_bytes > 0 && spec.weight_tier == MemTier::Pinned {
+        ", beside the copies"
+    } else {
+        ""
+    };
+    let mut line = format!(
+        "roofline, CPU compute  decode step ≥ {:.2} ms (CPU linears {:.2} TFLOP at {:.2} TFLOP/s, \
+         the probe's CPU GEMM rate for {rows} rows{beside}) → {:.0} %",
+        ms(roof.compute_bound_s),
+        roof.cpu_flop / 1e12,
+        roof.cpu_gemm_flop_s / 1e12,
+        pct(roof.compute_bound_s)
+    );
+    if roof.best_split_bound_s > 0.0 {
+        line += &format!(
+            "; any division of the {:.2} GB of host-held weights between CPU and PCIe ≥ {:.2} ms → {:.0} %",
+            (roof.host_weight_bytes + roof.pcie_bytes) as f64 / 1e9,
+            ms(roof.best_split_bound_s),
+            pct(roof.best_split_bound_s)
+        );
+    }
+    println!("{line}");
 }
 
 fn main() {
@@ -1074,6 +1126,50 @@ mod tests {
             "{}",
             cpu_fraction(&alone)
         );
+    }
+
+    #[test]
+    fn cpu_compute_rate_loses_what_the_probe_lost_beside_the_copies() {
+        let p = probe::Profile {
+            cpu_gemm_m64_flop_s: 5e12,
+            cpu_gemm_m64_with_h2d_flop_s: 4e12,
+            cpu_gemm_m512_flop_s: 6e12,
+            ..Default::default()
+        };
+        let near = |a: f64, b: f64| (a - b).abs() < 1e6;
+        // Batch 64 beside pinned copies: 0.8 of the 64-row rate.
+        assert!(near(cpu_compute_rate(&p, &pinned_spec(64), true), 4e12));
+        // No copies in the step, or pageable weights: the rate alone.
+        assert!(near(cpu_compute_rate(&p, &pinned_spec(64), false), 5e12));
+        let pageable = RunSpec {
+            weight_tier: MemTier::Pageable,
+            pin_weight: false,
+            ..pinned_spec(64)
+        };
+        assert!(near(cpu_compute_rate(&p, &pageable, true), 5e12));
+        // Two minibatches of 256 at batch 512: the 256-row rate, four fifths of it.
+        let two = RunSpec {
+            num_minibatch: 2,
+            ..pinned_spec(512)
+        };
+        assert!(near(
+            cpu_compute_rate(&p, &two, true),
+            0.8 * cpu_gemm_rate(&p, 256)
+        ));
+        // A profile without the figure beside the copies: the rate alone, never more.
+        let old = probe::Profile {
+            cpu_gemm_m64_with_h2d_flop_s: 0.0,
+            ..p.clone()
+        };
+        assert!(near(cpu_compute_rate(&old, &pinned_spec(64), true), 5e12));
+        let faster = probe::Profile {
+            cpu_gemm_m64_with_h2d_flop_s: 6e12,
+            ..p
+        };
+        assert!(near(
+            cpu_compute_rate(&faster, &pinned_spec(64), true),
+            5e12
+        ));
     }
 
     #[test]

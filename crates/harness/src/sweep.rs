@@ -166,6 +166,10 @@ pub struct Row {
     pub next_token_p99_s: f64,
     pub decode_s: f64,
     pub roofline_fraction: f64,
+    /// The same with the CPU's linears also held to the probe's GEMM rate (0 where the profile
+    /// has no rate, or in rows from before this column).
+    #[serde(default)]
+    pub compute_roofline_fraction: f64,
     pub layers_resident: usize,
     pub layers_streamed: usize,
     pub layers_cpu: usize,
@@ -349,6 +353,11 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
                     } else {
                         0.0
                     },
+                    compute_roofline_fraction: if r.next_token.mean > 0.0 {
+                        m.roof.compute_bound_s / r.next_token.mean
+                    } else {
+                        0.0
+                    },
                     layers_resident: counts.resident,
                     layers_streamed: counts.streamed,
                     layers_cpu: counts.cpu,
@@ -366,6 +375,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
                 next_token_p99_s: 0.0,
                 decode_s: 0.0,
                 roofline_fraction: 0.0,
+                compute_roofline_fraction: 0.0,
                 layers_resident: 0,
                 layers_streamed: 0,
                 layers_cpu: 0,
@@ -398,12 +408,12 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
 
 fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     let mut s = String::from(
-        "model,batch_size,policy,gpu_percentage,weights_tier,input_tokens,max_new_tokens,throughput_tok_s,first_token_s,next_token_mean_s,next_token_p90_s,next_token_p99_s,decode_s,roofline_fraction,layers_resident,layers_streamed,layers_cpu,error\n",
+        "model,batch_size,policy,gpu_percentage,weights_tier,input_tokens,max_new_tokens,throughput_tok_s,first_token_s,next_token_mean_s,next_token_p90_s,next_token_p99_s,decode_s,roofline_fraction,compute_roofline_fraction,layers_resident,layers_streamed,layers_cpu,error\n",
     );
     for r in rows {
         let p = &r.point;
         s += &format!(
-            "{},{},\"{}\",{},{},{},{},{:.4},{:.6},{:.6},{:.6},{:.6},{:.6},{:.4},{},{},{},\"{}\"\n",
+            "{},{},\"{}\",{},{},{},{},{:.4},{:.6},{:.6},{:.6},{:.6},{:.6},{:.4},{:.4},{},{},{},\"{}\"\n",
             p.model,
             p.batch_size,
             p.policy,
@@ -418,6 +428,7 @@ fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
             r.next_token_p99_s,
             r.decode_s,
             r.roofline_fraction,
+            r.compute_roofline_fraction,
             r.layers_resident,
             r.layers_streamed,
             r.layers_cpu,
@@ -590,12 +601,29 @@ mod tests {
             next_token_p99_s: 0.1,
             decode_s: 0.1,
             roofline_fraction: 0.5,
+            compute_roofline_fraction: 0.6,
             layers_resident: 0,
             layers_streamed: 0,
             layers_cpu: 24,
         };
         let line = serde_json::to_string(&row).unwrap();
-        std::fs::write(earlier.join("results.jsonl"), format!("{line}\n\n{line}\n")).unwrap();
+        // A row written before the compute roofline's column still reads, with 0 there.
+        let mut v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v.as_object_mut()
+            .unwrap()
+            .remove("compute_roofline_fraction");
+        let old_line = v.to_string();
+        assert_eq!(
+            serde_json::from_str::<Row>(&old_line)
+                .unwrap()
+                .compute_roofline_fraction,
+            0.0
+        );
+        std::fs::write(
+            earlier.join("results.jsonl"),
+            format!("{line}\n\n{old_line}\n"),
+        )
+        .unwrap();
         std::fs::write(earlier.join("results.csv"), "x").unwrap();
         check_out(&earlier).unwrap();
 
