@@ -289,6 +289,7 @@ fn bench_amx_ceiling(c: &mut Criterion) {
         ("l1_2x1db", Ceiling::L1Db),
         ("l1a_l2b_2x1db", Ceiling::L1ADb),
         ("l2_2x1db", Ceiling::L2Db),
+        ("l1_int8", Ceiling::L1Int8),
     ] {
         let Ok(flop) = amx_ceiling(kind, steps) else {
             continue;

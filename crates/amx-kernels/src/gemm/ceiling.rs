@@ -6,7 +6,8 @@
 //!   registers only, no loads: the dot-product throughput.
 //! - [`Ceiling::Tdp6`]: six independent accumulators on one A and one B tile, no loads: if it
 //!   beats [`Ceiling::Tdp`], four chains in flight do not cover the instruction's latency.
-//! - [`Ceiling::L1`]: the 2 × 2 micro-kernel, A and B cycling through 16 KiB each (L1).
+//! - [`Ceiling::L1`]: the 2 × 2 micro-kernel, A and B cycling through 16 KiB each (L1);
+//!   [`Ceiling::L1Int8`]: the same with `tdpbssd`, the int8 GEMM's kernel.
 //! - [`Ceiling::L2`]: the same over 512 KiB each (L2, past L1), no prefetch;
 //!   [`Ceiling::L2Prefetch`]: with B and A prefetched two steps ahead.
 //! - [`Ceiling::L1A`]: A cycling through 16 KiB (L1) while B cycles through 512 KiB (L2);
@@ -47,6 +48,7 @@ pub enum Ceiling {
     L1Db,
     L1ADb,
     L2Db,
+    L1Int8,
 }
 
 thread_local! {
@@ -119,7 +121,7 @@ unsafe fn micro_2x1_db(a: *const u8, al: ALayout, b: *const u8, steps: usize) {
 fn spans(kind: Ceiling) -> (usize, usize) {
     match kind {
         Ceiling::Tdp | Ceiling::TdpInt8 | Ceiling::Tdp6 | Ceiling::Tdp2 => (1, 1),
-        Ceiling::L1 | Ceiling::L1Db => (8, 8),
+        Ceiling::L1 | Ceiling::L1Db | Ceiling::L1Int8 => (8, 8),
         Ceiling::L2 | Ceiling::L2Prefetch | Ceiling::L2Db => (256, 256),
         Ceiling::L1A | Ceiling::L1ADb => (8, 256),
         Ceiling::L1B => (256, 8),
@@ -130,7 +132,8 @@ fn spans(kind: Ceiling) -> (usize, usize) {
 /// thread at once; returns the operations done (2 per multiply-add, all threads).
 pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
     if platform::cpu_caps().best_tier() != platform::CpuTier::Amx
-        || (kind == Ceiling::TdpInt8 && !platform::cpu_caps().amx_int8_usable())
+        || (matches!(kind, Ceiling::TdpInt8 | Ceiling::L1Int8)
+            && !platform::cpu_caps().amx_int8_usable())
     {
         return Err(Error::Unsupported {
             needed: "AMX",
@@ -144,7 +147,8 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
     let inner = sa.min(sb);
     let rounds = steps.div_ceil(span);
     let threads = platform::pool().broadcast(|_| {
-        // A: sa × 2 KiB, then B: two blocks of sb × 1 KiB; values 1.0 (bf16) throughout.
+        // A: sa × 2 KiB, then B: two blocks of sb × 1 KiB; values 1.0 (bf16) throughout, which
+        // the int8 kinds multiply as the bytes -128 and 63 (wrapping sums: only timed).
         let lines = (sa * A_STEP + 2 * sb * TILE_BYTES) / 64;
         crate::scratch::with_buf(&BUF, lines, |buf| {
             // Filled once per thread (values 1.0), so that a call times only the kernel.
@@ -179,6 +183,7 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
                         Ceiling::Tdp6 => tdp_six(span),
                         Ceiling::Tdp2 => tdp_two(span),
                         Ceiling::L1
+                        | Ceiling::L1Int8
                         | Ceiling::L2
                         | Ceiling::L1A
                         | Ceiling::L1B
@@ -196,6 +201,15 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
                                 let (a, b0) = (a.wrapping_add(da), b0.wrapping_add(db));
                                 if db_kernel {
                                     micro_2x1_db(a, al, b0, inner)
+                                } else if kind == Ceiling::L1Int8 {
+                                    micro::<Hw, true, true>(
+                                        a,
+                                        al,
+                                        b0,
+                                        b1.wrapping_add(db),
+                                        inner,
+                                        Prefetch::default(),
+                                    )
                                 } else {
                                     micro::<Hw, false, true>(
                                         a,
@@ -232,7 +246,11 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
     });
     let threads: u64 = threads.iter().sum();
     // A tdpbssd multiplies 64 of K per tile row, a tdpbf16ps 32.
-    let k_per_tile = if kind == Ceiling::TdpInt8 { 64 } else { 32 };
+    let k_per_tile = if matches!(kind, Ceiling::TdpInt8 | Ceiling::L1Int8) {
+        64
+    } else {
+        32
+    };
     let per_step = match kind {
         Ceiling::Tdp6 => 6,
         Ceiling::Tdp2 | Ceiling::L1Db | Ceiling::L1ADb | Ceiling::L2Db => 2,
