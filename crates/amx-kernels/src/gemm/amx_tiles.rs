@@ -55,8 +55,11 @@
 //! operand in L1 (`amx_ceiling/l1`, `/l1a_l2b`; 46–65 % with both in L2). On all 16 threads of
 //! the GPU host, the same kernel with every operand in its core's own L1 reaches only 6–8
 //! TFLOP/s, about a third of sixteen times one thread, while the products alone scale to 12
-//! threads: a ceiling of the host (likely its power and clock), which the 64-row product from
-//! DRAM reaches within 10–20 %. The blockings that keep A in L1 (`TANDEM_AMX_ROWS_OUTER=1` with
+//! threads: a ceiling of the host, which the 64-row product from DRAM reaches within 10–20 %.
+//! Measured again with 2 ms calls (sixteenth session): any second busy core halves each core's
+//! rate from L1, whichever pair of the VM's CPUs, while one core alone reaches the full rate at
+//! times; so the limit lies outside the VM (the physical cores' other hardware threads, or the
+//! package's power), and the VM cannot read its clock to tell which. The blockings that keep A in L1 (`TANDEM_AMX_ROWS_OUTER=1` with
 //! short chunks) were 12–33 % slower than the defaults at 64, 128 and 512 rows, and a 2 × 1
 //! kernel with double-buffered operands slower than the 2 × 2 (docs/BENCHMARKS.md, fifteenth
 //! session).
