@@ -35,12 +35,15 @@ for b in ${BATCHES:-1 64}; do
     /^next-token latency/ {step = $3}
     /^throughput/ {tps = $2}
     /^roofline  / {for (i = 1; i + 3 <= NF; i++) if ($(i + 1) == "%" && $(i + 3) == "roofline") roof = $i "%"}
+    /^roofline, CPU compute/ {n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^%;?$/) {n++; if (n == 1) cpu = $(i - 1) "%"; else split_ = $(i - 1) "%"}}
     /^rc=/ {rc = substr($0, 4)}
     END {
       flex = (input != 256) ? 0 : (b == 1) ? 0.90 : (b == 64) ? 56.8 : 0
       printf "batch %s: %s tokens/s", b, tps
       if (flex > 0 && tps != "") printf " (%.2fx FlexGen)", tps / flex
-      printf ", next token %s ms, %s of the roofline, rc %s, layers %s\n", step, roof, rc, map
+      printf ", next token %s ms, %s of the roofline", step, roof
+      if (cpu != "") printf " (%s with the CPU GEMM rate%s)", cpu, (split_ != "") ? ", " split_ " of any split" : ""
+      printf ", rc %s, layers %s\n", rc, map
     }' "$L/b$b.log"
   python3 - "$tl" "$L/b$b.log" <<'PY'
 import json, re, sys
