@@ -368,13 +368,12 @@ impl Roofline {
             }
         }
         r.batch = s.batch_size;
-        let t = secs;
-        r.step_bound_s = t(r.host_weight_bytes + r.host_kv_bytes, dram)
-            .max(t(r.gpu_weight_bytes + r.gpu_kv_bytes, hbm))
-            .max(t(r.pcie_bytes, pcie));
+        r.step_bound_s = secs(r.host_weight_bytes + r.host_kv_bytes, dram)
+            .max(secs(r.gpu_weight_bytes + r.gpu_kv_bytes, hbm))
+            .max(secs(r.pcie_bytes, pcie));
         if host_total > 0.0 && r.pcie_bytes > 0 && r.host_weight_bytes + r.host_kv_bytes > 0 {
             let host = r.host_weight_bytes + r.host_kv_bytes + r.pcie_bytes;
-            r.step_bound_s = r.step_bound_s.max(t(host, host_total));
+            r.step_bound_s = r.step_bound_s.max(secs(host, host_total));
         }
         r
     }
@@ -388,9 +387,8 @@ impl Roofline {
         }
         self.cpu_gemm_flop_s = cpu_gemm_flop_s;
         let dram = self.dram_read_bytes_s;
-        let over = secs;
-        let linears = over(self.host_weight_bytes, dram).max(self.cpu_flop / cpu_gemm_flop_s);
-        let cpu_side = linears + over(self.host_kv_bytes, dram);
+        let linears = secs(self.host_weight_bytes, dram).max(self.cpu_flop / cpu_gemm_flop_s);
+        let cpu_side = linears + secs(self.host_kv_bytes, dram);
         self.compute_bound_s = self.step_bound_s.max(cpu_side);
         if self.host_weight_bytes > 0 && self.pcie_bytes > 0 && self.pcie_bytes_s > 0.0 {
             let w = (self.host_weight_bytes + self.pcie_bytes) as f64;
