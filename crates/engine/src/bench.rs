@@ -298,14 +298,13 @@ pub struct Roofline {
     pub compute_bound_s: f64,
     /// The least step any division of the same host-held weights (`host_weight_bytes +
     /// pcie_bytes`) between CPU compute and PCIe streaming could reach at these rates: the CPU
-    /// consumes weights at the lower of its DRAM read and `cpu_gemm_flop_s / batch` bytes/s
-    /// (a weight byte is `batch` FLOP), PCIe at its rate, both at once, and together no faster
+    /// consumes weights at the lower of its DRAM read and `cpu_gemm_flop_s` over its linears'
+    /// FLOP per weight byte (`cpu_flop / host_weight_bytes`: the batch), PCIe at its rate, both
+    /// at once, and together no faster
     /// than `host_total_bytes_s` where measured. KV reads left out. 0 where the step has no
     /// such split (no weights both on the CPU side and streamed) or before
     /// [`Roofline::with_cpu_compute`].
     pub best_split_bound_s: f64,
-    /// Sequences of the step (the FLOP per weight byte of its linears).
-    pub batch: usize,
 }
 
 impl Roofline {
@@ -367,7 +366,6 @@ impl Roofline {
                 r.cpu_flop += (s.batch_size * head) as f64;
             }
         }
-        r.batch = s.batch_size;
         r.step_bound_s = secs(r.host_weight_bytes + r.host_kv_bytes, dram)
             .max(secs(r.gpu_weight_bytes + r.gpu_kv_bytes, hbm))
             .max(secs(r.pcie_bytes, pcie));
@@ -392,7 +390,8 @@ impl Roofline {
         self.compute_bound_s = self.step_bound_s.max(cpu_side);
         if self.host_weight_bytes > 0 && self.pcie_bytes > 0 && self.pcie_bytes_s > 0.0 {
             let w = (self.host_weight_bytes + self.pcie_bytes) as f64;
-            let cpu_bytes_s = cpu_gemm_flop_s / self.batch.max(1) as f64;
+            let flop_per_byte = self.cpu_flop / self.host_weight_bytes as f64;
+            let cpu_bytes_s = cpu_gemm_flop_s / flop_per_byte;
             let cpu_bytes_s = if dram > 0.0 {
                 cpu_bytes_s.min(dram)
             } else {
@@ -449,7 +448,11 @@ mod tests {
         let params = cfg.layers * linear + cfg.vocab * h;
         assert_eq!(r.cpu_flop, (2 * 8 * params) as f64);
         assert_eq!(r.host_weight_bytes, 2 * params);
-        assert_eq!(r.batch, 8);
+        assert_eq!(
+            r.cpu_flop / r.host_weight_bytes as f64,
+            8.0,
+            "a weight byte is batch FLOP"
+        );
         assert_eq!((r.compute_bound_s, r.best_split_bound_s), (0.0, 0.0));
     }
 
@@ -460,7 +463,6 @@ mod tests {
             host_weight_bytes: 30_000_000_000,
             pcie_bytes: 30_000_000_000,
             cpu_flop: 64.0 * 30e9,
-            batch: 64,
             dram_read_bytes_s: 100e9,
             pcie_bytes_s: 50e9,
             host_total_bytes_s: 150e9,

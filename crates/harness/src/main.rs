@@ -673,7 +673,10 @@ fn cpu_decode_rate(
     let w = 2.0 * cfg.layer_params() as f64;
     let b = spec.batch_size as f64;
     let flops = 2.0 * b * cfg.layer_params() as f64;
-    let rate = cpu_gemm_rate(p, spec.batch_size.div_ceil(spec.num_minibatch.max(1)));
+    let rate = cpu_gemm_rate(
+        p,
+        engine::bench::minibatch_len(spec.batch_size, spec.num_minibatch),
+    );
     let linears = (w / stream).max(if rate > 0.0 { flops / rate } else { 0.0 });
     let ctx = (spec.input_tokens + spec.max_new_tokens / 2) as f64;
     let kv = b * ctx * 2.0 * cfg.kv_dim() as f64 * 2.0;
@@ -713,7 +716,7 @@ fn cpu_gemm_rate(p: &probe::Profile, rows: usize) -> f64 {
 /// rows of one minibatch ([`cpu_gemm_rate`]) and, where pinned weights also stream over PCIe
 /// meanwhile, times the fraction of its 64-row rate the probe's GEMM kept beside the copies.
 fn cpu_compute_rate(p: &probe::Profile, spec: &RunSpec, streams: bool) -> f64 {
-    let rows = spec.batch_size.div_ceil(spec.num_minibatch.max(1));
+    let rows = engine::bench::minibatch_len(spec.batch_size, spec.num_minibatch);
     let rate = cpu_gemm_rate(p, rows);
     let (beside, alone) = (p.cpu_gemm_m64_with_h2d_flop_s, p.cpu_gemm_m64_flop_s);
     if streams && spec.weight_tier == MemTier::Pinned && beside > 0.0 && alone > 0.0 {
@@ -890,7 +893,7 @@ fn report_compute_bound(r: &BenchResult, roof: &Roofline, spec: &RunSpec) {
     }
     let ms = |x: f64| x * 1e3;
     let pct = |b: f64| 100.0 * b / r.next_token.mean;
-    let rows = spec.batch_size.div_ceil(spec.num_minibatch.max(1));
+    let rows = engine::bench::minibatch_len(spec.batch_size, spec.num_minibatch);
     let beside = if roof.pcie_bytes > 0 && spec.weight_tier == MemTier::Pinned {
         ", beside the copies"
     } else {

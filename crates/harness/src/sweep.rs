@@ -339,6 +339,14 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
             Ok(m) => {
                 let r = &m.result;
                 let counts = m.plan.layer_counts();
+                // A bound as a fraction of the measured step (0 without a step).
+                let of_step = |bound: f64| {
+                    if r.next_token.mean > 0.0 {
+                        bound / r.next_token.mean
+                    } else {
+                        0.0
+                    }
+                };
                 Row {
                     key: p.key(),
                     error: None,
@@ -348,16 +356,8 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
                     next_token_p90_s: r.next_token.p90,
                     next_token_p99_s: r.next_token.p99,
                     decode_s: r.end_to_end.mean - r.first_token.mean,
-                    roofline_fraction: if r.next_token.mean > 0.0 {
-                        m.roof.step_bound_s / r.next_token.mean
-                    } else {
-                        0.0
-                    },
-                    compute_roofline_fraction: if r.next_token.mean > 0.0 {
-                        m.roof.compute_bound_s / r.next_token.mean
-                    } else {
-                        0.0
-                    },
+                    roofline_fraction: of_step(m.roof.step_bound_s),
+                    compute_roofline_fraction: of_step(m.roof.compute_bound_s),
                     layers_resident: counts.resident,
                     layers_streamed: counts.streamed,
                     layers_cpu: counts.cpu,
