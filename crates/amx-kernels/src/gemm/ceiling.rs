@@ -198,7 +198,8 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
                                 } else {
                                     (0, j * inner * TILE_BYTES)
                                 };
-                                let (a, b0) = (a.wrapping_add(da), b0.wrapping_add(db));
+                                let (a, b0, b1) =
+                                    (a.wrapping_add(da), b0.wrapping_add(db), b1.wrapping_add(db));
                                 if db_kernel {
                                     micro_2x1_db(a, al, b0, inner)
                                 } else if kind == Ceiling::L1Int8 {
@@ -206,7 +207,7 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
                                         a,
                                         al,
                                         b0,
-                                        b1.wrapping_add(db),
+                                        b1,
                                         inner,
                                         Prefetch::default(),
                                     )
@@ -215,7 +216,7 @@ pub fn amx_ceiling(kind: Ceiling, steps: usize) -> Result<u64> {
                                         a,
                                         al,
                                         b0,
-                                        b1.wrapping_add(db),
+                                        b1,
                                         inner,
                                         Prefetch::default(),
                                     )
