@@ -29,19 +29,27 @@
 #   GEMM_SHAPES=llama3-8b.o,llama3-8b.down,llama3-8b.gate_up GEMM_MS=128,512 \
 #   KNOBS="default;TANDEM_AMX_NB=2 TANDEM_AMX_KC=4;TANDEM_AMX_NB=2 TANDEM_AMX_KC=8;TANDEM_AMX_NB=2 TANDEM_AMX_MB=64 TANDEM_AMX_KC=8;default" \
 #   bash anchors/gemm_knobs.sh
+# The int8 GEMM (GEMM_GROUP=int8) on the same knobs, A read in place (its quantized rows are
+# whole lines) or from the panel, K slices off or finer, narrower blocks:
+#   GEMM_GROUP=int8 GEMM_SHAPES=llama3-8b.o,llama3-8b.down,llama3-8b.gate_up GEMM_MS=128,512 \
+#   KNOBS="default;TANDEM_AMX_A=auto;TANDEM_AMX_A=direct;TANDEM_AMX_KSPLIT=off;TANDEM_AMX_KSPLIT_ITEMS=16;TANDEM_AMX_NB=4;TANDEM_AMX_A=auto TANDEM_AMX_KSPLIT=off;default" \
+#   bash anchors/gemm_knobs.sh
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/gemm_knobs; mkdir -p "$L"
 export TANDEM_THREADS=${TANDEM_THREADS:-16}
 S=${GEMM_SHAPES:-llama3-8b.o,llama3-8b.down,llama3-8b.gate_up}
 MS=${GEMM_MS:-128,512,2048}
+# The bench group: bf16 (default) or int8 (the same knobs drive the int8 GEMM's tiles).
+G=${GEMM_GROUP:-bf16}
+case $G in bf16|int8) ;; *) echo "gemm_knobs.sh: GEMM_GROUP=$G is neither bf16 nor int8" >&2; exit 2;; esac
 KNOBS=${KNOBS:-"default;TANDEM_AMX_KC=16;TANDEM_AMX_KC=64;TANDEM_AMX_KC=128;TANDEM_AMX_ROWS_OUTER=1;TANDEM_AMX_NB=16;TANDEM_AMX_MB=256;TANDEM_AMX_MB=256 TANDEM_AMX_NB=16;TANDEM_AMX_MB=64 TANDEM_AMX_NB=16;TANDEM_AMX_KC=16 TANDEM_AMX_NB=16;TANDEM_AMX_PF_B2=0;default"}
 i=0
 IFS=';' read -ra list <<< "$KNOBS"
 for k in "${list[@]}"; do
   i=$((i + 1)); envs=(); [ "$k" = default ] || read -ra envs <<< "$k"
-  env "${envs[@]}" GEMM_GROUPS=bf16 GEMM_SHAPES=$S GEMM_MS=$MS CRITERION_HOME=$L/c$i \
+  env "${envs[@]}" GEMM_GROUPS=$G GEMM_SHAPES=$S GEMM_MS=$MS CRITERION_HOME=$L/c$i \
     "$here/benches/amx_kernels__gemm" --bench --warm-up-time 0.3 --measurement-time 1 > "$L/k$i.log" 2>&1
-  echo "[$k] $(awk '/^cpu_/ {name = $1} /thrpt/ {sub(/^cpu_gemm_bf16\/(llama3-8b\.)?/, "", name); printf "%s=%s ", name, $(NF-3)}' "$L/k$i.log")"
+  echo "[$k] $(awk '/^cpu_/ {name = $1} /thrpt/ {sub(/^cpu_gemm_(bf16|int8)\/(llama3-8b\.)?/, "", name); printf "%s=%s ", name, $(NF-3)}' "$L/k$i.log")"
 done
 # Each knob set's geometric mean over the shapes against the defaults' (knob_ratio.py).
 python3 "$here/anchors/knob_ratio.py" "$L" "$KNOBS" 2>&1 >/dev/null
