@@ -899,9 +899,17 @@ fn report_compute_bound(r: &BenchResult, roof: &Roofline, spec: &RunSpec) {
     } else {
         ""
     };
+    // Below the probe's least row count the rate is its 64-row one, which fewer rows (a GEMM
+    // bound by the weights' read) cannot pass: a looser bound, said as such.
+    let basis = if rows < 64 {
+        let s = if rows == 1 { "" } else { "s" };
+        format!("the probe's 64-row CPU GEMM rate, which {rows} row{s} cannot pass")
+    } else {
+        format!("the probe's CPU GEMM rate for {rows} rows")
+    };
     let mut line = format!(
         "roofline, CPU compute  decode step ≥ {:.2} ms (CPU linears {:.2} TFLOP at {:.2} TFLOP/s, \
-         the probe's CPU GEMM rate for {rows} rows{beside}) → {:.0} %",
+         {basis}{beside}) → {:.0} %",
         ms(roof.compute_bound_s),
         roof.cpu_flop / 1e12,
         roof.cpu_gemm_flop_s / 1e12,
