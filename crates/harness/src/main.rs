@@ -189,6 +189,8 @@ struct Measured {
     /// decode (the host's read rate drifts between runs: 98–123 GB/s across calls on the GPU
     /// host), where the step reads host memory.
     roof_same_run: Option<Roofline>,
+    /// Where the rate that `roof`'s compute bounds hold the CPU to comes from, in words.
+    cpu_rate_basis: String,
     caps: Capabilities,
 }
 
@@ -222,7 +224,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             ),
         );
     }
-    report_compute_bound(&m.result, &m.roof, &m.plan.spec);
+    report_compute_bound(&m.result, &m.roof, &m.cpu_rate_basis);
     let s = &m.plan.spec;
     let out = a.json.clone().unwrap_or_else(|| {
         let ts = std::time::SystemTime::now()
@@ -468,7 +470,7 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
         },
     );
     let cpu_rate = cpu_compute_rate(&profile, s, roof.pcie_bytes > 0);
-    let roof = roof.with_cpu_compute(cpu_rate);
+    let roof = roof.with_cpu_compute(cpu_rate.flop_s);
     // The DRAM read again, now, where the step reads host memory on the CPU side.
     let roof_same_run = (roof.host_weight_bytes + roof.host_kv_bytes > 0).then(|| {
         let now = platform::membw::read_bandwidth(probe::probe_bytes(), 5);
@@ -480,7 +482,7 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
             pcie,
             roof.host_total_bytes_s,
         )
-        .with_cpu_compute(cpu_rate)
+        .with_cpu_compute(cpu_rate.flop_s)
     });
     Ok(Measured {
         cfg,
@@ -488,6 +490,7 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
         result: r,
         roof,
         roof_same_run,
+        cpu_rate_basis: cpu_rate.basis,
         caps,
     })
 }
@@ -712,18 +715,34 @@ fn cpu_gemm_rate(p: &probe::Profile, rows: usize) -> f64 {
     }
 }
 
+/// A CPU GEMM rate for the compute roofline, and where it comes from, in words.
+struct CpuRate {
+    flop_s: f64,
+    basis: String,
+}
+
 /// The CPU GEMM rate a decode step's CPU linears can run at, from the probe: its rate for the
 /// rows of one minibatch ([`cpu_gemm_rate`]) and, where pinned weights also stream over PCIe
 /// meanwhile, times the fraction of its 64-row rate the probe's GEMM kept beside the copies.
-fn cpu_compute_rate(p: &probe::Profile, spec: &RunSpec, streams: bool) -> f64 {
+fn cpu_compute_rate(p: &probe::Profile, spec: &RunSpec, streams: bool) -> CpuRate {
     let rows = engine::bench::minibatch_len(spec.batch_size, spec.num_minibatch);
     let rate = cpu_gemm_rate(p, rows);
+    // Below the probe's least row count the rate is its 64-row one, which fewer rows (a GEMM
+    // bound by the weights' read) cannot pass: a looser bound, said as such.
+    let mut basis = if rows < 64 {
+        let s = if rows == 1 { "" } else { "s" };
+        format!("the probe's 64-row CPU GEMM rate, which {rows} row{s} cannot pass")
+    } else {
+        format!("the probe's CPU GEMM rate for {rows} rows")
+    };
     let (beside, alone) = (p.cpu_gemm_m64_with_h2d_flop_s, p.cpu_gemm_m64_flop_s);
-    if streams && spec.weight_tier == MemTier::Pinned && beside > 0.0 && alone > 0.0 {
+    let flop_s = if streams && spec.weight_tier == MemTier::Pinned && beside > 0.0 && alone > 0.0 {
+        basis += ", beside the copies";
         rate * (beside / alone).min(1.0)
     } else {
         rate
-    }
+    };
+    CpuRate { flop_s, basis }
 }
 
 /// What the split's two sides get while both read host memory at once: the fraction of its
@@ -887,29 +906,15 @@ fn report_roofline(r: &BenchResult, roof: &Roofline, label: &str, note: &str) {
 /// The bounds that also hold the CPU's linears to the probe's GEMM rate (see
 /// [`Roofline::with_cpu_compute`]): for this step's division of the layers, and for the best
 /// division of the same host-held weights between CPU and PCIe.
-fn report_compute_bound(r: &BenchResult, roof: &Roofline, spec: &RunSpec) {
+fn report_compute_bound(r: &BenchResult, roof: &Roofline, basis: &str) {
     if roof.compute_bound_s <= 0.0 || !roof.compute_bound_s.is_finite() || roof.cpu_flop <= 0.0 {
         return;
     }
     let ms = |x: f64| x * 1e3;
     let pct = |b: f64| 100.0 * b / r.next_token.mean;
-    let rows = engine::bench::minibatch_len(spec.batch_size, spec.num_minibatch);
-    let beside = if roof.pcie_bytes > 0 && spec.weight_tier == MemTier::Pinned {
-        ", beside the copies"
-    } else {
-        ""
-    };
-    // Below the probe's least row count the rate is its 64-row one, which fewer rows (a GEMM
-    // bound by the weights' read) cannot pass: a looser bound, said as such.
-    let basis = if rows < 64 {
-        let s = if rows == 1 { "" } else { "s" };
-        format!("the probe's 64-row CPU GEMM rate, which {rows} row{s} cannot pass")
-    } else {
-        format!("the probe's CPU GEMM rate for {rows} rows")
-    };
     let mut line = format!(
         "roofline, CPU compute  decode step ≥ {:.2} ms (CPU linears {:.2} TFLOP at {:.2} TFLOP/s, \
-         {basis}{beside}) → {:.0} %",
+         {basis}) → {:.0} %",
         ms(roof.compute_bound_s),
         roof.cpu_flop / 1e12,
         roof.cpu_gemm_flop_s / 1e12,
@@ -1149,22 +1154,31 @@ mod tests {
         };
         let near = |a: f64, b: f64| (a - b).abs() < 1e6;
         // Batch 64 beside pinned copies: 0.8 of the 64-row rate.
-        assert!(near(cpu_compute_rate(&p, &pinned_spec(64), true), 4e12));
+        let beside = cpu_compute_rate(&p, &pinned_spec(64), true);
+        assert!(near(beside.flop_s, 4e12));
+        assert!(
+            beside.basis.ends_with("for 64 rows, beside the copies"),
+            "{}",
+            beside.basis
+        );
         // No copies in the step, or pageable weights: the rate alone.
-        assert!(near(cpu_compute_rate(&p, &pinned_spec(64), false), 5e12));
+        assert!(near(
+            cpu_compute_rate(&p, &pinned_spec(64), false).flop_s,
+            5e12
+        ));
         let pageable = RunSpec {
             weight_tier: MemTier::Pageable,
             pin_weight: false,
             ..pinned_spec(64)
         };
-        assert!(near(cpu_compute_rate(&p, &pageable, true), 5e12));
+        assert!(near(cpu_compute_rate(&p, &pageable, true).flop_s, 5e12));
         // Two minibatches of 256 at batch 512: the 256-row rate, four fifths of it.
         let two = RunSpec {
             num_minibatch: 2,
             ..pinned_spec(512)
         };
         assert!(near(
-            cpu_compute_rate(&p, &two, true),
+            cpu_compute_rate(&p, &two, true).flop_s,
             0.8 * cpu_gemm_rate(&p, 256)
         ));
         // A profile without the figure beside the copies: the rate alone, never more.
@@ -1172,13 +1186,25 @@ mod tests {
             cpu_gemm_m64_with_h2d_flop_s: 0.0,
             ..p.clone()
         };
-        assert!(near(cpu_compute_rate(&old, &pinned_spec(64), true), 5e12));
+        // (and its words do not claim the copies)
+        let alone = cpu_compute_rate(&old, &pinned_spec(64), true);
+        assert!(near(alone.flop_s, 5e12));
+        assert!(!alone.basis.contains("beside"), "{}", alone.basis);
+        // One row: the 64-row rate, said to be one it cannot pass.
+        let one = cpu_compute_rate(&old, &pinned_spec(1), false);
+        assert!(near(one.flop_s, 5e12));
+        assert!(
+            one.basis
+                .contains("64-row CPU GEMM rate, which 1 row cannot"),
+            "{}",
+            one.basis
+        );
         let faster = probe::Profile {
             cpu_gemm_m64_with_h2d_flop_s: 6e12,
             ..p
         };
         assert!(near(
-            cpu_compute_rate(&faster, &pinned_spec(64), true),
+            cpu_compute_rate(&faster, &pinned_spec(64), true).flop_s,
             5e12
         ));
     }
