@@ -30,6 +30,7 @@ pub(crate) unsafe fn gemm_amx_bf16<T: Tiles, O: OutElem>(
         row_bytes: w.k * 2,
         m,
         kb: w.kb,
+        packed: false,
     };
     gemm_amx::<T, O, false>(
         ep_tier,

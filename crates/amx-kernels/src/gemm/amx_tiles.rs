@@ -26,7 +26,8 @@
 //! (the weights are zero-padded already), so that one K step of one group is 2 KiB in one
 //! piece: no cache-set conflicts between the 16 rows of a tile load, no tail step, and no copy
 //! inside the blocks (a block of a decode GEMM spans all rows, and used to repack them).
-//! `TANDEM_AMX_A=direct|auto` reads A in place instead, one tile row per row of A at the
+//! The int8 GEMM quantizes A straight into this layout (`TANDEM_AMX_A=copy`: into rows, then
+//! copied like bf16's A). `TANDEM_AMX_A=direct|auto` reads A in place instead, one tile row per row of A at the
 //! caller's row stride ([`ASrc`]; `auto` only where A's rows start on 64-byte lines): no copy
 //! and no freshly written panel, whose reads slowed o and down by 18–44 % on the GPU host
 //! (docs/BENCHMARKS.md), at the price of 16 rows a tile load that may share cache sets.
@@ -138,7 +139,7 @@ pub(crate) struct Knobs {
     /// Blocks of at most [`M_SMALL`] rows, a multiple of 16, on the B-stationary micro-kernel
     /// ([`gemm_block_amx_b1`]; `TANDEM_AMX_SMALL=b1`; the default `2x2` is [`micro`]).
     pub b_stationary: bool,
-    /// Where the tile loads read A (`TANDEM_AMX_A=panel|direct|auto`, see [`ASrc`]).
+    /// Where the tile loads read A (`TANDEM_AMX_A=panel|copy|direct|auto`, see [`ASrc`]).
     pub a_src: ASrc,
     /// Packed column blocks of a work block when M ≤ [`M_SMALL`] and A (M rows of K) holds
     /// more than `deep_a_bytes` (`TANDEM_AMX_NB_DEEP`, even; `None`: as `n_block_small`). A
@@ -171,6 +172,10 @@ pub(crate) enum ASrc {
     /// In place where [`ASrc::Direct`] would be and A's rows also start on 64-byte lines (A
     /// 64-byte aligned, a row stride of whole lines), so that no tile row straddles two lines.
     Auto,
+    /// From the panel, as [`ASrc::Panel`], but for int8 too by a copy: A quantized into rows
+    /// first, then copied into the panel (`TANDEM_AMX_A=copy`). With `Panel` the int8 GEMM
+    /// quantizes A straight into the panel's layout, with no copy; bf16 copies with either.
+    Copy,
 }
 
 impl Knobs {
@@ -286,9 +291,10 @@ impl Knobs {
                     Ok("panel") => ASrc::Panel,
                     Ok("direct") => ASrc::Direct,
                     Ok("auto") => ASrc::Auto,
+                    Ok("copy") => ASrc::Copy,
                     Ok(v) => {
                         eprintln!(
-                            "tandem: TANDEM_AMX_A={v:?} is not panel, direct or auto; using {:?}",
+                            "tandem: TANDEM_AMX_A={v:?} is not panel, copy, direct or auto; using {:?}",
                             d.a_src
                         );
                         d.a_src
@@ -354,18 +360,27 @@ thread_local! {
 }
 
 /// Bytes of the A panel of `m` rows and `kb` K tiles.
-fn panel_bytes(m: usize, kb: usize) -> usize {
+pub(crate) fn panel_bytes(m: usize, kb: usize) -> usize {
     m.div_ceil(32) * kb * A_STEP
 }
 
+/// Where K tile `t` of row `r` (of the group in slot `r / 32`) starts in a panel of `kb` K
+/// tiles a group.
+pub(crate) fn panel_offset(r: usize, t: usize, kb: usize) -> usize {
+    ((r / 32) * kb + t) * A_STEP + (r % 32) * ROW
+}
+
 /// Activations as the caller has them: `m` rows at stride `lda` bytes, `row_bytes` of them
-/// meaningful (K elements), to be cut into `kb` tiles of 64 bytes.
+/// meaningful (K elements), to be cut into `kb` tiles of 64 bytes; or, with `packed`, already
+/// in the A panel's layout (the module header's; `lda` and `row_bytes` unused), as the int8
+/// GEMM quantizes them.
 pub(crate) struct ASource {
     pub a: *const u8,
     pub lda: usize,
     pub row_bytes: usize,
     pub m: usize,
     pub kb: usize,
+    pub packed: bool,
 }
 
 // SAFETY: A is only read, by every packing job at once.
@@ -387,7 +402,7 @@ unsafe fn pack_group(src: &ASource, dst: *mut u8, g: usize, slot: usize, t0: usi
     let rows = (m - 32 * g).min(32);
     for r in 0..rows {
         let row = src.a.add((32 * g + r) * lda);
-        let mut out = dst.add((slot * kb + t0) * A_STEP + r * ROW);
+        let mut out = dst.add(panel_offset(32 * slot + r, t0, kb));
         for t in t0..t1 {
             let n = row_bytes.saturating_sub(t * ROW).min(ROW);
             if n == ROW {
@@ -466,11 +481,12 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     // A read in place (no panel) where the knob allows it for this A (see `ASrc`).
     let whole = src.row_bytes == src.kb * ROW;
     let lines = (src.a as usize).is_multiple_of(ROW) && src.lda.is_multiple_of(ROW);
-    let direct = match kn.a_src {
-        ASrc::Panel => false,
-        ASrc::Direct => whole,
-        ASrc::Auto => whole && lines,
-    };
+    let direct = !src.packed
+        && match kn.a_src {
+            ASrc::Panel | ASrc::Copy => false,
+            ASrc::Direct => whole,
+            ASrc::Auto => whole && lines,
+        };
     // SAFETY (both blocks below): the plan's blocks start on multiples of 32 rows
     // (Knobs::blocking) and stay inside M and the weight's blocks; c holds rows · (pb1 - pb0)
     // · 16; the panel holds the block's row groups from row `row0` (caller's contract for the
@@ -488,7 +504,7 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     };
     // Order::RowsOwn: no shared panel, each block's rows packed by its thread (this call's
     // number tells a thread's panel of this call from one of an earlier call).
-    let own = (kn.order == Order::RowsOwn && src.m > M_SMALL && !direct)
+    let own = (kn.order == Order::RowsOwn && src.m > M_SMALL && !direct && !src.packed)
         .then(|| OWN_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
     let mut blocks = |shared: AmxOperands| {
         let shared = &shared;
@@ -513,6 +529,10 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
         )
     };
     match own {
+        _ if src.packed => blocks(AmxOperands {
+            panel: src.a,
+            ..*base
+        }),
         _ if direct => blocks(AmxOperands {
             panel: src.a,
             al: ALayout::direct(src.lda),

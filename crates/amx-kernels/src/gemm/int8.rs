@@ -6,8 +6,9 @@
 //! Tiers: AMX (`tdpbssd`, needs AMX-INT8), AVX-512 VNNI (`vpdpbusd`, on the avx512 and
 //! avx512bf16 tiers when the CPU has VNNI), AVX2 (`vpmaddwd` on widened quads: the avx2 tier,
 //! and AVX-512 CPUs without VNNI), scalar. The quantized
-//! activations live in a buffer of the calling thread, rows padded with zeros to whole 64-deep
-//! tiles, grown once and reused.
+//! activations live in a buffer of the calling thread, grown once and reused: rows padded with
+//! zeros to whole 64-deep tiles, or for the AMX tier the tile panel's layout itself (see
+//! `amx_tiles`), so that the tiles read A with no copy between quantizing and the products.
 
 use std::cell::RefCell;
 
@@ -15,11 +16,12 @@ use half::bf16;
 use platform::CpuTier;
 use rayon::prelude::*;
 
-use super::amx_tiles::{gemm_amx, ASource, Knobs, Line};
+use super::amx_tiles::{gemm_amx, panel_bytes, panel_offset, ASource, ASrc, Knobs, Line, ROW};
 use super::pack::BLOCK_N;
 use super::pack_int8::{quantize_row_int8, PackedWeightI8, BLOCK_K_INT8};
 use super::{
     avx2_int8, avx512vnni_int8, check_args, run, scalar_int8, Blocking, Epilogue, OutElem,
+    SharedMut,
 };
 use crate::tile_ops::{Hw, Tiles};
 use crate::{Error, Result};
@@ -100,6 +102,8 @@ thread_local! {
     /// whole tiles starts on a line and the AMX tiles can read them in place) and their scales.
     static QUANT: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
     static QUANT_SCALES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A pool thread's row of A, quantized before it is copied into the AMX tile panel.
+    static QUANT_ROW: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
 /// [`gemm_int8`] on an explicit tier (tests and benches).
@@ -123,7 +127,7 @@ pub fn gemm_int8_on<O: OutElem>(
         unsafe { gemm_amx_int8::<Hw, O>(tier, Knobs::get(), a, m, k, w, out, &ep) };
         return Ok(());
     };
-    with_quantized(a, m, k, w.kb * BLOCK_K_INT8, |qa| {
+    with_quantized(a, m, k, w.kb * BLOCK_K_INT8, false, |qa| {
         run(tier, Blocking::SIMD, m, &shape, out, &ep, |it, c| {
             let (m0, rows, pb0, pb1) = (it.m0, it.rows, it.pb0, it.pb1);
             // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
@@ -136,36 +140,66 @@ pub fn gemm_int8_on<O: OutElem>(
     Ok(())
 }
 
-/// Runs `f` with A quantized per row into this thread's buffer, rows padded to `kpad`.
+/// Runs `f` with A quantized per row into this thread's buffer: rows of `kpad` bytes
+/// (`[M][kpad]`, zero-padded past K), or with `panel` the AMX GEMM's A panel of `kpad / 64` K
+/// tiles a group (see `amx_tiles`; `QuantA::kpad` is then the panel's K tiles · 64 too, but
+/// its rows are not `kpad` apart), each row quantized into a line-aligned row buffer of its
+/// thread and copied from there, 64 bytes a tile, while it is in L1.
 fn with_quantized<R>(
     a: &[bf16],
     m: usize,
     k: usize,
     kpad: usize,
+    panel: bool,
     f: impl FnOnce(&QuantA) -> R,
 ) -> R {
-    crate::scratch::with_buf(&QUANT, (m * kpad).div_ceil(64), |lines| {
-        // SAFETY: the lines hold at least m · kpad bytes, any bit pattern is an i8, and the
+    let kb = kpad / BLOCK_K_INT8;
+    let bytes = if panel { panel_bytes(m, kb) } else { m * kpad };
+    crate::scratch::with_buf(&QUANT, bytes.div_ceil(ROW), |lines| {
+        // SAFETY: the lines hold at least `bytes` bytes, any bit pattern is an i8, and the
         // borrow of `lines` outlives this view.
-        let q = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut i8, m * kpad) };
+        let q = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut i8, bytes) };
         crate::scratch::with_buf(&QUANT_SCALES, m, |scales| {
             let scales = &mut scales[..m];
-            platform::pool().install(|| {
-                q.par_chunks_mut(kpad)
-                    .zip(scales.par_iter_mut())
-                    .enumerate()
-                    .for_each(|(r, (qr, s))| {
+            if panel {
+                let dst = SharedMut(q.as_mut_ptr() as *mut u8);
+                let quantize = |(r, s): (usize, &mut f32)| {
+                    crate::scratch::with_buf(&QUANT_ROW, kb, |row| {
+                        // SAFETY: as `q` above, for this thread's row buffer of kb lines.
+                        let qr = unsafe {
+                            std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut i8, kpad)
+                        };
                         *s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
                         qr[k..].fill(0);
+                        for (t, line) in row[..kb].iter().enumerate() {
+                            // SAFETY: row r's tiles in the panel are written by this job alone,
+                            // inside the panel_bytes(m, kb) bytes of `q`.
+                            unsafe {
+                                (dst.get().add(panel_offset(r, t, kb)) as *mut Line).write(*line)
+                            };
+                        }
                     })
-            });
+                };
+                platform::pool().install(|| scales.par_iter_mut().enumerate().for_each(quantize));
+            } else {
+                platform::pool().install(|| {
+                    q.par_chunks_mut(kpad)
+                        .zip(scales.par_iter_mut())
+                        .enumerate()
+                        .for_each(|(r, (qr, s))| {
+                            *s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
+                            qr[k..].fill(0);
+                        })
+                });
+            }
             f(&QuantA { q, kpad, scales })
         })
     })
 }
 
-/// The AMX int8 GEMM on tiles `T` (`tdpbssd`), the epilogue on `ep_tier`: A quantized, copied
-/// into the tile panel, the shared tile kernel, then dequantized per block.
+/// The AMX int8 GEMM on tiles `T` (`tdpbssd`), the epilogue on `ep_tier`: A quantized (into the
+/// tile panel, or with `TANDEM_AMX_A=copy|direct|auto` into rows, see [`ASrc`]), the shared
+/// tile kernel, then dequantized per block.
 ///
 /// # Safety
 /// The arguments passed `check_args`, `m > 0`, the tiles `T` (with AMX-INT8 for `Hw`) are
@@ -182,13 +216,15 @@ pub(crate) unsafe fn gemm_amx_int8<T: Tiles, O: OutElem>(
     ep: &Epilogue,
 ) {
     let kpad = w.kb * BLOCK_K_INT8;
-    with_quantized(a, m, k, kpad, |qa| {
+    let packed = kn.a_src == ASrc::Panel;
+    with_quantized(a, m, k, kpad, packed, |qa| {
         let src = ASource {
             a: qa.q.as_ptr() as *const u8,
             lda: kpad,
             row_bytes: kpad,
             m,
             kb: w.kb,
+            packed,
         };
         gemm_amx::<T, O, true>(
             ep_tier,

@@ -275,7 +275,8 @@ fn emu_ep_tier() -> CpuTier {
 /// row 0), both loop orders and the other item orders (each thread's own panel too), with
 /// prefetch on and off, set widths of small-M blocks, and the B-stationary kernel for blocks of
 /// 16 to 64 rows (a multiple of 16; other small blocks fall back to the 2 × 2 one); A read in
-/// place (where K is whole tiles) or from the panel; wider blocks where A (up to 64 rows) is
+/// place (where K is whole tiles) or from the panel (int8: quantized into it, or into rows and
+/// copied); wider blocks where A (up to 64 rows) is
 /// past 4 KiB; K cut into slices (automatic, by A's size or by items a thread, and fixed
 /// counts), whose partial sums the last slice adds before the epilogue.
 const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
@@ -331,7 +332,7 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         order: Order::RowsOwn,
         t1: 0,
         b_stationary: false,
-        a_src: ASrc::Direct,
+        a_src: ASrc::Copy,
         n_block_deep: Some(2),
         deep_a_bytes: 4096,
         k_split: 0,
