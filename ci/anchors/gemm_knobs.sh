@@ -29,10 +29,11 @@
 #   GEMM_SHAPES=llama3-8b.o,llama3-8b.down,llama3-8b.gate_up GEMM_MS=128,512 \
 #   KNOBS="default;TANDEM_AMX_NB=2 TANDEM_AMX_KC=4;TANDEM_AMX_NB=2 TANDEM_AMX_KC=8;TANDEM_AMX_NB=2 TANDEM_AMX_MB=64 TANDEM_AMX_KC=8;default" \
 #   bash anchors/gemm_knobs.sh
-# The int8 GEMM (GEMM_GROUP=int8) on the same knobs, A read in place (its quantized rows are
-# whole lines) or from the panel, K slices off or finer, narrower blocks:
-#   GEMM_GROUP=int8 GEMM_SHAPES=llama3-8b.o,llama3-8b.down,llama3-8b.gate_up GEMM_MS=128,512 \
-#   KNOBS="default;TANDEM_AMX_A=auto;TANDEM_AMX_A=direct;TANDEM_AMX_KSPLIT=off;TANDEM_AMX_KSPLIT_ITEMS=16;TANDEM_AMX_NB=4;TANDEM_AMX_A=auto TANDEM_AMX_KSPLIT=off;default" \
+# The int8 GEMM (GEMM_GROUP=int8) on the same knobs: A quantized straight into the panel (the
+# default), into rows then copied into the panel (copy) or read in place (auto: its quantized
+# rows are whole lines), shorter K chunks (more K slices), narrower blocks, K slices off:
+#   GEMM_GROUP=int8 GEMM_SHAPES=llama3-8b.o,llama3-8b.down,llama3-8b.gate_up,opt-30b.fc1 GEMM_MS=128,512 \
+#   KNOBS="default;TANDEM_AMX_A=copy;TANDEM_AMX_A=auto;TANDEM_AMX_KC=16;TANDEM_AMX_NB=4;TANDEM_AMX_KC=16 TANDEM_AMX_NB=4;TANDEM_AMX_KSPLIT=off;default" \
 #   bash anchors/gemm_knobs.sh
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/gemm_knobs; mkdir -p "$L"
