@@ -15,7 +15,8 @@ import re
 import sys
 
 SCALE = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-THRPT = re.compile(r"thrpt:\s*\[\S+ \S+ (\S+) ([KMGT]?)i?(?:elem|B)/s")
+# Criterion pads the numbers in brackets with spaces ("[ 12113 Gelem/s  12639 Gelem/s ...]").
+THRPT = re.compile(r"thrpt:\s*\[\s*\S+ \S+\s+(\S+) ([KMGT]?)i?(?:elem|B)/s")
 
 
 def medians(path):
