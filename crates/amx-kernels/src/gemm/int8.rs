@@ -134,7 +134,15 @@ pub fn gemm_int8_on<O: OutElem>(
             // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
             // elements; kernel_for checked the tier.
             unsafe { kernel(qa, m0, rows, w, pb0, pb1, c) };
-            dequantize(c, rows, pb0, pb1, &qa.scales[m0..m0 + rows], &w.scales);
+            dequantize(
+                tier,
+                c,
+                rows,
+                pb0,
+                pb1,
+                &qa.scales[m0..m0 + rows],
+                &w.scales,
+            );
         })
     });
     Ok(())
@@ -236,14 +244,83 @@ pub(crate) unsafe fn gemm_amx_int8<T: Tiles, O: OutElem>(
             out,
             ep,
             |m0, rows, pb0, pb1, c| {
-                dequantize(c, rows, pb0, pb1, &qa.scales[m0..m0 + rows], &w.scales)
+                dequantize(
+                    ep_tier,
+                    c,
+                    rows,
+                    pb0,
+                    pb1,
+                    &qa.scales[m0..m0 + rows],
+                    &w.scales,
+                )
             },
         )
     })
 }
 
-/// i32 accumulators (stored as bits in `c`) to f32 with the row and column scales.
-fn dequantize(c: &mut [f32], rows: usize, pb0: usize, pb1: usize, sa: &[f32], sw: &[f32]) {
+/// i32 accumulators (stored as bits in `c`) to f32 with the row and column scales, on the
+/// widest vectors `tier` allows (the same products in every lane: the result does not depend
+/// on the tier).
+fn dequantize(
+    tier: CpuTier,
+    c: &mut [f32],
+    rows: usize,
+    pb0: usize,
+    pb1: usize,
+    sa: &[f32],
+    sw: &[f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let caps = platform::cpu_caps();
+        if tier >= CpuTier::Avx512 && caps.avx512f {
+            // SAFETY: AVX-512F is present (checked just above).
+            return unsafe { dequantize_avx512(c, rows, pb0, pb1, sa, sw) };
+        }
+        if tier >= CpuTier::Avx2 && caps.avx2 {
+            // SAFETY: AVX2 is present (checked just above).
+            return unsafe { dequantize_avx2(c, rows, pb0, pb1, sa, sw) };
+        }
+    }
+    dequantize_body(c, rows, pb0, pb1, sa, sw)
+}
+
+/// [`dequantize`] compiled for AVX-512F.
+///
+/// # Safety
+/// AVX-512F is present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dequantize_avx512(
+    c: &mut [f32],
+    rows: usize,
+    pb0: usize,
+    pb1: usize,
+    sa: &[f32],
+    sw: &[f32],
+) {
+    dequantize_body(c, rows, pb0, pb1, sa, sw)
+}
+
+/// [`dequantize`] compiled for AVX2.
+///
+/// # Safety
+/// AVX2 is present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dequantize_avx2(
+    c: &mut [f32],
+    rows: usize,
+    pb0: usize,
+    pb1: usize,
+    sa: &[f32],
+    sw: &[f32],
+) {
+    dequantize_body(c, rows, pb0, pb1, sa, sw)
+}
+
+#[inline(always)]
+fn dequantize_body(c: &mut [f32], rows: usize, pb0: usize, pb1: usize, sa: &[f32], sw: &[f32]) {
     let ldc = (pb1 - pb0) * BLOCK_N;
     let sw = &sw[pb0 * BLOCK_N..pb1 * BLOCK_N];
     for (r, row) in c.chunks_exact_mut(ldc).take(rows).enumerate() {
