@@ -258,74 +258,16 @@ pub(crate) unsafe fn gemm_amx_int8<T: Tiles, O: OutElem>(
     })
 }
 
-/// i32 accumulators (stored as bits in `c`) to f32 with the row and column scales, on the
-/// widest vectors `tier` allows (the same products in every lane: the result does not depend
-/// on the tier).
-fn dequantize(
-    tier: CpuTier,
-    c: &mut [f32],
-    rows: usize,
-    pb0: usize,
-    pb1: usize,
-    sa: &[f32],
-    sw: &[f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let caps = platform::cpu_caps();
-        if tier >= CpuTier::Avx512 && caps.avx512f {
-            // SAFETY: AVX-512F is present (checked just above).
-            return unsafe { dequantize_avx512(c, rows, pb0, pb1, sa, sw) };
-        }
-        if tier >= CpuTier::Avx2 && caps.avx2 {
-            // SAFETY: AVX2 is present (checked just above).
-            return unsafe { dequantize_avx2(c, rows, pb0, pb1, sa, sw) };
-        }
-    }
-    dequantize_body(c, rows, pb0, pb1, sa, sw)
-}
-
-/// [`dequantize`] compiled for AVX-512F.
-///
-/// # Safety
-/// AVX-512F is present.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dequantize_avx512(
-    c: &mut [f32],
-    rows: usize,
-    pb0: usize,
-    pb1: usize,
-    sa: &[f32],
-    sw: &[f32],
-) {
-    dequantize_body(c, rows, pb0, pb1, sa, sw)
-}
-
-/// [`dequantize`] compiled for AVX2.
-///
-/// # Safety
-/// AVX2 is present.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dequantize_avx2(
-    c: &mut [f32],
-    rows: usize,
-    pb0: usize,
-    pb1: usize,
-    sa: &[f32],
-    sw: &[f32],
-) {
-    dequantize_body(c, rows, pb0, pb1, sa, sw)
-}
-
-#[inline(always)]
-fn dequantize_body(c: &mut [f32], rows: usize, pb0: usize, pb1: usize, sa: &[f32], sw: &[f32]) {
-    let ldc = (pb1 - pb0) * BLOCK_N;
-    let sw = &sw[pb0 * BLOCK_N..pb1 * BLOCK_N];
-    for (r, row) in c.chunks_exact_mut(ldc).take(rows).enumerate() {
-        for (x, &s) in row.iter_mut().zip(sw) {
-            *x = x.to_bits() as i32 as f32 * (sa[r] * s);
+tier_vectorized! {
+    /// i32 accumulators (stored as bits in `c`) to f32 with the row and column scales, on the
+    /// widest vectors `tier` allows.
+    fn dequantize(c: &mut [f32], rows: usize, pb0: usize, pb1: usize, sa: &[f32], sw: &[f32]) {
+        let ldc = (pb1 - pb0) * BLOCK_N;
+        let sw = &sw[pb0 * BLOCK_N..pb1 * BLOCK_N];
+        for (r, row) in c.chunks_exact_mut(ldc).take(rows).enumerate() {
+            for (x, &s) in row.iter_mut().zip(sw) {
+                *x = x.to_bits() as i32 as f32 * (sa[r] * s);
+            }
         }
     }
 }

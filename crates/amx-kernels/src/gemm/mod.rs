@@ -525,39 +525,11 @@ fn with_counters<R>(n: usize, f: impl FnOnce(&[AtomicU32]) -> R) -> R {
     })
 }
 
-/// `c[i] += x[i]` on the widest vectors `tier` allows (the same sums in every lane).
-fn add_assign(tier: CpuTier, c: &mut [f32], x: &[f32]) {
-    #[inline(always)]
-    fn body(c: &mut [f32], x: &[f32]) {
+tier_vectorized! {
+    /// `c[i] += x[i]` on the widest vectors `tier` allows.
+    fn add_assign(c: &mut [f32], x: &[f32]) {
         c.iter_mut().zip(x).for_each(|(c, x)| *c += x);
     }
-    /// # Safety
-    /// AVX-512F is present.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn avx512(c: &mut [f32], x: &[f32]) {
-        body(c, x)
-    }
-    /// # Safety
-    /// AVX2 is present.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn avx2(c: &mut [f32], x: &[f32]) {
-        body(c, x)
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        let caps = platform::cpu_caps();
-        if tier >= CpuTier::Avx512 && caps.avx512f {
-            // SAFETY: AVX-512F is present (checked just above).
-            return unsafe { avx512(c, x) };
-        }
-        if tier >= CpuTier::Avx2 && caps.avx2 {
-            // SAFETY: AVX2 is present (checked just above).
-            return unsafe { avx2(c, x) };
-        }
-    }
-    body(c, x)
 }
 
 /// Runs `kernel(item, acc)` for every item of the plan on the pool, then the epilogue of each
