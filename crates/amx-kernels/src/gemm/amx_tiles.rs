@@ -27,10 +27,11 @@
 //! piece: no cache-set conflicts between the 16 rows of a tile load, no tail step, and no copy
 //! inside the blocks (a block of a decode GEMM spans all rows, and used to repack them).
 //! The int8 GEMM quantizes A straight into this layout (`TANDEM_AMX_A=copy`: into rows, then
-//! copied like bf16's A). `TANDEM_AMX_A=direct|auto` reads A in place instead, one tile row per row of A at the
-//! caller's row stride ([`ASrc`]; `auto` only where A's rows start on 64-byte lines): no copy
-//! and no freshly written panel, whose reads slowed o and down by 18–44 % on the GPU host
-//! (docs/BENCHMARKS.md), at the price of 16 rows a tile load that may share cache sets.
+//! copied like bf16's A). `TANDEM_AMX_A=direct|auto` reads A in place instead, one tile row
+//! per row of A at the caller's row stride ([`ASrc`]; `auto` only where A's rows start on
+//! 64-byte lines): no copy and, for bf16, no freshly written panel, whose reads slowed o and
+//! down by 18–44 % on the GPU host (docs/BENCHMARKS.md), at the price of 16 rows a tile load
+//! that may share cache sets (int8's quantized rows are written afresh either way).
 //!
 //! Blocking ([`Knobs`], each an environment variable read once, a tuning knob; defaults in
 //! [`Knobs::DEFAULT`]): a work block is up to `TANDEM_AMX_MB` rows × `TANDEM_AMX_NB` column
