@@ -4,12 +4,25 @@
 # into one git-ignored folder (default dist/device, under 64 MiB). Carry that folder to the GPU
 # host (no Rust, no network needed there) and run its run.sh. LEAVE_OUT (an extended regular
 # expression over the executables' names, e.g. 'cuda_kernels__gpu_') leaves those out of the
-# folder, for a call that does not need them when everything would not fit.
+# folder, for a call that does not need them when everything would not fit. KEEP (paths inside
+# the folder, space-separated, e.g. 'benches/amx_kernels__gemm') saves those executables of the
+# previous build into its old/ before the folder is rebuilt, so that one call can alternate the
+# two builds (anchors/gemm_ab.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-dist/device}
 LIMIT_MIB=60
 
+kept=$(mktemp -d)
+trap 'rm -rf "$kept"' EXIT
+for k in ${KEEP:-}; do
+    if [ -f "$DEST/$k" ]; then
+        cp "$DEST/$k" "$kept/$(basename "$k")"
+    else
+        echo "build-device: KEEP: $DEST/$k is not there (no previous build of it to keep)" >&2
+        exit 1
+    fi
+done
 rm -rf "$DEST"
 mkdir -p "$DEST/tests" "$DEST/benches" "$DEST/bin" "$DEST/anchors" "$DEST/data"
 
@@ -42,6 +55,11 @@ for d in crates/*/tests/data; do
     crate=$(basename "$(dirname "$(dirname "$d")")")
     mkdir -p "$DEST/data/$crate" && cp -r "$d/." "$DEST/data/$crate/"
 done
+
+if [ -n "${KEEP:-}" ]; then
+    mkdir -p "$DEST/old" && cp "$kept"/* "$DEST/old/"
+    echo "build-device: the previous build's $(ls "$kept" | tr '\n' ' ')kept in $DEST/old"
+fi
 
 size=$(du -sm "$DEST" | cut -f1)
 ls -1 "$DEST/tests" "$DEST/benches"
