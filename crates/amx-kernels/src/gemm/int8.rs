@@ -167,6 +167,12 @@ fn with_quantized<R>(
         // SAFETY: the lines hold at least `bytes` bytes, any bit pattern is an i8, and the
         // borrow of `lines` outlives this view.
         let q = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut i8, bytes) };
+        // Row r of A into `qr` (kpad bytes, zero-padded past K); its scale.
+        let quantize_row = |r: usize, qr: &mut [i8]| {
+            let s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
+            qr[k..].fill(0);
+            s
+        };
         crate::scratch::with_buf(&QUANT_SCALES, m, |scales| {
             let scales = &mut scales[..m];
             if panel {
@@ -177,8 +183,7 @@ fn with_quantized<R>(
                         let qr = unsafe {
                             std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut i8, kpad)
                         };
-                        *s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
-                        qr[k..].fill(0);
+                        *s = quantize_row(r, qr);
                         for (t, line) in row[..kb].iter().enumerate() {
                             // SAFETY: row r's tiles in the panel are written by this job alone,
                             // inside the panel_bytes(m, kb) bytes of `q`.
@@ -194,10 +199,7 @@ fn with_quantized<R>(
                     q.par_chunks_mut(kpad)
                         .zip(scales.par_iter_mut())
                         .enumerate()
-                        .for_each(|(r, (qr, s))| {
-                            *s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
-                            qr[k..].fill(0);
-                        })
+                        .for_each(|(r, (qr, s))| *s = quantize_row(r, qr))
                 });
             }
             f(&QuantA { q, kpad, scales })
