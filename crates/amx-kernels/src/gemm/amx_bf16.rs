@@ -41,6 +41,6 @@ pub(crate) unsafe fn gemm_amx_bf16<T: Tiles, O: OutElem>(
         w.kb * TILE_ELEMS * 2,
         out,
         ep,
-        |_, _, _, _, _| {},
+        |_, _| {},
     )
 }

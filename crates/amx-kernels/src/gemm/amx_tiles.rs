@@ -73,7 +73,7 @@
 //!
 //! `TANDEM_AMX_KSPLIT=off|auto|N` cuts K into slices ([`SplitK`](super::SplitK)): each item
 //! computes its block over one slice of K chunks, and the last slice of a block to finish adds
-//! the partial sums (in slice order) and runs the epilogue. `auto` (the default) slices where
+//! the partial sums (in slice order; int8 as i32, dequantized once) and runs the epilogue. `auto` (the default) slices where
 //! M ≤ 64 so that a slice of A holds at most `TANDEM_AMX_DEEP_A` bytes and stays in a core's
 //! L2 while the pool's runs of items (one slice at a time) stream their weight strips (OPT-30B's
 //! FC2 at 64 rows: A is 3.7 MB, four slices; +17 % cold on the GPU host, its down 6 % shorter
@@ -100,7 +100,9 @@ use rayon::prelude::*;
 use platform::CpuTier;
 
 use super::pack::BLOCK_N;
-use super::{run, Epilogue, Item, Order, OutElem, SharedMut, SplitK, WeightShape, M_SMALL};
+use super::{
+    run, Epilogue, Item, Order, OutElem, Partials, SharedMut, SplitK, WeightShape, M_SMALL,
+};
 use crate::tile::TileConfig;
 use crate::tile_ops::Tiles;
 
@@ -450,8 +452,8 @@ pub(crate) unsafe fn with_panel<R>(src: &ASource, f: impl FnOnce(*const u8) -> R
 }
 
 /// The AMX GEMM on tiles `T`: A (`src`) copied into the panel, then the plan's blocks on the
-/// pool, each block's accumulators handed to `finish(m0, rows, pb0, pb1, acc)` (int8
-/// dequantizes there) before the epilogue on `ep_tier`.
+/// pool, each block's accumulators (summed over K slices: i32 for `INT8`) handed to
+/// `finish(item, acc)` (int8 dequantizes there) before the epilogue on `ep_tier`.
 ///
 /// # Safety
 /// The arguments passed `check_args` (`src` is A of the weight `w`, `b` its first packed block,
@@ -467,7 +469,7 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     b_stride: usize,
     out: &mut [O],
     ep: &Epilogue,
-    finish: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
+    finish: impl Fn(&Item, &mut [f32]) + Sync,
 ) {
     // The operands but the panel (a reference: closures on the pool capture the whole Sync
     // struct, not its raw-pointer fields).
@@ -492,7 +494,7 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     // (Knobs::blocking) and stay inside M and the weight's blocks; c holds rows · (pb1 - pb0)
     // · 16; the panel holds the block's row groups from row `row0` (caller's contract for the
     // rest).
-    // (int8's `finish` scales each element: a K slice's partial sums add up after it.)
+    // (int8's accumulators stay i32 until `finish`, once per block after the K slices' sums.)
     let block = |op: &AmxOperands, it: &Item, c: &mut [f32]| {
         let (m0, rows, pb0, pb1) = (it.m0, it.rows, it.pb0, it.pb1);
         let k = it.k.unwrap_or((0, op.kb));
@@ -501,13 +503,12 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
         } else {
             gemm_block_amx::<T, INT8>(op, m0, rows, pb0, pb1, k, c, kn);
         }
-        finish(m0, rows, pb0, pb1, c);
     };
     // Order::RowsOwn: no shared panel, each block's rows packed by its thread (this call's
     // number tells a thread's panel of this call from one of an earlier call).
     let own = (kn.order == Order::RowsOwn && src.m > M_SMALL && !direct && !src.packed)
         .then(|| OWN_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
-    let mut blocks = |shared: AmxOperands| {
+    let blocks = |shared: AmxOperands| {
         let shared = &shared;
         run(
             ep_tier,
@@ -516,6 +517,7 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
             w,
             out,
             ep,
+            if INT8 { Partials::I32 } else { Partials::F32 },
             |it, c| match own {
                 Some(call) => with_own_panel(src, call, it.m0, it.rows, |panel| {
                     let op = AmxOperands {
@@ -527,6 +529,7 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
                 }),
                 None => block(shared, it, c),
             },
+            finish,
         )
     };
     match own {

@@ -20,8 +20,8 @@ use super::amx_tiles::{gemm_amx, panel_bytes, panel_offset, ASource, ASrc, Knobs
 use super::pack::BLOCK_N;
 use super::pack_int8::{quantize_row_int8, PackedWeightI8, BLOCK_K_INT8};
 use super::{
-    avx2_int8, avx512vnni_int8, check_args, run, scalar_int8, Blocking, Epilogue, OutElem,
-    SharedMut,
+    avx2_int8, avx512vnni_int8, check_args, run, scalar_int8, Blocking, Epilogue, Item, OutElem,
+    Partials, SharedMut,
 };
 use crate::tile_ops::{Hw, Tiles};
 use crate::{Error, Result};
@@ -128,22 +128,22 @@ pub fn gemm_int8_on<O: OutElem>(
         return Ok(());
     };
     with_quantized(a, m, k, w.kb * BLOCK_K_INT8, false, |qa| {
-        run(tier, Blocking::SIMD, m, &shape, out, &ep, |it, c| {
-            let (m0, rows, pb0, pb1) = (it.m0, it.rows, it.pb0, it.pb1);
-            // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
-            // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
-            // elements; kernel_for checked the tier.
-            unsafe { kernel(qa, m0, rows, w, pb0, pb1, c) };
-            dequantize(
-                tier,
-                c,
-                rows,
-                pb0,
-                pb1,
-                &qa.scales[m0..m0 + rows],
-                &w.scales,
-            );
-        })
+        run(
+            tier,
+            Blocking::SIMD,
+            m,
+            &shape,
+            out,
+            &ep,
+            Partials::I32,
+            |it, c| {
+                // SAFETY: check_args validated A (hence qa) against the weight and M; the plan
+                // keeps m0 + rows ≤ M and pb0 < pb1 ≤ nblocks; c has rows · (pb1 - pb0) · 16
+                // elements; kernel_for checked the tier.
+                unsafe { kernel(qa, it.m0, it.rows, w, it.pb0, it.pb1, c) }
+            },
+            |it, c| dequantize_block(tier, qa, w, it, c),
+        )
     });
     Ok(())
 }
@@ -245,19 +245,16 @@ pub(crate) unsafe fn gemm_amx_int8<T: Tiles, O: OutElem>(
             w.kb * 1024,
             out,
             ep,
-            |m0, rows, pb0, pb1, c| {
-                dequantize(
-                    ep_tier,
-                    c,
-                    rows,
-                    pb0,
-                    pb1,
-                    &qa.scales[m0..m0 + rows],
-                    &w.scales,
-                )
-            },
+            |it, c| dequantize_block(ep_tier, qa, w, it, c),
         )
     })
+}
+
+/// Item `it`'s i32 accumulators in `c` to f32, with its rows' scales of `qa` and its columns'
+/// of `w`.
+fn dequantize_block(tier: CpuTier, qa: &QuantA, w: &PackedWeightI8, it: &Item, c: &mut [f32]) {
+    let sa = &qa.scales[it.m0..it.m0 + it.rows];
+    dequantize(tier, c, it.rows, it.pb0, it.pb1, sa, &w.scales);
 }
 
 tier_vectorized! {

@@ -7,8 +7,9 @@
 //! (grown once, then reused: no allocation on the hot path), and the epilogue turns them into
 //! output. For small M (decode) a block spans all rows and the column blocks are cut so that
 //! every thread streams its own contiguous slice of the packed weight. The AMX tier may also cut
-//! K into slices (`SplitK`, `TANDEM_AMX_KSPLIT`): a block's slices run as separate items, and the last one to
-//! finish adds their partial sums before the epilogue.
+//! K into slices (`SplitK`, `TANDEM_AMX_KSPLIT`): a block's slices run as separate items, each
+//! writing its partial sums into its own slot, and the last one to finish adds them (int8: as
+//! i32, dequantized once) before the epilogue.
 
 /// Calls `$micro::<MR, NR>($args)` for runtime `mr`, `nr` in 1..=4.
 macro_rules! dispatch_micro {
@@ -149,9 +150,17 @@ pub fn gemm_bf16_on<O: OutElem>(
     // SAFETY: check_args validated A against the weight and M; the plan keeps m0 + rows ≤ M and
     // pb0 < pb1 ≤ nblocks; run hands over rows · (pb1 - pb0) · 16 accumulators; the tier was
     // checked available above.
-    run(tier, Blocking::SIMD, m, &shape, out, &ep, |it, c| unsafe {
-        kernel(a, it.m0, it.rows, w, it.pb0, it.pb1, c)
-    });
+    run(
+        tier,
+        Blocking::SIMD,
+        m,
+        &shape,
+        out,
+        &ep,
+        Partials::F32,
+        |it, c| unsafe { kernel(a, it.m0, it.rows, w, it.pb0, it.pb1, c) },
+        |_, _| {},
+    );
     Ok(())
 }
 
@@ -532,9 +541,33 @@ tier_vectorized! {
     }
 }
 
-/// Runs `kernel(item, acc)` for every item of the plan on the pool, then the epilogue of each
-/// block into `out`. `kernel` must fill `acc` (`rows × (pb1 - pb0)·16` f32) with the item's
-/// accumulators (over its K slice where the plan slices K; see [`SplitK`]).
+tier_vectorized! {
+    /// `c[i] += x[i]` over i32 accumulators stored as bits in f32 slots (wrapping, as the
+    /// tiles' own sums), on the widest vectors `tier` allows.
+    fn add_assign_i32(c: &mut [f32], x: &[f32]) {
+        c.iter_mut().zip(x).for_each(|(c, x)| {
+            *c = f32::from_bits((c.to_bits() as i32).wrapping_add(x.to_bits() as i32) as u32)
+        });
+    }
+}
+
+/// What a block's accumulators hold before `finish` (see [`run`]), and so how the K
+/// slices' partial sums add up.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Partials {
+    /// f32 sums, added in slice order (the result does not depend on which slice finished last).
+    F32,
+    /// i32 sums as bits in the f32 slots (int8 before it is dequantized): added exactly, then
+    /// finished (dequantized) once per block.
+    I32,
+}
+
+/// Runs `kernel(item, acc)` for every item of the plan on the pool, then, once per block,
+/// `finish(item, acc)` (int8 dequantizes there) and the epilogue into `out`. `kernel` must fill
+/// `acc` (`rows × (pb1 - pb0)·16` slots) with the item's accumulators as `partials` says, over
+/// its K slice where the plan slices K (see [`SplitK`]): the slices' partial sums are added
+/// before `finish`, so that it runs once per block whatever the slices.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run<O: OutElem>(
     tier: CpuTier,
     blocking: Blocking,
@@ -542,14 +575,17 @@ pub(crate) fn run<O: OutElem>(
     w: &WeightShape,
     out: &mut [O],
     ep: &Epilogue,
+    partials: Partials,
     kernel: impl Fn(&Item, &mut [f32]) + Sync,
+    finish: impl Fn(&Item, &mut [f32]) + Sync,
 ) {
     let plan = Plan::new(m, w.nblocks, platform::pool_threads(), blocking);
     let out_ptr = SharedMut(out.as_mut_ptr());
     let gate_up = matches!(w.kind, WeightKind::GateUp { .. });
     let out_cols = w.out_cols();
-    // The epilogue of one block's finished accumulators.
+    // Finishing and the epilogue of one block's summed accumulators.
     let epilogue = |it: &Item, c: &mut [f32]| {
+        finish(it, c);
         let ldc = (it.pb1 - it.pb0) * BLOCK_N;
         let (col0, cols) = if gate_up {
             let c0 = it.pb0 / 2 * BLOCK_N;
@@ -586,47 +622,40 @@ pub(crate) fn run<O: OutElem>(
         }
         return;
     }
-    // K sliced: each item leaves its partial sums in its slot; the block's last slice to
-    // finish adds the slots in slice order and runs the epilogue.
+    // K sliced: each item writes its partial sums straight into its slot; the block's last
+    // slice to finish adds the other slots into slice 0's, in slice order, and finishes that.
     let (blocks, slices, slot) = (plan.blocks(), plan.slices(), plan.block_len());
+    let add = match partials {
+        Partials::F32 => add_assign,
+        Partials::I32 => add_assign_i32,
+    };
     crate::scratch::with_buf(&PARTIALS, slices * blocks * slot, |parts| {
         let parts = SharedMut(parts.as_mut_ptr());
+        // SAFETY (callers): slot (s, blk) lies inside the slices · blocks · slot buffer.
+        let slot_ptr = |s: usize, blk: usize| unsafe { parts.get().add((s * blocks + blk) * slot) };
         with_counters(blocks, |done| {
             let body = |i: usize| {
                 let it = plan.item(i);
                 let (blk, s) = plan.block_slice(i);
                 let len = it.rows * (it.pb1 - it.pb0) * BLOCK_N;
-                with_scratch(len, |c| {
-                    kernel(&it, c);
-                    // SAFETY: slot (s, blk) is this item's alone, and `len ≤ slot`.
-                    let mine = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            parts.get().add((s * blocks + blk) * slot),
-                            len,
-                        )
-                    };
-                    mine.copy_from_slice(c);
-                    // AcqRel: the slots written before every other slice's increment are
-                    // visible to the one that sees the count complete.
-                    if done[blk].fetch_add(1, Ordering::AcqRel) as usize + 1 < slices {
-                        return;
-                    }
-                    for s2 in 0..slices {
-                        // SAFETY: every slice of this block has written its slot (the count).
-                        let theirs = unsafe {
-                            std::slice::from_raw_parts(
-                                parts.get().add((s2 * blocks + blk) * slot),
-                                len,
-                            )
-                        };
-                        if s2 == 0 {
-                            c.copy_from_slice(theirs);
-                        } else {
-                            add_assign(tier, c, theirs);
-                        }
-                    }
-                    epilogue(&it, c);
-                })
+                // SAFETY: slot (s, blk) is this item's alone until its count below, and
+                // `len ≤ slot`.
+                let mine = unsafe { std::slice::from_raw_parts_mut(slot_ptr(s, blk), len) };
+                kernel(&it, mine);
+                // AcqRel: the slots written before every other slice's increment are visible
+                // to the one that sees the count complete.
+                if done[blk].fetch_add(1, Ordering::AcqRel) as usize + 1 < slices {
+                    return;
+                }
+                // SAFETY: every slice of this block has written its slot (the count), and
+                // only this item touches them from here on.
+                let sum = unsafe { std::slice::from_raw_parts_mut(slot_ptr(0, blk), len) };
+                for s2 in 1..slices {
+                    // SAFETY: as above; slot s2 ≠ slot 0.
+                    let theirs = unsafe { std::slice::from_raw_parts(slot_ptr(s2, blk), len) };
+                    add(tier, sum, theirs);
+                }
+                epilogue(&it, sum);
             };
             platform::pool().install(|| (0..items).into_par_iter().for_each(body));
         })

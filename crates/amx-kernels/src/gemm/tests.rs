@@ -431,6 +431,58 @@ fn own_panels_are_not_reused_across_calls() {
     }
 }
 
+/// int8 K slices add their i32 partial sums exactly and dequantize once: a sliced product
+/// equals the unsliced one bit for bit (f32 and bf16 out, every slice count up to the most),
+/// where summing dequantized slices would round differently.
+#[test]
+fn amx_int8_k_slices_sum_exactly() {
+    // 130 rows (past M_SMALL: slices for items) and 2 rows (slices by A's size, 512 bytes a slice), K over
+    // 14 tiles of 64 cut into chunks of 2.
+    for (m, n, k) in [(130, 40, 900), (2, 70, 900)] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+        let w = PackedWeightI8::from_bf16(&random_bf16(&mut rng, n * k), n, k).unwrap();
+        let a = random_bf16(&mut rng, m * k);
+        let ep = Epilogue::default();
+        let kn = |k_split| amx_tiles::Knobs {
+            kc: 2,
+            k_split,
+            split_items: 64,
+            deep_a_bytes: 512,
+            ..amx_tiles::Knobs::DEFAULT
+        };
+        let kpad = w.kb * BLOCK_K_INT8;
+        for k_split in [0, 2, 3, 7] {
+            let b = kn(k_split).blocking(m, m * kpad, w.kb);
+            let plan = Plan::new(m, w.shape().nblocks, platform::pool_threads(), b);
+            assert!(
+                plan.slices() > 1,
+                "k_split {k_split} leaves K whole: {plan:?}"
+            );
+        }
+        let mut whole = vec![f32::NAN; m * n];
+        amx_int8_on::<Emu, f32>(&kn(1), &a, m, &w, &mut whole, &ep);
+        let mut whole16 = vec![bf16::NAN; m * n];
+        amx_int8_on::<Emu, bf16>(&kn(1), &a, m, &w, &mut whole16, &ep);
+        for k_split in [0, 2, 3, 7] {
+            let mut out = vec![f32::NAN; m * n];
+            amx_int8_on::<Emu, f32>(&kn(k_split), &a, m, &w, &mut out, &ep);
+            let mut out16 = vec![bf16::NAN; m * n];
+            amx_int8_on::<Emu, bf16>(&kn(k_split), &a, m, &w, &mut out16, &ep);
+            for i in 0..m * n {
+                assert_eq!(
+                    (out[i].to_bits(), out16[i].to_bits()),
+                    (whole[i].to_bits(), whole16[i].to_bits()),
+                    "m {m} n {n} k {k}, k_split {k_split}: out[{i}] = {} / {}, unsliced {} / {}",
+                    out[i],
+                    out16[i],
+                    whole[i],
+                    whole16[i]
+                );
+            }
+        }
+    }
+}
+
 /// The AMX driver (A panel, work blocks, K chunks, loop orders, tile rows, C round trips) on
 /// the tile emulator: runs on any x86-64.
 #[test]
