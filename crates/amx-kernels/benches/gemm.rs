@@ -14,7 +14,9 @@
 //! `cpu_gemm_bf16_cold`, `cpu_gemm_int8_cold`); without it one weight is reused and whatever of
 //! it the L3 holds is read from there. An entry `NxK` of `GEMM_SHAPES` (`28672x4096`) adds a
 //! plain product of that shape (no epilogue), named `NxK`. `GEMM_CEILING_STEPS` sets the K
-//! steps a thread of each `amx_ceiling` call (4096 by default).
+//! steps a thread of each `amx_ceiling` call (4096 by default). `TANDEM_AMX_PROFILE=1` prints
+//! after each GEMM cell where its calls' time went (`amx_kernels::gemm::profile`; warm-up
+//! included).
 
 use std::time::Duration;
 
@@ -190,6 +192,7 @@ fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
                     ..Default::default()
                 },
             };
+            amx_kernels::gemm::profile::take();
             g.bench_with_input(BenchmarkId::new(name, m), &m, |b, &m| {
                 let (a, out) = (&a[..m * k], &mut out[..m * out_cols]);
                 let mut next = 0usize;
@@ -203,6 +206,11 @@ fn bench_gemm(c: &mut Criterion, dtype: Dtype) {
                     b.iter(|| gemm_bf16(a, m, k, &wb[turn(wb.len())], out, ep).unwrap())
                 }
             });
+            if amx_kernels::gemm::profile::enabled() {
+                let p = amx_kernels::gemm::profile::take();
+                let threads = platform::pool_threads();
+                println!("profile {group}/{name}/{m}: {}", p.line(threads));
+            }
         }
     }
     g.finish();

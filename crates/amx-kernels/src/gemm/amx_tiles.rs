@@ -543,7 +543,13 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
             ..*base
         }),
         Some(_) => blocks(*base),
-        None => with_panel(src, |panel| blocks(AmxOperands { panel, ..*base })),
+        None => {
+            let t = super::profile::Mark::now();
+            with_panel(src, |panel| {
+                t.add_to(super::profile::Field::Prep);
+                blocks(AmxOperands { panel, ..*base })
+            })
+        }
     }
 }
 

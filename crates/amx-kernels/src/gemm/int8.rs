@@ -127,7 +127,9 @@ pub fn gemm_int8_on<O: OutElem>(
         unsafe { gemm_amx_int8::<Hw, O>(tier, Knobs::get(), a, m, k, w, out, &ep) };
         return Ok(());
     };
+    let t = super::profile::Mark::now();
     with_quantized(a, m, k, w.kb * BLOCK_K_INT8, false, |qa| {
+        t.add_to(super::profile::Field::Prep);
         run(
             tier,
             Blocking::SIMD,
@@ -227,7 +229,9 @@ pub(crate) unsafe fn gemm_amx_int8<T: Tiles, O: OutElem>(
 ) {
     let kpad = w.kb * BLOCK_K_INT8;
     let packed = kn.a_src == ASrc::Panel;
+    let t = super::profile::Mark::now();
     with_quantized(a, m, k, kpad, packed, |qa| {
+        t.add_to(super::profile::Field::Prep);
         let src = ASource {
             a: qa.q.as_ptr() as *const u8,
             lda: kpad,

@@ -47,6 +47,7 @@ mod epilogue;
 mod int8;
 mod pack;
 mod pack_int8;
+pub mod profile;
 mod reference;
 mod scalar_bf16;
 mod scalar_int8;
@@ -607,19 +608,28 @@ pub(crate) fn run<O: OutElem>(
         unsafe { epilogue::apply_on(tier, c, ldc, it.rows, cols, gate_up, w.n, ep, &dst) };
     };
     let items = plan.items();
+    // TANDEM_AMX_PROFILE (see `profile`): this run's hand-over, and its items' span.
+    let (t0, span) = (profile::Mark::now(), profile::Span::new());
     if plan.slices() == 1 {
         let body = |i: usize| {
+            span.start(&t0);
             let it = plan.item(i);
             with_scratch(it.rows * (it.pb1 - it.pb0) * BLOCK_N, |c| {
+                let t = profile::Mark::now();
                 kernel(&it, c);
+                t.add_to(profile::Field::Kernel);
+                let t = profile::Mark::now();
                 epilogue(&it, c);
-            })
+                t.add_to(profile::Field::Tail);
+            });
+            span.end(&t0);
         };
         if items == 1 {
             body(0);
         } else {
             platform::pool().install(|| (0..items).into_par_iter().for_each(body));
         }
+        span.book(&t0, items);
         return;
     }
     // K sliced: each item writes its partial sums straight into its slot; the block's last
@@ -635,18 +645,23 @@ pub(crate) fn run<O: OutElem>(
         let slot_ptr = |s: usize, blk: usize| unsafe { parts.get().add((s * blocks + blk) * slot) };
         with_counters(blocks, |done| {
             let body = |i: usize| {
+                span.start(&t0);
                 let it = plan.item(i);
                 let (blk, s) = plan.block_slice(i);
                 let len = it.rows * (it.pb1 - it.pb0) * BLOCK_N;
                 // SAFETY: slot (s, blk) is this item's alone until its count below, and
                 // `len ≤ slot`.
                 let mine = unsafe { std::slice::from_raw_parts_mut(slot_ptr(s, blk), len) };
+                let t = profile::Mark::now();
                 kernel(&it, mine);
+                t.add_to(profile::Field::Kernel);
                 // AcqRel: the slots written before every other slice's increment are visible
                 // to the one that sees the count complete.
                 if done[blk].fetch_add(1, Ordering::AcqRel) as usize + 1 < slices {
+                    span.end(&t0);
                     return;
                 }
+                let t = profile::Mark::now();
                 // SAFETY: every slice of this block has written its slot (the count), and
                 // only this item touches them from here on.
                 let sum = unsafe { std::slice::from_raw_parts_mut(slot_ptr(0, blk), len) };
@@ -656,10 +671,13 @@ pub(crate) fn run<O: OutElem>(
                     add(tier, sum, theirs);
                 }
                 epilogue(&it, sum);
+                t.add_to(profile::Field::Tail);
+                span.end(&t0);
             };
             platform::pool().install(|| (0..items).into_par_iter().for_each(body));
         })
-    })
+    });
+    span.book(&t0, items);
 }
 
 #[cfg(test)]

@@ -1,0 +1,196 @@
+//! Where the time of the pool's GEMM calls goes, with `TANDEM_AMX_PROFILE=1` (off by default:
+//! then each call and item pays one check of a flag read once).
+//!
+//! Per call it adds up: preparing A (quantizing it, or copying it into the tile panel), the
+//! work run on the pool (from handing it over to its return), within that the time until the
+//! first item starts (waking the pool) and after the last one ends (the join), and per item the
+//! kernel's time and the tail of a block (adding its K slices, finishing and the epilogue).
+//! [`take`] returns the sums since the last call and clears them; the benches print them per
+//! cell. The kernels' busy fraction, `kernel / (threads × run)`, tells idle threads (too few
+//! items, an uneven split, waking) from slow kernels.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Whether `TANDEM_AMX_PROFILE=1` (read once).
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TANDEM_AMX_PROFILE").is_ok_and(|v| v == "1"))
+}
+
+/// Sums over the calls since the last [`take`] (nanoseconds, but the counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Breakdown {
+    /// Calls that ran on the pool.
+    pub calls: u64,
+    /// Items (blocks, or blocks × K slices) of those calls.
+    pub items: u64,
+    /// Preparing A: quantizing (int8) or copying it into the tile panel.
+    pub prep_ns: u64,
+    /// The pool's part of the calls, from handing the items over to the return.
+    pub run_ns: u64,
+    /// From handing over to the first item's start.
+    pub wake_ns: u64,
+    /// From the last item's end to the return.
+    pub join_ns: u64,
+    /// The items' kernels, summed over the threads.
+    pub kernel_ns: u64,
+    /// The blocks' tails (K slices added, finish, epilogue), summed over the threads.
+    pub tail_ns: u64,
+}
+
+impl Breakdown {
+    /// The kernels' share of the pool's time: `kernel / (threads × run)`.
+    pub fn busy(&self, threads: usize) -> f64 {
+        self.kernel_ns as f64 / (threads as f64 * self.run_ns.max(1) as f64)
+    }
+
+    /// One line of per-call means (µs) and the busy fraction on `threads` threads.
+    pub fn line(&self, threads: usize) -> String {
+        let per = |ns: u64| ns as f64 / 1e3 / self.calls.max(1) as f64;
+        format!(
+            "calls {} items/call {:.1} prep {:.1} us run {:.1} us (wake {:.1}, join {:.1}) \
+             kernel {:.1} us tail {:.1} us (thread-sums) busy {:.3}",
+            self.calls,
+            self.items as f64 / self.calls.max(1) as f64,
+            per(self.prep_ns),
+            per(self.run_ns),
+            per(self.wake_ns),
+            per(self.join_ns),
+            per(self.kernel_ns),
+            per(self.tail_ns),
+            self.busy(threads)
+        )
+    }
+}
+
+struct Sums([AtomicU64; 8]);
+
+static SUMS: Sums = Sums([const { AtomicU64::new(0) }; 8]);
+
+#[derive(Clone, Copy)]
+pub(crate) enum Field {
+    Calls = 0,
+    Items,
+    Prep,
+    Run,
+    Wake,
+    Join,
+    Kernel,
+    Tail,
+}
+
+/// Adds `v` to `field`.
+pub(crate) fn add(field: Field, v: u64) {
+    SUMS.0[field as usize].fetch_add(v, Ordering::Relaxed);
+}
+
+/// The sums since the last call, cleared.
+pub fn take() -> Breakdown {
+    let t = |f: Field| SUMS.0[f as usize].swap(0, Ordering::Relaxed);
+    Breakdown {
+        calls: t(Field::Calls),
+        items: t(Field::Items),
+        prep_ns: t(Field::Prep),
+        run_ns: t(Field::Run),
+        wake_ns: t(Field::Wake),
+        join_ns: t(Field::Join),
+        kernel_ns: t(Field::Kernel),
+        tail_ns: t(Field::Tail),
+    }
+}
+
+/// A start time where profiling is on.
+#[derive(Clone, Copy)]
+pub(crate) struct Mark(Option<Instant>);
+
+impl Mark {
+    pub(crate) fn now() -> Mark {
+        Mark(enabled().then(Instant::now))
+    }
+
+    /// Nanoseconds since the mark (0 where profiling is off).
+    pub(crate) fn ns(&self) -> u64 {
+        self.0.map_or(0, |t| t.elapsed().as_nanos() as u64)
+    }
+
+    /// Adds the time since the mark to `field`, where profiling is on.
+    pub(crate) fn add_to(&self, field: Field) {
+        if self.0.is_some() {
+            add(field, self.ns());
+        }
+    }
+}
+
+/// One pool run's first item start and last item end, nanoseconds after its hand-over.
+pub(crate) struct Span {
+    pub first: AtomicU64,
+    pub last: AtomicU64,
+}
+
+impl Span {
+    pub(crate) fn new() -> Span {
+        Span {
+            first: AtomicU64::new(u64::MAX),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// An item starts (`t0`: its run's hand-over).
+    pub(crate) fn start(&self, t0: &Mark) {
+        if t0.0.is_some() {
+            self.first.fetch_min(t0.ns(), Ordering::Relaxed);
+        }
+    }
+
+    /// An item ends.
+    pub(crate) fn end(&self, t0: &Mark) {
+        if t0.0.is_some() {
+            self.last.fetch_max(t0.ns(), Ordering::Relaxed);
+        }
+    }
+
+    /// Books a run that began at `t0` (a [`Mark`] taken with profiling on): its wake, join and
+    /// whole time, and its items.
+    pub(crate) fn book(&self, t0: &Mark, items: usize) {
+        if t0.0.is_none() {
+            return;
+        }
+        let run = t0.ns();
+        let first = self.first.load(Ordering::Relaxed).min(run);
+        let last = self.last.load(Ordering::Relaxed).min(run);
+        add(Field::Calls, 1);
+        add(Field::Items, items as u64);
+        add(Field::Run, run);
+        add(Field::Wake, first);
+        add(Field::Join, run - last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breakdown_line_reads_means_per_call() {
+        let b = Breakdown {
+            calls: 2,
+            items: 8,
+            prep_ns: 2_000,
+            run_ns: 10_000,
+            wake_ns: 1_000,
+            join_ns: 600,
+            kernel_ns: 32_000,
+            tail_ns: 4_000,
+        };
+        assert!((b.busy(4) - 0.8).abs() < 1e-12);
+        let line = b.line(4);
+        assert!(line.contains("items/call 4.0"), "{line}");
+        assert!(
+            line.contains("prep 1.0 us run 5.0 us (wake 0.5, join 0.3)"),
+            "{line}"
+        );
+        assert!(line.contains("busy 0.800"), "{line}");
+    }
+}
