@@ -15,7 +15,7 @@ pub mod testing;
 pub use cpu::{cpu_caps, cpu_tier, CpuCaps, CpuTier};
 pub use mem::{HostBuf, MemTier};
 pub use numa::{numa_nodes, NumaNode};
-pub use pool::{pool, pool_threads};
+pub use pool::{install, pool, pool_threads};
 
 /// Errors of this crate: each names what was asked and what exists.
 #[derive(Debug, thiserror::Error)]

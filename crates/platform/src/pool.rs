@@ -62,6 +62,93 @@ pub fn pool() -> &'static rayon::ThreadPool {
     })
 }
 
+/// How a thread outside the pool waits for [`install`]'s work (`TANDEM_POOL_WAIT`, read once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Asleep, as rayon's own `install` does: woken when the work ends. Where every core runs a
+    /// pool thread, the woken caller may wait for a core as long as the scheduler's time slice.
+    Block,
+    /// Spinning on a flag, yielding the core now and then: back within microseconds of the
+    /// work's end, at the cost of sharing a core with a pool thread while it waits.
+    Spin,
+}
+
+/// The wait [`install`] uses: `TANDEM_POOL_WAIT=block|spin`, block by default.
+pub fn wait_mode() -> Wait {
+    static W: OnceLock<Wait> = OnceLock::new();
+    *W.get_or_init(|| match std::env::var("TANDEM_POOL_WAIT").as_deref() {
+        Err(_) | Ok("block") => Wait::Block,
+        Ok("spin") => Wait::Spin,
+        Ok(v) => {
+            eprintln!("tandem: TANDEM_POOL_WAIT={v:?} is neither block nor spin; using block");
+            Wait::Block
+        }
+    })
+}
+
+/// Runs `f` on the shared pool (inline where the caller is one of its threads) and returns its
+/// result; a caller outside the pool waits as [`wait_mode`] says. A panic in `f` reaches the
+/// caller.
+pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let pool = pool();
+    if pool.current_thread_index().is_some() || wait_mode() == Wait::Block {
+        return pool.install(f);
+    }
+    install_spinning(f)
+}
+
+/// `f` handed to a pool thread as one job; the caller spins on its flag.
+fn install_spinning<R: Send, F: FnOnce() -> R + Send>(f: F) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    struct Job<F, R> {
+        f: Option<F>,
+        out: Option<std::thread::Result<R>>,
+        done: AtomicBool,
+    }
+    /// # Safety
+    /// `job` points at a live `Job<F, R>` that nothing else touches until `done` is set.
+    unsafe fn run<R: Send, F: FnOnce() -> R + Send>(job: usize) {
+        // SAFETY: the caller's contract.
+        let job = unsafe { &mut *(job as *mut Job<F, R>) };
+        let f = job.f.take().expect("the job runs once");
+        // On a pool thread, so `install` runs `f` right here and its parallel parts on the pool.
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::pool::pool().install(f)
+        }));
+        job.out = Some(out);
+        job.done.store(true, Ordering::Release);
+    }
+    let mut job = Job {
+        f: Some(f),
+        out: None,
+        done: AtomicBool::new(false),
+    };
+    let addr = &mut job as *mut Job<F, R> as usize;
+    let done: *const AtomicBool = &job.done;
+    let go: unsafe fn(usize) = run::<R, F>;
+    // SAFETY: `job` lives on this frame, which does not return (nor unwind: the job catches
+    // f's panic) before the job has set `done`, its last touch of `job`.
+    pool().spawn(move || unsafe { go(addr) });
+    let mut spins = 0u32;
+    // SAFETY: `done` points into `job`, alive on this frame; it is atomic.
+    while !unsafe { &*done }.load(Ordering::Acquire) {
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(64) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    match job
+        .out
+        .take()
+        .expect("the job set its result before its flag")
+    {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -73,5 +160,18 @@ mod tests {
             (0..1000u64).into_par_iter().sum()
         });
         assert_eq!(s, 499_500);
+    }
+
+    #[test]
+    fn spinning_install_returns_results_and_panics() {
+        use rayon::prelude::*;
+        let data: Vec<u64> = (0..10_000).collect();
+        let s: u64 = super::install_spinning(|| data.par_iter().sum());
+        assert_eq!(s, data.iter().sum::<u64>());
+        let caught = std::panic::catch_unwind(|| {
+            super::install_spinning(|| -> u64 { panic!("inside the pool") })
+        });
+        let msg = caught.expect_err("the panic reaches the caller");
+        assert_eq!(msg.downcast_ref::<&str>(), Some(&"inside the pool"));
     }
 }

@@ -445,7 +445,7 @@ pub(crate) unsafe fn with_panel<R>(src: &ASource, f: impl FnOnce(*const u8) -> R
         if groups * kb < 64 {
             (0..jobs).for_each(pack);
         } else {
-            platform::pool().install(|| (0..jobs).into_par_iter().for_each(pack));
+            platform::install(|| (0..jobs).into_par_iter().for_each(pack));
         }
         f(buf.as_ptr() as *const u8)
     })

@@ -195,9 +195,9 @@ fn with_quantized<R>(
                         }
                     })
                 };
-                platform::pool().install(|| scales.par_iter_mut().enumerate().for_each(quantize));
+                platform::install(|| scales.par_iter_mut().enumerate().for_each(quantize));
             } else {
-                platform::pool().install(|| {
+                platform::install(|| {
                     q.par_chunks_mut(kpad)
                         .zip(scales.par_iter_mut())
                         .enumerate()

@@ -627,7 +627,7 @@ pub(crate) fn run<O: OutElem>(
         if items == 1 {
             body(0);
         } else {
-            platform::pool().install(|| (0..items).into_par_iter().for_each(body));
+            platform::install(|| (0..items).into_par_iter().for_each(body));
         }
         span.book(&t0, items);
         return;
@@ -674,7 +674,7 @@ pub(crate) fn run<O: OutElem>(
                 t.add_to(profile::Field::Tail);
                 span.end(&t0);
             };
-            platform::pool().install(|| (0..items).into_par_iter().for_each(body));
+            platform::install(|| (0..items).into_par_iter().for_each(body));
         })
     });
     span.book(&t0, items);
