@@ -177,7 +177,7 @@ impl Weights {
             opt.then(|| dummy(&[h], tier, s, 0.01)).transpose()
         };
         let up_rows = c.up_rows();
-        platform::pool().install(|| {
+        platform::install(|| {
             let embed = dummy(&[c.vocab, h], tier, seed, w)?;
             let positions = opt
                 .then(|| {
@@ -381,7 +381,7 @@ impl Weights {
         let ck = Checkpoint::open(dir)?;
         let c = &config;
         let h = c.hidden;
-        platform::pool().install(|| match c.family {
+        platform::install(|| match c.family {
             Family::Opt => {
                 let p = ["model.decoder.", "decoder."]
                     .into_iter()

@@ -766,7 +766,7 @@ fn run_checked(
         .filter(|s| s.nseg > 1 && s.seg == 0)
         .flat_map(|s| (0..s.nh).map(move |i| (s.seq, s.kv + i, s.part + i * s.nseg, s.nseg)))
         .collect();
-    platform::pool().install(|| {
+    platform::install(|| {
         segs.par_iter().for_each(run_segment);
         merges.par_iter().for_each(|&(seq, kv, part, nseg)| {
             // SAFETY: slots part .. part + nseg were all written by the segments above, and

@@ -536,7 +536,7 @@ fn run_items<O: OutElem>(
                 }
             })
         };
-        platform::pool().install(|| items.par_iter().with_max_len(1).for_each(body));
+        platform::install(|| items.par_iter().with_max_len(1).for_each(body));
     });
 }
 

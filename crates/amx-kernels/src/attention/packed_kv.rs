@@ -79,7 +79,7 @@ pub(crate) fn pack<'a>(
             rest = tail;
         }
     }
-    platform::pool().install(|| {
+    platform::install(|| {
         parts.par_iter_mut().for_each(|(s, kvh, dst)| {
             let (k0, klen) = (cu_k[*s], cu_k[*s + 1] - cu_k[*s]);
             let base = |j: usize| (j < klen).then(|| ((k0 + j) * hk + *kvh) * d);

@@ -138,7 +138,7 @@ impl PackedWeight {
         let mut tiles = HostBuf::<Tile>::zeroed(nblocks * kb, tier)?;
         // Packed on the shared pool so that the pages are first touched by the threads that
         // will read them.
-        platform::pool().install(|| {
+        platform::install(|| {
             tiles
                 .par_chunks_mut(kb)
                 .enumerate()

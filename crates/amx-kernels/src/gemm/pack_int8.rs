@@ -148,7 +148,7 @@ impl PackedWeightI8 {
         let mut tiles = vec![TileI8([0; TILE_BYTES]); nblocks * kb];
         let mut scales = vec![0f32; nblocks * BLOCK_N];
         let mut col_sums = vec![0i32; nblocks * BLOCK_N];
-        platform::pool().install(|| {
+        platform::install(|| {
             tiles
                 .par_chunks_mut(kb)
                 .zip(scales.par_chunks_mut(BLOCK_N))

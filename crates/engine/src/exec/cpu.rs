@@ -167,7 +167,7 @@ pub fn norm_bf16(cfg: &ModelConfig, x: &[f32], w: &Tensor, b: Option<&Tensor>, o
     };
     let caps = platform::cpu_caps();
     let (wide, avx2) = (caps.avx512f, caps.avx2 && caps.fma);
-    platform::pool().install(|| {
+    platform::install(|| {
         out.par_chunks_mut(h)
             .zip(x.par_chunks(h))
             .for_each(|(o, xr)| {
@@ -272,7 +272,7 @@ pub fn embed(w: &Weights, tokens: &[u32], positions: &[usize], x: &mut [f32]) ->
     // A prefill's rows (hundreds of MB at batch 64 × 256 tokens) on the pool; a decode
     // step's few in place.
     if tokens.len() >= PAR_ROWS {
-        platform::pool().install(|| {
+        platform::install(|| {
             x.par_chunks_mut(h)
                 .zip(tokens.par_iter().zip(positions.par_iter()))
                 .for_each(row)
@@ -300,7 +300,7 @@ fn par_pieces<D: Send, S: Sync>(dst: &mut [D], src: &[S], f: impl Fn(&mut [D], &
     assert_eq!(dst.len(), src.len(), "par_pieces: lengths differ");
     const PIECE: usize = 1 << 15;
     if src.len() >= PAR_ELEMS {
-        platform::pool().install(|| {
+        platform::install(|| {
             dst.par_chunks_mut(PIECE)
                 .zip(src.par_chunks(PIECE))
                 .for_each(|(d, s)| f(d, s))
@@ -332,7 +332,7 @@ fn s1_rows(m: &CpuModel, l: usize, x: &[f32], positions: &[usize], qkv: &mut [f3
     s1_proj(m, l, x, positions.len(), qkv)?;
     if let Some(rope) = &m.rope {
         let (qd, kd) = (cfg.q_dim(), cfg.kv_dim());
-        platform::pool().install(|| {
+        platform::install(|| {
             qkv.par_chunks_mut(w)
                 .zip(positions.par_iter())
                 .for_each(|(row, &pos)| {
@@ -374,7 +374,7 @@ pub fn s1_qkv(
     let mut q = vec![bf16::ZERO; t * qd];
     let mut k = vec![bf16::ZERO; t * kd];
     let mut v = vec![bf16::ZERO; t * kd];
-    platform::pool().install(|| {
+    platform::install(|| {
         qkv.par_chunks(w)
             .zip(q.par_chunks_mut(qd))
             .zip(k.par_chunks_mut(kd).zip(v.par_chunks_mut(kd)))
