@@ -552,6 +552,47 @@ tier_vectorized! {
     }
 }
 
+/// How [`run`] hands its items to the pool's threads (`TANDEM_GEMM_SCHED`, read once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sched {
+    /// rayon's splitting of the item range, with work stealing (`steal`, the default).
+    Steal,
+    /// Every thread started at once, each claiming the next item from a shared counter until
+    /// none is left (`claim`): as even as the items are, with no chain of wake-ups.
+    Claim,
+}
+
+fn sched() -> Sched {
+    static S: std::sync::OnceLock<Sched> = std::sync::OnceLock::new();
+    *S.get_or_init(|| match std::env::var("TANDEM_GEMM_SCHED").as_deref() {
+        Err(_) | Ok("steal") => Sched::Steal,
+        Ok("claim") => Sched::Claim,
+        Ok(v) => {
+            eprintln!("tandem: TANDEM_GEMM_SCHED={v:?} is neither steal nor claim; using steal");
+            Sched::Steal
+        }
+    })
+}
+
+/// Runs `body(i)` for every `i < items` on the pool, as [`sched`] says.
+fn for_items(items: usize, body: impl Fn(usize) + Sync) {
+    match sched() {
+        Sched::Steal => platform::install(|| (0..items).into_par_iter().for_each(&body)),
+        Sched::Claim => {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            platform::install(|| {
+                platform::pool().broadcast(|_| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= items {
+                        break;
+                    }
+                    body(i);
+                })
+            });
+        }
+    }
+}
+
 /// What a block's accumulators hold before `finish` (see [`run`]), and so how the K
 /// slices' partial sums add up.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -627,7 +668,7 @@ pub(crate) fn run<O: OutElem>(
         if items == 1 {
             body(0);
         } else {
-            platform::install(|| (0..items).into_par_iter().for_each(body));
+            for_items(items, body);
         }
         span.book(&t0, items);
         return;
@@ -674,7 +715,7 @@ pub(crate) fn run<O: OutElem>(
                 t.add_to(profile::Field::Tail);
                 span.end(&t0);
             };
-            platform::install(|| (0..items).into_par_iter().for_each(body));
+            for_items(items, body);
         })
     });
     span.book(&t0, items);
