@@ -123,8 +123,9 @@ pub fn gemm_int8_on<O: OutElem>(
         return Ok(());
     }
     let Some(kernel) = kernel else {
-        // SAFETY: check_args passed, m > 0, AMX-INT8 is usable (kernel_for).
-        unsafe { gemm_amx_int8::<Hw, O>(tier, Knobs::get(), a, m, k, w, out, &ep) };
+        let kn = Knobs::get();
+        // SAFETY: check_args passed, m > 0, AMX-INT8 is usable (kernel_for) on every thread.
+        super::one_pass(|| unsafe { gemm_amx_int8::<Hw, O>(tier, kn, a, m, k, w, out, &ep) });
         return Ok(());
     };
     let t = super::profile::Mark::now();

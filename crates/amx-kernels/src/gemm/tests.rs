@@ -885,3 +885,22 @@ fn quantize_row_paths_agree() {
     quantize_row_int8(&rows[100], &mut q);
     assert_eq!((q[0], q[1], q[19], q[20], q[21]), (-20, -18, 0, 0, 2));
 }
+
+/// One pass: the call runs on the pool's first thread, its own pool passes inside it, and its
+/// result (or panic) comes back to the caller.
+#[test]
+fn one_pass_runs_the_call_on_the_pools_first_thread() {
+    let data: Vec<u64> = (0..10_000).collect();
+    let (thread, sum) = one_pass_if(true, || {
+        let sum: u64 = platform::install(|| data.par_iter().sum());
+        (platform::pool().current_thread_index(), sum)
+    });
+    assert_eq!(thread, Some(0));
+    assert_eq!(sum, data.iter().sum::<u64>());
+    assert_eq!(
+        one_pass_if(false, || platform::pool().current_thread_index()),
+        None
+    );
+    let caught = std::panic::catch_unwind(|| one_pass_if(true, || -> u8 { panic!("in the call") }));
+    assert!(caught.is_err(), "the call's panic reaches the caller");
+}
