@@ -690,7 +690,7 @@ pub(crate) fn run<O: OutElem>(
             with_scratch(it.rows * (it.pb1 - it.pb0) * BLOCK_N, |c| {
                 let t = profile::Mark::now();
                 kernel(&it, c);
-                t.add_to(profile::Field::Kernel);
+                span.kernel(&t);
                 let t = profile::Mark::now();
                 epilogue(&it, c);
                 t.add_to(profile::Field::Tail);
@@ -727,7 +727,7 @@ pub(crate) fn run<O: OutElem>(
                 let mine = unsafe { std::slice::from_raw_parts_mut(slot_ptr(s, blk), len) };
                 let t = profile::Mark::now();
                 kernel(&it, mine);
-                t.add_to(profile::Field::Kernel);
+                span.kernel(&t);
                 // AcqRel: the slots written before every other slice's increment are visible
                 // to the one that sees the count complete.
                 if done[blk].fetch_add(1, Ordering::AcqRel) as usize + 1 < slices {

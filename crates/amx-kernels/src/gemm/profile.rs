@@ -5,8 +5,10 @@
 //! work run on the pool (from handing it over to its return), within that the time until the
 //! first item starts (waking the pool) and after the last one ends (the join), and per item the
 //! kernel's time and the tail of a block (adding its K slices, finishing and the epilogue).
-//! [`take`] returns the sums since the last call and clears them; the benches print them per
-//! cell. The kernels' busy fraction, `kernel / (threads × run)`, tells idle threads (too few
+//! Per call it also keeps, for each pool thread, when it began its first item and how long its
+//! kernels took: the latest such start and the busiest thread's kernels tell a late thread from
+//! an uneven split. [`take`] returns the sums since the last call and clears them; the benches
+//! print them per cell. The kernels' busy fraction, `kernel / (threads × run)`, tells idle threads (too few
 //! items, an uneven split, waking) from slow kernels.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,12 @@ pub struct Breakdown {
     pub kernel_ns: u64,
     /// The blocks' tails (K slices added, finish, epilogue), summed over the threads.
     pub tail_ns: u64,
+    /// From handing over to the start of the last pool thread to begin an item.
+    pub late_ns: u64,
+    /// The kernels of the busiest thread (the one whose kernels took longest in its call).
+    pub max_kernel_ns: u64,
+    /// Pool threads that ran at least one item.
+    pub threads: u64,
 }
 
 impl Breakdown {
@@ -51,7 +59,8 @@ impl Breakdown {
         let per = |ns: u64| ns as f64 / 1e3 / self.calls.max(1) as f64;
         format!(
             "calls {} items/call {:.1} prep {:.1} us run {:.1} us (wake {:.1}, join {:.1}) \
-             kernel {:.1} us tail {:.1} us (thread-sums) busy {:.3}",
+             kernel {:.1} us tail {:.1} us (thread-sums) last start {:.1} us busiest kernels \
+             {:.1} us threads {:.1} busy {:.3}",
             self.calls,
             self.items as f64 / self.calls.max(1) as f64,
             per(self.prep_ns),
@@ -60,14 +69,17 @@ impl Breakdown {
             per(self.join_ns),
             per(self.kernel_ns),
             per(self.tail_ns),
+            per(self.late_ns),
+            per(self.max_kernel_ns),
+            self.threads as f64 / self.calls.max(1) as f64,
             self.busy(threads)
         )
     }
 }
 
-struct Sums([AtomicU64; 8]);
+struct Sums([AtomicU64; 11]);
 
-static SUMS: Sums = Sums([const { AtomicU64::new(0) }; 8]);
+static SUMS: Sums = Sums([const { AtomicU64::new(0) }; 11]);
 
 #[derive(Clone, Copy)]
 pub(crate) enum Field {
@@ -79,6 +91,9 @@ pub(crate) enum Field {
     Join,
     Kernel,
     Tail,
+    Late,
+    MaxKernel,
+    Threads,
 }
 
 /// Adds `v` to `field`.
@@ -98,6 +113,9 @@ pub fn take() -> Breakdown {
         join_ns: t(Field::Join),
         kernel_ns: t(Field::Kernel),
         tail_ns: t(Field::Tail),
+        late_ns: t(Field::Late),
+        max_kernel_ns: t(Field::MaxKernel),
+        threads: t(Field::Threads),
     }
 }
 
@@ -123,10 +141,23 @@ impl Mark {
     }
 }
 
-/// One pool run's first item start and last item end, nanoseconds after its hand-over.
+/// Pool threads a run's per-thread figures are kept for (threads past it are left out).
+const THREAD_SLOTS: usize = 256;
+
+/// One pool thread's part of a run.
+struct ThreadSlot {
+    /// Its first item's start, nanoseconds after the hand-over (`u64::MAX`: none).
+    start: AtomicU64,
+    /// Its kernels' time.
+    kernel: AtomicU64,
+}
+
+/// One pool run's first item start and last item end, nanoseconds after its hand-over, and
+/// (profiling on) each pool thread's first start and kernel time.
 pub(crate) struct Span {
     pub first: AtomicU64,
     pub last: AtomicU64,
+    threads: Option<Box<[ThreadSlot]>>,
 }
 
 impl Span {
@@ -134,13 +165,42 @@ impl Span {
         Span {
             first: AtomicU64::new(u64::MAX),
             last: AtomicU64::new(0),
+            threads: enabled().then(|| {
+                (0..THREAD_SLOTS)
+                    .map(|_| ThreadSlot {
+                        start: AtomicU64::new(u64::MAX),
+                        kernel: AtomicU64::new(0),
+                    })
+                    .collect()
+            }),
         }
+    }
+
+    /// The calling pool thread's slot, where profiling is on.
+    fn slot(&self) -> Option<&ThreadSlot> {
+        let threads = self.threads.as_ref()?;
+        threads.get(rayon::current_thread_index().unwrap_or(THREAD_SLOTS - 1))
     }
 
     /// An item starts (`t0`: its run's hand-over).
     pub(crate) fn start(&self, t0: &Mark) {
         if t0.0.is_some() {
-            self.first.fetch_min(t0.ns(), Ordering::Relaxed);
+            let now = t0.ns();
+            self.first.fetch_min(now, Ordering::Relaxed);
+            if let Some(slot) = self.slot() {
+                slot.start.fetch_min(now, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// An item's kernel, begun at `t`, has ended.
+    pub(crate) fn kernel(&self, t: &Mark) {
+        if t.0.is_some() {
+            let ns = t.ns();
+            add(Field::Kernel, ns);
+            if let Some(slot) = self.slot() {
+                slot.kernel.fetch_add(ns, Ordering::Relaxed);
+            }
         }
     }
 
@@ -152,7 +212,7 @@ impl Span {
     }
 
     /// Books a run that began at `t0` (a [`Mark`] taken with profiling on): its wake, join and
-    /// whole time, and its items.
+    /// whole time, its items, and its threads' latest start and longest kernels.
     pub(crate) fn book(&self, t0: &Mark, items: usize) {
         if t0.0.is_none() {
             return;
@@ -165,6 +225,21 @@ impl Span {
         add(Field::Run, run);
         add(Field::Wake, first);
         add(Field::Join, run - last);
+        if let Some(threads) = &self.threads {
+            let started = threads
+                .iter()
+                .map(|t| t.start.load(Ordering::Relaxed))
+                .filter(|&s| s != u64::MAX);
+            let (mut n, mut late) = (0, 0);
+            for s in started {
+                n += 1;
+                late = late.max(s.min(run));
+            }
+            let busiest = threads.iter().map(|t| t.kernel.load(Ordering::Relaxed));
+            add(Field::Threads, n);
+            add(Field::Late, late);
+            add(Field::MaxKernel, busiest.max().unwrap_or(0));
+        }
     }
 }
 
@@ -183,12 +258,19 @@ mod tests {
             join_ns: 600,
             kernel_ns: 32_000,
             tail_ns: 4_000,
+            late_ns: 3_000,
+            max_kernel_ns: 9_000,
+            threads: 8,
         };
         assert!((b.busy(4) - 0.8).abs() < 1e-12);
         let line = b.line(4);
         assert!(line.contains("items/call 4.0"), "{line}");
         assert!(
             line.contains("prep 1.0 us run 5.0 us (wake 0.5, join 0.3)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("last start 1.5 us busiest kernels 4.5 us threads 4.0"),
             "{line}"
         );
         assert!(line.contains("busy 0.800"), "{line}");
