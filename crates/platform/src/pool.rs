@@ -93,8 +93,13 @@ pub fn wait_mode() -> Wait {
 /// result; a caller outside the pool waits as [`wait_mode`] says. A panic in `f` reaches the
 /// caller.
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    install_with(wait_mode(), f)
+}
+
+/// [`install`] with the caller's wait named (benches and tests compare the two in one process).
+pub fn install_with<R: Send>(wait: Wait, f: impl FnOnce() -> R + Send) -> R {
     let pool = pool();
-    if pool.current_thread_index().is_some() || wait_mode() == Wait::Block {
+    if pool.current_thread_index().is_some() || wait == Wait::Block {
         return pool.install(f);
     }
     install_spinning(f)
