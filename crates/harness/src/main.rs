@@ -199,6 +199,11 @@ impl Measured {
         serde_json::json!({
             "model": self.cfg, "plan": self.plan, "result": self.result,
             "roofline": self.roof, "roofline_same_run": self.roof_same_run, "caps": self.caps,
+            "cpu": {
+                "tier": platform::cpu_tier().to_string(),
+                "threads": platform::pool_threads(),
+                "pool_wait": platform::pool::wait_mode().name(),
+            },
         })
     }
 }
@@ -354,13 +359,14 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
             engine::placement::layer_map(&plan.layers)
         );
         println!(
-        "placement: prefill {} decode {}, {resident}/{} layers GPU-resident, weights tier {}, CPU tier {} on {} threads",
+        "placement: prefill {} decode {}, {resident}/{} layers GPU-resident, weights tier {}, CPU tier {} on {} threads (pool wait: {})",
         s.prefill_policy,
         s.decode_policy,
         cfg.layers,
         s.weight_tier,
         platform::cpu_tier(),
-        platform::pool_threads()
+        platform::pool_threads(),
+        platform::pool::wait_mode().name()
     );
     }
     // Pinned host memory is made by the GPU executor (page-locking needs the driver).

@@ -73,6 +73,16 @@ pub enum Wait {
     Spin,
 }
 
+impl Wait {
+    /// The name `TANDEM_POOL_WAIT` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Wait::Block => "block",
+            Wait::Spin => "spin",
+        }
+    }
+}
+
 /// The wait [`install`] uses: `TANDEM_POOL_WAIT=spin|block`, spin by default. On the GPU host,
 /// OPT-30B at batch 64 ran 3.8 % and 8.7 % faster end to end spinning than asleep, in two
 /// pairs run in both orders (the CPU's part of a step 4–9 % shorter), and a host whose woken
