@@ -2,7 +2,9 @@
 //! pinned to its core (SMT siblings left idle: AMX and AVX-512 units are per core, and a
 //! second thread per core only adds contention for them and for L2).
 //!
-//! Size: the physical cores this process may run on, or `TANDEM_THREADS` if set.
+//! Size: the physical cores this process may run on, or `TANDEM_THREADS` if set. Work goes to
+//! it through [`install`], whose caller (outside the pool) spins until the work ends, or sleeps
+//! with `TANDEM_POOL_WAIT=block`.
 
 use std::sync::OnceLock;
 
@@ -85,8 +87,9 @@ impl Wait {
 
 /// The wait [`install`] uses: `TANDEM_POOL_WAIT=spin|block`, spin by default. On the GPU host,
 /// OPT-30B at batch 64 ran 3.8 % and 8.7 % faster end to end spinning than asleep, in two
-/// pairs run in both orders (the CPU's part of a step 4–9 % shorter), and a host whose woken
-/// callers waited 1–2 ms for a CPU ran small GEMMs 2–6× slower asleep (docs/BENCHMARKS.md).
+/// pairs run in both orders (the CPU's part of a step 4–9 % shorter); one host whose sleeping
+/// callers took 0.9–2.6 ms to return after their work ended ran small GEMMs 2–6× slower (the
+/// spinning wait did not exist yet there; docs/BENCHMARKS.md).
 pub fn wait_mode() -> Wait {
     static W: OnceLock<Wait> = OnceLock::new();
     *W.get_or_init(|| match std::env::var("TANDEM_POOL_WAIT").as_deref() {
