@@ -6,6 +6,7 @@
 //! they are detected by `cuda-kernels`, which owns the driver, and `engine::caps` joins both.
 
 pub mod cpu;
+pub mod env;
 pub mod mem;
 pub mod membw;
 pub mod numa;

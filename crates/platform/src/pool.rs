@@ -92,13 +92,9 @@ impl Wait {
 /// spinning wait did not exist yet there; docs/BENCHMARKS.md).
 pub fn wait_mode() -> Wait {
     static W: OnceLock<Wait> = OnceLock::new();
-    *W.get_or_init(|| match std::env::var("TANDEM_POOL_WAIT").as_deref() {
-        Err(_) | Ok("spin") => Wait::Spin,
-        Ok("block") => Wait::Block,
-        Ok(v) => {
-            eprintln!("tandem: TANDEM_POOL_WAIT={v:?} is neither spin nor block; using spin");
-            Wait::Spin
-        }
+    *W.get_or_init(|| {
+        let choices = [("spin", Wait::Spin), ("block", Wait::Block)];
+        crate::env::choice("TANDEM_POOL_WAIT", &choices, Wait::Spin)
     })
 }
 

@@ -73,11 +73,11 @@
 //!
 //! `TANDEM_AMX_KSPLIT=off|auto|N` cuts K into slices ([`SplitK`](super::SplitK)): each item
 //! computes its block over one slice of K chunks, and the last slice of a block to finish adds
-//! the partial sums (in slice order; int8 as i32, dequantized once) and runs the epilogue. `auto` (the default) slices where
-//! M ≤ 64 so that a slice of A holds at most `TANDEM_AMX_DEEP_A` bytes and stays in a core's
-//! L2 while the pool's runs of items (one slice at a time) stream their weight strips (OPT-30B's
-//! FC2 at 64 rows: A is 3.7 MB, four slices; +17 % cold on the GPU host, its down 6 % shorter
-//! end to end), and where M > 64 so that every thread has `TANDEM_AMX_KSPLIT_ITEMS` (8) items
+//! the partial sums (in slice order; int8 as i32, dequantized once) and runs the epilogue.
+//! `auto` (the default) slices where M ≤ 64 so that a slice of A holds at most
+//! `TANDEM_AMX_DEEP_A` bytes and stays in a core's L2 while the pool's runs of items (one slice
+//! at a time) stream their weight strips (OPT-30B's FC2 at 64 rows: A is 3.7 MB, four slices;
+//! +17 % cold on the GPU host, its down 6 % shorter end to end), and where M > 64 so that every thread has `TANDEM_AMX_KSPLIT_ITEMS` (8) items
 //! (LLaMA-3-8B o and down at 128 rows: 32 blocks, two a thread; 1.12–1.37× there). Slicing for
 //! items at M ≤ 64 made OPT-30B's out (224 one-pair blocks) 7–9 % slower, so it does not.
 //!
@@ -97,6 +97,7 @@ use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
 
 use rayon::prelude::*;
 
+use platform::env::choice;
 use platform::CpuTier;
 
 use super::pack::BLOCK_N;
@@ -244,26 +245,16 @@ impl Knobs {
                         nb => Some(nb.div_ceil(2) * 2),
                     },
                 },
-                t1: match std::env::var("TANDEM_AMX_T1").as_deref() {
-                    Err(_) => d.t1,
-                    Ok("none") => 0,
-                    Ok("a") => 1,
-                    Ok("b") => 2,
-                    Ok("ab") => 3,
-                    Ok(v) => {
-                        eprintln!("tandem: TANDEM_AMX_T1={v:?} is not none, a, b or ab; using none");
-                        d.t1
-                    }
-                },
-                b_stationary: match std::env::var("TANDEM_AMX_SMALL").as_deref() {
-                    Err(_) => d.b_stationary,
-                    Ok("b1") => true,
-                    Ok("2x2") => false,
-                    Ok(v) => {
-                        eprintln!("tandem: TANDEM_AMX_SMALL={v:?} is not 2x2 or b1; using 2x2");
-                        d.b_stationary
-                    }
-                },
+                t1: choice(
+                    "TANDEM_AMX_T1",
+                    &[("none", 0), ("a", 1), ("b", 2), ("ab", 3)],
+                    d.t1,
+                ),
+                b_stationary: choice(
+                    "TANDEM_AMX_SMALL",
+                    &[("2x2", false), ("b1", true)],
+                    d.b_stationary,
+                ),
                 n_block_deep: match num("TANDEM_AMX_NB_DEEP", 0) {
                     0 => d.n_block_deep,
                     nb => Some(nb.div_ceil(2) * 2),
@@ -289,31 +280,26 @@ impl Knobs {
                     },
                 },
                 split_items: num("TANDEM_AMX_KSPLIT_ITEMS", d.split_items),
-                a_src: match std::env::var("TANDEM_AMX_A").as_deref() {
-                    Err(_) => d.a_src,
-                    Ok("panel") => ASrc::Panel,
-                    Ok("direct") => ASrc::Direct,
-                    Ok("auto") => ASrc::Auto,
-                    Ok("copy") => ASrc::Copy,
-                    Ok(v) => {
-                        eprintln!(
-                            "tandem: TANDEM_AMX_A={v:?} is not panel, copy, direct or auto; using {:?}",
-                            d.a_src
-                        );
-                        d.a_src
-                    }
-                },
-                order: match std::env::var("TANDEM_AMX_ORDER").as_deref() {
-                    Err(_) => d.order,
-                    Ok("columns") => Order::Columns,
-                    Ok("rows") => Order::Rows,
-                    Ok("skewed") => Order::Skewed,
-                    Ok("own") => Order::RowsOwn,
-                    Ok(v) => {
-                        eprintln!("tandem: TANDEM_AMX_ORDER={v:?} is not columns, rows, skewed or own; using columns");
-                        d.order
-                    }
-                },
+                a_src: choice(
+                    "TANDEM_AMX_A",
+                    &[
+                        ("panel", ASrc::Panel),
+                        ("copy", ASrc::Copy),
+                        ("direct", ASrc::Direct),
+                        ("auto", ASrc::Auto),
+                    ],
+                    d.a_src,
+                ),
+                order: choice(
+                    "TANDEM_AMX_ORDER",
+                    &[
+                        ("columns", Order::Columns),
+                        ("rows", Order::Rows),
+                        ("skewed", Order::Skewed),
+                        ("own", Order::RowsOwn),
+                    ],
+                    d.order,
+                ),
             }
         })
     }

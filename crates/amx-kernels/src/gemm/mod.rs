@@ -566,13 +566,9 @@ enum Sched {
 
 fn sched() -> Sched {
     static S: std::sync::OnceLock<Sched> = std::sync::OnceLock::new();
-    *S.get_or_init(|| match std::env::var("TANDEM_GEMM_SCHED").as_deref() {
-        Err(_) | Ok("steal") => Sched::Steal,
-        Ok("claim") => Sched::Claim,
-        Ok(v) => {
-            eprintln!("tandem: TANDEM_GEMM_SCHED={v:?} is neither steal nor claim; using steal");
-            Sched::Steal
-        }
+    *S.get_or_init(|| {
+        let choices = [("steal", Sched::Steal), ("claim", Sched::Claim)];
+        platform::env::choice("TANDEM_GEMM_SCHED", &choices, Sched::Steal)
     })
 }
 
