@@ -77,10 +77,14 @@ impl Breakdown {
     }
 }
 
-struct Sums([AtomicU64; 11]);
+/// One sum per [`Field`].
+const FIELDS: usize = Field::Threads as usize + 1;
 
-static SUMS: Sums = Sums([const { AtomicU64::new(0) }; 11]);
+struct Sums([AtomicU64; FIELDS]);
 
+static SUMS: Sums = Sums([const { AtomicU64::new(0) }; FIELDS]);
+
+/// The sums [`take`] reads (`Threads` last: [`FIELDS`] counts on it).
 #[derive(Clone, Copy)]
 pub(crate) enum Field {
     Calls = 0,
@@ -155,8 +159,8 @@ struct ThreadSlot {
 /// One pool run's first item start and last item end, nanoseconds after its hand-over, and
 /// (profiling on) each pool thread's first start and kernel time.
 pub(crate) struct Span {
-    pub first: AtomicU64,
-    pub last: AtomicU64,
+    first: AtomicU64,
+    last: AtomicU64,
     threads: Option<Box<[ThreadSlot]>>,
 }
 

@@ -436,8 +436,8 @@ fn own_panels_are_not_reused_across_calls() {
 /// where summing dequantized slices would round differently.
 #[test]
 fn amx_int8_k_slices_sum_exactly() {
-    // 130 rows (past M_SMALL: slices for items) and 2 rows (slices by A's size, 512 bytes a slice), K over
-    // 14 tiles of 64 cut into chunks of 2.
+    // 130 rows (past M_SMALL: slices for items) and 2 rows (slices by A's size, 512 bytes a
+    // slice), K over 14 tiles of 64 cut into chunks of 2.
     for (m, n, k) in [(130, 40, 900), (2, 70, 900)] {
         let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
         let w = PackedWeightI8::from_bf16(&random_bf16(&mut rng, n * k), n, k).unwrap();
