@@ -424,8 +424,10 @@ pub(crate) unsafe fn with_panel<R>(src: &ASource, f: impl FnOnce(*const u8) -> R
         let per_group = kb.div_ceil(PACK_TILES);
         let pack = |j: usize| {
             let (g, t0) = (j / per_group, (j % per_group) * PACK_TILES);
+            let t = super::profile::Mark::now();
             // SAFETY: this job's (group, tiles) of the panel are its own; A as the caller says.
             pack_group(src, dst.get(), g, g, t0, (t0 + PACK_TILES).min(kb));
+            t.add_to(super::profile::Field::PrepWork);
         };
         let jobs = groups * per_group;
         if groups * kb < 64 {
@@ -530,9 +532,10 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
         }),
         Some(_) => blocks(*base),
         None => {
-            let t = super::profile::Mark::now();
+            let (t, f) = (super::profile::Mark::now(), super::profile::Faults::now());
             with_panel(src, |panel| {
                 t.add_to(super::profile::Field::Prep);
+                f.add_to(super::profile::Field::PrepFaults);
                 blocks(AmxOperands { panel, ..*base })
             })
         }

@@ -128,9 +128,10 @@ pub fn gemm_int8_on<O: OutElem>(
         super::one_pass(|| unsafe { gemm_amx_int8::<Hw, O>(tier, kn, a, m, k, w, out, &ep) });
         return Ok(());
     };
-    let t = super::profile::Mark::now();
+    let (t, f) = (super::profile::Mark::now(), super::profile::Faults::now());
     with_quantized(a, m, k, w.kb * BLOCK_K_INT8, false, |qa| {
         t.add_to(super::profile::Field::Prep);
+        f.add_to(super::profile::Field::PrepFaults);
         run(
             tier,
             Blocking::SIMD,
@@ -172,8 +173,10 @@ fn with_quantized<R>(
         let q = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut i8, bytes) };
         // Row r of A into `qr` (kpad bytes, zero-padded past K); its scale.
         let quantize_row = |r: usize, qr: &mut [i8]| {
+            let t = super::profile::Mark::now();
             let s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
             qr[k..].fill(0);
+            t.add_to(super::profile::Field::PrepWork);
             s
         };
         crate::scratch::with_buf(&QUANT_SCALES, m, |scales| {
@@ -230,9 +233,10 @@ pub(crate) unsafe fn gemm_amx_int8<T: Tiles, O: OutElem>(
 ) {
     let kpad = w.kb * BLOCK_K_INT8;
     let packed = kn.a_src == ASrc::Panel;
-    let t = super::profile::Mark::now();
+    let (t, f) = (super::profile::Mark::now(), super::profile::Faults::now());
     with_quantized(a, m, k, kpad, packed, |qa| {
         t.add_to(super::profile::Field::Prep);
+        f.add_to(super::profile::Field::PrepFaults);
         let src = ASource {
             a: qa.q.as_ptr() as *const u8,
             lda: kpad,

@@ -678,7 +678,11 @@ pub(crate) fn run<O: OutElem>(
     };
     let items = plan.items();
     // TANDEM_AMX_PROFILE (see `profile`): this run's hand-over, and its items' span.
-    let (t0, span) = (profile::Mark::now(), profile::Span::new());
+    let (t0, span, f0) = (
+        profile::Mark::now(),
+        profile::Span::new(),
+        profile::Faults::now(),
+    );
     if plan.slices() == 1 {
         let body = |i: usize| {
             span.start(&t0);
@@ -699,6 +703,7 @@ pub(crate) fn run<O: OutElem>(
             for_items(items, body);
         }
         span.book(&t0, items);
+        f0.add_to(profile::Field::RunFaults);
         return;
     }
     // K sliced: each item writes its partial sums straight into its slot; the block's last
@@ -747,6 +752,7 @@ pub(crate) fn run<O: OutElem>(
         })
     });
     span.book(&t0, items);
+    f0.add_to(profile::Field::RunFaults);
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Where the time of the pool's GEMM calls goes, with `TANDEM_AMX_PROFILE=1` (off by default:
 //! then each call and item pays one check of a flag read once).
 //!
-//! Per call it adds up: preparing A (quantizing it, or copying it into the tile panel), the
+//! Per call it adds up: preparing A (quantizing it, or copying it into the tile panel; also its
+//! jobs' time summed over the threads, and the process's minor page faults meanwhile), the
 //! work run on the pool (from handing it over to its return), within that the time until the
 //! first item starts (waking the pool) and after the last one ends (the join), and per item the
 //! kernel's time and the tail of a block (adding its K slices, finishing and the epilogue).
@@ -30,6 +31,12 @@ pub struct Breakdown {
     pub items: u64,
     /// Preparing A: quantizing (int8) or copying it into the tile panel.
     pub prep_ns: u64,
+    /// Preparing A, its jobs' time summed over the threads (the work, without waiting).
+    pub prep_work_ns: u64,
+    /// Minor page faults of the process while A was prepared.
+    pub prep_faults: u64,
+    /// Minor page faults of the process while the pool ran the items.
+    pub run_faults: u64,
     /// The pool's part of the calls, from handing the items over to the return.
     pub run_ns: u64,
     /// From handing over to the first item's start.
@@ -58,15 +65,18 @@ impl Breakdown {
     pub fn line(&self, threads: usize) -> String {
         let per = |ns: u64| ns as f64 / 1e3 / self.calls.max(1) as f64;
         format!(
-            "calls {} items/call {:.1} prep {:.1} us run {:.1} us (wake {:.1}, join {:.1}) \
-             kernel {:.1} us tail {:.1} us (thread-sums) last start {:.1} us busiest kernels \
+            "calls {} items/call {:.1} prep {:.1} us (work {:.1}, faults {:.1}) run {:.1} us \
+             (wake {:.1}, join {:.1}, faults {:.1}) kernel {:.1} us tail {:.1} us (thread-sums) last start {:.1} us busiest kernels \
              {:.1} us threads {:.1} busy {:.3}",
             self.calls,
             self.items as f64 / self.calls.max(1) as f64,
             per(self.prep_ns),
+            per(self.prep_work_ns),
+            self.prep_faults as f64 / self.calls.max(1) as f64,
             per(self.run_ns),
             per(self.wake_ns),
             per(self.join_ns),
+            self.run_faults as f64 / self.calls.max(1) as f64,
             per(self.kernel_ns),
             per(self.tail_ns),
             per(self.late_ns),
@@ -90,6 +100,9 @@ pub(crate) enum Field {
     Calls = 0,
     Items,
     Prep,
+    PrepWork,
+    PrepFaults,
+    RunFaults,
     Run,
     Wake,
     Join,
@@ -112,6 +125,9 @@ pub fn take() -> Breakdown {
         calls: t(Field::Calls),
         items: t(Field::Items),
         prep_ns: t(Field::Prep),
+        prep_work_ns: t(Field::PrepWork),
+        prep_faults: t(Field::PrepFaults),
+        run_faults: t(Field::RunFaults),
         run_ns: t(Field::Run),
         wake_ns: t(Field::Wake),
         join_ns: t(Field::Join),
@@ -141,6 +157,23 @@ impl Mark {
     pub(crate) fn add_to(&self, field: Field) {
         if self.0.is_some() {
             add(field, self.ns());
+        }
+    }
+}
+
+/// The process's minor page faults at a point, where profiling is on.
+#[derive(Clone, Copy)]
+pub(crate) struct Faults(Option<u64>);
+
+impl Faults {
+    pub(crate) fn now() -> Faults {
+        Faults(enabled().then(platform::mem::minor_faults))
+    }
+
+    /// Adds the faults since this point to `field`, where profiling is on.
+    pub(crate) fn add_to(&self, field: Field) {
+        if let Some(f0) = self.0 {
+            add(field, platform::mem::minor_faults().saturating_sub(f0));
         }
     }
 }
@@ -257,6 +290,9 @@ mod tests {
             calls: 2,
             items: 8,
             prep_ns: 2_000,
+            prep_work_ns: 16_000,
+            prep_faults: 6,
+            run_faults: 0,
             run_ns: 10_000,
             wake_ns: 1_000,
             join_ns: 600,
@@ -270,7 +306,9 @@ mod tests {
         let line = b.line(4);
         assert!(line.contains("items/call 4.0"), "{line}");
         assert!(
-            line.contains("prep 1.0 us run 5.0 us (wake 0.5, join 0.3)"),
+            line.contains(
+                "prep 1.0 us (work 8.0, faults 3.0) run 5.0 us (wake 0.5, join 0.3, faults 0.0)"
+            ),
             "{line}"
         );
         assert!(
