@@ -114,6 +114,20 @@ pub fn install_with<R: Send>(wait: Wait, f: impl FnOnce() -> R + Send) -> R {
     install_spinning(f)
 }
 
+/// Returns once `done()` is true, asking it in a spin loop that yields the core every 64
+/// turns (so that a thread it waits for, sharing this core, gets to run).
+pub fn spin_until(mut done: impl FnMut() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(64) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// `f` handed to a pool thread as one job; the caller spins on its flag.
 fn install_spinning<R: Send, F: FnOnce() -> R + Send>(f: F) -> R {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,16 +160,8 @@ fn install_spinning<R: Send, F: FnOnce() -> R + Send>(f: F) -> R {
     // SAFETY: `job` lives on this frame, which does not return (nor unwind: the job catches
     // f's panic) before the job has set `done`, its last touch of `job`.
     pool().spawn(move || unsafe { go(addr) });
-    let mut spins = 0u32;
     // SAFETY: `done` points into `job`, alive on this frame; it is atomic.
-    while !unsafe { &*done }.load(Ordering::Acquire) {
-        spins = spins.wrapping_add(1);
-        if spins.is_multiple_of(64) {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
+    spin_until(|| unsafe { &*done }.load(Ordering::Acquire));
     match job
         .out
         .take()

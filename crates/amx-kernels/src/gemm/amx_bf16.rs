@@ -5,7 +5,7 @@
 use half::bf16;
 use platform::CpuTier;
 
-use super::amx_tiles::{gemm_amx, ASource, Knobs};
+use super::amx_tiles::{gemm_amx, APrep, ASource, Knobs};
 use super::pack::{PackedWeight, TILE_ELEMS};
 use super::{Epilogue, OutElem};
 use crate::tile_ops::Tiles;
@@ -41,6 +41,7 @@ pub(crate) unsafe fn gemm_amx_bf16<T: Tiles, O: OutElem>(
         w.kb * TILE_ELEMS * 2,
         out,
         ep,
+        &APrep::none(),
         |_, _| {},
     )
 }

@@ -21,8 +21,9 @@
 //! configuration instead of padding; a missing second B block is replaced by a duplicate of
 //! the first, whose results are never stored.
 //!
-//! A panel: before the blocks run, all of A is copied (on the pool) into
-//! `[32-row group][K tile][32 rows][64 bytes]`, the last tile of each row zero-padded past K
+//! A panel: before any block reads it, all of A is copied into
+//! `[32-row group][K tile][32 rows][64 bytes]` by the blocks' own items as they start (one pool
+//! pass a call; `TANDEM_AMX_PREP=pass` copies it in a pass of its own first; see [`APrep`]), the last tile of each row zero-padded past K
 //! (the weights are zero-padded already), so that one K step of one group is 2 KiB in one
 //! piece: no cache-set conflicts between the 16 rows of a tile load, no tail step, and no copy
 //! inside the blocks (a block of a decode GEMM spans all rows, and used to repack them).
@@ -91,6 +92,7 @@
 //! end, so any pool thread can run any block.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
@@ -145,6 +147,10 @@ pub(crate) struct Knobs {
     pub b_stationary: bool,
     /// Where the tile loads read A (`TANDEM_AMX_A=panel|copy|direct|auto`, see [`ASrc`]).
     pub a_src: ASrc,
+    /// Who runs A's pass into the panel (`TANDEM_AMX_PREP=items|pass`): the blocks' items, as
+    /// they start (`items`), or a pool pass of its own before the blocks' (`pass`). See
+    /// [`APrep`].
+    pub prep_in_items: bool,
     /// Packed column blocks of a work block when M ≤ [`M_SMALL`] and A (M rows of K) holds
     /// more than `deep_a_bytes` (`TANDEM_AMX_NB_DEEP`, even; `None`: as `n_block_small`). A
     /// block walks its K chunks outside its column pairs, so each chunk of A is read from the
@@ -208,6 +214,7 @@ impl Knobs {
         t1: 0,
         b_stationary: false,
         a_src: ASrc::Panel,
+        prep_in_items: true,
         n_block_deep: None,
         deep_a_bytes: 1 << 20,
         k_split: 0,
@@ -289,6 +296,11 @@ impl Knobs {
                         ("auto", ASrc::Auto),
                     ],
                     d.a_src,
+                ),
+                prep_in_items: choice(
+                    "TANDEM_AMX_PREP",
+                    &[("items", true), ("pass", false)],
+                    d.prep_in_items,
                 ),
                 order: choice(
                     "TANDEM_AMX_ORDER",
@@ -408,15 +420,112 @@ unsafe fn pack_group(src: &ASource, dst: *mut u8, g: usize, slot: usize, t0: usi
     }
 }
 
-/// Runs `f` with A copied into this thread's panel (layout in the module header). The copy is
-/// spread over the pool in jobs of one row group × up to [`PACK_TILES`] K tiles; each full
-/// 64-byte piece is one fixed-size copy (vector moves, no `memcpy` call: the copy of a
-/// 2048 × 4096 A ran at about 5 GB/s a thread with one call per piece).
+/// A's pass into the panel (the bf16 copy, or int8's quantization), cut into jobs that write
+/// disjoint parts of it. Either a pool pass of its own runs them before the blocks
+/// ([`APrep::run_all`], `TANDEM_AMX_PREP=pass`), or the blocks' items do, as they start
+/// ([`APrep::ensure`], the default): an item claims jobs from a counter until none is left,
+/// then waits for the ones that other threads are running. A claimed job is running on a
+/// thread that does nothing else until it ends, so the wait ends; and the pool is handed work
+/// once a call instead of twice, with the threads that arrive first doing A's pass while later
+/// ones wake. (On the GPU host a separate pass took 66 µs of a 500 µs int8 o product at 128
+/// rows, for 15 µs of work a thread: the threads were waking.)
+pub(crate) struct APrep<'a> {
+    jobs: usize,
+    job: &'a (dyn Fn(usize) + Sync),
+    next: AtomicUsize,
+    done: AtomicUsize,
+    /// Set where a job panicked, so that the threads waiting for it panic too (no hang).
+    failed: AtomicBool,
+}
+
+impl<'a> APrep<'a> {
+    /// `jobs` jobs of `job` (`job(j)` for every `j < jobs`, once each, on any thread).
+    pub(crate) fn new(jobs: usize, job: &'a (dyn Fn(usize) + Sync)) -> Self {
+        APrep {
+            jobs,
+            job,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// No jobs (A needs no pass).
+    pub(crate) fn none() -> APrep<'static> {
+        APrep::new(0, &|_| {})
+    }
+
+    /// Runs every job now, on the pool (here where `serial`), and books the pass as `Prep`.
+    pub(crate) fn run_all(&self, serial: bool) {
+        let (t, f) = (super::profile::Mark::now(), super::profile::Faults::now());
+        let job = |j: usize| {
+            let t = super::profile::Mark::now();
+            (self.job)(j);
+            t.add_to(super::profile::Field::PrepWork);
+        };
+        if serial {
+            (0..self.jobs).for_each(job);
+        } else {
+            platform::install(|| (0..self.jobs).into_par_iter().for_each(job));
+        }
+        self.next.store(self.jobs, Ordering::Relaxed);
+        self.done.store(self.jobs, Ordering::Release);
+        t.add_to(super::profile::Field::Prep);
+        f.add_to(super::profile::Field::PrepFaults);
+    }
+
+    /// Returns once every job has run: claims and runs jobs while any is left, then waits for
+    /// those that other threads are running (their writes are visible on return).
+    pub(crate) fn ensure(&self) {
+        if self.done.load(Ordering::Acquire) >= self.jobs {
+            return;
+        }
+        let t = super::profile::Mark::now();
+        loop {
+            let j = self.next.fetch_add(1, Ordering::Relaxed);
+            if j >= self.jobs {
+                break;
+            }
+            // Marks the pass failed where the job unwinds, so that no thread waits for it.
+            struct Failed<'f>(&'f AtomicBool);
+            impl Drop for Failed<'_> {
+                fn drop(&mut self) {
+                    if std::thread::panicking() {
+                        self.0.store(true, Ordering::Release);
+                    }
+                }
+            }
+            let _failed = Failed(&self.failed);
+            let tj = super::profile::Mark::now();
+            (self.job)(j);
+            tj.add_to(super::profile::Field::PrepWork);
+            self.done.fetch_add(1, Ordering::AcqRel);
+        }
+        platform::pool::spin_until(|| {
+            self.done.load(Ordering::Acquire) >= self.jobs || self.failed.load(Ordering::Acquire)
+        });
+        assert!(
+            !self.failed.load(Ordering::Acquire),
+            "a job of the GEMM's pass over A panicked on another thread"
+        );
+        t.add_to(super::profile::Field::PrepItems);
+    }
+}
+
+/// Runs `f` with this thread's panel (layout in the module header) and the jobs that copy A
+/// into it ([`APrep`]), already run unless `in_items`: one row group × up to [`PACK_TILES`] K
+/// tiles a job, each full 64-byte piece one fixed-size copy (vector moves, no `memcpy` call:
+/// the copy of a 2048 × 4096 A ran at about 5 GB/s a thread with one call per piece).
 ///
 /// # Safety
 /// `src` describes readable memory (`m` rows of `row_bytes` at stride `lda`), and
-/// `row_bytes ≤ kb · 64`.
-pub(crate) unsafe fn with_panel<R>(src: &ASource, f: impl FnOnce(*const u8) -> R) -> R {
+/// `row_bytes ≤ kb · 64`; `f` reads the panel only after [`APrep::ensure`] (or where the jobs
+/// ran already).
+pub(crate) unsafe fn with_panel<R>(
+    src: &ASource,
+    in_items: bool,
+    f: impl FnOnce(*const u8, &APrep) -> R,
+) -> R {
     let bytes = panel_bytes(src.m, src.kb);
     crate::scratch::with_buf(&PANEL, bytes / ROW, |buf| {
         let dst = SharedMut(buf.as_mut_ptr() as *mut u8);
@@ -424,29 +533,28 @@ pub(crate) unsafe fn with_panel<R>(src: &ASource, f: impl FnOnce(*const u8) -> R
         let per_group = kb.div_ceil(PACK_TILES);
         let pack = |j: usize| {
             let (g, t0) = (j / per_group, (j % per_group) * PACK_TILES);
-            let t = super::profile::Mark::now();
             // SAFETY: this job's (group, tiles) of the panel are its own; A as the caller says.
             pack_group(src, dst.get(), g, g, t0, (t0 + PACK_TILES).min(kb));
-            t.add_to(super::profile::Field::PrepWork);
         };
-        let jobs = groups * per_group;
-        if groups * kb < 64 {
-            (0..jobs).for_each(pack);
-        } else {
-            platform::install(|| (0..jobs).into_par_iter().for_each(pack));
+        let prep = APrep::new(groups * per_group, &pack);
+        if !in_items {
+            prep.run_all(groups * kb < 64);
         }
-        f(buf.as_ptr() as *const u8)
+        f(dst.get() as *const u8, &prep)
     })
 }
 
 /// The AMX GEMM on tiles `T`: A (`src`) copied into the panel, then the plan's blocks on the
 /// pool, each block's accumulators (summed over K slices: i32 for `INT8`) handed to
-/// `finish(item, acc)` (int8 dequantizes there) before the epilogue on `ep_tier`.
+/// `finish(item, acc)` (int8 dequantizes there) before the epilogue on `ep_tier`. Where `src`
+/// is `packed` (in the panel's layout already), `a_prep` holds the jobs that write it (each
+/// item ensures them before its kernel; see [`APrep`]).
 ///
 /// # Safety
 /// The arguments passed `check_args` (`src` is A of the weight `w`, `b` its first packed block,
 /// blocks `b_stride` bytes apart), `m > 0`, the tiles `T` (with AMX-INT8 for `INT8` on `Hw`)
-/// are usable on the pool's threads and `ep_tier` is available.
+/// are usable on the pool's threads and `ep_tier` is available; a packed `src` holds A once
+/// `a_prep` has run.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     ep_tier: CpuTier,
@@ -457,6 +565,7 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     b_stride: usize,
     out: &mut [O],
     ep: &Epilogue,
+    a_prep: &APrep,
     finish: impl Fn(&Item, &mut [f32]) + Sync,
 ) {
     // The operands but the panel (a reference: closures on the pool capture the whole Sync
@@ -496,7 +605,7 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
     // number tells a thread's panel of this call from one of an earlier call).
     let own = (kn.order == Order::RowsOwn && src.m > M_SMALL && !direct && !src.packed)
         .then(|| OWN_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
-    let blocks = |shared: AmxOperands| {
+    let blocks = |shared: AmxOperands, prep: &APrep| {
         let shared = &shared;
         run(
             ep_tier,
@@ -506,39 +615,44 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
             out,
             ep,
             if INT8 { Partials::I32 } else { Partials::F32 },
-            |it, c| match own {
-                Some(call) => with_own_panel(src, call, it.m0, it.rows, |panel| {
-                    let op = AmxOperands {
-                        panel,
-                        row0: it.m0,
-                        ..*shared
-                    };
-                    block(&op, it, c)
-                }),
-                None => block(shared, it, c),
+            |it, c| {
+                prep.ensure();
+                match own {
+                    Some(call) => with_own_panel(src, call, it.m0, it.rows, |panel| {
+                        let op = AmxOperands {
+                            panel,
+                            row0: it.m0,
+                            ..*shared
+                        };
+                        block(&op, it, c)
+                    }),
+                    None => block(shared, it, c),
+                }
             },
             finish,
         )
     };
+    let none = APrep::none();
     match own {
-        _ if src.packed => blocks(AmxOperands {
-            panel: src.a,
-            ..*base
+        _ if src.packed => blocks(
+            AmxOperands {
+                panel: src.a,
+                ..*base
+            },
+            a_prep,
+        ),
+        _ if direct => blocks(
+            AmxOperands {
+                panel: src.a,
+                al: ALayout::direct(src.lda),
+                ..*base
+            },
+            &none,
+        ),
+        Some(_) => blocks(*base, &none),
+        None => with_panel(src, kn.prep_in_items, |panel, prep| {
+            blocks(AmxOperands { panel, ..*base }, prep)
         }),
-        _ if direct => blocks(AmxOperands {
-            panel: src.a,
-            al: ALayout::direct(src.lda),
-            ..*base
-        }),
-        Some(_) => blocks(*base),
-        None => {
-            let (t, f) = (super::profile::Mark::now(), super::profile::Faults::now());
-            with_panel(src, |panel| {
-                t.add_to(super::profile::Field::Prep);
-                f.add_to(super::profile::Field::PrepFaults);
-                blocks(AmxOperands { panel, ..*base })
-            })
-        }
     }
 }
 

@@ -16,7 +16,9 @@ use half::bf16;
 use platform::CpuTier;
 use rayon::prelude::*;
 
-use super::amx_tiles::{gemm_amx, panel_bytes, panel_offset, ASource, ASrc, Knobs, Line, ROW};
+use super::amx_tiles::{
+    gemm_amx, panel_bytes, panel_offset, APrep, ASource, ASrc, Knobs, Line, ROW,
+};
 use super::pack::BLOCK_N;
 use super::pack_int8::{quantize_row_int8, PackedWeightI8, BLOCK_K_INT8};
 use super::{
@@ -129,7 +131,7 @@ pub fn gemm_int8_on<O: OutElem>(
         return Ok(());
     };
     let (t, f) = (super::profile::Mark::now(), super::profile::Faults::now());
-    with_quantized(a, m, k, w.kb * BLOCK_K_INT8, false, |qa| {
+    with_quantized(a, m, k, w.kb * BLOCK_K_INT8, |qa| {
         t.add_to(super::profile::Field::Prep);
         f.add_to(super::profile::Field::PrepFaults);
         run(
@@ -153,62 +155,83 @@ pub fn gemm_int8_on<O: OutElem>(
 }
 
 /// Runs `f` with A quantized per row into this thread's buffer: rows of `kpad` bytes
-/// (`[M][kpad]`, zero-padded past K), or with `panel` the AMX GEMM's A panel of `kpad / 64` K
-/// tiles a group (see `amx_tiles`; `QuantA::kpad` is then the panel's K tiles · 64 too, but
-/// its rows are not `kpad` apart), each row quantized into a line-aligned row buffer of its
-/// thread and copied from there, 64 bytes a tile, while it is in L1.
+/// (`[M][kpad]`, zero-padded past K), on the pool.
 fn with_quantized<R>(
     a: &[bf16],
     m: usize,
     k: usize,
     kpad: usize,
-    panel: bool,
     f: impl FnOnce(&QuantA) -> R,
 ) -> R {
-    let kb = kpad / BLOCK_K_INT8;
-    let bytes = if panel { panel_bytes(m, kb) } else { m * kpad };
-    crate::scratch::with_buf(&QUANT, bytes.div_ceil(ROW), |lines| {
-        // SAFETY: the lines hold at least `bytes` bytes, any bit pattern is an i8, and the
+    crate::scratch::with_buf(&QUANT, (m * kpad).div_ceil(ROW), |lines| {
+        // SAFETY: the lines hold at least `m · kpad` bytes, any bit pattern is an i8, and the
         // borrow of `lines` outlives this view.
-        let q = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut i8, bytes) };
-        // Row r of A into `qr` (kpad bytes, zero-padded past K); its scale.
-        let quantize_row = |r: usize, qr: &mut [i8]| {
-            let t = super::profile::Mark::now();
-            let s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
-            qr[k..].fill(0);
-            t.add_to(super::profile::Field::PrepWork);
-            s
-        };
+        let q = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut i8, m * kpad) };
         crate::scratch::with_buf(&QUANT_SCALES, m, |scales| {
             let scales = &mut scales[..m];
-            if panel {
-                let dst = SharedMut(q.as_mut_ptr() as *mut u8);
-                let quantize = |(r, s): (usize, &mut f32)| {
-                    crate::scratch::with_buf(&QUANT_ROW, kb, |row| {
-                        // SAFETY: as `q` above, for this thread's row buffer of kb lines.
-                        let qr = unsafe {
-                            std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut i8, kpad)
-                        };
-                        *s = quantize_row(r, qr);
-                        for (t, line) in row[..kb].iter().enumerate() {
-                            // SAFETY: row r's tiles in the panel are written by this job alone,
-                            // inside the panel_bytes(m, kb) bytes of `q`.
-                            unsafe {
-                                (dst.get().add(panel_offset(r, t, kb)) as *mut Line).write(*line)
-                            };
-                        }
+            platform::install(|| {
+                q.par_chunks_mut(kpad)
+                    .zip(scales.par_iter_mut())
+                    .enumerate()
+                    .for_each(|(r, (qr, s))| {
+                        let t = super::profile::Mark::now();
+                        *s = quantize_row(a, k, r, qr);
+                        t.add_to(super::profile::Field::PrepWork);
                     })
-                };
-                platform::install(|| scales.par_iter_mut().enumerate().for_each(quantize));
-            } else {
-                platform::install(|| {
-                    q.par_chunks_mut(kpad)
-                        .zip(scales.par_iter_mut())
-                        .enumerate()
-                        .for_each(|(r, (qr, s))| *s = quantize_row(r, qr))
-                });
-            }
+            });
             f(&QuantA { q, kpad, scales })
+        })
+    })
+}
+
+/// Row `r` of A (`k` wide) quantized into `qr` (zero-padded past K); its scale.
+fn quantize_row(a: &[bf16], k: usize, r: usize, qr: &mut [i8]) -> f32 {
+    let s = quantize_row_int8(&a[r * k..(r + 1) * k], &mut qr[..k]);
+    qr[k..].fill(0);
+    s
+}
+
+/// Runs `f(panel, scales, prep)` with this thread's buffers for A quantized straight into the
+/// AMX GEMM's A panel of `kb` K tiles a group (see `amx_tiles`) and its `[M]` row scales, and
+/// the jobs that write them (one row each: quantized into a line-aligned row buffer of its
+/// thread, then copied into the panel while it is in L1), already run unless `in_items`
+/// ([`APrep`]). `f` reads the buffers only after the jobs have run.
+fn with_quantized_panel<R>(
+    a: &[bf16],
+    m: usize,
+    k: usize,
+    kb: usize,
+    in_items: bool,
+    f: impl FnOnce(*const u8, *const f32, &APrep) -> R,
+) -> R {
+    let kpad = kb * BLOCK_K_INT8;
+    crate::scratch::with_buf(&QUANT, panel_bytes(m, kb).div_ceil(ROW), |lines| {
+        let dst = SharedMut(lines.as_mut_ptr() as *mut u8);
+        crate::scratch::with_buf(&QUANT_SCALES, m, |scales| {
+            let sdst = SharedMut(scales.as_mut_ptr());
+            let quantize = |r: usize| {
+                crate::scratch::with_buf(&QUANT_ROW, kb, |row| {
+                    // SAFETY: the row buffer holds kb lines = kpad bytes, any bit pattern is an
+                    // i8, and the borrow of `row` outlives this view.
+                    let qr = unsafe {
+                        std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut i8, kpad)
+                    };
+                    let s = quantize_row(a, k, r, qr);
+                    // SAFETY: row r's scale and its tiles in the panel are written by this job
+                    // alone, inside the m scales and the panel_bytes(m, kb) bytes.
+                    unsafe {
+                        sdst.get().add(r).write(s);
+                        for (t, line) in row[..kb].iter().enumerate() {
+                            (dst.get().add(panel_offset(r, t, kb)) as *mut Line).write(*line);
+                        }
+                    }
+                })
+            };
+            let prep = APrep::new(m, &quantize);
+            if !in_items {
+                prep.run_all(false);
+            }
+            f(dst.get() as *const u8, sdst.get() as *const f32, &prep)
         })
     })
 }
@@ -232,31 +255,49 @@ pub(crate) unsafe fn gemm_amx_int8<T: Tiles, O: OutElem>(
     ep: &Epilogue,
 ) {
     let kpad = w.kb * BLOCK_K_INT8;
-    let packed = kn.a_src == ASrc::Panel;
-    let (t, f) = (super::profile::Mark::now(), super::profile::Faults::now());
-    with_quantized(a, m, k, kpad, packed, |qa| {
-        t.add_to(super::profile::Field::Prep);
-        f.add_to(super::profile::Field::PrepFaults);
-        let src = ASource {
-            a: qa.q.as_ptr() as *const u8,
-            lda: kpad,
-            row_bytes: kpad,
-            m,
-            kb: w.kb,
-            packed,
-        };
+    let mut amx = |src: &ASource, prep: &APrep, scales: *const f32| {
+        let scales = SharedMut(scales as *mut f32);
         gemm_amx::<T, O, true>(
             ep_tier,
             kn,
-            &src,
+            src,
             &w.shape(),
             w.block_ptr(0) as *const u8,
             w.kb * 1024,
             out,
             ep,
-            |it, c| dequantize_block(ep_tier, qa, w, it, c),
+            prep,
+            |it, c| {
+                // SAFETY: the item's kernel ran after A's jobs (which wrote every scale);
+                // m0 + rows ≤ M scales.
+                let sa = unsafe { std::slice::from_raw_parts(scales.get().add(it.m0), it.rows) };
+                dequantize(ep_tier, c, it.rows, it.pb0, it.pb1, sa, &w.scales)
+            },
         )
-    })
+    };
+    let src = |a: *const i8, packed| ASource {
+        a: a as *const u8,
+        lda: kpad,
+        row_bytes: kpad,
+        m,
+        kb: w.kb,
+        packed,
+    };
+    if kn.a_src == ASrc::Panel {
+        with_quantized_panel(a, m, k, w.kb, kn.prep_in_items, |panel, scales, prep| {
+            amx(&src(panel as *const i8, true), prep, scales)
+        })
+    } else {
+        let t = super::profile::Mark::now();
+        with_quantized(a, m, k, kpad, |qa| {
+            t.add_to(super::profile::Field::Prep);
+            amx(
+                &src(qa.q.as_ptr(), false),
+                &APrep::none(),
+                qa.scales.as_ptr(),
+            )
+        })
+    }
 }
 
 /// Item `it`'s i32 accumulators in `c` to f32, with its rows' scales of `qa` and its columns'

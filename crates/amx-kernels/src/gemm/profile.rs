@@ -33,6 +33,9 @@ pub struct Breakdown {
     pub prep_ns: u64,
     /// Preparing A, its jobs' time summed over the threads (the work, without waiting).
     pub prep_work_ns: u64,
+    /// Where the blocks' items run A's jobs (`TANDEM_AMX_PREP=items`): the items' time in
+    /// them, running jobs or waiting for them, summed over the threads.
+    pub prep_items_ns: u64,
     /// Minor page faults of the process while A was prepared.
     pub prep_faults: u64,
     /// Minor page faults of the process while the pool ran the items.
@@ -65,13 +68,14 @@ impl Breakdown {
     pub fn line(&self, threads: usize) -> String {
         let per = |ns: u64| ns as f64 / 1e3 / self.calls.max(1) as f64;
         format!(
-            "calls {} items/call {:.1} prep {:.1} us (work {:.1}, faults {:.1}) run {:.1} us \
+            "calls {} items/call {:.1} prep {:.1} us (work {:.1}, in items {:.1}, faults {:.1}) run {:.1} us \
              (wake {:.1}, join {:.1}, faults {:.1}) kernel {:.1} us tail {:.1} us (thread-sums) last start {:.1} us busiest kernels \
              {:.1} us threads {:.1} busy {:.3}",
             self.calls,
             self.items as f64 / self.calls.max(1) as f64,
             per(self.prep_ns),
             per(self.prep_work_ns),
+            per(self.prep_items_ns),
             self.prep_faults as f64 / self.calls.max(1) as f64,
             per(self.run_ns),
             per(self.wake_ns),
@@ -101,6 +105,7 @@ pub(crate) enum Field {
     Items,
     Prep,
     PrepWork,
+    PrepItems,
     PrepFaults,
     RunFaults,
     Run,
@@ -126,6 +131,7 @@ pub fn take() -> Breakdown {
         items: t(Field::Items),
         prep_ns: t(Field::Prep),
         prep_work_ns: t(Field::PrepWork),
+        prep_items_ns: t(Field::PrepItems),
         prep_faults: t(Field::PrepFaults),
         run_faults: t(Field::RunFaults),
         run_ns: t(Field::Run),
@@ -291,6 +297,7 @@ mod tests {
             items: 8,
             prep_ns: 2_000,
             prep_work_ns: 16_000,
+            prep_items_ns: 0,
             prep_faults: 6,
             run_faults: 0,
             run_ns: 10_000,
@@ -307,7 +314,7 @@ mod tests {
         assert!(line.contains("items/call 4.0"), "{line}");
         assert!(
             line.contains(
-                "prep 1.0 us (work 8.0, faults 3.0) run 5.0 us (wake 0.5, join 0.3, faults 0.0)"
+                "prep 1.0 us (work 8.0, in items 0.0, faults 3.0) run 5.0 us (wake 0.5, join 0.3, faults 0.0)"
             ),
             "{line}"
         );

@@ -276,7 +276,7 @@ fn emu_ep_tier() -> CpuTier {
 /// prefetch on and off, set widths of small-M blocks, and the B-stationary kernel for blocks of
 /// 16 to 64 rows (a multiple of 16; other small blocks fall back to the 2 × 2 one); A read in
 /// place (where K is whole tiles) or from the panel (int8: quantized into it, or into rows and
-/// copied); wider blocks where A (up to 64 rows) is
+/// copied), the panel written by the blocks' items or by a pass of its own; wider blocks where A (up to 64 rows) is
 /// past 4 KiB; K cut into slices (automatic, by A's size or by items a thread, and fixed
 /// counts), whose partial sums the last slice adds before the epilogue.
 const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
@@ -295,6 +295,7 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         t1: 1,
         b_stationary: false,
         a_src: ASrc::Direct,
+        prep_in_items: true,
         n_block_deep: None,
         deep_a_bytes: 4096,
         k_split: 0,
@@ -314,6 +315,7 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         t1: 2,
         b_stationary: false,
         a_src: ASrc::Auto,
+        prep_in_items: true,
         n_block_deep: Some(4),
         deep_a_bytes: 4096,
         k_split: 3,
@@ -333,6 +335,7 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         t1: 0,
         b_stationary: false,
         a_src: ASrc::Copy,
+        prep_in_items: true,
         n_block_deep: Some(2),
         deep_a_bytes: 4096,
         k_split: 0,
@@ -351,7 +354,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         order: Order::Columns,
         t1: 0,
         b_stationary: true,
-        a_src: ASrc::Direct,
+        a_src: ASrc::Panel,
+        prep_in_items: false,
         n_block_deep: Some(8),
         deep_a_bytes: 4096,
         k_split: 2,
@@ -903,4 +907,44 @@ fn one_pass_runs_the_call_on_the_pools_first_thread() {
     );
     let caught = std::panic::catch_unwind(|| one_pass_if(true, || -> u8 { panic!("in the call") }));
     assert!(caught.is_err(), "the call's panic reaches the caller");
+}
+
+/// A's jobs run by the items: every job runs once however many items ensure them at once, all
+/// writes are visible to each item after `ensure`, and a job's panic reaches the threads that
+/// wait for it instead of leaving them spinning.
+#[test]
+fn a_prep_runs_each_job_once_and_passes_on_a_panic() {
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let jobs = 37;
+    let runs: Vec<AtomicU32> = (0..jobs).map(|_| AtomicU32::new(0)).collect();
+    let job = |j: usize| {
+        runs[j].fetch_add(1, Ordering::Relaxed);
+    };
+    let prep = amx_tiles::APrep::new(jobs, &job);
+    platform::install(|| {
+        (0..64).into_par_iter().for_each(|_| {
+            prep.ensure();
+            assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
+        })
+    });
+    assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
+    // Ran already: ensure returns at once, running nothing again.
+    prep.ensure();
+    assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
+
+    let failing = |j: usize| {
+        if j == 5 {
+            panic!("job 5 fails");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    let prep = amx_tiles::APrep::new(jobs, &failing);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        platform::install(|| (0..8).into_par_iter().for_each(|_| prep.ensure()))
+    }));
+    assert!(
+        caught.is_err(),
+        "a failing job must fail the pass, not hang it"
+    );
 }
