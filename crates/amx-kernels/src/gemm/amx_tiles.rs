@@ -151,6 +151,12 @@ pub(crate) struct Knobs {
     /// they start (`items`), or a pool pass of its own before the blocks' (`pass`). See
     /// [`APrep`].
     pub prep_in_items: bool,
+    /// A panels a calling thread alternates between, call by call (`TANDEM_AMX_PANELS=1|2`):
+    /// with two, a panel is rewritten two calls after it was last read instead of one.
+    pub panels: usize,
+    /// Whether A's pass asks for its panel lines ahead of writing them (`prefetchw`;
+    /// `TANDEM_AMX_PREP_PFW=1|0`), so that their ownership requests overlap.
+    pub prep_pfw: bool,
     /// Packed column blocks of a work block when M ≤ [`M_SMALL`] and A (M rows of K) holds
     /// more than `deep_a_bytes` (`TANDEM_AMX_NB_DEEP`, even; `None`: as `n_block_small`). A
     /// block walks its K chunks outside its column pairs, so each chunk of A is read from the
@@ -214,7 +220,9 @@ impl Knobs {
         t1: 0,
         b_stationary: false,
         a_src: ASrc::Panel,
-        prep_in_items: true,
+        prep_in_items: false,
+        panels: 1,
+        prep_pfw: false,
         n_block_deep: None,
         deep_a_bytes: 1 << 20,
         k_split: 0,
@@ -302,6 +310,12 @@ impl Knobs {
                     &[("items", true), ("pass", false)],
                     d.prep_in_items,
                 ),
+                panels: choice("TANDEM_AMX_PANELS", &[("1", 1), ("2", 2)], d.panels),
+                prep_pfw: choice(
+                    "TANDEM_AMX_PREP_PFW",
+                    &[("1", true), ("0", false)],
+                    d.prep_pfw,
+                ),
                 order: choice(
                     "TANDEM_AMX_ORDER",
                     &[
@@ -358,6 +372,8 @@ impl Default for Line {
 thread_local! {
     /// The calling thread's A panel (grown once, reused).
     static PANEL: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+    /// Its second panel (`TANDEM_AMX_PANELS=2`).
+    static PANEL2: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Bytes of the A panel of `m` rows and `kb` K tiles.
@@ -398,10 +414,25 @@ const PACK_TILES: usize = 16;
 /// `src` describes readable memory with `row_bytes ≤ kb · 64` and `g < m.div_ceil(32)`; `dst`
 /// holds at least `slot + 1` group slots of `kb` tiles, no other thread writes the part
 /// written here.
-unsafe fn pack_group(src: &ASource, dst: *mut u8, g: usize, slot: usize, t0: usize, t1: usize) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_group(
+    src: &ASource,
+    dst: *mut u8,
+    g: usize,
+    slot: usize,
+    t0: usize,
+    t1: usize,
+    pfw: bool,
+) {
     let (m, lda, row_bytes, kb) = (src.m, src.lda, src.row_bytes, src.kb);
     let rows = (m - 32 * g).min(32);
+    if pfw {
+        prefetch_lines(dst.add(panel_offset(32 * slot, t0, kb)), t1 - t0);
+    }
     for r in 0..rows {
+        if pfw && r + 1 < rows {
+            prefetch_lines(dst.add(panel_offset(32 * slot + r + 1, t0, kb)), t1 - t0);
+        }
         let row = src.a.add((32 * g + r) * lda);
         let mut out = dst.add(panel_offset(32 * slot + r, t0, kb));
         for t in t0..t1 {
@@ -512,6 +543,39 @@ impl<'a> APrep<'a> {
     }
 }
 
+/// Asks for ownership of `n` panel lines of one row, the first at `p`, one K tile
+/// ([`A_STEP`] bytes) apart (`prefetchw`), ahead of writing them.
+///
+/// # Safety
+/// None beyond a valid pointer's arithmetic: a prefetch does not fault.
+#[inline]
+pub(crate) unsafe fn prefetch_lines(p: *const u8, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for t in 0..n {
+        _mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(p.wrapping_add(t * A_STEP) as *const i8);
+    }
+}
+
+/// This thread's panel buffer for the next call: with two panels, the two alternate.
+pub(crate) fn panel_key(
+    kn: &Knobs,
+    one: &'static std::thread::LocalKey<RefCell<Vec<Line>>>,
+    two: &'static std::thread::LocalKey<RefCell<Vec<Line>>>,
+) -> &'static std::thread::LocalKey<RefCell<Vec<Line>>> {
+    thread_local! {
+        static CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let n = CALLS.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    if kn.panels > 1 && n.is_multiple_of(2) {
+        two
+    } else {
+        one
+    }
+}
+
 /// Runs `f` with this thread's panel (layout in the module header) and the jobs that copy A
 /// into it ([`APrep`]), already run unless `in_items`: one row group × up to [`PACK_TILES`] K
 /// tiles a job, each full 64-byte piece one fixed-size copy (vector moves, no `memcpy` call:
@@ -523,21 +587,29 @@ impl<'a> APrep<'a> {
 /// ran already).
 pub(crate) unsafe fn with_panel<R>(
     src: &ASource,
-    in_items: bool,
+    kn: &Knobs,
     f: impl FnOnce(*const u8, &APrep) -> R,
 ) -> R {
     let bytes = panel_bytes(src.m, src.kb);
-    crate::scratch::with_buf(&PANEL, bytes / ROW, |buf| {
+    crate::scratch::with_buf(panel_key(kn, &PANEL, &PANEL2), bytes / ROW, |buf| {
         let dst = SharedMut(buf.as_mut_ptr() as *mut u8);
         let (groups, kb) = (src.m.div_ceil(32), src.kb);
         let per_group = kb.div_ceil(PACK_TILES);
         let pack = |j: usize| {
             let (g, t0) = (j / per_group, (j % per_group) * PACK_TILES);
             // SAFETY: this job's (group, tiles) of the panel are its own; A as the caller says.
-            pack_group(src, dst.get(), g, g, t0, (t0 + PACK_TILES).min(kb));
+            pack_group(
+                src,
+                dst.get(),
+                g,
+                g,
+                t0,
+                (t0 + PACK_TILES).min(kb),
+                kn.prep_pfw,
+            );
         };
         let prep = APrep::new(groups * per_group, &pack);
-        if !in_items {
+        if !kn.prep_in_items {
             prep.run_all(groups * kb < 64);
         }
         f(dst.get() as *const u8, &prep)
@@ -650,7 +722,7 @@ pub(crate) unsafe fn gemm_amx<T: Tiles, O: OutElem, const INT8: bool>(
             &none,
         ),
         Some(_) => blocks(*base, &none),
-        None => with_panel(src, kn.prep_in_items, |panel, prep| {
+        None => with_panel(src, kn, |panel, prep| {
             blocks(AmxOperands { panel, ..*base }, prep)
         }),
     }
@@ -689,7 +761,7 @@ unsafe fn with_own_panel<R>(
             let dst = own.2.as_mut_ptr() as *mut u8;
             for gl in 0..groups {
                 // SAFETY: the thread's own buffer holds `groups` slots; A as the caller says.
-                unsafe { pack_group(src, dst, m0 / 32 + gl, gl, 0, src.kb) };
+                unsafe { pack_group(src, dst, m0 / 32 + gl, gl, 0, src.kb, false) };
             }
             (own.0, own.1) = (call, m0);
         }

@@ -17,7 +17,8 @@ use platform::CpuTier;
 use rayon::prelude::*;
 
 use super::amx_tiles::{
-    gemm_amx, panel_bytes, panel_offset, APrep, ASource, ASrc, Knobs, Line, ROW,
+    gemm_amx, panel_bytes, panel_key, panel_offset, prefetch_lines, APrep, ASource, ASrc, Knobs,
+    Line, ROW,
 };
 use super::pack::BLOCK_N;
 use super::pack_int8::{quantize_row_int8, PackedWeightI8, BLOCK_K_INT8};
@@ -103,6 +104,8 @@ thread_local! {
     /// The calling thread's quantized activations (in 64-byte lines, so that every row of
     /// whole tiles starts on a line and the AMX tiles can read them in place) and their scales.
     static QUANT: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+    /// Its second panel of quantized activations (`TANDEM_AMX_PANELS=2`).
+    static QUANT2: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
     static QUANT_SCALES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A pool thread's row of A, quantized before it is copied into the AMX tile panel.
     static QUANT_ROW: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
@@ -127,7 +130,7 @@ pub fn gemm_int8_on<O: OutElem>(
     let Some(kernel) = kernel else {
         let kn = Knobs::get();
         // SAFETY: check_args passed, m > 0, AMX-INT8 is usable (kernel_for) on every thread.
-        super::one_pass(|| unsafe { gemm_amx_int8::<Hw, O>(tier, kn, a, m, k, w, out, &ep) });
+        unsafe { gemm_amx_int8::<Hw, O>(tier, kn, a, m, k, w, out, &ep) };
         return Ok(());
     };
     let (t, f) = (super::profile::Mark::now(), super::profile::Faults::now());
@@ -201,11 +204,12 @@ fn with_quantized_panel<R>(
     m: usize,
     k: usize,
     kb: usize,
-    in_items: bool,
+    kn: &Knobs,
     f: impl FnOnce(*const u8, *const f32, &APrep) -> R,
 ) -> R {
     let kpad = kb * BLOCK_K_INT8;
-    crate::scratch::with_buf(&QUANT, panel_bytes(m, kb).div_ceil(ROW), |lines| {
+    let key = panel_key(kn, &QUANT, &QUANT2);
+    crate::scratch::with_buf(key, panel_bytes(m, kb).div_ceil(ROW), |lines| {
         let dst = SharedMut(lines.as_mut_ptr() as *mut u8);
         crate::scratch::with_buf(&QUANT_SCALES, m, |scales| {
             let sdst = SharedMut(scales.as_mut_ptr());
@@ -216,6 +220,10 @@ fn with_quantized_panel<R>(
                     let qr = unsafe {
                         std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut i8, kpad)
                     };
+                    if kn.prep_pfw {
+                        // SAFETY: row r's lines lie inside the panel.
+                        unsafe { prefetch_lines(dst.get().add(panel_offset(r, 0, kb)), kb) };
+                    }
                     let s = quantize_row(a, k, r, qr);
                     // SAFETY: row r's scale and its tiles in the panel are written by this job
                     // alone, inside the m scales and the panel_bytes(m, kb) bytes.
@@ -228,7 +236,7 @@ fn with_quantized_panel<R>(
                 })
             };
             let prep = APrep::new(m, &quantize);
-            if !in_items {
+            if !kn.prep_in_items {
                 prep.run_all(false);
             }
             f(dst.get() as *const u8, sdst.get() as *const f32, &prep)
@@ -284,7 +292,7 @@ pub(crate) unsafe fn gemm_amx_int8<T: Tiles, O: OutElem>(
         packed,
     };
     if kn.a_src == ASrc::Panel {
-        with_quantized_panel(a, m, k, w.kb, kn.prep_in_items, |panel, scales, prep| {
+        with_quantized_panel(a, m, k, w.kb, kn, |panel, scales, prep| {
             amx(&src(panel as *const i8, true), prep, scales)
         })
     } else {

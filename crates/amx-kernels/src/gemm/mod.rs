@@ -143,7 +143,7 @@ pub fn gemm_bf16_on<O: OutElem>(
     if tier == CpuTier::Amx {
         let kn = amx_tiles::Knobs::get();
         // SAFETY: check_args passed, m > 0, AMX is available (checked above) on every thread.
-        one_pass(|| unsafe { amx_bf16::gemm_amx_bf16::<Hw, O>(tier, kn, a, m, w, out, &ep) });
+        unsafe { amx_bf16::gemm_amx_bf16::<Hw, O>(tier, kn, a, m, w, out, &ep) };
         return Ok(());
     }
     let kernel = kernel_for(tier);
@@ -589,36 +589,6 @@ fn for_items(items: usize, body: impl Fn(usize) + Sync) {
             });
         }
     }
-}
-
-/// Runs `f`, the whole of one AMX GEMM call, on the pool's first thread where
-/// `TANDEM_AMX_ONE_PASS=1` (read once): A's pass and the blocks' pass then hand their work over
-/// from inside the pool, with no round trip through the caller between them, after one wake of
-/// every pool thread. Here otherwise, and where the caller is a pool thread. (Opt-in until it is
-/// measured: `TANDEM_AMX_PROFILE` books A's pass of a 450 µs int8 call at 64–101 µs.)
-pub(crate) fn one_pass<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var("TANDEM_AMX_ONE_PASS").is_ok_and(|v| v == "1"));
-    one_pass_if(on, f)
-}
-
-/// [`one_pass`] where `on`.
-fn one_pass_if<R: Send>(on: bool, f: impl FnOnce() -> R + Send) -> R {
-    if !on || platform::pool().current_thread_index().is_some() {
-        return f();
-    }
-    let (f, out) = (std::sync::Mutex::new(Some(f)), std::sync::Mutex::new(None));
-    platform::install(|| {
-        platform::pool().broadcast(|ctx| {
-            if ctx.index() == 0 {
-                let f = f.lock().unwrap().take().expect("one thread takes the call");
-                *out.lock().unwrap() = Some(f());
-            }
-        })
-    });
-    out.into_inner()
-        .unwrap()
-        .expect("the pool's first thread ran the call")
 }
 
 /// What a block's accumulators hold before `finish` (see [`run`]), and so how the K

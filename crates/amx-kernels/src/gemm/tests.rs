@@ -276,7 +276,8 @@ fn emu_ep_tier() -> CpuTier {
 /// prefetch on and off, set widths of small-M blocks, and the B-stationary kernel for blocks of
 /// 16 to 64 rows (a multiple of 16; other small blocks fall back to the 2 × 2 one); A read in
 /// place (where K is whole tiles) or from the panel (int8: quantized into it, or into rows and
-/// copied), the panel written by the blocks' items or by a pass of its own; wider blocks where A (up to 64 rows) is
+/// copied), the panel written by the blocks' items or by a pass of its own, one panel or two
+/// alternating, its lines prefetched for writing or not; wider blocks where A (up to 64 rows) is
 /// past 4 KiB; K cut into slices (automatic, by A's size or by items a thread, and fixed
 /// counts), whose partial sums the last slice adds before the epilogue.
 const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
@@ -296,6 +297,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         b_stationary: false,
         a_src: ASrc::Direct,
         prep_in_items: true,
+        panels: 2,
+        prep_pfw: true,
         n_block_deep: None,
         deep_a_bytes: 4096,
         k_split: 0,
@@ -316,6 +319,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         b_stationary: false,
         a_src: ASrc::Auto,
         prep_in_items: true,
+        panels: 2,
+        prep_pfw: true,
         n_block_deep: Some(4),
         deep_a_bytes: 4096,
         k_split: 3,
@@ -336,6 +341,8 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         b_stationary: false,
         a_src: ASrc::Copy,
         prep_in_items: true,
+        panels: 2,
+        prep_pfw: true,
         n_block_deep: Some(2),
         deep_a_bytes: 4096,
         k_split: 0,
@@ -355,7 +362,9 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         t1: 0,
         b_stationary: true,
         a_src: ASrc::Panel,
-        prep_in_items: false,
+        prep_in_items: true,
+        panels: 2,
+        prep_pfw: true,
         n_block_deep: Some(8),
         deep_a_bytes: 4096,
         k_split: 2,
@@ -888,25 +897,6 @@ fn quantize_row_paths_agree() {
     let mut q = [0i8; 41];
     quantize_row_int8(&rows[100], &mut q);
     assert_eq!((q[0], q[1], q[19], q[20], q[21]), (-20, -18, 0, 0, 2));
-}
-
-/// One pass: the call runs on the pool's first thread, its own pool passes inside it, and its
-/// result (or panic) comes back to the caller.
-#[test]
-fn one_pass_runs_the_call_on_the_pools_first_thread() {
-    let data: Vec<u64> = (0..10_000).collect();
-    let (thread, sum) = one_pass_if(true, || {
-        let sum: u64 = platform::install(|| data.par_iter().sum());
-        (platform::pool().current_thread_index(), sum)
-    });
-    assert_eq!(thread, Some(0));
-    assert_eq!(sum, data.iter().sum::<u64>());
-    assert_eq!(
-        one_pass_if(false, || platform::pool().current_thread_index()),
-        None
-    );
-    let caught = std::panic::catch_unwind(|| one_pass_if(true, || -> u8 { panic!("in the call") }));
-    assert!(caught.is_err(), "the call's panic reaches the caller");
 }
 
 /// A's jobs run by the items: every job runs once however many items ensure them at once, all
