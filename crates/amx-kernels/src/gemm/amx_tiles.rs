@@ -22,8 +22,9 @@
 //! the first, whose results are never stored.
 //!
 //! A panel: before any block reads it, all of A is copied into
-//! `[32-row group][K tile][32 rows][64 bytes]` by the blocks' own items as they start (one pool
-//! pass a call; `TANDEM_AMX_PREP=pass` copies it in a pass of its own first; see [`APrep`]), the last tile of each row zero-padded past K
+//! `[32-row group][K tile][32 rows][64 bytes]` in a pool pass of its own (`TANDEM_AMX_PREP=items`
+//! has the blocks' items copy it as they start; see [`APrep`]; `TANDEM_AMX_PANELS=2` alternates
+//! two panels, call by call), the last tile of each row zero-padded past K
 //! (the weights are zero-padded already), so that one K step of one group is 2 KiB in one
 //! piece: no cache-set conflicts between the 16 rows of a tile load, no tail step, and no copy
 //! inside the blocks (a block of a decode GEMM spans all rows, and used to repack them).
@@ -147,16 +148,13 @@ pub(crate) struct Knobs {
     pub b_stationary: bool,
     /// Where the tile loads read A (`TANDEM_AMX_A=panel|copy|direct|auto`, see [`ASrc`]).
     pub a_src: ASrc,
-    /// Who runs A's pass into the panel (`TANDEM_AMX_PREP=items|pass`): the blocks' items, as
-    /// they start (`items`), or a pool pass of its own before the blocks' (`pass`). See
-    /// [`APrep`].
+    /// Who runs A's pass into the panel (`TANDEM_AMX_PREP=pass|items`): a pool pass of its own
+    /// before the blocks' (`pass`, the default), or the blocks' items, as they start (`items`).
+    /// See [`APrep`].
     pub prep_in_items: bool,
     /// A panels a calling thread alternates between, call by call (`TANDEM_AMX_PANELS=1|2`):
     /// with two, a panel is rewritten two calls after it was last read instead of one.
     pub panels: usize,
-    /// Whether A's pass asks for its panel lines ahead of writing them (`prefetchw`;
-    /// `TANDEM_AMX_PREP_PFW=1|0`), so that their ownership requests overlap.
-    pub prep_pfw: bool,
     /// Packed column blocks of a work block when M ≤ [`M_SMALL`] and A (M rows of K) holds
     /// more than `deep_a_bytes` (`TANDEM_AMX_NB_DEEP`, even; `None`: as `n_block_small`). A
     /// block walks its K chunks outside its column pairs, so each chunk of A is read from the
@@ -222,7 +220,6 @@ impl Knobs {
         a_src: ASrc::Panel,
         prep_in_items: false,
         panels: 1,
-        prep_pfw: false,
         n_block_deep: None,
         deep_a_bytes: 1 << 20,
         k_split: 0,
@@ -311,11 +308,6 @@ impl Knobs {
                     d.prep_in_items,
                 ),
                 panels: choice("TANDEM_AMX_PANELS", &[("1", 1), ("2", 2)], d.panels),
-                prep_pfw: choice(
-                    "TANDEM_AMX_PREP_PFW",
-                    &[("1", true), ("0", false)],
-                    d.prep_pfw,
-                ),
                 order: choice(
                     "TANDEM_AMX_ORDER",
                     &[
@@ -414,25 +406,10 @@ const PACK_TILES: usize = 16;
 /// `src` describes readable memory with `row_bytes ≤ kb · 64` and `g < m.div_ceil(32)`; `dst`
 /// holds at least `slot + 1` group slots of `kb` tiles, no other thread writes the part
 /// written here.
-#[allow(clippy::too_many_arguments)]
-unsafe fn pack_group(
-    src: &ASource,
-    dst: *mut u8,
-    g: usize,
-    slot: usize,
-    t0: usize,
-    t1: usize,
-    pfw: bool,
-) {
+unsafe fn pack_group(src: &ASource, dst: *mut u8, g: usize, slot: usize, t0: usize, t1: usize) {
     let (m, lda, row_bytes, kb) = (src.m, src.lda, src.row_bytes, src.kb);
     let rows = (m - 32 * g).min(32);
-    if pfw {
-        prefetch_lines(dst.add(panel_offset(32 * slot, t0, kb)), t1 - t0);
-    }
     for r in 0..rows {
-        if pfw && r + 1 < rows {
-            prefetch_lines(dst.add(panel_offset(32 * slot + r + 1, t0, kb)), t1 - t0);
-        }
         let row = src.a.add((32 * g + r) * lda);
         let mut out = dst.add(panel_offset(32 * slot + r, t0, kb));
         for t in t0..t1 {
@@ -453,13 +430,14 @@ unsafe fn pack_group(
 
 /// A's pass into the panel (the bf16 copy, or int8's quantization), cut into jobs that write
 /// disjoint parts of it. Either a pool pass of its own runs them before the blocks
-/// ([`APrep::run_all`], `TANDEM_AMX_PREP=pass`), or the blocks' items do, as they start
-/// ([`APrep::ensure`], the default): an item claims jobs from a counter until none is left,
-/// then waits for the ones that other threads are running. A claimed job is running on a
-/// thread that does nothing else until it ends, so the wait ends; and the pool is handed work
-/// once a call instead of twice, with the threads that arrive first doing A's pass while later
-/// ones wake. (On the GPU host a separate pass took 66 µs of a 500 µs int8 o product at 128
-/// rows, for 15 µs of work a thread: the threads were waking.)
+/// ([`APrep::run_all`], the default), or the blocks' items do, as they start
+/// ([`APrep::ensure`], `TANDEM_AMX_PREP=items`): an item claims jobs from a counter until none
+/// is left, then waits for the ones that other threads are running. A claimed job is running
+/// on a thread that does nothing else until it ends, so the wait ends; and the pool is handed
+/// work once a call instead of twice. On the GPU host the items' way measured 0.945× over int8
+/// cells and 0.926× over bf16 ones (docs/BENCHMARKS.md, twentieth session): what A's pass
+/// costs there is its writes (a separate pass of 66–77 µs on an int8 o product at 128 rows
+/// does 30–40 µs of work a thread), not the hand-over.
 pub(crate) struct APrep<'a> {
     jobs: usize,
     job: &'a (dyn Fn(usize) + Sync),
@@ -543,19 +521,6 @@ impl<'a> APrep<'a> {
     }
 }
 
-/// Asks for ownership of `n` panel lines of one row, the first at `p`, one K tile
-/// ([`A_STEP`] bytes) apart (`prefetchw`), ahead of writing them.
-///
-/// # Safety
-/// None beyond a valid pointer's arithmetic: a prefetch does not fault.
-#[inline]
-pub(crate) unsafe fn prefetch_lines(p: *const u8, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for t in 0..n {
-        _mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(p.wrapping_add(t * A_STEP) as *const i8);
-    }
-}
-
 /// This thread's panel buffer for the next call: with two panels, the two alternate.
 pub(crate) fn panel_key(
     kn: &Knobs,
@@ -598,15 +563,7 @@ pub(crate) unsafe fn with_panel<R>(
         let pack = |j: usize| {
             let (g, t0) = (j / per_group, (j % per_group) * PACK_TILES);
             // SAFETY: this job's (group, tiles) of the panel are its own; A as the caller says.
-            pack_group(
-                src,
-                dst.get(),
-                g,
-                g,
-                t0,
-                (t0 + PACK_TILES).min(kb),
-                kn.prep_pfw,
-            );
+            pack_group(src, dst.get(), g, g, t0, (t0 + PACK_TILES).min(kb));
         };
         let prep = APrep::new(groups * per_group, &pack);
         if !kn.prep_in_items {
@@ -761,7 +718,7 @@ unsafe fn with_own_panel<R>(
             let dst = own.2.as_mut_ptr() as *mut u8;
             for gl in 0..groups {
                 // SAFETY: the thread's own buffer holds `groups` slots; A as the caller says.
-                unsafe { pack_group(src, dst, m0 / 32 + gl, gl, 0, src.kb, false) };
+                unsafe { pack_group(src, dst, m0 / 32 + gl, gl, 0, src.kb) };
             }
             (own.0, own.1) = (call, m0);
         }

@@ -17,8 +17,7 @@ use platform::CpuTier;
 use rayon::prelude::*;
 
 use super::amx_tiles::{
-    gemm_amx, panel_bytes, panel_key, panel_offset, prefetch_lines, APrep, ASource, ASrc, Knobs,
-    Line, ROW,
+    gemm_amx, panel_bytes, panel_key, panel_offset, APrep, ASource, ASrc, Knobs, Line, ROW,
 };
 use super::pack::BLOCK_N;
 use super::pack_int8::{quantize_row_int8, PackedWeightI8, BLOCK_K_INT8};
@@ -220,10 +219,6 @@ fn with_quantized_panel<R>(
                     let qr = unsafe {
                         std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut i8, kpad)
                     };
-                    if kn.prep_pfw {
-                        // SAFETY: row r's lines lie inside the panel.
-                        unsafe { prefetch_lines(dst.get().add(panel_offset(r, 0, kb)), kb) };
-                    }
                     let s = quantize_row(a, k, r, qr);
                     // SAFETY: row r's scale and its tiles in the panel are written by this job
                     // alone, inside the m scales and the panel_bytes(m, kb) bytes.

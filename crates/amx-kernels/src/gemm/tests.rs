@@ -277,7 +277,7 @@ fn emu_ep_tier() -> CpuTier {
 /// 16 to 64 rows (a multiple of 16; other small blocks fall back to the 2 × 2 one); A read in
 /// place (where K is whole tiles) or from the panel (int8: quantized into it, or into rows and
 /// copied), the panel written by the blocks' items or by a pass of its own, one panel or two
-/// alternating, its lines prefetched for writing or not; wider blocks where A (up to 64 rows) is
+/// alternating; wider blocks where A (up to 64 rows) is
 /// past 4 KiB; K cut into slices (automatic, by A's size or by items a thread, and fixed
 /// counts), whose partial sums the last slice adds before the epilogue.
 const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
@@ -298,7 +298,6 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         a_src: ASrc::Direct,
         prep_in_items: true,
         panels: 2,
-        prep_pfw: true,
         n_block_deep: None,
         deep_a_bytes: 4096,
         k_split: 0,
@@ -320,7 +319,6 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         a_src: ASrc::Auto,
         prep_in_items: true,
         panels: 2,
-        prep_pfw: true,
         n_block_deep: Some(4),
         deep_a_bytes: 4096,
         k_split: 3,
@@ -342,7 +340,6 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         a_src: ASrc::Copy,
         prep_in_items: true,
         panels: 2,
-        prep_pfw: true,
         n_block_deep: Some(2),
         deep_a_bytes: 4096,
         k_split: 0,
@@ -364,7 +361,6 @@ const EMU_KNOBS: [amx_tiles::Knobs; 5] = [
         a_src: ASrc::Panel,
         prep_in_items: true,
         panels: 2,
-        prep_pfw: true,
         n_block_deep: Some(8),
         deep_a_bytes: 4096,
         k_split: 2,
