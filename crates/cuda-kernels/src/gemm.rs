@@ -41,17 +41,41 @@ const GEMV_AUTO_MAX_M: usize = 1;
 /// SiLU·mul entry takes the GEMV kernel at one row regardless (it saves a pass).
 const GEMV_AUTO_MIN_N_PER_K: usize = 2;
 
-/// Whether `Blas` may use the GEMV kernel: not when `TANDEM_GEMV=0` (read once).
-fn gemv_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("TANDEM_GEMV").map_or(true, |v| v != "0"))
+/// Which one-row products go to the GEMV kernel (`TANDEM_GEMV=1|0|wide`, read once).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GemvUse {
+    /// Every qualifying one-row product (`1`, the default).
+    All,
+    /// None: cuBLASLt for all (`0`).
+    Off,
+    /// Only the wide weights' (`wide`).
+    Wide,
 }
 
-/// Whether only wide weights' one-row products go to the GEMV kernel (`TANDEM_GEMV=wide`, read
-/// once); by default every qualifying one-row product does.
+fn gemv_use() -> GemvUse {
+    static U: std::sync::OnceLock<GemvUse> = std::sync::OnceLock::new();
+    *U.get_or_init(|| {
+        platform::env::choice(
+            "TANDEM_GEMV",
+            &[
+                ("1", GemvUse::All),
+                ("0", GemvUse::Off),
+                ("wide", GemvUse::Wide),
+            ],
+            GemvUse::All,
+        )
+    })
+}
+
+/// Whether `Blas` may use the GEMV kernel: not when `TANDEM_GEMV=0`.
+fn gemv_enabled() -> bool {
+    gemv_use() != GemvUse::Off
+}
+
+/// Whether only wide weights' one-row products go to the GEMV kernel (`TANDEM_GEMV=wide`); by
+/// default every qualifying one-row product does.
 fn gemv_wide_only() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("TANDEM_GEMV").is_ok_and(|v| v == "wide"))
+    gemv_use() == GemvUse::Wide
 }
 
 /// What cuBLASLt adds after the product.

@@ -45,14 +45,20 @@ const NAMES: [&str; GEMV_MAX_M] = [
 const TARGET_WARPS_PER_SM: usize = 24;
 
 /// `TANDEM_GEMV_KSPLIT=1|2|4` forces the number of warps per row group (a tuning knob for the
-/// GPU host; read once). Anything else: the heuristic of [`Gemv::ksplit`].
+/// GPU host; read once); unset or `auto`: the heuristic of [`Gemv::ksplit`].
 fn ksplit_override() -> Option<usize> {
     static V: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *V.get_or_init(|| {
-        std::env::var("TANDEM_GEMV_KSPLIT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|v| matches!(v, 1 | 2 | 4))
+        platform::env::choice(
+            "TANDEM_GEMV_KSPLIT",
+            &[
+                ("auto", None),
+                ("1", Some(1)),
+                ("2", Some(2)),
+                ("4", Some(4)),
+            ],
+            None,
+        )
     })
 }
 

@@ -23,7 +23,7 @@ use crate::{Gpu, Result};
 /// `TANDEM_PDL=0`.
 pub fn pdl_enabled(gpu: &Gpu) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var("TANDEM_PDL").map_or(true, |v| v != "0"));
+    let on = *ON.get_or_init(|| platform::env::switch("TANDEM_PDL", true));
     on && gpu.compute_capability().0 >= 9
 }
 

@@ -24,9 +24,12 @@ const ARGMAX_THREADS: u32 = 1024;
 /// (`argmax_bf16_u2`, with `TANDEM_ARGMAX_UNROLL=2`, read once; for side-by-side timings).
 fn argmax_kernel() -> &'static str {
     static K: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
-    K.get_or_init(|| match std::env::var("TANDEM_ARGMAX_UNROLL").as_deref() {
-        Ok("2") => "argmax_bf16_u2",
-        _ => "argmax_bf16",
+    K.get_or_init(|| {
+        platform::env::choice(
+            "TANDEM_ARGMAX_UNROLL",
+            &[("4", "argmax_bf16"), ("2", "argmax_bf16_u2")],
+            "argmax_bf16",
+        )
     })
 }
 

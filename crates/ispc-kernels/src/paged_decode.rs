@@ -418,30 +418,13 @@ impl<T> Shared<T> {
     }
 }
 
-/// A 0/1 switch from the environment (`default` when unset; a notice and `default` when it is
-/// neither).
-fn env_switch(name: &str, default: bool) -> bool {
-    match std::env::var(name) {
-        Ok(v) if v == "1" => true,
-        Ok(v) if v == "0" || v.is_empty() => false,
-        Ok(v) => {
-            eprintln!(
-                "tandem: {name}={v:?} is not 0 or 1; using {}",
-                default as u8
-            );
-            default
-        }
-        Err(_) => default,
-    }
-}
-
 /// `TANDEM_CPU_DECODE_DOT=1` (read once) asks for the `_dot` build where the CPU has
 /// AVX512-BF16. It is not the default: `vdpbf16ps` retires one zmm every two cycles on the GPU
 /// host's cores (two f32 FMAs a cycle), and that build ran at 75-85 GiB/s against the f32
 /// build's 99-106 GiB/s there (16 threads, 1 GiB of KV, the same run).
 fn dot_requested() -> bool {
     static DOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DOT.get_or_init(|| env_switch("TANDEM_CPU_DECODE_DOT", false))
+    *DOT.get_or_init(|| platform::env::switch("TANDEM_CPU_DECODE_DOT", false))
 }
 
 /// `TANDEM_CPU_DECODE_AMX` (read once): `1` runs QKᵀ on the tile unit where the CPU has AMX
@@ -451,7 +434,7 @@ fn amx_requested(group: usize) -> bool {
     static AMX: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let asked = *AMX.get_or_init(|| {
         std::env::var_os("TANDEM_CPU_DECODE_AMX")
-            .map(|_| env_switch("TANDEM_CPU_DECODE_AMX", false))
+            .map(|_| platform::env::switch("TANDEM_CPU_DECODE_AMX", false))
     });
     asked.unwrap_or(group >= AMX_MIN_GROUP)
 }
@@ -460,7 +443,7 @@ fn amx_requested(group: usize) -> bool {
 /// KV head. Off by default.
 fn amx_pv_requested() -> bool {
     static PV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PV.get_or_init(|| env_switch("TANDEM_CPU_DECODE_AMX_PV", false))
+    *PV.get_or_init(|| platform::env::switch("TANDEM_CPU_DECODE_AMX_PV", false))
 }
 
 /// Query heads per KV head from which the AMX tier is the default where the CPU has AMX: on the

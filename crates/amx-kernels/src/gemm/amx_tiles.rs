@@ -240,10 +240,11 @@ impl Knobs {
             let d = Knobs::DEFAULT;
             Knobs {
                 kc: num("TANDEM_AMX_KC", d.kc).max(1),
-                rows_outer: std::env::var("TANDEM_AMX_ROWS_OUTER")
-                    .ok()
-                    .map(|v| v == "1")
-                    .or(d.rows_outer),
+                rows_outer: choice(
+                    "TANDEM_AMX_ROWS_OUTER",
+                    &[("auto", None), ("1", Some(true)), ("0", Some(false))],
+                    d.rows_outer,
+                ),
                 pf_a: num("TANDEM_AMX_PF_A", d.pf_a),
                 pf_b: num("TANDEM_AMX_PF_B", d.pf_b),
                 pf_a2: num("TANDEM_AMX_PF_A2", d.pf_a2),

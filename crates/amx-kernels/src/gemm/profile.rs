@@ -19,7 +19,7 @@ use std::time::Instant;
 /// Whether `TANDEM_AMX_PROFILE=1` (read once).
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("TANDEM_AMX_PROFILE").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| platform::env::switch("TANDEM_AMX_PROFILE", false))
 }
 
 /// Sums over the calls since the last [`take`] (nanoseconds, but the counts).

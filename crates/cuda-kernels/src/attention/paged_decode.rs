@@ -64,23 +64,12 @@ const RESIDENT_MMA: usize = 3;
 /// set, fixes the waves [`mma_splits`] plans for instead of its own choice.
 fn target_waves() -> usize {
     static W: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *W.get_or_init(|| {
-        std::env::var("TANDEM_DECODE_WAVES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&w| (1..=64).contains(&w))
-            .unwrap_or(1)
-    })
+    *W.get_or_init(|| waves_override().unwrap_or(1))
 }
 /// `TANDEM_DECODE_WAVES` when set (1..=64), read once.
 fn waves_override() -> Option<usize> {
     static W: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *W.get_or_init(|| {
-        std::env::var("TANDEM_DECODE_WAVES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&w| (1..=64).contains(&w))
-    })
+    *W.get_or_init(|| platform::env::count("TANDEM_DECODE_WAVES", 1..=64))
 }
 /// How the tensor-core path is planned (`TANDEM_DECODE_PLAN`, read once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,15 +87,21 @@ enum MmaPlan {
 }
 fn mma_plan() -> MmaPlan {
     static V: std::sync::OnceLock<MmaPlan> = std::sync::OnceLock::new();
-    *V.get_or_init(|| match std::env::var("TANDEM_DECODE_PLAN").as_deref() {
-        Ok("fixed") => MmaPlan::Fixed,
-        Ok("waves") => MmaPlan::Waves,
-        _ => MmaPlan::Resident,
+    *V.get_or_init(|| {
+        platform::env::choice(
+            "TANDEM_DECODE_PLAN",
+            &[
+                ("resident", MmaPlan::Resident),
+                ("fixed", MmaPlan::Fixed),
+                ("waves", MmaPlan::Waves),
+            ],
+            MmaPlan::Resident,
+        )
     })
 }
 fn mma_fused_merge() -> bool {
     static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("TANDEM_DECODE_FUSE").map_or(true, |v| v != "0"))
+    *V.get_or_init(|| platform::env::switch("TANDEM_DECODE_FUSE", true))
 }
 /// The fraction of the SMs the resident plan's blocks must cover (see [`mma_resident_splits`]).
 const MIN_SM_FILL: f64 = 0.9;

@@ -597,9 +597,9 @@ impl GpuModel {
         unsafe { gpu.ctx().disable_event_tracking() };
         let stream = gpu.new_stream().map_err(gerr)?;
         let copy_stream = gpu.new_stream().map_err(gerr)?;
-        let unpack_stream = match std::env::var("TANDEM_UNPACK_STREAM").as_deref() {
-            Ok("0") => None,
-            _ => Some(gpu.new_stream().map_err(gerr)?),
+        let unpack_stream = match platform::env::switch("TANDEM_UNPACK_STREAM", true) {
+            false => None,
+            true => Some(gpu.new_stream().map_err(gerr)?),
         };
         let blas = Blas::new(&gpu, stream.clone()).map_err(gerr)?;
         let layout = FlatLayout::of(&w.layers[0]);
@@ -1039,7 +1039,7 @@ impl<'m> GpuSession<'m> {
             pinned_up_pool: Vec::new(),
             trace: false,
             last_trace: None,
-            graphs: std::env::var("TANDEM_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            graphs: platform::env::switch("TANDEM_CUDA_GRAPHS", true),
             graph: None,
             graph_replays: 0,
             capture_failed: false,

@@ -131,12 +131,7 @@ thread_local! {
 /// `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 3, read once), default [`QK_LEAD`].
 fn qk_lead() -> usize {
     static L: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *L.get_or_init(|| {
-        std::env::var("TANDEM_CPU_DECODE_AMX_LEAD")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .map_or(QK_LEAD, |n| n.clamp(0, 3))
-    })
+    *L.get_or_init(|| platform::env::count("TANDEM_CPU_DECODE_AMX_LEAD", 0..=3).unwrap_or(QK_LEAD))
 }
 
 /// The default lead: on the GPU host, 3 items ahead against 1 gave 64.6–68.6% of the read
