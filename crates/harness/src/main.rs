@@ -203,6 +203,7 @@ impl Measured {
                 "tier": platform::cpu_tier().to_string(),
                 "threads": platform::pool_threads(),
                 "pool_wait": platform::pool::wait_mode().name(),
+                "pool_linger_us": platform::pool::linger_us(),
             },
         })
     }
@@ -359,14 +360,15 @@ fn measure(a: &BenchArgs, verbose: bool) -> anyhow::Result<Measured> {
             engine::placement::layer_map(&plan.layers)
         );
         println!(
-        "placement: prefill {} decode {}, {resident}/{} layers GPU-resident, weights tier {}, CPU tier {} on {} threads (pool wait: {})",
+        "placement: prefill {} decode {}, {resident}/{} layers GPU-resident, weights tier {}, CPU tier {} on {} threads (pool wait: {}, linger {} µs)",
         s.prefill_policy,
         s.decode_policy,
         cfg.layers,
         s.weight_tier,
         platform::cpu_tier(),
         platform::pool_threads(),
-        platform::pool::wait_mode().name()
+        platform::pool::wait_mode().name(),
+        platform::pool::linger_us()
     );
     }
     // Pinned host memory is made by the GPU executor (page-locking needs the driver).

@@ -6,6 +6,7 @@
 //! it through [`install`], whose caller (outside the pool) spins until the work ends, or sleeps
 //! with `TANDEM_POOL_WAIT=block`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// One logical CPU id per physical core this process may run on, lowest sibling first.
@@ -43,11 +44,7 @@ pub fn pool() -> &'static rayon::ThreadPool {
     static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
     POOL.get_or_init(|| {
         let cores = physical_core_ids();
-        let n = std::env::var("TANDEM_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(cores.len().max(1));
+        let n = crate::env::count("TANDEM_THREADS", 1..=4096).unwrap_or(cores.len().max(1));
         let pin = cores.clone();
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -107,11 +104,48 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 /// [`install`] with the caller's wait named (benches and tests compare the two in one process).
 pub fn install_with<R: Send>(wait: Wait, f: impl FnOnce() -> R + Send) -> R {
+    install_lingering(wait, linger_us(), f)
+}
+
+/// [`install_with`] with the pool's linger named (see [`linger_us`]).
+pub fn install_lingering<R: Send>(wait: Wait, linger_us: u64, f: impl FnOnce() -> R + Send) -> R {
     let pool = pool();
-    if pool.current_thread_index().is_some() || wait == Wait::Block {
+    if pool.current_thread_index().is_some() {
         return pool.install(f);
     }
-    install_spinning(f)
+    // New work: threads lingering after the last pass stop spinning and take it.
+    let epoch = EPOCH.fetch_add(1, Ordering::AcqRel) + 1;
+    let out = match wait {
+        Wait::Block => pool.install(f),
+        Wait::Spin => install_spinning(f),
+    };
+    if linger_us > 0 {
+        linger(pool, epoch, linger_us);
+    }
+    out
+}
+
+/// Passes handed to the pool from outside it so far: lingering threads watch it for the next.
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// How long, in microseconds, each pool thread keeps spinning after a pass from outside the
+/// pool has ended, ready for the next (`TANDEM_POOL_LINGER_US`, read once; 0: not at all, the
+/// default). rayon's idle threads go to sleep after some tens of microseconds, and on the GPU
+/// host waking a sleeping pool costs tens of microseconds a pass (the profile's A pass: 66 µs
+/// for 15 µs of work a thread); a lingering thread takes the next pass's work at once. A
+/// lingering thread yields its core every 64 turns.
+pub fn linger_us() -> u64 {
+    static L: OnceLock<u64> = OnceLock::new();
+    *L.get_or_init(|| crate::env::count("TANDEM_POOL_LINGER_US", 0..=1_000_000).unwrap_or(0) as u64)
+}
+
+/// Has every pool thread spin for up to `us` microseconds, or until a pass after `epoch` is
+/// handed over.
+fn linger(pool: &rayon::ThreadPool, epoch: u64, us: u64) {
+    pool.spawn_broadcast(move |_| {
+        let end = std::time::Instant::now() + std::time::Duration::from_micros(us);
+        spin_until(|| EPOCH.load(Ordering::Acquire) != epoch || std::time::Instant::now() >= end);
+    });
 }
 
 /// Returns once `done()` is true, asking it in a spin loop that yields the core every 64
@@ -130,7 +164,7 @@ pub fn spin_until(mut done: impl FnMut() -> bool) {
 
 /// `f` handed to a pool thread as one job; the caller spins on its flag.
 fn install_spinning<R: Send, F: FnOnce() -> R + Send>(f: F) -> R {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     struct Job<F, R> {
         f: Option<F>,
         out: Option<std::thread::Result<R>>,
@@ -196,5 +230,26 @@ mod tests {
         });
         let msg = caught.expect_err("the panic reaches the caller");
         assert_eq!(msg.downcast_ref::<&str>(), Some(&"inside the pool"));
+    }
+
+    /// Threads lingering after a pass leave for the next one: a pass handed over while every
+    /// thread lingers (for up to 20 s) returns its result long before the linger would end.
+    #[test]
+    fn lingering_threads_take_the_next_pass() {
+        use rayon::prelude::*;
+        let data: Vec<u64> = (0..10_000).collect();
+        let want = data.iter().sum::<u64>();
+        for wait in [super::Wait::Spin, super::Wait::Block] {
+            let s: u64 = super::install_lingering(wait, 20_000_000, || data.par_iter().sum());
+            assert_eq!(s, want);
+            let t = std::time::Instant::now();
+            let s: u64 = super::install_lingering(wait, 0, || data.par_iter().sum());
+            assert_eq!(s, want);
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "the next pass waited for the lingering threads ({:?})",
+                t.elapsed()
+            );
+        }
     }
 }
