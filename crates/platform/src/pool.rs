@@ -4,7 +4,8 @@
 //!
 //! Size: the physical cores this process may run on, or `TANDEM_THREADS` if set. Work goes to
 //! it through [`install`], whose caller (outside the pool) spins until the work ends, or sleeps
-//! with `TANDEM_POOL_WAIT=block`.
+//! with `TANDEM_POOL_WAIT=block`; after the work, the pool's threads linger, spinning, for the
+//! next pass ([`linger_us`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -129,15 +130,22 @@ pub fn install_lingering<R: Send>(wait: Wait, linger_us: u64, f: impl FnOnce() -
 static EPOCH: AtomicU64 = AtomicU64::new(0);
 
 /// How long, in microseconds, each pool thread keeps spinning after a pass from outside the
-/// pool has ended, ready for the next (`TANDEM_POOL_LINGER_US`, read once; 0: not at all, the
-/// default). rayon's idle threads go to sleep after some tens of microseconds, and on the GPU
-/// host waking a sleeping pool costs tens of microseconds a pass (the profile's A pass: 66 µs
-/// for 15 µs of work a thread); a lingering thread takes the next pass's work at once. A
-/// lingering thread yields its core every 64 turns.
+/// pool has ended, ready for the next (`TANDEM_POOL_LINGER_US`, read once; default
+/// [`LINGER_US`]; 0: not at all, rayon's sleep). rayon's idle threads go to sleep after some
+/// tens of microseconds, and waking them costs the next pass: on the GPU host's 16 threads a
+/// pass after a 200 µs gap took 47.8 µs more than the gap asleep and 17.2 µs lingering, and
+/// OPT-30B at batch 64 ran its CPU layers 10–14 % faster lingering (docs/BENCHMARKS.md,
+/// twentieth session). A lingering thread yields its core every 64 turns.
 pub fn linger_us() -> u64 {
     static L: OnceLock<u64> = OnceLock::new();
-    *L.get_or_init(|| crate::env::count("TANDEM_POOL_LINGER_US", 0..=1_000_000).unwrap_or(0) as u64)
+    *L.get_or_init(|| {
+        crate::env::count("TANDEM_POOL_LINGER_US", 0..=1_000_000).unwrap_or(LINGER_US as usize)
+            as u64
+    })
 }
+
+/// The default of [`linger_us`].
+pub const LINGER_US: u64 = 500;
 
 /// Has every pool thread spin for up to `us` microseconds, or until a pass after `epoch` is
 /// handed over.
