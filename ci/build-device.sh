@@ -16,6 +16,10 @@ LIMIT_MIB=60
 kept=$(mktemp -d)
 trap 'rm -rf "$kept"' EXIT
 for k in ${KEEP:-}; do
+    if [ -e "$kept/$(basename "$k")" ]; then
+        echo "build-device: KEEP: two paths named $(basename "$k"): old/ keeps executables by name, so keep one of them" >&2
+        exit 1
+    fi
     if [ -f "$DEST/$k" ]; then
         cp "$DEST/$k" "$kept/$(basename "$k")"
     else

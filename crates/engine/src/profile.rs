@@ -37,7 +37,7 @@ static PAUSED: AtomicBool = AtomicBool::new(false);
 
 fn on() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("TANDEM_PROFILE").is_ok_and(|v| v != "0"))
+    *ON.get_or_init(|| platform::env::switch("TANDEM_PROFILE", false))
         && !PAUSED.load(Ordering::Relaxed)
 }
 

@@ -5,6 +5,48 @@
 //! Every other crate asks here instead of probing on its own. CUDA devices are the exception:
 //! they are detected by `cuda-kernels`, which owns the driver, and `engine::caps` joins both.
 
+/// Defines `fn name(tier: CpuTier, args…)` whose body is compiled three times, for AVX-512F, for
+/// AVX2 and for the baseline, and runs in the widest of them that `tier` allows and the CPU
+/// has: for plain loops that the compiler vectorizes by itself, lane by lane, so that every
+/// width gives the same results.
+#[macro_export]
+macro_rules! tier_vectorized {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        $vis fn $name(tier: $crate::CpuTier, $($a: $t),*) {
+            #[inline(always)]
+            fn body($($a: $t),*) $body
+            /// # Safety
+            /// AVX-512F is present.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($a: $t),*) {
+                body($($a),*)
+            }
+            /// # Safety
+            /// AVX2 is present.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2($($a: $t),*) {
+                body($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                let caps = $crate::cpu_caps();
+                if tier >= $crate::CpuTier::Avx512 && caps.avx512f {
+                    // SAFETY: AVX-512F is present (checked just above).
+                    return unsafe { avx512($($a),*) };
+                }
+                if tier >= $crate::CpuTier::Avx2 && caps.avx2 {
+                    // SAFETY: AVX2 is present (checked just above).
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            body($($a),*)
+        }
+    };
+}
+
 pub mod cpu;
 pub mod env;
 pub mod mem;

@@ -310,7 +310,7 @@ fn dequantize_block(tier: CpuTier, qa: &QuantA, w: &PackedWeightI8, it: &Item, c
     dequantize(tier, c, it.rows, it.pb0, it.pb1, sa, &w.scales);
 }
 
-tier_vectorized! {
+platform::tier_vectorized! {
     /// i32 accumulators (stored as bits in `c`) to f32 with the row and column scales, on the
     /// widest vectors `tier` allows.
     fn dequantize(c: &mut [f32], rows: usize, pb0: usize, pb1: usize, sa: &[f32], sw: &[f32]) {

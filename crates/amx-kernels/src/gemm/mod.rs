@@ -534,14 +534,14 @@ fn with_counters<R>(n: usize, f: impl FnOnce(&[AtomicU32]) -> R) -> R {
     })
 }
 
-tier_vectorized! {
+platform::tier_vectorized! {
     /// `c[i] += x[i]` on the widest vectors `tier` allows.
     fn add_assign(c: &mut [f32], x: &[f32]) {
         c.iter_mut().zip(x).for_each(|(c, x)| *c += x);
     }
 }
 
-tier_vectorized! {
+platform::tier_vectorized! {
     /// `c[i] += x[i]` over i32 accumulators stored as bits in f32 slots (wrapping, as the
     /// tiles' own sums), on the widest vectors `tier` allows.
     fn add_assign_i32(c: &mut [f32], x: &[f32]) {

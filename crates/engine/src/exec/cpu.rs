@@ -165,24 +165,19 @@ pub fn norm_bf16(cfg: &ModelConfig, x: &[f32], w: &Tensor, b: Option<&Tensor>, o
         eps: cfg.norm_eps as f32,
         centre: cfg.family == Family::Opt,
     };
-    let caps = platform::cpu_caps();
-    let (wide, avx2) = (caps.avx512f, caps.avx2 && caps.fma);
+    let tier = platform::cpu_tier();
     platform::install(|| {
         out.par_chunks_mut(h)
             .zip(x.par_chunks(h))
-            .for_each(|(o, xr)| {
-                // SAFETY: each path runs only where the CPU has its features.
-                unsafe {
-                    if wide {
-                        row.run_avx512(xr, o)
-                    } else if avx2 {
-                        row.run_avx2(xr, o)
-                    } else {
-                        row.run(xr, o)
-                    }
-                }
-            })
+            .for_each(|(o, xr)| norm_row(tier, &row, xr, o))
     });
+}
+
+platform::tier_vectorized! {
+    /// One row of [`norm_bf16`] on the widest vectors `tier` allows.
+    fn norm_row(row: &NormRow<'_>, x: &[f32], out: &mut [bf16]) {
+        row.run(x, out)
+    }
 }
 
 /// One row of [`norm_bf16`]: weight and bias in f32, whether the row is centred (LayerNorm).
@@ -223,20 +218,6 @@ impl NormRow<'_> {
         for ((o, &v), (&w, &b)) in out.iter_mut().zip(x).zip(self.w.iter().zip(self.b)) {
             *o = bf16_rne((v - mean) * inv * w + b);
         }
-    }
-
-    /// # Safety
-    /// The CPU has AVX-512F.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn run_avx512(&self, x: &[f32], out: &mut [bf16]) {
-        self.run(x, out)
-    }
-
-    /// # Safety
-    /// The CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(&self, x: &[f32], out: &mut [bf16]) {
-        self.run(x, out)
     }
 }
 
