@@ -542,10 +542,12 @@ pub(crate) fn panel_key(
     }
 }
 
-/// Runs `f` with this thread's panel (layout in the module header) and the jobs that copy A
-/// into it ([`APrep`]), already run unless `in_items`: one row group × up to [`PACK_TILES`] K
-/// tiles a job, each full 64-byte piece one fixed-size copy (vector moves, no `memcpy` call:
-/// the copy of a 2048 × 4096 A ran at about 5 GB/s a thread with one call per piece).
+/// Runs `f` with this thread's panel (layout in the module header; one of two, alternating,
+/// with [`Knobs::panels`] 2) and the jobs that copy A into it ([`APrep`]), already run unless
+/// the knobs put them in the items ([`Knobs::prep_in_items`]): one row group × up to
+/// [`PACK_TILES`] K tiles a job, each full 64-byte piece one fixed-size copy (vector moves, no
+/// `memcpy` call: the copy of a 2048 × 4096 A ran at about 5 GB/s a thread with one call per
+/// piece).
 ///
 /// # Safety
 /// `src` describes readable memory (`m` rows of `row_bytes` at stride `lda`), and

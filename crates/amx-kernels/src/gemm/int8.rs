@@ -103,9 +103,9 @@ thread_local! {
     /// The calling thread's quantized activations (in 64-byte lines, so that every row of
     /// whole tiles starts on a line and the AMX tiles can read them in place) and their scales.
     static QUANT: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+    static QUANT_SCALES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Its second panel of quantized activations (`TANDEM_AMX_PANELS=2`).
     static QUANT2: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
-    static QUANT_SCALES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A pool thread's row of A, quantized before it is copied into the AMX tile panel.
     static QUANT_ROW: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
@@ -196,8 +196,9 @@ fn quantize_row(a: &[bf16], k: usize, r: usize, qr: &mut [i8]) -> f32 {
 /// Runs `f(panel, scales, prep)` with this thread's buffers for A quantized straight into the
 /// AMX GEMM's A panel of `kb` K tiles a group (see `amx_tiles`) and its `[M]` row scales, and
 /// the jobs that write them (one row each: quantized into a line-aligned row buffer of its
-/// thread, then copied into the panel while it is in L1), already run unless `in_items`
-/// ([`APrep`]). `f` reads the buffers only after the jobs have run.
+/// thread, then copied into the panel while it is in L1), already run unless the knobs put
+/// them in the items ([`APrep`]); with two panels ([`Knobs::panels`]) the calls alternate
+/// between two buffers. `f` reads the buffers only after the jobs have run.
 fn with_quantized_panel<R>(
     a: &[bf16],
     m: usize,
