@@ -1,9 +1,9 @@
 //! The cost of one pass over the shared pool (`platform::install`), the caller asleep
-//! (`block`, rayon's own wait) or spinning (`spin`, the default), the pool's threads going idle
-//! after a pass or lingering for 500 µs (`spin_linger`, the default; see
-//! `platform::pool::linger_us`): 16 items of about 0.3 µs of integer work, handed over back
-//! to back, or each after the caller has worked alone for 20 or 200 µs (time enough for idle
-//! pool threads to go to sleep, as between a model's passes). Time per pass, the gap included; `TANDEM_THREADS` sizes the pool.
+//! (`block`, rayon's own wait) or spinning (`spin`), the pool's threads going idle after a
+//! pass or lingering for 500 µs (`spin_linger`, the default; see `platform::pool::linger_us`):
+//! 16 items of about 0.3 µs of integer work, handed over back to back, or each after the caller
+//! has worked alone for 20 or 200 µs (time enough for idle pool threads to go to sleep, as
+//! between a model's passes). Time per pass, the gap included; `TANDEM_THREADS` sizes the pool.
 //!
 //! `cargo bench -p platform --bench pool`
 

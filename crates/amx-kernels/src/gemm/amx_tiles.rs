@@ -79,8 +79,9 @@
 //! `auto` (the default) slices where M ≤ 64 so that a slice of A holds at most
 //! `TANDEM_AMX_DEEP_A` bytes and stays in a core's L2 while the pool's runs of items (one slice
 //! at a time) stream their weight strips (OPT-30B's FC2 at 64 rows: A is 3.7 MB, four slices;
-//! +17 % cold on the GPU host, its down 6 % shorter end to end), and where M > 64 so that every thread has `TANDEM_AMX_KSPLIT_ITEMS` (8) items
-//! (LLaMA-3-8B o and down at 128 rows: 32 blocks, two a thread; 1.12–1.37× there). Slicing for
+//! +17 % cold on the GPU host, its down 6 % shorter end to end), and where M > 64 so that
+//! every thread has `TANDEM_AMX_KSPLIT_ITEMS` (8) items (LLaMA-3-8B o and down at 128 rows: 32
+//! blocks, two a thread; 1.12–1.37× there). Slicing for
 //! items at M ≤ 64 made OPT-30B's out (224 one-pair blocks) 7–9 % slower, so it does not.
 //!
 //! `TANDEM_AMX_SMALL=b1` runs blocks of 16, 32, 48 or 64 rows on a B-stationary kernel

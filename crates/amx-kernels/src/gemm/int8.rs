@@ -132,10 +132,7 @@ pub fn gemm_int8_on<O: OutElem>(
         unsafe { gemm_amx_int8::<Hw, O>(tier, kn, a, m, k, w, out, &ep) };
         return Ok(());
     };
-    let (t, f) = (super::profile::Mark::now(), super::profile::Faults::now());
     with_quantized(a, m, k, w.kb * BLOCK_K_INT8, |qa| {
-        t.add_to(super::profile::Field::Prep);
-        f.add_to(super::profile::Field::PrepFaults);
         run(
             tier,
             Blocking::SIMD,
@@ -157,7 +154,7 @@ pub fn gemm_int8_on<O: OutElem>(
 }
 
 /// Runs `f` with A quantized per row into this thread's buffer: rows of `kpad` bytes
-/// (`[M][kpad]`, zero-padded past K), on the pool.
+/// (`[M][kpad]`, zero-padded past K), on the pool; the profile books the pass as `Prep`.
 fn with_quantized<R>(
     a: &[bf16],
     m: usize,
@@ -165,6 +162,7 @@ fn with_quantized<R>(
     kpad: usize,
     f: impl FnOnce(&QuantA) -> R,
 ) -> R {
+    let (t, faults) = (super::profile::Mark::now(), super::profile::Faults::now());
     crate::scratch::with_buf(&QUANT, (m * kpad).div_ceil(ROW), |lines| {
         // SAFETY: the lines hold at least `m · kpad` bytes, any bit pattern is an i8, and the
         // borrow of `lines` outlives this view.
@@ -181,6 +179,8 @@ fn with_quantized<R>(
                         t.add_to(super::profile::Field::PrepWork);
                     })
             });
+            t.add_to(super::profile::Field::Prep);
+            faults.add_to(super::profile::Field::PrepFaults);
             f(&QuantA { q, kpad, scales })
         })
     })
@@ -292,9 +292,7 @@ pub(crate) unsafe fn gemm_amx_int8<T: Tiles, O: OutElem>(
             amx(&src(panel as *const i8, true), prep, scales)
         })
     } else {
-        let t = super::profile::Mark::now();
         with_quantized(a, m, k, kpad, |qa| {
-            t.add_to(super::profile::Field::Prep);
             amx(
                 &src(qa.q.as_ptr(), false),
                 &APrep::none(),

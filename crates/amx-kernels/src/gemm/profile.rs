@@ -9,8 +9,8 @@
 //! Per call it also keeps, for each pool thread, when it began its first item and how long its
 //! kernels took: the latest such start and the busiest thread's kernels tell a late thread from
 //! an uneven split. [`take`] returns the sums since the last call and clears them; the benches
-//! print them per cell. The kernels' busy fraction, `kernel / (threads × run)`, tells idle threads (too few
-//! items, an uneven split, waking) from slow kernels.
+//! print them per cell. The kernels' busy fraction, `kernel / (threads × run)`, tells idle
+//! threads (too few items, an uneven split, waking) from slow kernels.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
