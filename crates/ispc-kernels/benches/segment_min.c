@@ -1,13 +1,15 @@
 // Per-core time of paged decode's block loop, robust to other load on the machine: the ISPC
 // segment function alone (no pool, no planning), one thread, the best of many calls. Each call
-// runs one segment per KV head (8 heads × ntok tokens, d = 128, blocks in a shuffled order), so
-// the default 256 tokens (1 MiB of K and V) stay in L2. Not built by cargo; compile the kernel
+// runs the 8 KV heads × ntok tokens (d = 128, blocks in a shuffled order) in segments of as many
+// KV heads as the kernel's staging holds (32 query heads), as the Rust side plans them, so the
+// default 256 tokens (1 MiB of K and V) stay in L2. Not built by cargo; compile the kernel
 // with the same ISPC flags as build.rs and link it:
 //
-//   ispc kernels/paged_decode.ispc -O3 --pic --woff --addressing=64 -I kernels \
-//        --target=avx2-i32x8,avx512skx-x16 -o /tmp/pd.o -h /tmp/pd.h
-//   cc -O2 benches/segment_min.c /tmp/pd.o /tmp/pd_avx2.o /tmp/pd_avx512skx.o -o /tmp/segment_min
-//   /tmp/segment_min [g=4] [ntok=256] [calls=3000] [prefetch blocks=2]
+//   ispc kernels/paged_decode.ispc -O3 --pic --woff --addressing=64 -I kernels
+//        --target=avx2-i32x8,avx512skx-x16 -o /tmp/pd.o -h /tmp/pd.h   (one line)
+//   cc -O2 benches/segment_min.c /tmp/pd.o /tmp/pd_avx2.o /tmp/pd_avx512skx.o -lm
+//        -o /tmp/segment_min
+//   /tmp/segment_min [g=4] [ntok=256] [calls=3000] [prefetch blocks=1] [pv lag=1]
 //
 // Prints the best call's time, GiB/s of K and V, ns per block (16 tokens of one KV head), and a
 // checksum of the first head group's bf16 output.
@@ -20,10 +22,11 @@
 
 void ispc_paged_decode_segment_bf16(const uint16_t *q, uint16_t *k, uint16_t *v,
                                     const int32_t *blocks, int32_t ntok, int64_t block_stride,
-                                    int64_t head_off, int32_t d, int32_t g, float scale,
-                                    const uint16_t *new_k, const uint16_t *new_v,
+                                    int64_t head_off, int32_t d, int32_t g, int32_t nh,
+                                    float scale, const uint16_t *new_k, const uint16_t *new_v,
                                     int32_t append_at, uint16_t *out, float *part_o,
-                                    float *part_ml, int32_t pf_ahead, int32_t pf_lines);
+                                    float *part_ml, int64_t part_stride, int32_t pf_ahead,
+                                    int32_t pf_lines, int32_t lag);
 
 static double now(void) {
     struct timespec t;
@@ -47,7 +50,8 @@ int main(int argc, char **argv) {
     int g = argc > 1 ? atoi(argv[1]) : 4;
     int ntok = argc > 2 ? atoi(argv[2]) : 256;
     int calls = argc > 3 ? atoi(argv[3]) : 3000;
-    int pf = argc > 4 ? atoi(argv[4]) : 2;
+    int pf = argc > 4 ? atoi(argv[4]) : 1;
+    int lag = argc > 5 ? atoi(argv[5]) : 1;
     if (g < 1 || g > 16 || ntok < 1 || ntok > 16 * 4096) {
         fprintf(stderr, "g in 1..16, ntok in 1..65536\n");
         return 1;
@@ -59,8 +63,9 @@ int main(int argc, char **argv) {
         k[i] = rnd_bf16();
         v[i] = rnd_bf16();
     }
-    static uint16_t q[16 * 128], out[16 * 128];
-    for (int i = 0; i < 16 * 128; i++) {
+    int nh = 32 / g < kvh ? (32 / g > 0 ? 32 / g : 1) : kvh; // KV heads per call
+    static uint16_t q[32 * 128], out[32 * 128];
+    for (int i = 0; i < 32 * 128; i++) {
         q[i] = rnd_bf16();
     }
     int32_t *blocks = malloc(nb * sizeof(int32_t));
@@ -70,9 +75,11 @@ int main(int argc, char **argv) {
     double best = 1e9;
     for (int r = 0; r < calls; r++) {
         double t0 = now();
-        for (int h = 0; h < kvh; h++) {
+        for (int h = 0; h < kvh; h += nh) {
+            int n = kvh - h < nh ? kvh - h : nh;
             ispc_paged_decode_segment_bf16(q, k, v, blocks, ntok, bs, (int64_t)h * 16 * d, d, g,
-                                           0.088f, q, q, -1, out, NULL, NULL, pf, 64);
+                                           n, 0.088f, q, q, -1, out, NULL, NULL, 0, pf, 64,
+                                           lag);
         }
         double t = now() - t0;
         if (t < best) {
@@ -84,7 +91,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < g * d; i++) {
         cs = cs * 31 + out[i];
     }
-    printf("g=%d ntok=%d: best %.2f us, %.2f GiB/s, %.1f ns/block, checksum %08x\n", g, ntok,
-           best * 1e6, bytes / best / (1 << 30), best * 1e9 / ((double)nb * kvh), cs);
+    printf("g=%d ntok=%d lag=%d: best %.2f us, %.2f GiB/s, %.1f ns/block, checksum %08x\n", g,
+           ntok, lag, best * 1e6, bytes / best / (1 << 30), best * 1e9 / ((double)nb * kvh), cs);
     return 0;
 }

@@ -38,6 +38,9 @@
 //! turns it off) sets how many blocks ahead the kernel prefetches K and V into L2, and how many
 //! 64-byte lines from the start of each 4 KiB page.
 //!
+//! `TANDEM_CPU_DECODE_PV_LAG` (read once; 1|0, default 1) runs each block's PV in the ISPC builds
+//! after the next block's softmax instead of right after its own (see [`pv_lag`]).
+//!
 //! `TANDEM_CPU_DECODE_HEADS` (read once; default all the KV heads the kernel's staging holds)
 //! sets how many KV heads one segment call walks together, block by block, so that a block's K
 //! (and V) rows of those heads are read as one contiguous run.
@@ -427,6 +430,15 @@ fn dot_requested() -> bool {
     *DOT.get_or_init(|| platform::env::switch("TANDEM_CPU_DECODE_DOT", false))
 }
 
+/// `TANDEM_CPU_DECODE_PV_LAG` (read once; 1|0, default 1): the ISPC builds run each (block, KV
+/// head) item's PV after the next item's softmax, so that the softmax's dependent chain (max,
+/// exp, sum, then the rescale factor) overlaps independent work instead of holding up the PV
+/// that needs its result. `0` runs every PV right after its own softmax.
+fn pv_lag() -> bool {
+    static LAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LAG.get_or_init(|| platform::env::switch("TANDEM_CPU_DECODE_PV_LAG", true))
+}
+
 /// `TANDEM_CPU_DECODE_AMX` (read once): `1` runs QKᵀ on the tile unit where the CPU has AMX
 /// (see [`amx`]) at every group size, `0` never; unset, the AMX tier runs where the CPU has AMX
 /// and a KV head has at least [`AMX_MIN_GROUP`] query heads.
@@ -508,6 +520,7 @@ impl SegmentKernel {
                 a.part_stride as i64,
                 a.pf_ahead as i32,
                 a.pf_lines as i32,
+                pv_lag() as i32,
             ),
         }
     }
@@ -532,6 +545,7 @@ type SegmentFn = unsafe extern "C" fn(
     *mut f32,
     *mut f32,
     i64,
+    i32,
     i32,
     i32,
 );
