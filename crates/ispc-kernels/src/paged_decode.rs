@@ -39,7 +39,8 @@
 //! 64-byte lines from the start of each 4 KiB page.
 //!
 //! `TANDEM_CPU_DECODE_PV_LAG` (read once; 1|0, default 1) runs each block's PV in the ISPC builds
-//! after the next block's softmax instead of right after its own (see [`pv_lag`]).
+//! after the next block's softmax instead of right after its own, so that the softmax's dependent
+//! chain overlaps independent work.
 //!
 //! `TANDEM_CPU_DECODE_HEADS` (read once; default all the KV heads the kernel's staging holds)
 //! sets how many KV heads one segment call walks together, block by block, so that a block's K
