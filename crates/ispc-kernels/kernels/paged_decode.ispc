@@ -36,10 +36,10 @@
 //   - PV in passes of 4 heads over 2 chunks of every row (avx512; 1 on avx2), the 16
 //     accumulators in registers across the block's tokens, each V word widened once for the 4
 //     heads, p[h][t] broadcast;
-//   - with `lag` (the default), a (block, KV head) item's PV runs after the next item's
-//     softmax: the softmax is one dependent chain per head (fold, max, exp, sum, then alpha),
-//     and the PV that needs its result would otherwise wait for it with nothing else to do;
-//     the previous item's PV is independent of it, so the two overlap;
+//   - with `lag` (TANDEM_CPU_DECODE_PV_LAG=1), a (block, KV head) item's PV runs after the
+//     next item's softmax: the softmax is one dependent chain per head (fold, max, exp, sum,
+//     then alpha), and the PV that needs its result would otherwise wait for it with nothing
+//     else to do; the previous item's PV is independent of it, so the two can overlap;
 //   - K and V lines `pf_ahead` blocks ahead are prefetched to L2, spread over the passes.
 //   - The `_dot` build (BF16DOT, avx512 with AVX512-BF16) replaces all of the above per block
 //     by one C call (kernels/bf16dot.c: `vdpbf16ps` on the bf16 K rows, a vector softmax

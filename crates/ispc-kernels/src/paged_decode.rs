@@ -38,9 +38,9 @@
 //! turns it off) sets how many blocks ahead the kernel prefetches K and V into L2, and how many
 //! 64-byte lines from the start of each 4 KiB page.
 //!
-//! `TANDEM_CPU_DECODE_PV_LAG` (read once; 1|0, default 1) runs each block's PV in the ISPC builds
-//! after the next block's softmax instead of right after its own, so that the softmax's dependent
-//! chain overlaps independent work.
+//! `TANDEM_CPU_DECODE_PV_LAG` (read once; 1|0, default 0): `1` runs each block's PV in the ISPC
+//! builds after the next block's softmax instead of right after its own, so that the softmax's
+//! dependent chain can overlap independent work.
 //!
 //! `TANDEM_CPU_DECODE_HEADS` (read once; default all the KV heads the kernel's staging holds)
 //! sets how many KV heads one segment call walks together, block by block, so that a block's K
@@ -431,13 +431,14 @@ fn dot_requested() -> bool {
     *DOT.get_or_init(|| platform::env::switch("TANDEM_CPU_DECODE_DOT", false))
 }
 
-/// `TANDEM_CPU_DECODE_PV_LAG` (read once; 1|0, default 1): the ISPC builds run each (block, KV
-/// head) item's PV after the next item's softmax, so that the softmax's dependent chain (max,
-/// exp, sum, then the rescale factor) overlaps independent work instead of holding up the PV
-/// that needs its result. `0` runs every PV right after its own softmax.
+/// `TANDEM_CPU_DECODE_PV_LAG` (read once; 1|0, default 0): `1` has the ISPC builds run each
+/// (block, KV head) item's PV after the next item's softmax, so that the softmax's dependent
+/// chain (max, exp, sum, then the rescale factor) can overlap independent work instead of
+/// holding up the PV that needs its result. Opt-in until it is measured on the GPU host's
+/// cores; on an AVX2-only Zen 4 core it neither gained nor lost beyond the spread.
 fn pv_lag() -> bool {
     static LAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LAG.get_or_init(|| platform::env::switch("TANDEM_CPU_DECODE_PV_LAG", true))
+    *LAG.get_or_init(|| platform::env::switch("TANDEM_CPU_DECODE_PV_LAG", false))
 }
 
 /// `TANDEM_CPU_DECODE_AMX` (read once): `1` runs QKᵀ on the tile unit where the CPU has AMX
@@ -484,13 +485,20 @@ enum Path {
     IspcDot,
     Ispc,
     IspcAvx2,
+    /// The ISPC builds with each item's PV after the next item's softmax, whatever
+    /// `TANDEM_CPU_DECODE_PV_LAG` says.
+    #[cfg(test)]
+    IspcLag,
+    #[cfg(test)]
+    IspcAvx2Lag,
     Scalar,
 }
 
 /// How a path runs one segment.
 #[derive(Clone, Copy)]
 enum SegmentKernel {
-    Ispc(SegmentFn),
+    /// An ISPC build's segment function, and whether it runs each PV one item late.
+    Ispc(SegmentFn, bool),
     Rust(unsafe fn(&amx::SegArgs)),
 }
 
@@ -500,7 +508,7 @@ impl SegmentKernel {
     unsafe fn run(self, a: &amx::SegArgs) {
         match self {
             SegmentKernel::Rust(f) => f(a),
-            SegmentKernel::Ispc(f) => f(
+            SegmentKernel::Ispc(f, lag) => f(
                 a.q,
                 a.k_cache,
                 a.v_cache,
@@ -521,7 +529,7 @@ impl SegmentKernel {
                 a.part_stride as i64,
                 a.pf_ahead as i32,
                 a.pf_lines as i32,
-                pv_lag() as i32,
+                lag as i32,
             ),
         }
     }
@@ -568,7 +576,7 @@ impl Path {
     /// build's merge (ISPC's dispatch picks avx512 on every CPU with AMX or AVX-512).
     fn kernels(self) -> Option<(SegmentKernel, MergeFn)> {
         use amx_kernels::tile_ops::Hw;
-        let ispc = |f| Some(SegmentKernel::Ispc(f));
+        let ispc = |f| Some(SegmentKernel::Ispc(f, pv_lag()));
         let (seg, merge): (Option<SegmentKernel>, MergeFn) = match self {
             Path::Amx => (
                 Some(SegmentKernel::Rust(if amx_pv_requested() {
@@ -607,6 +615,22 @@ impl Path {
             ),
             Path::IspcAvx2 => (
                 ispc(sys::ispc_paged_decode_segment_bf16_avx2 as SegmentFn),
+                sys::ispc_paged_decode_merge_bf16_avx2,
+            ),
+            #[cfg(test)]
+            Path::IspcLag => (
+                Some(SegmentKernel::Ispc(
+                    sys::ispc_paged_decode_segment_bf16 as SegmentFn,
+                    true,
+                )),
+                sys::ispc_paged_decode_merge_bf16,
+            ),
+            #[cfg(test)]
+            Path::IspcAvx2Lag => (
+                Some(SegmentKernel::Ispc(
+                    sys::ispc_paged_decode_segment_bf16_avx2 as SegmentFn,
+                    true,
+                )),
                 sys::ispc_paged_decode_merge_bf16_avx2,
             ),
             Path::Scalar => return None,
