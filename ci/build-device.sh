@@ -51,6 +51,27 @@ echo "build-device: tandem"
 cargo build --release -p harness
 cp target/release/tandem "$DEST/bin/" && strip --strip-unneeded "$DEST/bin/tandem" 2>/dev/null || true
 
+# The paged decode's segment function on one core, alone (crates/ispc-kernels/benches/
+# segment_min.c), as built and with each phase left out (ci/anchors/ispc_phases.sh runs them).
+ispc=${ISPC:-${TANDEM_TOOLCHAIN:-/opt/tandem/toolchain}/bin/ispc}
+[ -x "$ispc" ] || ispc=$(command -v ispc || true)
+if [ -n "$ispc" ]; then
+    echo "build-device: segment_min"
+    obj=$(mktemp -d)
+    for v in full SKIP_QK SKIP_SOFTMAX SKIP_PV; do
+        def=(); [ "$v" = full ] || def=("-D$v")
+        "$ispc" crates/ispc-kernels/kernels/paged_decode.ispc -O3 --pic --woff --addressing=64 \
+            -I crates/ispc-kernels/kernels --target=avx2-i32x8,avx512skx-x16 "${def[@]}" \
+            -o "$obj/pd.o" -h "$obj/pd.h"
+        name=segment_min; [ "$v" = full ] || name="segment_min_$(echo "${v#SKIP_}" | tr A-Z a-z)_out"
+        cc -O2 crates/ispc-kernels/benches/segment_min.c "$obj/pd.o" "$obj/pd_avx2.o" \
+            "$obj/pd_avx512skx.o" -lm -o "$DEST/bin/$name"
+    done
+    rm -rf "$obj"
+else
+    echo "build-device: no ISPC found: segment_min not built"
+fi
+
 cp ci/run-device.sh "$DEST/run.sh"
 [ -d ci/anchors ] && cp -r ci/anchors/. "$DEST/anchors/"
 # Test data the executables read (fixtures); TANDEM_DATA points them here on the GPU host.

@@ -49,6 +49,11 @@
 
 #include "bf16.isph"
 
+// SKIP_QK, SKIP_SOFTMAX and SKIP_PV leave that phase out (wrong results, for timing only):
+// ci/build-device.sh builds benches/segment_min.c with each, so that the time of each phase on
+// one core is the full build's time less that build's (ci/anchors/ispc_phases.sh). build.rs
+// defines none of them.
+//
 // build.rs compiles this file twice: for every target with ISPC's dispatch (plain names), and
 // for avx2 alone with NAME_SUFFIX=_avx2, so that a lower tier can be forced (TANDEM_CPU_TIER).
 #ifndef NAME_SUFFIX
@@ -272,6 +277,9 @@ static inline void pv_item(uniform const pair * uniform v32, uniform int hw, uni
                            uniform int d, uniform const int8 * uniform vn,
                            uniform int pf_lines) {
     uniform int h0 = 0;
+#ifdef SKIP_PV
+    h0 = g;
+#endif
     for (; h0 + 4 <= g; h0 += 4) {
         pv_pass_4(v32, hw, nc, valid, p + h0 * BLOCK, alpha + h0, acch + h0 * d, d,
                   h0 == 0 ? vn : NULL, pf_lines);
@@ -388,6 +396,9 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
         // K rows widened in registers), then the softmax of every head, then PV.
         {
             uniform int h0 = 0;
+#ifdef SKIP_QK
+            h0 = g;
+#endif
 #if TARGET_WIDTH == 16
             for (; h0 + 4 <= g; h0 += 4) {
                 qk_pass_4(k32, hw, nc, qsh + h0 * d, d, grp + h0 * 4 * W, h0 == 0 && pf ? kn : NULL,
@@ -405,7 +416,9 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
         }
 
         // Online softmax over the block, after the scores of all heads.
+#ifndef SKIP_SOFTMAX
         block_softmax(grp, g, valid, mh, lh, p[slot], alpha[slot]);
+#endif
 
         // PV of the previous item (with lag) or of this one. Each head's m and l are final for
         // an item once its softmax ran; acc is only touched by PV, items in order, so alpha of
