@@ -9,7 +9,7 @@
 //        --target=avx2-i32x8,avx512skx-x16 -o /tmp/pd.o -h /tmp/pd.h   (one line)
 //   cc -O2 benches/segment_min.c /tmp/pd.o /tmp/pd_avx2.o /tmp/pd_avx512skx.o -lm
 //        -o /tmp/segment_min
-//   /tmp/segment_min [g=4] [ntok=256] [calls=3000] [prefetch blocks=1] [pv lag=1]
+//   /tmp/segment_min [g=4] [ntok=256] [calls=3000] [prefetch blocks=1] [pv lag=0]
 //
 // Prints the best call's time, GiB/s of K and V, ns per block (16 tokens of one KV head), and a
 // checksum of the first head group's bf16 output.
@@ -51,7 +51,7 @@ int main(int argc, char **argv) {
     int ntok = argc > 2 ? atoi(argv[2]) : 256;
     int calls = argc > 3 ? atoi(argv[3]) : 3000;
     int pf = argc > 4 ? atoi(argv[4]) : 1;
-    int lag = argc > 5 ? atoi(argv[5]) : 1;
+    int lag = argc > 5 ? atoi(argv[5]) : 0; // the kernel's default (TANDEM_CPU_DECODE_PV_LAG)
     if (g < 1 || g > 16 || ntok < 1 || ntok > 16 * 4096) {
         fprintf(stderr, "g in 1..16, ntok in 1..65536\n");
         return 1;
