@@ -466,14 +466,17 @@ impl<'a> APrep<'a> {
         APrep::new(0, &|_| {})
     }
 
+    /// Runs job `j`, its time booked as `PrepWork`.
+    fn run_job(&self, j: usize) {
+        let t = super::profile::Mark::now();
+        (self.job)(j);
+        t.add_to(super::profile::Field::PrepWork);
+    }
+
     /// Runs every job now, on the pool (here where `serial`), and books the pass as `Prep`.
     pub(crate) fn run_all(&self, serial: bool) {
         let (t, f) = (super::profile::Mark::now(), super::profile::Faults::now());
-        let job = |j: usize| {
-            let t = super::profile::Mark::now();
-            (self.job)(j);
-            t.add_to(super::profile::Field::PrepWork);
-        };
+        let job = |j: usize| self.run_job(j);
         if serial {
             (0..self.jobs).for_each(job);
         } else {
@@ -507,9 +510,7 @@ impl<'a> APrep<'a> {
                 }
             }
             let _failed = Failed(&self.failed);
-            let tj = super::profile::Mark::now();
-            (self.job)(j);
-            tj.add_to(super::profile::Field::PrepWork);
+            self.run_job(j);
             self.done.fetch_add(1, Ordering::AcqRel);
         }
         platform::pool::spin_until(|| {

@@ -14,7 +14,6 @@ use std::cell::RefCell;
 
 use half::bf16;
 use platform::CpuTier;
-use rayon::prelude::*;
 
 use super::amx_tiles::{
     gemm_amx, panel_bytes, panel_key, panel_offset, APrep, ASource, ASrc, Knobs, Line, ROW,
@@ -154,7 +153,8 @@ pub fn gemm_int8_on<O: OutElem>(
 }
 
 /// Runs `f` with A quantized per row into this thread's buffer: rows of `kpad` bytes
-/// (`[M][kpad]`, zero-padded past K), on the pool; the profile books the pass as `Prep`.
+/// (`[M][kpad]`, zero-padded past K), one job a row on the pool ([`APrep::run_all`], which
+/// books the pass as `Prep`).
 fn with_quantized<R>(
     a: &[bf16],
     m: usize,
@@ -162,25 +162,22 @@ fn with_quantized<R>(
     kpad: usize,
     f: impl FnOnce(&QuantA) -> R,
 ) -> R {
-    let (t, faults) = (super::profile::Mark::now(), super::profile::Faults::now());
     crate::scratch::with_buf(&QUANT, (m * kpad).div_ceil(ROW), |lines| {
         // SAFETY: the lines hold at least `m · kpad` bytes, any bit pattern is an i8, and the
         // borrow of `lines` outlives this view.
         let q = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut i8, m * kpad) };
         crate::scratch::with_buf(&QUANT_SCALES, m, |scales| {
             let scales = &mut scales[..m];
-            platform::install(|| {
-                q.par_chunks_mut(kpad)
-                    .zip(scales.par_iter_mut())
-                    .enumerate()
-                    .for_each(|(r, (qr, s))| {
-                        let t = super::profile::Mark::now();
-                        *s = quantize_row(a, k, r, qr);
-                        t.add_to(super::profile::Field::PrepWork);
-                    })
-            });
-            t.add_to(super::profile::Field::Prep);
-            faults.add_to(super::profile::Field::PrepFaults);
+            let (qd, sd) = (SharedMut(q.as_mut_ptr()), SharedMut(scales.as_mut_ptr()));
+            let quantize = |r: usize| {
+                // SAFETY: row r's kpad bytes of `q` and its scale are written by this job alone,
+                // inside the m · kpad bytes and the m scales.
+                unsafe {
+                    let qr = std::slice::from_raw_parts_mut(qd.get().add(r * kpad), kpad);
+                    sd.get().add(r).write(quantize_row(a, k, r, qr));
+                }
+            };
+            APrep::new(m, &quantize).run_all(false);
             f(&QuantA { q, kpad, scales })
         })
     })
