@@ -577,6 +577,8 @@ impl Path {
     fn kernels(self) -> Option<(SegmentKernel, MergeFn)> {
         use amx_kernels::tile_ops::Hw;
         let ispc = |f| Some(SegmentKernel::Ispc(f, pv_lag()));
+        #[cfg(test)]
+        let ispc_lag = |f| Some(SegmentKernel::Ispc(f, true));
         let (seg, merge): (Option<SegmentKernel>, MergeFn) = match self {
             Path::Amx => (
                 Some(SegmentKernel::Rust(if amx_pv_requested() {
@@ -619,18 +621,12 @@ impl Path {
             ),
             #[cfg(test)]
             Path::IspcLag => (
-                Some(SegmentKernel::Ispc(
-                    sys::ispc_paged_decode_segment_bf16 as SegmentFn,
-                    true,
-                )),
+                ispc_lag(sys::ispc_paged_decode_segment_bf16 as SegmentFn),
                 sys::ispc_paged_decode_merge_bf16,
             ),
             #[cfg(test)]
             Path::IspcAvx2Lag => (
-                Some(SegmentKernel::Ispc(
-                    sys::ispc_paged_decode_segment_bf16_avx2 as SegmentFn,
-                    true,
-                )),
+                ispc_lag(sys::ispc_paged_decode_segment_bf16_avx2 as SegmentFn),
                 sys::ispc_paged_decode_merge_bf16_avx2,
             ),
             Path::Scalar => return None,

@@ -63,8 +63,7 @@ const RESIDENT_MMA: usize = 3;
 /// cost of more partial rows for the merge pass. For the tensor-core kernel the variable, when
 /// set, fixes the waves [`mma_splits`] plans for instead of its own choice.
 fn target_waves() -> usize {
-    static W: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *W.get_or_init(|| waves_override().unwrap_or(1))
+    waves_override().unwrap_or(1)
 }
 /// `TANDEM_DECODE_WAVES` when set (1..=64), read once.
 fn waves_override() -> Option<usize> {
