@@ -9,7 +9,7 @@
 //        --target=avx2-i32x8,avx512skx-x16 -o /tmp/pd.o -h /tmp/pd.h   (one line)
 //   cc -O2 benches/segment_min.c /tmp/pd.o /tmp/pd_avx2.o /tmp/pd_avx512skx.o -lm
 //        -o /tmp/segment_min
-//   /tmp/segment_min [g=4] [ntok=256] [calls=3000] [prefetch blocks=1] [pv lag=0]
+//   /tmp/segment_min [g=4] [ntok=256] [calls=3000] [prefetch blocks=1]
 //
 // Prints the best call's time, GiB/s of K and V, ns per block (16 tokens of one KV head), and a
 // checksum of the first head group's bf16 output.
@@ -26,7 +26,7 @@ void ispc_paged_decode_segment_bf16(const uint16_t *q, uint16_t *k, uint16_t *v,
                                     float scale, const uint16_t *new_k, const uint16_t *new_v,
                                     int32_t append_at, uint16_t *out, float *part_o,
                                     float *part_ml, int64_t part_stride, int32_t pf_ahead,
-                                    int32_t pf_lines, int32_t lag);
+                                    int32_t pf_lines);
 
 static double now(void) {
     struct timespec t;
@@ -51,7 +51,6 @@ int main(int argc, char **argv) {
     int ntok = argc > 2 ? atoi(argv[2]) : 256;
     int calls = argc > 3 ? atoi(argv[3]) : 3000;
     int pf = argc > 4 ? atoi(argv[4]) : 1;
-    int lag = argc > 5 ? atoi(argv[5]) : 0; // the kernel's default (TANDEM_CPU_DECODE_PV_LAG)
     if (g < 1 || g > 16 || ntok < 1 || ntok > 16 * 4096) {
         fprintf(stderr, "g in 1..16, ntok in 1..65536\n");
         return 1;
@@ -78,8 +77,7 @@ int main(int argc, char **argv) {
         for (int h = 0; h < kvh; h += nh) {
             int n = kvh - h < nh ? kvh - h : nh;
             ispc_paged_decode_segment_bf16(q, k, v, blocks, ntok, bs, (int64_t)h * 16 * d, d, g,
-                                           n, 0.088f, q, q, -1, out, NULL, NULL, 0, pf, 64,
-                                           lag);
+                                           n, 0.088f, q, q, -1, out, NULL, NULL, 0, pf, 64);
         }
         double t = now() - t0;
         if (t < best) {
@@ -91,7 +89,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < g * d; i++) {
         cs = cs * 31 + out[i];
     }
-    printf("g=%d ntok=%d lag=%d: best %.2f us, %.2f GiB/s, %.1f ns/block, checksum %08x\n", g,
-           ntok, lag, best * 1e6, bytes / best / (1 << 30), best * 1e9 / ((double)nb * kvh), cs);
+    printf("g=%d ntok=%d: best %.2f us, %.2f GiB/s, %.1f ns/block, checksum %08x\n", g, ntok,
+           best * 1e6, bytes / best / (1 << 30), best * 1e9 / ((double)nb * kvh), cs);
     return 0;
 }

@@ -36,10 +36,6 @@
 //   - PV in passes of 4 heads over 2 chunks of every row (avx512; 1 on avx2), the 16
 //     accumulators in registers across the block's tokens, each V word widened once for the 4
 //     heads, p[h][t] broadcast;
-//   - with `lag` (TANDEM_CPU_DECODE_PV_LAG=1), a (block, KV head) item's PV runs after the
-//     next item's softmax: the softmax is one dependent chain per head (fold, max, exp, sum,
-//     then alpha), and the PV that needs its result would otherwise wait for it with nothing
-//     else to do; the previous item's PV is independent of it, so the two can overlap;
 //   - K and V lines `pf_ahead` blocks ahead are prefetched to L2, spread over the passes.
 //   - The `_dot` build (BF16DOT, avx512 with AVX512-BF16) replaces all of the above per block
 //     by one C call (kernels/bf16dot.c: `vdpbf16ps` on the bf16 K rows, a vector softmax
@@ -305,8 +301,7 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
     uniform int32 d, uniform int32 g, uniform int32 nh, uniform float scale,
     uniform const uint16 new_k[], uniform const uint16 new_v[], uniform int32 append_at,
     uniform uint16 out[], uniform float part_o[], uniform float part_ml[],
-    uniform int64 part_stride, uniform int32 pf_ahead, uniform int32 pf_lines,
-    uniform int32 lag)
+    uniform int64 part_stride, uniform int32 pf_ahead, uniform int32 pf_lines)
 {
     // Fused KV append: the new token's slot is written before anything of this segment is read.
     uniform const int64 head_step = (uniform int64)BLOCK * d; // one KV head's rows in a block
@@ -346,18 +341,8 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
     }
 
     uniform float grp[MAX_G * 4 * 16]; // [g][4][W]: per head, 4 vectors of 4 tokens' partial sums
-    // Softmax outputs of two items: with `lag`, an item's PV runs after the next item's
-    // softmax, so that the softmax's dependent chain (max -> exp -> sum, then alpha) overlaps
-    // the previous item's PV, independent work, instead of stalling the PV that needs it.
-    uniform float p[2][MAX_G * BLOCK];
-    uniform float alpha[2][MAX_G];
-    // The deferred PV: its item's V rows, valid rows, accumulators, V prefetch and slot.
-    uniform bool pend = false;
-    uniform const pair * uniform pv32 = NULL;
-    uniform int pvalid = 0;
-    uniform float * uniform pacch = NULL;
-    uniform const int8 * uniform pvn = NULL;
-    uniform int slot = 0;
+    uniform float p[MAX_G * BLOCK];     // [g][16]: the block's weights of each head
+    uniform float alpha[MAX_G];         // [g]: each head's rescale of its accumulators
     uniform const int nblocks = (ntok + BLOCK - 1) / BLOCK;
     for (uniform int b = 0; b < nblocks; b++) {
       uniform const int valid = min(BLOCK, ntok - b * BLOCK);
@@ -417,35 +402,13 @@ export void PASTE(ispc_paged_decode_segment_bf16, NAME_SUFFIX)(
 
         // Online softmax over the block, after the scores of all heads.
 #ifndef SKIP_SOFTMAX
-        block_softmax(grp, g, valid, mh, lh, p[slot], alpha[slot]);
+        block_softmax(grp, g, valid, mh, lh, p, alpha);
 #endif
 
-        // PV of the previous item (with lag) or of this one. Each head's m and l are final for
-        // an item once its softmax ran; acc is only touched by PV, items in order, so alpha of
-        // an item always rescales the sum of the items before it.
-        if (lag != 0) {
-            if (pend) {
-                pv_item(pv32, hw, nc, g, pvalid, p[slot ^ 1], alpha[slot ^ 1], pacch, d, pvn,
-                        pf_lines);
-            }
-            pend = true;
-            pv32 = v32;
-            pvalid = valid;
-            pacch = acch;
-            pvn = pf ? vn : NULL;
-            slot ^= 1;
-        } else {
-            pv_item(v32, hw, nc, g, valid, p[slot], alpha[slot], acch, d, pf ? vn : NULL,
-                    pf_lines);
-        }
+        pv_item(v32, hw, nc, g, valid, p, alpha, acch, d, pf ? vn : NULL, pf_lines);
 #endif
       }
     }
-#ifndef BF16DOT
-    if (pend) {
-        pv_item(pv32, hw, nc, g, pvalid, p[slot ^ 1], alpha[slot ^ 1], pacch, d, pvn, pf_lines);
-    }
-#endif
 
     if (out != NULL) {
         uniform pair * uniform o32 = (uniform pair * uniform)out;

@@ -38,10 +38,6 @@
 //! turns it off) sets how many blocks ahead the kernel prefetches K and V into L2, and how many
 //! 64-byte lines from the start of each 4 KiB page.
 //!
-//! `TANDEM_CPU_DECODE_PV_LAG` (read once; 1|0, default 0): `1` runs each block's PV in the ISPC
-//! builds after the next block's softmax instead of right after its own, so that the softmax's
-//! dependent chain can overlap independent work.
-//!
 //! `TANDEM_CPU_DECODE_HEADS` (read once; default all the KV heads the kernel's staging holds)
 //! sets how many KV heads one segment call walks together, block by block, so that a block's K
 //! (and V) rows of those heads are read as one contiguous run.
@@ -431,16 +427,6 @@ fn dot_requested() -> bool {
     *DOT.get_or_init(|| platform::env::switch("TANDEM_CPU_DECODE_DOT", false))
 }
 
-/// `TANDEM_CPU_DECODE_PV_LAG` (read once; 1|0, default 0): `1` has the ISPC builds run each
-/// (block, KV head) item's PV after the next item's softmax, so that the softmax's dependent
-/// chain (max, exp, sum, then the rescale factor) can overlap independent work instead of
-/// holding up the PV that needs its result. Opt-in until it is measured on the GPU host's
-/// cores; on an AVX2-only Zen 4 core it neither gained nor lost beyond the spread.
-fn pv_lag() -> bool {
-    static LAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LAG.get_or_init(|| platform::env::switch("TANDEM_CPU_DECODE_PV_LAG", false))
-}
-
 /// `TANDEM_CPU_DECODE_AMX` (read once): `1` runs QKᵀ on the tile unit where the CPU has AMX
 /// (see [`amx`]) at every group size, `0` never; unset, the AMX tier runs where the CPU has AMX
 /// and a KV head has at least [`AMX_MIN_GROUP`] query heads.
@@ -485,20 +471,13 @@ enum Path {
     IspcDot,
     Ispc,
     IspcAvx2,
-    /// The ISPC builds with each item's PV after the next item's softmax, whatever
-    /// `TANDEM_CPU_DECODE_PV_LAG` says.
-    #[cfg(test)]
-    IspcLag,
-    #[cfg(test)]
-    IspcAvx2Lag,
     Scalar,
 }
 
 /// How a path runs one segment.
 #[derive(Clone, Copy)]
 enum SegmentKernel {
-    /// An ISPC build's segment function, and whether it runs each PV one item late.
-    Ispc(SegmentFn, bool),
+    Ispc(SegmentFn),
     Rust(unsafe fn(&amx::SegArgs)),
 }
 
@@ -508,7 +487,7 @@ impl SegmentKernel {
     unsafe fn run(self, a: &amx::SegArgs) {
         match self {
             SegmentKernel::Rust(f) => f(a),
-            SegmentKernel::Ispc(f, lag) => f(
+            SegmentKernel::Ispc(f) => f(
                 a.q,
                 a.k_cache,
                 a.v_cache,
@@ -529,7 +508,6 @@ impl SegmentKernel {
                 a.part_stride as i64,
                 a.pf_ahead as i32,
                 a.pf_lines as i32,
-                lag as i32,
             ),
         }
     }
@@ -556,7 +534,6 @@ type SegmentFn = unsafe extern "C" fn(
     i64,
     i32,
     i32,
-    i32,
 );
 type MergeFn = unsafe extern "C" fn(*const f32, *const f32, i32, i32, i32, *mut u16);
 
@@ -576,9 +553,7 @@ impl Path {
     /// build's merge (ISPC's dispatch picks avx512 on every CPU with AMX or AVX-512).
     fn kernels(self) -> Option<(SegmentKernel, MergeFn)> {
         use amx_kernels::tile_ops::Hw;
-        let ispc = |f| Some(SegmentKernel::Ispc(f, pv_lag()));
-        #[cfg(test)]
-        let ispc_lag = |f| Some(SegmentKernel::Ispc(f, true));
+        let ispc = |f| Some(SegmentKernel::Ispc(f));
         let (seg, merge): (Option<SegmentKernel>, MergeFn) = match self {
             Path::Amx => (
                 Some(SegmentKernel::Rust(if amx_pv_requested() {
@@ -617,16 +592,6 @@ impl Path {
             ),
             Path::IspcAvx2 => (
                 ispc(sys::ispc_paged_decode_segment_bf16_avx2 as SegmentFn),
-                sys::ispc_paged_decode_merge_bf16_avx2,
-            ),
-            #[cfg(test)]
-            Path::IspcLag => (
-                ispc_lag(sys::ispc_paged_decode_segment_bf16 as SegmentFn),
-                sys::ispc_paged_decode_merge_bf16,
-            ),
-            #[cfg(test)]
-            Path::IspcAvx2Lag => (
-                ispc_lag(sys::ispc_paged_decode_segment_bf16_avx2 as SegmentFn),
                 sys::ispc_paged_decode_merge_bf16_avx2,
             ),
             Path::Scalar => return None,

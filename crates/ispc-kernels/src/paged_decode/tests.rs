@@ -158,16 +158,13 @@ impl Case {
     }
 }
 
-/// The ISPC builds to test here: the dispatched one (avx512 where the CPU has it) and the
-/// avx2-only one, each with and without its PV one item late, and the AVX512-BF16 one where the
-/// CPU has `vdpbf16ps`.
+/// The ISPC builds to test here: the dispatched one (avx512 where the CPU has it), the
+/// avx2-only one, and the AVX512-BF16 one where the CPU has `vdpbf16ps`.
 fn paths() -> Vec<Path> {
     let mut p = Vec::new();
     if platform::testing::tier_or_skip(platform::CpuTier::Avx2) {
         p.push(Path::Ispc);
         p.push(Path::IspcAvx2);
-        p.push(Path::IspcLag);
-        p.push(Path::IspcAvx2Lag);
     }
     if platform::testing::tier_or_skip(platform::CpuTier::Avx512Bf16) {
         p.push(Path::IspcDot);
