@@ -62,7 +62,7 @@ int main(int argc, char **argv) {
         k[i] = rnd_bf16();
         v[i] = rnd_bf16();
     }
-    int nh = 32 / g < kvh ? (32 / g > 0 ? 32 / g : 1) : kvh; // KV heads per call
+    int nh = 32 / g < kvh ? 32 / g : kvh; // KV heads per call (g <= 16: at least 2)
     static uint16_t q[32 * 128], out[32 * 128];
     for (int i = 0; i < 32 * 128; i++) {
         q[i] = rnd_bf16();
