@@ -3,8 +3,9 @@
 //! A 16-column block's weight row `p` is two ymm (columns 0–7, 8–15), each split into the
 //! even-k and odd-k f32 vectors by a shift and a mask.
 //!
-//! Registers: `MR ≤ 4` rows × one block (2 ymm) of accumulators (8 ymm), four widened weight
-//! vectors, two broadcasts: 14 of the 16 ymm.
+//! Registers: `MR ≤ 4` rows × one block (2 ymm) of accumulators (8 ymm; with `MR ≤ 2`, the
+//! even-k and odd-k products in separate ones, 4 or 8 ymm), four widened weight vectors, two
+//! broadcasts: at most 14 of the 16 ymm.
 
 use std::arch::x86_64::*;
 
@@ -45,7 +46,13 @@ unsafe fn micro<const MR: usize>(
     ldc: usize,
 ) {
     let hi = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    // Accumulators `[row][half][even-k, odd-k]`. With at most 2 rows the even and odd products
+    // go to separate registers, so that no accumulator takes two dependent FMAs a pair: with
+    // one shared register, MR = 1 ran 2 chains of 2 FMAs (8 cycles of latency a 64-byte weight
+    // row) and streamed the weight slower than one core reads it. With 3 or 4 rows the shared
+    // registers already give 6 or 8 chains, and separate ones would not fit the 16 ymm.
+    let np = if MR <= 2 { 2 } else { 1 };
+    let mut acc = [[[_mm256_setzero_ps(); 2]; 2]; MR];
     let pairs = k.div_ceil(2);
     for p in 0..pairs {
         let mut even = [_mm256_setzero_ps(); 2];
@@ -61,14 +68,19 @@ unsafe fn micro<const MR: usize>(
             let a0 = _mm256_set1_ps(f32::from_bits(bits << 16));
             let a1 = _mm256_set1_ps(f32::from_bits(bits & 0xFFFF_0000));
             for h in 0..2 {
-                accr[h] = _mm256_fmadd_ps(a0, even[h], accr[h]);
-                accr[h] = _mm256_fmadd_ps(a1, odd[h], accr[h]);
+                accr[h][0] = _mm256_fmadd_ps(a0, even[h], accr[h][0]);
+                accr[h][np - 1] = _mm256_fmadd_ps(a1, odd[h], accr[h][np - 1]);
             }
         }
     }
     for (r, accr) in acc.iter().enumerate() {
         for (h, v) in accr.iter().enumerate() {
-            _mm256_storeu_ps(c.add(r * ldc + h * 8), *v);
+            let sum = if np == 2 {
+                _mm256_add_ps(v[0], v[1])
+            } else {
+                v[0]
+            };
+            _mm256_storeu_ps(c.add(r * ldc + h * 8), sum);
         }
     }
 }
