@@ -33,15 +33,15 @@
 //     by alpha = exp(m_old - m_new), computed for all heads in one vector): with all the scores
 //     done first, the max -> exp -> sum chains of different heads overlap; tokens past the
 //     sequence's end get score -inf and weight 0;
-//   - PV in passes of 4 heads over 2 chunks of every row (avx512; 1 on avx2), the 16
-//     accumulators in registers across the block's tokens, each V word widened once for the 4
-//     heads, p[h][t] broadcast;
+//   - PV in passes of 8 heads over 1 chunk, then of 4 heads over 2 chunks of every row (avx512;
+//     4 heads over 1 chunk on avx2), the 16 accumulators in registers across the block's
+//     tokens, each V word widened once for all heads of the pass, p[h][t] broadcast;
 //   - K and V lines `pf_ahead` blocks ahead are prefetched to L2, spread over the passes.
 //   - The `_dot` build (BF16DOT, avx512 with AVX512-BF16) replaces all of the above per block
 //     by one C call (kernels/bf16dot.c: `vdpbf16ps` on the bf16 K rows, a vector softmax
 //     update, PV with each chunk's accumulators in registers across the block's tokens).
 // Registers (avx512, 32 zmm): QKᵀ holds 16 accumulators, 8 q vectors (4 heads × even, odd) and
-// the widened K word; PV 16 accumulators, 4 broadcast weights and 2 widened V words.
+// the widened K word; PV 16 accumulators, 4 or 8 broadcast weights and 2 widened V words.
 
 #include "bf16.isph"
 
@@ -136,6 +136,10 @@ static inline float fold4(float a, float b, float c, float d, uniform int s) {
 #define TT 16
 #define QK_NAME qk_pass_1
 #include "paged_decode_pass.isph"
+#define HG 8
+#define CC 1
+#define PV_NAME pv_chunks_8
+#include "paged_decode_pass.isph"
 #define HG 4
 #define CC 2
 #define PV_NAME pv_chunks_4
@@ -201,6 +205,8 @@ static inline float fold4(float a, float b, float c, float d, uniform int s) {
         }                                                                                      \
     }
 #if TARGET_WIDTH == 16
+#define pv_tail_8 pv_chunks_8 // passes of one chunk leave no tail
+PV_PASS(8, 1)
 PV_PASS(4, 2)
 PV_PASS(2, 4)
 PV_PASS(1, 4)
@@ -265,8 +271,9 @@ static noinline void block_softmax(uniform const float * uniform grp, uniform in
     }
 }
 
-// PV of one (block, KV head) item for all g heads: passes of 4 heads (then 2, 1) over CC chunks
-// at a time, accumulators in registers. p [g][16] and alpha [g] are the item's softmax output.
+// PV of one (block, KV head) item for all g heads: passes of 8 heads (avx512; each V word then
+// widened once for 8 heads, not twice), then 4, 2, 1, over CC chunks at a time, accumulators in
+// registers. p [g][16] and alpha [g] are the item's softmax output.
 static inline void pv_item(uniform const pair * uniform v32, uniform int hw, uniform int nc,
                            uniform int g, uniform int valid, uniform const float * uniform p,
                            uniform const float * uniform alpha, uniform float * uniform acch,
@@ -275,6 +282,12 @@ static inline void pv_item(uniform const pair * uniform v32, uniform int hw, uni
     uniform int h0 = 0;
 #ifdef SKIP_PV
     h0 = g;
+#endif
+#if TARGET_WIDTH == 16
+    for (; h0 + 8 <= g; h0 += 8) {
+        pv_pass_8(v32, hw, nc, valid, p + h0 * BLOCK, alpha + h0, acch + h0 * d, d,
+                  h0 == 0 ? vn : NULL, pf_lines);
+    }
 #endif
     for (; h0 + 4 <= g; h0 += 4) {
         pv_pass_4(v32, hw, nc, valid, p + h0 * BLOCK, alpha + h0, acch + h0 * d, d,

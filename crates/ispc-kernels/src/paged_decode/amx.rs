@@ -29,12 +29,12 @@
 //!   vector `j`: token `j·16/gp + l/gp`, head `l % gp`): max and sum over the vectors, then
 //!   across the lane groups by 128/256-bit swaps; the running max and sum are vectors in the same
 //!   lane pattern. The weights overwrite the scores.
-//! - PV in passes of up to 4 heads × 2 chunks (32 dims each) with the accumulators in
-//!   registers across the block's valid tokens, each V word widened once (shift: even dim,
-//!   mask: odd dim) for all heads of the pass, the weight broadcast; the accumulators `O` (f32,
-//!   `[nh·g][d]`, each chunk as `[16 even][16 odd]`, the ISPC avx512 build's partial-result
-//!   order) are rescaled by `alpha = e^(m_old - m_new)` as a pass loads them. V rows past the
-//!   sequence's end are never read.
+//! - PV in passes of 8 heads × 1 chunk, then of up to 4 heads × 2 chunks (32 dims each) with
+//!   the accumulators in registers across the block's valid tokens, each V word widened once
+//!   (shift: even dim, mask: odd dim) for all heads of the pass, the weight broadcast; the
+//!   accumulators `O` (f32, `[nh·g][d]`, each chunk as `[16 even][16 odd]`, the ISPC avx512
+//!   build's partial-result order) are rescaled by `alpha = e^(m_old - m_new)` as a pass loads
+//!   them. V rows past the sequence's end are never read.
 //! - The K and V pages of the block `pf_ahead` blocks on are prefetched to L2 (their first
 //!   `pf_lines` lines each), a few lines per token of PV.
 //!
@@ -521,11 +521,11 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch) 
     let tpv = 16 / gp; // tokens per score vector
     let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     let lane_tok = _mm512_srlv_epi32(iota, _mm512_set1_epi32(gp.trailing_zeros() as i32));
-    // PV passes of one KV head (4, 2, 1 heads; CC chunks then single ones), for spreading
+    // PV passes of one KV head (8, 4, 2, 1 heads; CC chunks then single ones), for spreading
     // the prefetches over its token loops.
     let passes = {
         let of = |cc: usize| chunks / cc + chunks % cc;
-        (g / 4) * of(2) + (g % 4 / 2) * of(4) + (g % 2) * of(4)
+        (g / 8) * chunks + (g % 8 / 4) * of(2) + (g % 4 / 2) * of(4) + (g % 2) * of(4)
     };
     let pf_lines = a.pf_lines.min(head_step * 2 / 64);
     // PV on tiles (`segment_pv`): two Sᵀ slots, tmm0 and tmm1.
@@ -647,7 +647,7 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch) 
             if let Some((ph, pb)) = pending.take() {
                 apply(sc, ph, pb);
             }
-            // PV, passes of 4, 2, 1 heads.
+            // PV, passes of 8, 4, 2, 1 heads (8 at once: each V word widened once for all 8).
             let acc = sc.o.as_mut_ptr().add(hh * g * d);
             let al = sc.alpha.as_ptr();
             let mut h = 0;
@@ -666,7 +666,11 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch) 
                     )
                 };
             }
-            while h + 4 <= g {
+            while h + 8 <= g {
+                pv!(8, 1);
+                h += 8;
+            }
+            if h + 4 <= g {
                 pv!(4, 2);
                 h += 4;
             }
