@@ -22,9 +22,12 @@
 //!   `Sᵀ` garbage, which the softmax masks), and Q, packed once per segment into VNNI pairs
 //!   (`[16 dim pairs][gp][2]` per 32 dims, zero columns past `g`), the B tiles: `d / 32` products
 //!   into one accumulator, stored to one of four score slots. The products run three (block, KV
-//!   head) items ahead of the vector work (`TANDEM_CPU_DECODE_AMX_LEAD`, 0 to 3), so that the
-//!   tile unit works while the vector units do PV, and a softmax reads scores stored long
-//!   before (tile stores do not forward to later loads).
+//!   head) items ahead of the vector work (`TANDEM_CPU_DECODE_AMX_LEAD`, 0 to 3), so that a
+//!   softmax reads scores stored long before (tile stores do not forward to later loads). The
+//!   tile unit does not work beside PV for free: on the GPU host a core running 512-bit FMAs
+//!   at full rate slows to about half speed while it also issues tile products (measured by
+//!   amx-kernels' `benches/tile_fma_overlap.c`; docs/BENCHMARKS.md, twenty-fourth session),
+//!   so the tier gains by the vector QKᵀ it removes, not by overlap.
 //! - The online softmax of all `gp` columns at once on the `gp` vectors of `Sᵀ` (lane `l` of
 //!   vector `j`: token `j·16/gp + l/gp`, head `l % gp`): max and sum over the vectors, then
 //!   across the lane groups by 128/256-bit swaps; the running max and sum are vectors in the same
