@@ -14,7 +14,8 @@
 //! `cpu_gemm_bf16_cold`, `cpu_gemm_int8_cold`); without it one weight is reused and whatever of
 //! it the L3 holds is read from there. An entry `NxK` of `GEMM_SHAPES` (`28672x4096`) adds a
 //! plain product of that shape (no epilogue), named `NxK`. `GEMM_CEILING_STEPS` sets the K
-//! steps a thread of each `amx_ceiling` call (4096 by default). `TANDEM_AMX_PROFILE=1` prints
+//! steps a thread of each `amx_ceiling` call (4096 by default), `GEMM_OVERLAP` the rounds of
+//! `amx_fma_overlap` (tile products beside FMAs on each core). `TANDEM_AMX_PROFILE=1` prints
 //! after each GEMM cell where its calls' time went (`amx_kernels::gemm::profile`; warm-up
 //! included).
 
@@ -329,11 +330,57 @@ fn bench_fma_ceiling(c: &mut Criterion) {
     g.finish();
 }
 
+/// Tile products beside 512-bit FMAs on one core (`amx_kernels::gemm::ceiling::overlap_ceiling`),
+/// every pool thread at once: elem/s are rounds a second on each core, so 1e9 / elem/s is ns a
+/// round. `GEMM_OVERLAP=F/T/C,...` picks the rounds (F FMAs, T products, C chained multiplies),
+/// named `fF_tT_cC`; run with `TANDEM_THREADS=1` for one core alone.
+fn bench_overlap_ceiling(c: &mut Criterion) {
+    use amx_kernels::gemm::ceiling::{overlap_ceiling, Overlap};
+    if !selected("GEMM_GROUPS", "ceiling") {
+        return;
+    }
+    let spec = std::env::var("GEMM_OVERLAP").unwrap_or_else(|_| {
+        "128/0/0,0/4/0,64/4/0,128/1/0,128/4/0,256/4/0,128/0/64,128/1/64,1024/1/0,8192/1/0".into()
+    });
+    let mut mixes = Vec::new();
+    for item in spec.split(',') {
+        let n: Vec<_> = item.split('/').map(|x| x.trim().parse::<usize>()).collect();
+        match n[..] {
+            [Ok(fmas), Ok(products), Ok(chain)] => mixes.push(Overlap {
+                fmas,
+                products,
+                chain,
+            }),
+            _ => {
+                eprintln!("amx_fma_overlap: GEMM_OVERLAP entry {item:?} is not F/T/C; skipped");
+                return;
+            }
+        }
+    }
+    let mut g = configure(c, "amx_fma_overlap");
+    for mix in mixes {
+        // About two million cycles a call at the parts' own rates (1 ms at 2 GHz).
+        let rounds = (2_000_000 / mix.ideal_cycles().max(1)).max(1);
+        let n = match overlap_ceiling(mix, rounds) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("amx_fma_overlap: {mix:?} skipped: {e}");
+                continue;
+            }
+        };
+        g.throughput(Throughput::Elements(n));
+        let name = format!("f{}_t{}_c{}", mix.fmas, mix.products, mix.chain);
+        g.bench_function(name, |b| b.iter(|| overlap_ceiling(mix, rounds).unwrap()));
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_dram_read,
     bench_fma_ceiling,
     bench_amx_ceiling,
+    bench_overlap_ceiling,
     bench_gemm_bf16,
     bench_gemm_int8
 );

@@ -25,6 +25,12 @@
 //!
 //! And [`simd_fma_ceiling`]: 512-bit f32 FMAs on registers only, every pool thread at once, the
 //! vector units' own ceiling (which the SIMD tiers, and the CPU paged decode attention, share).
+//!
+//! And [`overlap_ceiling`]: whether a core's tile products and its 512-bit FMAs run side by
+//! side. Each round issues a given number of FMAs, `tdpbf16ps` on resident tiles and dependent
+//! scalar multiplies (a clock: 3 cycles each, whatever the vector units do), block by block;
+//! the time a round against each part alone says which part bounds it and at what clock. The
+//! AMX decode tier of the CPU paged attention (ispc-kernels) mixes exactly these.
 
 use std::cell::RefCell;
 
@@ -49,6 +55,42 @@ pub enum Ceiling {
     L1ADb,
     L2Db,
     L1Int8,
+}
+
+/// What one round of [`overlap_ceiling`] issues on each pool thread, interleaved in steps: a
+/// step issues 32 of the FMAs, one of the products and 32 of the multiplies, as long as each
+/// part has any left, so the shorter parts run at the round's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overlap {
+    /// Independent 512-bit f32 FMAs (eight accumulators, products of zeros: no denormals); a
+    /// multiple of 32. Two ports retire two a cycle: `fmas / 2` cycles alone.
+    pub fmas: usize,
+    /// `tdpbf16ps` on resident zeroed 16 × 64-byte tiles, four accumulators in turn: 16 cycles
+    /// each alone.
+    pub products: usize,
+    /// A chain of dependent 64-bit `imul` (3 cycles each, which nothing shortens); a multiple
+    /// of 32. Where its `3 · chain` cycles exceed the rest's, it bounds the round, and
+    /// `3 · chain` over the ns a round is the core's clock in GHz while the rest runs beside.
+    pub chain: usize,
+}
+
+impl Overlap {
+    fn check(&self) -> Result<()> {
+        if !self.fmas.is_multiple_of(32)
+            || !self.chain.is_multiple_of(32)
+            || self.fmas + self.products + self.chain == 0
+        {
+            return Err(Error::Shape(format!(
+                "overlap ceiling: {self:?}: FMAs and multiplies must be multiples of 32, and a round must issue something"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Cycles a round takes if its parts all run side by side at their own rates.
+    pub fn ideal_cycles(&self) -> usize {
+        (self.fmas / 2).max(16 * self.products).max(3 * self.chain)
+    }
 }
 
 thread_local! {
@@ -307,4 +349,209 @@ unsafe fn fma_rounds(steps: usize) {
         out("zmm10") _, out("zmm11") _, out("zmm16") _, out("zmm17") _,
         options(nostack, nomem),
     );
+}
+
+/// Runs `rounds` rounds of `mix` on every pool thread at once (AVX-512F hosts; AMX where the
+/// round issues tile products); returns the rounds each thread ran (all threads run side by
+/// side, so a call's time over this is the time of one round on a core).
+pub fn overlap_ceiling(mix: Overlap, rounds: usize) -> Result<u64> {
+    overlap_here(mix, 0)?;
+    let rounds = rounds.max(1);
+    platform::pool()
+        .broadcast(|_| overlap_here(mix, rounds))
+        .into_iter()
+        .collect::<Result<Vec<()>>>()?;
+    Ok(rounds as u64)
+}
+
+/// Runs `rounds` rounds of `mix` on the calling thread only (0 checks and returns): a load for
+/// one core beside other work on the others.
+pub fn overlap_here(mix: Overlap, rounds: usize) -> Result<()> {
+    mix.check()?;
+    let caps = platform::cpu_caps();
+    if (mix.products > 0 && caps.best_tier() != platform::CpuTier::Amx) || !caps.avx512f {
+        return Err(Error::Unsupported {
+            needed: if caps.avx512f { "AMX" } else { "AVX-512F" },
+            have: caps.best_tier(),
+        });
+    }
+    if rounds > 0 {
+        // SAFETY: AVX-512F, and AMX if products are issued, are usable (checked above); nothing
+        // touches memory but the tile configuration.
+        unsafe { overlap_rounds(mix, rounds) }
+    }
+    Ok(())
+}
+
+/// # Safety
+/// AVX-512F is present, and AMX is usable if `mix.products > 0`.
+#[target_feature(enable = "avx512f")]
+unsafe fn overlap_rounds(mix: Overlap, rounds: usize) {
+    let tiles = mix.products > 0;
+    if tiles {
+        let mut cfg = TileConfig::palette1();
+        for t in 0..8 {
+            cfg.set(t, 16, 64);
+        }
+        Hw::config(&cfg);
+        Hw::zero::<0>();
+        Hw::zero::<1>();
+        Hw::zero::<2>();
+        Hw::zero::<3>();
+        Hw::zero::<4>();
+        Hw::zero::<5>();
+    }
+    let (fb, mb) = (mix.fmas / 32, mix.chain / 32);
+    let steps = fb.max(mix.products).max(mb);
+    let mut x = 1u64; // 1 · 1 stays 1
+    for _ in 0..rounds {
+        for i in 0..steps {
+            if i < fb {
+                fma_block();
+            }
+            if i < mix.products {
+                match i % 4 {
+                    0 => dp::<Hw, false, 0, 4, 5>(),
+                    1 => dp::<Hw, false, 1, 4, 5>(),
+                    2 => dp::<Hw, false, 2, 4, 5>(),
+                    _ => dp::<Hw, false, 3, 4, 5>(),
+                }
+            }
+            if i < mb {
+                x = mul_block(x);
+            }
+        }
+    }
+    std::hint::black_box(x);
+    if tiles {
+        Hw::release();
+    }
+}
+
+macro_rules! fma8 {
+    () => {
+        concat!(
+            "vfmadd231ps zmm0, zmm16, zmm17\n",
+            "vfmadd231ps zmm1, zmm16, zmm17\n",
+            "vfmadd231ps zmm2, zmm16, zmm17\n",
+            "vfmadd231ps zmm3, zmm16, zmm17\n",
+            "vfmadd231ps zmm4, zmm16, zmm17\n",
+            "vfmadd231ps zmm5, zmm16, zmm17\n",
+            "vfmadd231ps zmm6, zmm16, zmm17\n",
+            "vfmadd231ps zmm7, zmm16, zmm17\n",
+        )
+    };
+}
+
+/// 32 independent 512-bit FMAs on eight accumulators, all zeroed first (zeroing idioms, which
+/// take no execution port).
+///
+/// # Safety
+/// AVX-512F is present.
+#[inline(always)]
+unsafe fn fma_block() {
+    std::arch::asm!(
+        "vpxord zmm16, zmm16, zmm16", "vpxord zmm17, zmm17, zmm17",
+        "vpxord zmm0, zmm0, zmm0", "vpxord zmm1, zmm1, zmm1", "vpxord zmm2, zmm2, zmm2",
+        "vpxord zmm3, zmm3, zmm3", "vpxord zmm4, zmm4, zmm4", "vpxord zmm5, zmm5, zmm5",
+        "vpxord zmm6, zmm6, zmm6", "vpxord zmm7, zmm7, zmm7",
+        fma8!(), fma8!(), fma8!(), fma8!(),
+        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+        out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm16") _, out("zmm17") _,
+        options(nostack, nomem),
+    );
+}
+
+macro_rules! mul8 {
+    () => {
+        concat!(
+            "imul {x}, {x}\n",
+            "imul {x}, {x}\n",
+            "imul {x}, {x}\n",
+            "imul {x}, {x}\n",
+            "imul {x}, {x}\n",
+            "imul {x}, {x}\n",
+            "imul {x}, {x}\n",
+            "imul {x}, {x}\n",
+        )
+    };
+}
+
+/// 32 dependent 64-bit multiplies of `x` by itself.
+#[inline(always)]
+fn mul_block(mut x: u64) -> u64 {
+    // SAFETY: registers only.
+    unsafe {
+        std::arch::asm!(
+            mul8!(), mul8!(), mul8!(), mul8!(),
+            x = inout(reg) x,
+            options(nostack, nomem),
+        );
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_rejects_partial_blocks_and_empty_rounds() {
+        for mix in [
+            Overlap {
+                fmas: 48,
+                products: 1,
+                chain: 0,
+            },
+            Overlap {
+                fmas: 0,
+                products: 0,
+                chain: 40,
+            },
+            Overlap {
+                fmas: 0,
+                products: 0,
+                chain: 0,
+            },
+        ] {
+            let e = overlap_ceiling(mix, 1).unwrap_err().to_string();
+            assert!(e.contains("multiples of 32"), "{mix:?}: {e}");
+        }
+    }
+
+    /// The probe runs where its instructions exist, and says what is missing where they don't.
+    #[test]
+    fn overlap_runs_or_names_what_is_missing() {
+        let caps = platform::cpu_caps();
+        for mix in [
+            Overlap {
+                fmas: 64,
+                products: 0,
+                chain: 32,
+            },
+            Overlap {
+                fmas: 64,
+                products: 2,
+                chain: 32,
+            },
+        ] {
+            match overlap_ceiling(mix, 3) {
+                Ok(r) => assert_eq!(r, 3),
+                Err(Error::Unsupported { needed, .. }) => {
+                    assert!(!caps.avx512f || (mix.products > 0 && needed == "AMX"));
+                    eprintln!("overlap ceiling {mix:?}: skipped, this machine lacks {needed}");
+                }
+                Err(e) => panic!("{mix:?}: {e}"),
+            }
+        }
+        assert_eq!(
+            Overlap {
+                fmas: 128,
+                products: 4,
+                chain: 32
+            }
+            .ideal_cycles(),
+            96
+        );
+    }
 }

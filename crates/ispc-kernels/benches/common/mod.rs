@@ -222,6 +222,138 @@ pub fn xor_words_avx512(w: &[u64]) -> u64 {
     lanes.iter().fold(tail, |a, b| a ^ b)
 }
 
+/// The plain read of [`read_all`] with `fmas` independent 512-bit FMAs (products of zeros, a
+/// multiple of 4) after each 64-byte line: a reader with a kernel's compute per byte, so that
+/// what the kernel loses against the plain read can be set beside what compute alone costs a
+/// reader. AVX-512F only (`None` elsewhere).
+pub fn read_with_fmas(bufs: [&[bf16]; 2], fmas: usize) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return Some(platform::pool().install(|| {
+            bufs.iter()
+                .map(|b| {
+                    // SAFETY: HostBuf is 4 KiB aligned and any bit pattern is a valid u64.
+                    let (_, words, _) = unsafe { b.align_to::<u64>() };
+                    words
+                        .par_chunks(1 << 15)
+                        // SAFETY: AVX-512F was just detected.
+                        .map(|w| unsafe { xor_lines_fma(w, fmas / 4) })
+                        .reduce(|| 0, |a, b| a ^ b)
+                })
+                .fold(0, |a, b| a ^ b)
+        }));
+    }
+    let _ = (bufs, fmas);
+    None
+}
+
+/// XOR of the whole 64-byte lines of `w`, with `groups` × 4 FMAs after each line.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn xor_lines_fma(w: &[u64], groups: usize) -> u64 {
+    let lines = w.len() / 8;
+    if lines == 0 {
+        return 0;
+    }
+    let mut lanes = [0u64; 8];
+    std::arch::asm!(
+        "vpxord zmm16, zmm16, zmm16",
+        "vpxord zmm17, zmm17, zmm17",
+        "vpxord zmm20, zmm20, zmm20",
+        "2:",
+        "vpxorq zmm20, zmm20, zmmword ptr [{p}]",
+        "mov {c}, {g}",
+        "test {c}, {c}",
+        "jz 4f",
+        "vpxord zmm0, zmm0, zmm0", "vpxord zmm1, zmm1, zmm1",
+        "vpxord zmm2, zmm2, zmm2", "vpxord zmm3, zmm3, zmm3",
+        "3:",
+        "vfmadd231ps zmm0, zmm16, zmm17", "vfmadd231ps zmm1, zmm16, zmm17",
+        "vfmadd231ps zmm2, zmm16, zmm17", "vfmadd231ps zmm3, zmm16, zmm17",
+        "dec {c}",
+        "jnz 3b",
+        "4:",
+        "add {p}, 64",
+        "cmp {p}, {end}",
+        "jb 2b",
+        "vmovdqu64 zmmword ptr [{out}], zmm20",
+        p = inout(reg) w.as_ptr() => _,
+        end = in(reg) w.as_ptr().add(lines * 8),
+        g = in(reg) groups,
+        c = out(reg) _,
+        out = in(reg) lanes.as_mut_ptr(),
+        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+        out("zmm16") _, out("zmm17") _, out("zmm20") _,
+        options(nostack),
+    );
+    lanes.iter().fold(0, |a, b| a ^ b)
+}
+
+/// What the other half of the pool does while [`read_half`]'s readers read.
+#[derive(Clone, Copy, Debug)]
+pub enum Beside {
+    /// Nothing (the pool's threads linger, then sleep).
+    Idle,
+    /// 512-bit FMAs at the vector units' full rate.
+    Fmas,
+    /// AMX tile products on resident tiles.
+    Tiles,
+}
+
+/// The plain read of both buffers by the first half of the pool's threads (each a contiguous
+/// share), while the other half runs `beside` until every reader is done: whether a core's
+/// compute lowers what the other cores read (a shared power budget) or not. `None` where the
+/// pool has fewer than 2 threads or `beside` cannot run here.
+pub fn read_half(bufs: [&[bf16]; 2], beside: Beside) -> Option<u64> {
+    use amx_kernels::gemm::ceiling::{overlap_here, Overlap};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let n = platform::pool_threads();
+    let readers = n / 2;
+    let mix = match beside {
+        Beside::Idle => None,
+        Beside::Fmas => Some(Overlap {
+            fmas: 128,
+            products: 0,
+            chain: 0,
+        }),
+        Beside::Tiles => Some(Overlap {
+            fmas: 0,
+            products: 4,
+            chain: 0,
+        }),
+    };
+    if readers == 0 || mix.is_some_and(|m| overlap_here(m, 0).is_err()) {
+        return None;
+    }
+    // SAFETY: HostBuf is 4 KiB aligned and any bit pattern is a valid u64.
+    let words: Vec<&[u64]> = bufs
+        .iter()
+        .map(|b| unsafe { b.align_to::<u64>().1 })
+        .collect();
+    let done = AtomicUsize::new(0);
+    let xs = platform::pool().broadcast(|ctx| {
+        let i = ctx.index();
+        if i < readers {
+            let mut x = 0;
+            for w in &words {
+                let share = w.len().div_ceil(readers);
+                let lo = (i * share).min(w.len());
+                x ^= xor_words(&w[lo..(lo + share).min(w.len())]);
+            }
+            done.fetch_add(1, Ordering::Release);
+            x
+        } else {
+            if let Some(m) = mix {
+                while done.load(Ordering::Acquire) < readers {
+                    let _ = overlap_here(m, 256);
+                }
+            }
+            0
+        }
+    });
+    Some(xs.iter().fold(0, |a, b| a ^ b))
+}
+
 /// Blocks per task of the kernel-order read (the kernel's segments are of this order).
 pub const ORDER_TASK_BLOCKS: usize = 64;
 
