@@ -7,7 +7,9 @@
 # 2. The paged decode, paired with the plain read (b64_ctx4k, 1 GiB): g = 4 with readers that
 #    issue 0–32 FMAs a line and half the pool reading beside FMAs or tiles, g = 8 on the AMX
 #    tier (and PV on tiles), g = 1; g = 4 on 1 and 8 threads with readers' FMAs.
+# RUNS (default: all) names the paired runs to make, e.g. RUNS=g4_t16 for a short call.
 set -u
+RUNS=${RUNS:-g4_t16 g8amx_t16 g8amxpv_t16 g1_t16 g4_t1 g4_t8}
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/tile_fma; mkdir -p "$L"
 cd "$here"
 lscpu > "$L/lscpu.txt" 2>&1
@@ -25,6 +27,7 @@ ov 16 "0/0/64,128/0/64,0/4/64,0/16/0,128/0/0,128/1/64"
 for c in "128 0" "128 1" "0 4" "128 4"; do bin/tile_fma_overlap 1 $c; done 2>&1 | tee "$L/c_probe.log"
 pr() {
     tag=$1; shift
+    [[ " $RUNS " == *" $tag "* ]] || return 0
     env PAIRED_ROUNDS=5 "$@" benches/ispc_kernels__paged_decode_paired b64_ctx4k > "$L/$tag.log" 2>&1
     echo "== $tag"; grep -A12 "^case" "$L/$tag.log" | grep -v "^case"
 }
