@@ -186,6 +186,11 @@ pub fn xor_words(w: &[u64]) -> u64 {
         // SAFETY: the feature was just detected.
         return unsafe { xor_words_avx512(w) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the feature was just detected.
+        return unsafe { xor_words_avx2(w) };
+    }
     w.chunks(4)
         .fold([0u64; 4], |mut a, c| {
             for (x, y) in a.iter_mut().zip(c) {
@@ -219,6 +224,33 @@ pub fn xor_words_avx512(w: &[u64]) -> u64 {
     let mut lanes = [0u64; 8];
     // SAFETY: lanes holds 64 bytes.
     unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, v) };
+    lanes.iter().fold(tail, |a, b| a ^ b)
+}
+
+/// [`xor_words`] on AVX2: four 256-bit accumulators, so that the read, not the XORs, bounds it
+/// (the scalar fold reads about a fifth of what the memory gives on AVX2 hosts).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub fn xor_words_avx2(w: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let blocks = w.len() / 16;
+    for i in 0..blocks {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: 4 words at 16·i + 4·j lie inside w (i < len / 16).
+            *a = _mm256_xor_si256(*a, unsafe {
+                _mm256_loadu_si256(w.as_ptr().add(16 * i + 4 * j) as *const _)
+            });
+        }
+    }
+    let v = _mm256_xor_si256(
+        _mm256_xor_si256(acc[0], acc[1]),
+        _mm256_xor_si256(acc[2], acc[3]),
+    );
+    let tail = w[blocks * 16..].iter().fold(0, |a, b| a ^ b);
+    let mut lanes = [0u64; 4];
+    // SAFETY: lanes holds 32 bytes.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut _, v) };
     lanes.iter().fold(tail, |a, b| a ^ b)
 }
 
