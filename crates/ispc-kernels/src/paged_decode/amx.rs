@@ -25,9 +25,11 @@
 //!   head) items ahead of the vector work (`TANDEM_CPU_DECODE_AMX_LEAD`, 0 to 3), so that a
 //!   softmax reads scores stored long before (tile stores do not forward to later loads). The
 //!   tile unit does not work beside PV for free: on the GPU host a core running 512-bit FMAs
-//!   at full rate slows to about half speed while it also issues tile products (measured by
-//!   amx-kernels' `benches/tile_fma_overlap.c`; docs/BENCHMARKS.md, twenty-fourth session),
-//!   so the tier gains by the vector QKᵀ it removes, not by overlap.
+//!   at full rate slows to about half speed while it also issues tile products, from a lower
+//!   clock (2.35 → 1.77 GHz) and fewer FMAs a cycle, unless some 4,000 FMAs or more separate
+//!   the products (amx-kernels' `amx_fma_overlap` bench group and `benches/tile_fma_overlap.c`;
+//!   docs/BENCHMARKS.md, twenty-fourth and twenty-fifth sessions), so the tier gains by the
+//!   vector QKᵀ it removes, not by overlap.
 //! - The online softmax of all `gp` columns at once on the `gp` vectors of `Sᵀ` (lane `l` of
 //!   vector `j`: token `j·16/gp + l/gp`, head `l % gp`): max and sum over the vectors, then
 //!   across the lane groups by 128/256-bit swaps; the running max and sum are vectors in the same
