@@ -163,18 +163,21 @@ impl Data {
 }
 
 /// The plain parallel read of the same bytes on the same pool: each task XORs 256 KiB with
-/// 64-byte loads into four independent accumulators (AVX-512 where present), so that nothing
-/// but the loads limits it.
+/// 64-byte loads into four independent accumulators (AVX-512 where present; elsewhere
+/// `platform::membw::read_words`, which vectorizes on any tier), so that nothing but the loads
+/// limits it.
 pub fn read_all(bufs: [&[bf16]; 2]) -> u64 {
+    read_chunks(bufs, xor_words)
+}
+
+/// `f` over both buffers as words, 256 KiB a task on the pool; the results XORed.
+fn read_chunks(bufs: [&[bf16]; 2], f: impl Fn(&[u64]) -> u64 + Sync) -> u64 {
     platform::pool().install(|| {
         bufs.iter()
             .map(|b| {
                 // SAFETY: HostBuf is 4 KiB aligned and any bit pattern is a valid u64.
                 let (_, words, _) = unsafe { b.align_to::<u64>() };
-                words
-                    .par_chunks(1 << 15)
-                    .map(xor_words)
-                    .reduce(|| 0, |a, b| a ^ b)
+                words.par_chunks(1 << 15).map(&f).reduce(|| 0, |a, b| a ^ b)
             })
             .fold(0, |a, b| a ^ b)
     })
@@ -186,20 +189,9 @@ pub fn xor_words(w: &[u64]) -> u64 {
         // SAFETY: the feature was just detected.
         return unsafe { xor_words_avx512(w) };
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the feature was just detected.
-        return unsafe { xor_words_avx2(w) };
-    }
-    w.chunks(4)
-        .fold([0u64; 4], |mut a, c| {
-            for (x, y) in a.iter_mut().zip(c) {
-                *x ^= y;
-            }
-            a
-        })
-        .iter()
-        .fold(0, |a, b| a ^ b)
+    // Elsewhere the platform's reader, whose adds vectorize on any tier (a scalar XOR fold read
+    // a fifth of what the memory gives on AVX2 hosts).
+    platform::membw::read_words(w)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -227,33 +219,6 @@ pub fn xor_words_avx512(w: &[u64]) -> u64 {
     lanes.iter().fold(tail, |a, b| a ^ b)
 }
 
-/// [`xor_words`] on AVX2: four 256-bit accumulators, so that the read, not the XORs, bounds it
-/// (the scalar fold reads about a fifth of what the memory gives on AVX2 hosts).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-pub fn xor_words_avx2(w: &[u64]) -> u64 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_si256(); 4];
-    let blocks = w.len() / 16;
-    for i in 0..blocks {
-        for (j, a) in acc.iter_mut().enumerate() {
-            // SAFETY: 4 words at 16·i + 4·j lie inside w (i < len / 16).
-            *a = _mm256_xor_si256(*a, unsafe {
-                _mm256_loadu_si256(w.as_ptr().add(16 * i + 4 * j) as *const _)
-            });
-        }
-    }
-    let v = _mm256_xor_si256(
-        _mm256_xor_si256(acc[0], acc[1]),
-        _mm256_xor_si256(acc[2], acc[3]),
-    );
-    let tail = w[blocks * 16..].iter().fold(0, |a, b| a ^ b);
-    let mut lanes = [0u64; 4];
-    // SAFETY: lanes holds 32 bytes.
-    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut _, v) };
-    lanes.iter().fold(tail, |a, b| a ^ b)
-}
-
 /// The plain read of [`read_all`] with `fmas` independent 512-bit FMAs (products of zeros, a
 /// multiple of 4) after each 64-byte line: a reader with a kernel's compute per byte, so that
 /// what the kernel loses against the plain read can be set beside what compute alone costs a
@@ -261,19 +226,8 @@ pub fn xor_words_avx2(w: &[u64]) -> u64 {
 pub fn read_with_fmas(bufs: [&[bf16]; 2], fmas: usize) -> Option<u64> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        return Some(platform::pool().install(|| {
-            bufs.iter()
-                .map(|b| {
-                    // SAFETY: HostBuf is 4 KiB aligned and any bit pattern is a valid u64.
-                    let (_, words, _) = unsafe { b.align_to::<u64>() };
-                    words
-                        .par_chunks(1 << 15)
-                        // SAFETY: AVX-512F was just detected.
-                        .map(|w| unsafe { xor_lines_fma(w, fmas / 4) })
-                        .reduce(|| 0, |a, b| a ^ b)
-                })
-                .fold(0, |a, b| a ^ b)
-        }));
+        // SAFETY: AVX-512F was just detected.
+        return Some(read_chunks(bufs, |w| unsafe { xor_lines_fma(w, fmas / 4) }));
     }
     let _ = (bufs, fmas);
     None
