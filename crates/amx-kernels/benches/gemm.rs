@@ -243,15 +243,7 @@ fn bench_dram_read(c: &mut Criterion) {
         b.iter(|| {
             platform::pool().install(|| {
                 buf.par_chunks(1 << 18)
-                    .map(|ch| {
-                        let mut s = [0u64; 8];
-                        for v in ch.chunks_exact(8) {
-                            for j in 0..8 {
-                                s[j] = s[j].wrapping_add(v[j]);
-                            }
-                        }
-                        s.iter().fold(0u64, |x, y| x ^ y)
-                    })
+                    .map(platform::membw::read_words)
                     .reduce(|| 0, |x, y| x ^ y)
             })
         })
