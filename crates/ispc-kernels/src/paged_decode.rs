@@ -46,8 +46,9 @@
 //! instead (`paged_decode/amx.rs`: QKᵀ on tiles, softmax and PV on AVX-512), 10–30% faster
 //! than the ISPC build there on the GPU host and slower at fewer heads;
 //! `TANDEM_CPU_DECODE_AMX=1` or `0` forces it on or off at every group size, and
-//! `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 3, default 3) sets how many (block, KV head) items its
-//! tile products run ahead of the vector work. `TANDEM_CPU_DECODE_AMX_PV=1` runs PV on tiles
+//! `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 7, default 3) sets how many (block, KV head) items its
+//! tile products run ahead of the vector work and `TANDEM_CPU_DECODE_AMX_BURST` (1 to 4,
+//! default 1) how many items' products it issues together. `TANDEM_CPU_DECODE_AMX_PV=1` runs PV on tiles
 //! too (up to 8 query heads per KV head; each block's weights rounded to bf16 for the products,
 //! which moves the output by at most 2⁻⁸ of Σp·|v| / Σp), leaving the vector units the softmax
 //! and one rescale-and-add per block. On the GPU host (`anchors/ispc_hybrid.sh`, paired
@@ -468,6 +469,12 @@ enum Path {
     AmxPv,
     #[cfg(test)]
     AmxPvEmu,
+    /// The AMX tier with its products in bursts of four items ([`amx::Schedule`]), four items
+    /// ahead on the hardware, three on the emulator.
+    #[cfg(test)]
+    AmxBurst,
+    #[cfg(test)]
+    AmxBurstEmu,
     IspcDot,
     Ispc,
     IspcAvx2,
@@ -579,6 +586,18 @@ impl Path {
             Path::AmxPvEmu => (
                 Some(SegmentKernel::Rust(
                     amx::segment_pv::<amx_kernels::tile_ops::Emu>,
+                )),
+                sys::ispc_paged_decode_merge_bf16,
+            ),
+            #[cfg(test)]
+            Path::AmxBurst => (
+                Some(SegmentKernel::Rust(amx::segment_sched::<Hw, 4, 4>)),
+                sys::ispc_paged_decode_merge_bf16,
+            ),
+            #[cfg(test)]
+            Path::AmxBurstEmu => (
+                Some(SegmentKernel::Rust(
+                    amx::segment_sched::<amx_kernels::tile_ops::Emu, 3, 4>,
                 )),
                 sys::ispc_paged_decode_merge_bf16,
             ),

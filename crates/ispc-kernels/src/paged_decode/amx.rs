@@ -21,15 +21,17 @@
 //!   × 32 dims each, read in place: rows past the sequence's end only make their own rows of
 //!   `Sᵀ` garbage, which the softmax masks), and Q, packed once per segment into VNNI pairs
 //!   (`[16 dim pairs][gp][2]` per 32 dims, zero columns past `g`), the B tiles: `d / 32` products
-//!   into one accumulator, stored to one of four score slots. The products run three (block, KV
-//!   head) items ahead of the vector work (`TANDEM_CPU_DECODE_AMX_LEAD`, 0 to 3), so that a
-//!   softmax reads scores stored long before (tile stores do not forward to later loads). The
-//!   tile unit does not work beside PV for free: on the GPU host a core running 512-bit FMAs
-//!   at full rate slows to about half speed while it also issues tile products, from a lower
-//!   clock (2.35 → 1.77 GHz) and fewer FMAs a cycle, unless some 4,000 FMAs or more separate
-//!   the products (amx-kernels' `amx_fma_overlap` bench group and `benches/tile_fma_overlap.c`;
-//!   docs/BENCHMARKS.md, twenty-fourth and twenty-fifth sessions), so the tier gains by the
-//!   vector QKᵀ it removes, not by overlap.
+//!   into one of four accumulators, stored to one of eight score slots in memory. The products
+//!   run ahead of the vector work ([`Schedule`]: by default each item's three (block, KV head)
+//!   items ahead, `TANDEM_CPU_DECODE_AMX_LEAD`, 0 to 7; `TANDEM_CPU_DECODE_AMX_BURST`, 1 to 4,
+//!   issues that many items' products together), so that a softmax reads scores stored long
+//!   before (tile stores do not forward to later loads). The tile unit does not work beside PV
+//!   for free: on the GPU host a core running 512-bit FMAs at full rate slows to about half
+//!   speed while it also issues tile products, from a lower clock (2.35 → 1.77 GHz) and fewer
+//!   FMAs a cycle, unless some 4,000 FMAs or more separate the products (amx-kernels'
+//!   `amx_fma_overlap` bench group; docs/BENCHMARKS.md, twenty-fourth and twenty-fifth
+//!   sessions), so the tier gains by the vector QKᵀ it removes, not by overlap; bursts of four
+//!   items put four items' PV between two bursts.
 //! - The online softmax of all `gp` columns at once on the `gp` vectors of `Sᵀ` (lane `l` of
 //!   vector `j`: token `j·16/gp + l/gp`, head `l % gp`): max and sum over the vectors, then
 //!   across the lane groups by 128/256-bit swaps; the running max and sum are vectors in the same
@@ -107,9 +109,9 @@ struct Scratch {
     qt: [u16; 4 * MAX_CALL_ELEMS],
     /// O, `[nh·g][d]` with each 32-dim chunk as `[16 even][16 odd]`.
     o: [f32; MAX_CALL_ELEMS],
-    /// `Sᵀ` of four (block, KV head) items in flight, `[4][16][gp]` (rows `MAX_GP` apart);
-    /// then the weights.
-    s: [f32; 4 * BLOCK_SIZE * MAX_GP],
+    /// `Sᵀ` of up to [`S_SLOTS`] (block, KV head) items in flight, `[S_SLOTS][16][gp]` (rows
+    /// `MAX_GP` apart); then the weights.
+    s: [f32; S_SLOTS * BLOCK_SIZE * MAX_GP],
     /// The running max and sum of each KV head's columns, in the softmax's lane pattern.
     m: [[f32; 16]; MAX_CALL_HEADS],
     l: [[f32; 16]; MAX_CALL_HEADS],
@@ -123,25 +125,59 @@ struct Scratch {
     pv_alpha: [[f32; 16]; 2],
 }
 
+/// Score slots in memory: up to eight items' `Sᵀ` stored ahead of their softmax ([`Schedule`]).
+const S_SLOTS: usize = 8;
+
 /// Most query heads per KV head (padded) for which [`segment_pv`] runs PV on tiles; past it,
 /// on AVX-512 as [`segment`] does.
 const PV_MAX_GP: usize = 8;
 
 thread_local! {
-    /// Each pool thread's scratch (about 75 KiB; allocated once, reused by every segment).
+    /// Each pool thread's scratch (about 77 KiB; allocated once, reused by every segment).
     static SCRATCH: RefCell<Option<Box<Scratch>>> = const { RefCell::new(None) };
 }
 
-/// Items (block, KV head) whose tile products run ahead of the softmax and PV:
-/// `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 3, read once), default [`QK_LEAD`].
-fn qk_lead() -> usize {
-    static L: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *L.get_or_init(|| platform::env::count("TANDEM_CPU_DECODE_AMX_LEAD", 0..=3).unwrap_or(QK_LEAD))
+/// When the tile products of each (block, KV head) item run: in bursts of `burst` items, issued
+/// as the item `i` with `i % burst == 0` starts its softmax, for the `burst` items from
+/// `i + lead` on (items `0 .. lead` before the first). `burst` 1 is one item's products between
+/// two items' PV, `lead` items ahead; `burst` 4 with `lead` 4 issues four items' products
+/// together, a group ahead, so that four items' PV (about 4,000 FMAs at 8 query heads and
+/// d = 128) runs between two bursts, where the FMAs keep nearly their rate alone (see the
+/// header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Schedule {
+    pub lead: usize,
+    pub burst: usize,
 }
 
-/// The default lead: on the GPU host, 3 items ahead against 1 gave 64.6–68.6% of the read
-/// against 64.3–67.2% at 8 query heads per KV head, and 67.0–70.7% against 63.3–69.0% at 4.
-const QK_LEAD: usize = 3;
+impl Schedule {
+    /// On the GPU host, 3 items ahead against 1 gave 64.6–68.6% of the read against 64.3–67.2%
+    /// at 8 query heads per KV head, and 67.0–70.7% against 63.3–69.0% at 4.
+    const DEFAULT: Schedule = Schedule { lead: 3, burst: 1 };
+
+    /// `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 7) and `TANDEM_CPU_DECODE_AMX_BURST` (1 to 4), read
+    /// once; each unset one keeps [`Schedule::DEFAULT`]'s value.
+    fn from_env() -> Schedule {
+        static S: std::sync::OnceLock<Schedule> = std::sync::OnceLock::new();
+        *S.get_or_init(|| Schedule {
+            lead: platform::env::count("TANDEM_CPU_DECODE_AMX_LEAD", 0..=7)
+                .unwrap_or(Self::DEFAULT.lead),
+            burst: platform::env::count("TANDEM_CPU_DECODE_AMX_BURST", 1..=4)
+                .unwrap_or(Self::DEFAULT.burst),
+        })
+    }
+
+    /// The schedule that fits `slots` score slots in memory: every item's scores are stored
+    /// before its softmax and not overwritten until it has run, so `lead + burst ≤ slots`
+    /// (the burst shrinks first, then the lead).
+    fn fit(self, slots: usize) -> Schedule {
+        let burst = self.burst.clamp(1, slots);
+        Schedule {
+            lead: self.lead.min(slots - burst),
+            burst,
+        }
+    }
+}
 
 /// Score columns for `g` query heads: 4, 8 or 16.
 fn padded_group(g: usize) -> usize {
@@ -449,7 +485,21 @@ unsafe fn pv_heads<const HG: usize, const CC: usize>(
 /// `nh·g·d ≤ 4096`, `d` a multiple of 32, every block id in range.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
-    with_scratch(|sc| unsafe { segment_with::<T, false>(a, sc) })
+    with_scratch(|sc| unsafe { segment_with::<T, false>(a, sc, Schedule::from_env()) })
+}
+
+/// [`segment`] with its products issued by a fixed [`Schedule`] (tests).
+///
+/// # Safety
+/// As [`segment`].
+#[cfg(test)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn segment_sched<T: Tiles, const LEAD: usize, const BURST: usize>(a: &SegArgs) {
+    let sched = Schedule {
+        lead: LEAD,
+        burst: BURST,
+    };
+    with_scratch(|sc| unsafe { segment_with::<T, false>(a, sc, sched) })
 }
 
 /// As [`segment`], with PV on tiles too where a KV head has at most 8 query heads: each full
@@ -464,7 +514,7 @@ pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
 /// As [`segment`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn segment_pv<T: Tiles>(a: &SegArgs) {
-    with_scratch(|sc| unsafe { segment_with::<T, true>(a, sc) })
+    with_scratch(|sc| unsafe { segment_with::<T, true>(a, sc, Schedule::from_env()) })
 }
 
 fn with_scratch(f: impl FnOnce(&mut Scratch)) {
@@ -477,7 +527,7 @@ fn with_scratch(f: impl FnOnce(&mut Scratch)) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch) {
+unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, sched: Schedule) {
     let (d, g, nh) = (a.d, a.g, a.nh);
     let gp = padded_group(g);
     let chunks = d / 32;
@@ -533,18 +583,19 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch) 
         (g / 8) * chunks + (g % 8 / 4) * of(2) + (g % 4 / 2) * of(4) + (g % 2) * of(4)
     };
     let pf_lines = a.pf_lines.min(head_step * 2 / 64);
-    // PV on tiles (`segment_pv`): two Sᵀ slots, tmm0 and tmm1.
+    // PV on tiles (`segment_pv`): two Sᵀ tiles, tmm0 and tmm1, and two slots in memory;
+    // otherwise four tiles (tmm0, 1, 6, 7) and `S_SLOTS` slots.
     let tiles_pv = PV && gp <= PV_MAX_GP;
-    let slots = if tiles_pv { 2 } else { 4 };
+    let (tiles, slots) = if tiles_pv { (2, 2) } else { (4, S_SLOTS) };
     T::config(&if tiles_pv { config_pv(gp) } else { config(gp) });
-    // Sᵀ of item i (block i / nh, KV head i % nh) into slot i % slots (tile tmm0, 1, 6 or 7).
+    // Sᵀ of item i (block i / nh, KV head i % nh) in tile i % tiles, stored to slot i % slots.
     let (s_base, qt_base) = (sc.s.as_mut_ptr(), sc.qt.as_ptr());
     let qk = |i: usize| {
         let (b, hh) = (i / nh, i % nh);
         let k = a.k_cache.add(block(b) + hh * head_step) as *const u8;
         let qt = qt_base.add(hh * chunks * 16 * gp * 2) as *const u8;
         let s = s_base.add((i % slots) * 16 * MAX_GP) as *mut u8;
-        match (tiles_pv, i % slots) {
+        match (tiles_pv, i % tiles) {
             (true, 0) => qk_head::<T, 0, false>(k, d, qt, gp, s),
             (true, _) => qk_head::<T, 1, false>(k, d, qt, gp, s),
             (false, 0) => qk_head::<T, 0, true>(k, d, qt, gp, s),
@@ -553,10 +604,14 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch) 
             (false, _) => qk_head::<T, 7, true>(k, d, qt, gp, s),
         }
     };
-    // The tile products run `lead` items ahead of the softmax and PV, so that the tile unit
-    // works on the next heads while the vector units do this one's PV.
+    // The tile products run ahead of the softmax and PV, in bursts (see `Schedule`).
     let items = nblocks * nh;
-    let lead = qk_lead().min(slots - 1);
+    let Schedule { lead, burst } = sched.fit(slots);
+    let issue = |from: usize, to: usize| {
+        for j in from..to.min(items) {
+            qk(j);
+        }
+    };
     // PV on tiles: the item whose products wait to be added into O (its KV head and buffer).
     let mut pending: Option<(usize, usize)> = None;
     let pv_len = chunks * 2 * gp * 16;
@@ -572,12 +627,10 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch) 
             acc,
         );
     };
-    for i in 0..lead.min(items) {
-        qk(i);
-    }
+    issue(0, lead);
     for i in 0..items {
-        if i + lead < items {
-            qk(i + lead);
+        if i % burst == 0 {
+            issue(i + lead, i + lead + burst);
         }
         let (b, hh) = (i / nh, i % nh);
         let valid = (a.ntok - b * BLOCK_SIZE).min(BLOCK_SIZE);

@@ -174,10 +174,12 @@ fn paths() -> Vec<Path> {
     if platform::testing::tier_or_skip(platform::CpuTier::Avx512) {
         p.push(Path::AmxEmu);
         p.push(Path::AmxPvEmu);
+        p.push(Path::AmxBurstEmu);
     }
     if platform::testing::amx_or_skip() {
         p.push(Path::Amx);
         p.push(Path::AmxPv);
+        p.push(Path::AmxBurst);
     }
     p
 }
