@@ -72,12 +72,6 @@ else
     echo "build-device: no ISPC found: segment_min not built"
 fi
 
-# Whether a core's tile products and 512-bit FMAs run side by side (crates/amx-kernels/benches/
-# tile_fma_overlap.c; gcc 11 or later, or clang, for the AMX intrinsics).
-echo "build-device: tile_fma_overlap"
-cc -O2 -pthread crates/amx-kernels/benches/tile_fma_overlap.c -o "$DEST/bin/tile_fma_overlap" ||
-    echo "build-device: this C compiler has no AMX intrinsics: tile_fma_overlap not built"
-
 cp ci/run-device.sh "$DEST/run.sh"
 [ -d ci/anchors ] && cp -r ci/anchors/. "$DEST/anchors/"
 # Test data the executables read (fixtures); TANDEM_DATA points them here on the GPU host.

@@ -3,7 +3,7 @@
 # reader. Run from the folder ci/build-device.sh wrote; logs under $OUT/tile_fma, a table last.
 # 1. amx_fma_overlap (amx_kernels::gemm::ceiling::overlap_ceiling) at 1, 2 and 16 threads:
 #    F FMAs / T tile products / C chained multiplies a round (the chain as the clock), bursts of
-#    up to 32768 FMAs beside one product; then the C probe bin/tile_fma_overlap beside it.
+#    up to 32768 FMAs beside one product.
 # 2. The paged decode, paired with the plain read (b64_ctx4k, 1 GiB): g = 4 with readers that
 #    issue 0–32 FMAs a line and half the pool reading beside FMAs or tiles, g = 8 on the AMX
 #    tier (and PV on tiles), g = 1; g = 4 on 1 and 8 threads with readers' FMAs.
@@ -24,7 +24,6 @@ ov() {
 ov 1 "0/0/64,128/0/0,0/4/0,0/16/0,64/4/0,128/1/0,128/4/0,256/4/0,128/0/64,0/4/64,128/1/64,256/1/128,1024/1/0,2048/1/0,4096/1/0,8192/1/0,32768/1/0,1024/4/0,8192/16/0"
 ov 2 "0/0/64,128/0/64,0/4/64,0/16/0,128/0/0,128/1/64"
 ov 16 "0/0/64,128/0/64,0/4/64,0/16/0,128/0/0,128/1/64"
-for c in "128 0" "128 1" "0 4" "128 4"; do bin/tile_fma_overlap 1 $c; done 2>&1 | tee "$L/c_probe.log"
 pr() {
     tag=$1; shift
     [[ " $RUNS " == *" $tag "* ]] || return 0
