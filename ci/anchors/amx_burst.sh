@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The paged decode's AMX tier with its tile products issued in bursts of items
-# (TANDEM_CPU_DECODE_AMX_BURST, TANDEM_CPU_DECODE_AMX_LEAD) against the default (one item's
-# products at a time, three items ahead) and the ISPC build, at g = 8 and g = 4 query heads per
-# KV head on the pool's threads, each in paired rounds beside the plain read of the same bytes
-# (CASE, default b64_ctx4k: 1 GiB), in PASSES alternated passes (default 2); then g = 8 on one
-# thread. Run from the folder ci/build-device.sh wrote; logs under $OUT/amx_burst, a table last.
+# The paged decode's AMX tier with its tile products issued in bursts of items (SCHEDULES:
+# TANDEM_CPU_DECODE_AMX_LEAD:TANDEM_CPU_DECODE_AMX_BURST pairs; 3:1, the default, is one item's
+# products at a time, three items ahead) against the ISPC build, at g = 8 and g = 4 query heads
+# per KV head on the pool's threads, each in paired rounds beside the plain read of the same
+# bytes (CASE, default b64_ctx4k: 1 GiB), in PASSES alternated passes (default 2); then g = 8 on
+# one thread (3:1 and 1:3). Run from the folder ci/build-device.sh wrote; logs under
+# $OUT/amx_burst, a table last.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/amx_burst; mkdir -p "$L"
 cd "$here"
 CASE=${CASE:-b64_ctx4k}
+# LEAD:BURST pairs; 3:1 is the default schedule.
+SCHEDULES=${SCHEDULES:-3:1 1:3 2:2 2:4}
 run() { # TAG VAR=VALUE...
     tag=$1; shift
     env PAIRED_ROUNDS="${ROUNDS:-7}" "$@" benches/ispc_kernels__paged_decode_paired "$CASE" \
@@ -19,17 +22,17 @@ run() { # TAG VAR=VALUE...
 for pass in $(seq 1 "${PASSES:-2}"); do
     for g in 8 4; do
         run "g${g}_ispc_p$pass" DECODE_G=$g TANDEM_CPU_DECODE_AMX=0
-        run "g${g}_lead3_p$pass" DECODE_G=$g TANDEM_CPU_DECODE_AMX=1
-        run "g${g}_burst2_p$pass" DECODE_G=$g TANDEM_CPU_DECODE_AMX=1 \
-            TANDEM_CPU_DECODE_AMX_LEAD=2 TANDEM_CPU_DECODE_AMX_BURST=2
-        run "g${g}_burst4_p$pass" DECODE_G=$g TANDEM_CPU_DECODE_AMX=1 \
-            TANDEM_CPU_DECODE_AMX_LEAD=4 TANDEM_CPU_DECODE_AMX_BURST=4
+        for v in $SCHEDULES; do
+            IFS=: read -r l b <<< "$v"
+            run "g${g}_l${l}b${b}_p$pass" DECODE_G=$g TANDEM_CPU_DECODE_AMX=1 \
+                TANDEM_CPU_DECODE_AMX_LEAD="$l" TANDEM_CPU_DECODE_AMX_BURST="$b"
+        done
     done
 done
-for v in "lead3" "burst4 TANDEM_CPU_DECODE_AMX_LEAD=4 TANDEM_CPU_DECODE_AMX_BURST=4"; do
-    set -- $v
-    tag=$1; shift
-    run "g8_${tag}_t1" TANDEM_THREADS=1 DECODE_G=8 TANDEM_CPU_DECODE_AMX=1 "$@"
+for v in 3:1 1:3; do
+    IFS=: read -r l b <<< "$v"
+    run "g8_l${l}b${b}_t1" TANDEM_THREADS=1 DECODE_G=8 TANDEM_CPU_DECODE_AMX=1 \
+        TANDEM_CPU_DECODE_AMX_LEAD="$l" TANDEM_CPU_DECODE_AMX_BURST="$b"
 done
 echo "tag case thr kernel read kv-order k/read k/order min..max"
 column -t "$L/table.txt"
