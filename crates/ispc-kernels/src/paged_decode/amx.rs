@@ -132,6 +132,26 @@ const S_SLOTS: usize = 8;
 /// on AVX-512 as [`segment`] does.
 const PV_MAX_GP: usize = 8;
 
+/// PV's pass plan for the vector PV: `(heads, chunks)` of each kind of pass, taken greedily in
+/// this order (as many passes of 8 heads as fit, then of 4, 2 and 1), each kind's chunks in runs
+/// of its count then single ones ([`pv_heads`]). The dispatch and the prefetch spread both read
+/// it, so they cannot disagree.
+const PV_PLAN: [(usize, usize); 4] = [(8, 1), (4, 2), (2, 4), (1, 4)];
+
+/// Vector PV passes over one KV head's `g` query heads and `chunks` chunks of 32 dims, by
+/// [`PV_PLAN`].
+fn pv_pass_count(g: usize, chunks: usize) -> usize {
+    let mut h = 0;
+    let mut n = 0;
+    for (hg, cc) in PV_PLAN {
+        while h + hg <= g {
+            n += chunks / cc + chunks % cc;
+            h += hg;
+        }
+    }
+    n
+}
+
 thread_local! {
     /// Each pool thread's scratch (about 77 KiB; allocated once, reused by every segment).
     static SCRATCH: RefCell<Option<Box<Scratch>>> = const { RefCell::new(None) };
@@ -576,12 +596,8 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
     let tpv = 16 / gp; // tokens per score vector
     let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     let lane_tok = _mm512_srlv_epi32(iota, _mm512_set1_epi32(gp.trailing_zeros() as i32));
-    // PV passes of one KV head (8, 4, 2, 1 heads; CC chunks then single ones), for spreading
-    // the prefetches over its token loops.
-    let passes = {
-        let of = |cc: usize| chunks / cc + chunks % cc;
-        (g / 8) * chunks + (g % 8 / 4) * of(2) + (g % 4 / 2) * of(4) + (g % 2) * of(4)
-    };
+    // PV passes of one KV head, for spreading the prefetches over its token loops.
+    let passes = pv_pass_count(g, chunks);
     let pf_lines = a.pf_lines.min(head_step * 2 / 64);
     // PV on tiles (`segment_pv`): two Sᵀ tiles, tmm0 and tmm1, and two slots in memory;
     // otherwise four tiles (tmm0, 1, 6, 7) and `S_SLOTS` slots.
@@ -705,14 +721,15 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
             if let Some((ph, pb)) = pending.take() {
                 apply(sc, ph, pb);
             }
-            // PV, passes of 8, 4, 2, 1 heads (8 at once: each V word widened once for all 8).
+            // PV by PV_PLAN: passes of 8, 4, 2, 1 heads (8 at once: each V word widened once
+            // for all 8).
             let acc = sc.o.as_mut_ptr().add(hh * g * d);
             let al = sc.alpha.as_ptr();
             let mut h = 0;
-            // PV of heads h .. h + HG in passes of CC chunks.
-            macro_rules! pv {
-                ($hg:literal, $cc:literal) => {
-                    pv_heads::<$hg, $cc>(
+            // One pass of kind `i` of PV_PLAN over heads h .. h + its head count.
+            macro_rules! pass {
+                ($i:literal) => {{
+                    pv_heads::<{ PV_PLAN[$i].0 }, { PV_PLAN[$i].1 }>(
                         v,
                         d,
                         valid,
@@ -721,24 +738,31 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
                         al.add(h),
                         acc.add(h * d),
                         &mut pf,
-                    )
-                };
+                    );
+                    h += PV_PLAN[$i].0;
+                }};
             }
-            while h + 8 <= g {
-                pv!(8, 1);
-                h += 8;
+            while h + PV_PLAN[0].0 <= g {
+                pass!(0);
             }
-            if h + 4 <= g {
-                pv!(4, 2);
-                h += 4;
+            // Fewer than 8 heads are left: at most one pass of each smaller kind, so an `if`
+            // (a `while` here cost 3 points of the read at g = 4 on a 2-core AMX machine).
+            if h + PV_PLAN[1].0 <= g {
+                pass!(1);
             }
-            if h + 2 <= g {
-                pv!(2, 4);
-                h += 2;
+            if h + PV_PLAN[2].0 <= g {
+                pass!(2);
             }
-            if h < g {
-                pv!(1, 4);
+            if h + PV_PLAN[3].0 <= g {
+                pass!(3);
             }
+            const _: () = assert!(
+                PV_PLAN.len() == 4
+                    && PV_PLAN[0].0 == 2 * PV_PLAN[1].0
+                    && PV_PLAN[1].0 == 2 * PV_PLAN[2].0
+                    && PV_PLAN[2].0 == 2 * PV_PLAN[3].0
+                    && PV_PLAN[3].0 == 1
+            );
         }
     }
     if let Some((ph, pb)) = pending.take() {
@@ -776,6 +800,29 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
                 let ml = a.part_ml.add(hh * a.part_stride * 2 + 2 * h);
                 *ml = sc.m[hh][h];
                 *ml.add(1) = sc.l[hh][h];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    /// The plan's pass count (which spreads the prefetches) against the closed form of passes of
+    /// 8 heads × 1 chunk, 4 × 2, 2 × 4 and 1 × 4, for every group size the kernel takes.
+    #[test]
+    fn pv_pass_count_matches_the_closed_form() {
+        for chunks in [1, 2, 3, 4, 8] {
+            let of = |cc: usize| chunks / cc + chunks % cc;
+            for g in 1..=16 {
+                let closed =
+                    (g / 8) * chunks + (g % 8 / 4) * of(2) + (g % 4 / 2) * of(4) + (g % 2) * of(4);
+                assert_eq!(
+                    pv_pass_count(g, chunks),
+                    closed,
+                    "g = {g}, chunks = {chunks}"
+                );
             }
         }
     }
