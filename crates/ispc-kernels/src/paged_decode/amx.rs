@@ -756,6 +756,7 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
             if h + PV_PLAN[3].0 <= g {
                 pass!(3);
             }
+            debug_assert_eq!(h, g, "PV_PLAN left query heads without PV");
             const _: () = assert!(
                 PV_PLAN.len() == 4
                     && PV_PLAN[0].0 == 2 * PV_PLAN[1].0
