@@ -197,6 +197,17 @@ impl Schedule {
             burst,
         }
     }
+
+    /// The items whose products are issued as item `i` of `items` starts (before its softmax);
+    /// `i = None`: before the first item.
+    fn issued_at(self, i: Option<usize>, items: usize) -> std::ops::Range<usize> {
+        let r = match i {
+            None => 0..self.lead,
+            Some(i) if i % self.burst == 0 => i + self.lead..i + self.lead + self.burst,
+            Some(_) => 0..0,
+        };
+        r.start.min(items)..r.end.min(items)
+    }
 }
 
 /// Score columns for `g` query heads: 4, 8 or 16.
@@ -622,9 +633,9 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
     };
     // The tile products run ahead of the softmax and PV, in bursts (see `Schedule`).
     let items = nblocks * nh;
-    let Schedule { lead, burst } = sched.fit(slots);
-    let issue = |from: usize, to: usize| {
-        for j in from..to.min(items) {
+    let sched = sched.fit(slots);
+    let issue = |i: Option<usize>| {
+        for j in sched.issued_at(i, items) {
             qk(j);
         }
     };
@@ -643,11 +654,9 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
             acc,
         );
     };
-    issue(0, lead);
+    issue(None);
     for i in 0..items {
-        if i % burst == 0 {
-            issue(i + lead, i + lead + burst);
-        }
+        issue(Some(i));
         let (b, hh) = (i / nh, i % nh);
         let valid = (a.ntok - b * BLOCK_SIZE).min(BLOCK_SIZE);
         let base = block(b);
@@ -809,6 +818,42 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
 #[cfg(test)]
 mod plan_tests {
     use super::*;
+
+    /// Every schedule the environment can ask for, fitted to either slot count, issues each
+    /// item's products once, before its softmax, into a slot that no later item's products
+    /// overwrite until that softmax has read it.
+    #[test]
+    fn every_schedule_stores_each_item_before_its_softmax() {
+        for slots in [2, S_SLOTS] {
+            for lead in 0..=7 {
+                for burst in 1..=4 {
+                    let sched = Schedule { lead, burst }.fit(slots);
+                    assert!(sched.lead + sched.burst <= slots && sched.burst >= 1);
+                    for items in 0..=40 {
+                        let ctx = format!(
+                            "{lead}:{burst} fitted to {sched:?}, {slots} slots, {items} items"
+                        );
+                        let mut slot = vec![None; slots];
+                        let mut issued = vec![0; items];
+                        let store = |r: std::ops::Range<usize>,
+                                     slot: &mut [Option<usize>],
+                                     issued: &mut [usize]| {
+                            for j in r {
+                                issued[j] += 1;
+                                slot[j % slots] = Some(j);
+                            }
+                        };
+                        store(sched.issued_at(None, items), &mut slot, &mut issued);
+                        for i in 0..items {
+                            store(sched.issued_at(Some(i), items), &mut slot, &mut issued);
+                            assert_eq!(slot[i % slots], Some(i), "{ctx}: item {i}'s scores");
+                        }
+                        assert!(issued.iter().all(|&n| n == 1), "{ctx}: issued {issued:?}");
+                    }
+                }
+            }
+        }
+    }
 
     /// The plan's pass count (which spreads the prefetches) against the closed form of passes of
     /// 8 heads × 1 chunk, 4 × 2, 2 × 4 and 1 × 4, for every group size the kernel takes.
