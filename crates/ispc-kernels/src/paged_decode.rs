@@ -51,10 +51,10 @@
 //! default 1) how many items' products it issues together. `TANDEM_CPU_DECODE_AMX_PV=1` runs
 //! PV on tiles too (up to 8 query heads per KV head; each block's weights rounded to bf16 for
 //! the products, which moves the output by at most 2⁻⁸ of Σp·|v| / Σp), leaving the vector
-//! units the softmax and one rescale-and-add per block. On the GPU host (`anchors/ispc_hybrid.sh`, paired
-//! rounds over 1 GiB of KV) it lifted the AMX tier by 5–8 points of the read at 1–4 query
-//! heads, still under the ISPC build there (67–68% against 70–71% at 4), and was within the
-//! AMX tier's spread at 8, so it stays opt-in.
+//! units the softmax and one rescale-and-add per block. On the GPU host
+//! (`anchors/ispc_hybrid.sh`, paired rounds over 1 GiB of KV) it lifted the AMX tier by 5–8
+//! points of the read at 1–4 query heads, still under the ISPC build there (67–68% against
+//! 70–71% at 4), and was within the AMX tier's spread at 8, so it stays opt-in.
 
 use half::bf16;
 use rayon::prelude::*;

@@ -22,16 +22,18 @@
 //!   `Sᵀ` garbage, which the softmax masks), and Q, packed once per segment into VNNI pairs
 //!   (`[16 dim pairs][gp][2]` per 32 dims, zero columns past `g`), the B tiles: `d / 32` products
 //!   into one of four accumulators, stored to one of eight score slots in memory. The products
-//!   run ahead of the vector work ([`Schedule`]: by default each item's three (block, KV head)
-//!   items ahead, `TANDEM_CPU_DECODE_AMX_LEAD`, 0 to 7; `TANDEM_CPU_DECODE_AMX_BURST`, 1 to 4,
-//!   issues that many items' products together), so that a softmax reads scores stored long
-//!   before (tile stores do not forward to later loads). The tile unit does not work beside PV
+//!   run ahead of the vector work ([`Schedule`]: by default one (block, KV head) item's products
+//!   at a time, three items ahead, `TANDEM_CPU_DECODE_AMX_LEAD`, 0 to 7;
+//!   `TANDEM_CPU_DECODE_AMX_BURST`, 1 to 4, issues that many items' products together), so that
+//!   a softmax reads scores stored long before (tile stores do not forward to later loads). The tile unit does not work beside PV
 //!   for free: on the GPU host a core running 512-bit FMAs at full rate slows to about half
 //!   speed while it also issues tile products, from a lower clock (2.35 → 1.77 GHz) and fewer
 //!   FMAs a cycle, unless some 4,000 FMAs or more separate the products (amx-kernels'
 //!   `amx_fma_overlap` bench group; docs/BENCHMARKS.md, twenty-fourth and twenty-fifth
-//!   sessions), so the tier gains by the vector QKᵀ it removes, not by overlap; bursts of four
-//!   items put four items' PV between two bursts.
+//!   sessions), so the tier gains by the vector QKᵀ it removes, not by overlap. Bursts put
+//!   several items' PV between two groups of products; a lead of a KV-head block or more reads
+//!   K before the prefetch one block ahead has brought it (docs/BENCHMARKS.md, twenty-sixth
+//!   session: on a 2-core AMX machine 1:3 beat 3:1 by 10 % at g = 8, and 4:4 did not).
 //! - The online softmax of all `gp` columns at once on the `gp` vectors of `Sᵀ` (lane `l` of
 //!   vector `j`: token `j·16/gp + l/gp`, head `l % gp`): max and sum over the vectors, then
 //!   across the lane groups by 128/256-bit swaps; the running max and sum are vectors in the same
@@ -160,9 +162,9 @@ thread_local! {
 /// When the tile products of each (block, KV head) item run: in bursts of `burst` items, issued
 /// as the item `i` with `i % burst == 0` starts its softmax, for the `burst` items from
 /// `i + lead` on (items `0 .. lead` before the first). `burst` 1 is one item's products between
-/// two items' PV, `lead` items ahead; `burst` 4 with `lead` 4 issues four items' products
-/// together, a group ahead, so that four items' PV (about 4,000 FMAs at 8 query heads and
-/// d = 128) runs between two bursts, where the FMAs keep nearly their rate alone (see the
+/// two items' PV, `lead` items ahead; `burst` 3 with `lead` 1 issues three items' products
+/// together, so that three items' PV (about 3,000 FMAs at 8 query heads and d = 128) runs
+/// between two bursts, and no product reads K further ahead than the prefetch (see the
 /// header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Schedule {
