@@ -18,21 +18,18 @@ run() { # TAG VAR=VALUE...
         > "$L/$tag.log" 2>&1
     echo "$tag $(grep -A1 '^case' "$L/$tag.log" | tail -1)" >> "$L/table.txt"
 }
+amx() { # TAG-PREFIX TAG-SUFFIX LEAD:BURST VAR=VALUE...
+    local pre=$1 suf=$2 l b; IFS=: read -r l b <<< "$3"; shift 3
+    run "${pre}_l${l}b${b}_$suf" "$@" TANDEM_CPU_DECODE_AMX=1 \
+        TANDEM_CPU_DECODE_AMX_LEAD="$l" TANDEM_CPU_DECODE_AMX_BURST="$b"
+}
 : > "$L/table.txt"
 for pass in $(seq 1 "${PASSES:-2}"); do
     for g in 8 4; do
         run "g${g}_ispc_p$pass" DECODE_G=$g TANDEM_CPU_DECODE_AMX=0
-        for v in $SCHEDULES; do
-            IFS=: read -r l b <<< "$v"
-            run "g${g}_l${l}b${b}_p$pass" DECODE_G=$g TANDEM_CPU_DECODE_AMX=1 \
-                TANDEM_CPU_DECODE_AMX_LEAD="$l" TANDEM_CPU_DECODE_AMX_BURST="$b"
-        done
+        for v in $SCHEDULES; do amx "g$g" "p$pass" "$v" DECODE_G=$g; done
     done
 done
-for v in 3:1 1:3; do
-    IFS=: read -r l b <<< "$v"
-    run "g8_l${l}b${b}_t1" TANDEM_THREADS=1 DECODE_G=8 TANDEM_CPU_DECODE_AMX=1 \
-        TANDEM_CPU_DECODE_AMX_LEAD="$l" TANDEM_CPU_DECODE_AMX_BURST="$b"
-done
+for v in 3:1 1:3; do amx g8 t1 "$v" TANDEM_THREADS=1 DECODE_G=8; done
 echo "tag case thr kernel read kv-order k/read k/order min..max"
 column -t "$L/table.txt"
