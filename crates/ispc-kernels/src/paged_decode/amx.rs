@@ -539,9 +539,10 @@ pub(super) unsafe fn segment_sched<T: Tiles, const LEAD: usize, const BURST: usi
 /// block's weights, rounded to bf16, are the A tile and V's rows as stored the B tiles (one
 /// product for the even dims with the weights in the low halves of the pairs, one for the odd
 /// dims with them in the high halves), so that the vector units only rescale and add each
-/// block's products into O, one item behind the tiles. The Sᵀ products then run at most one
-/// item ahead (eight tiles). A sequence's last, partial block runs PV on AVX-512 (V rows past
-/// the end are never read). Opt-in: `TANDEM_CPU_DECODE_AMX_PV=1`.
+/// block's products into O, one item behind the tiles. The Sᵀ products run by the same
+/// [`Schedule`] as in [`segment`], in two tiles rather than four (PV's products hold the
+/// others). A sequence's last, partial block runs PV on AVX-512 (V rows past the end are never
+/// read). Opt-in: `TANDEM_CPU_DECODE_AMX_PV=1`.
 ///
 /// # Safety
 /// As [`segment`].
@@ -612,10 +613,12 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
     // PV passes of one KV head, for spreading the prefetches over its token loops.
     let passes = pv_pass_count(g, chunks);
     let pf_lines = a.pf_lines.min(head_step * 2 / 64);
-    // PV on tiles (`segment_pv`): two Sᵀ tiles, tmm0 and tmm1, and two slots in memory;
-    // otherwise four tiles (tmm0, 1, 6, 7) and `S_SLOTS` slots.
+    // PV on tiles (`segment_pv`): two Sᵀ tiles, tmm0 and tmm1; otherwise four (tmm0, 1, 6, 7).
+    // Either way each item's Sᵀ is stored as soon as its products end, so the tiles do not
+    // bound the schedule: both use `S_SLOTS` slots in memory.
     let tiles_pv = PV && gp <= PV_MAX_GP;
-    let (tiles, slots) = if tiles_pv { (2, 2) } else { (4, S_SLOTS) };
+    let tiles = if tiles_pv { 2 } else { 4 };
+    let slots = S_SLOTS;
     T::config(&if tiles_pv { config_pv(gp) } else { config(gp) });
     // Sᵀ of item i (block i / nh, KV head i % nh) in tile i % tiles, stored to slot i % slots.
     let (s_base, qt_base) = (sc.s.as_mut_ptr(), sc.qt.as_ptr());
@@ -821,9 +824,9 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
 mod plan_tests {
     use super::*;
 
-    /// Every schedule the environment can ask for, fitted to either slot count, issues each
-    /// item's products once, before its softmax, into a slot that no later item's products
-    /// overwrite until that softmax has read it.
+    /// Every schedule the environment can ask for, fitted to the kernel's slots (and to fewer,
+    /// for `fit`'s own sake), issues each item's products once, before its softmax, into a slot
+    /// that no later item's products overwrite until that softmax has read it.
     #[test]
     fn every_schedule_stores_each_item_before_its_softmax() {
         for slots in [2, S_SLOTS] {
