@@ -367,12 +367,51 @@ fn bench_overlap_ceiling(c: &mut Criterion) {
     g.finish();
 }
 
+/// What a burst of tile products costs after the core's tile unit sat idle
+/// (`amx_kernels::gemm::ceiling::wake_probe`), on the calling thread: one line a gap
+/// (`GEMM_WAKE_GAPS`, ns, default 0 to 20000), printed rather than timed by criterion, since
+/// the probe times each burst itself.
+fn bench_wake(_c: &mut Criterion) {
+    use amx_kernels::gemm::ceiling::wake_probe;
+    if !selected("GEMM_GROUPS", "ceiling") {
+        return;
+    }
+    let spec = std::env::var("GEMM_WAKE_GAPS").unwrap_or_else(|_| {
+        "0,100,200,300,400,500,600,800,1000,1500,2000,3000,5000,10000,20000".into()
+    });
+    let mut first = None;
+    for item in spec.split(',') {
+        let Ok(gap) = item.trim().parse::<u64>() else {
+            eprintln!("amx_wake: GEMM_WAKE_GAPS entry {item:?} is not a count of ns; skipped");
+            continue;
+        };
+        // About 50 ms a gap.
+        let rounds = (50_000_000 / (gap + 500)).clamp(100, 200_000) as usize;
+        match wake_probe(gap, rounds) {
+            Ok(w) => {
+                let base = *first.get_or_insert(w.burst_ns);
+                println!(
+                    "amx_wake gap {:>6.0} ns: burst {:7.1} ns, {:+7.1} ns against the first gap's",
+                    w.gap_ns,
+                    w.burst_ns,
+                    w.burst_ns - base
+                );
+            }
+            Err(e) => {
+                eprintln!("amx_wake: skipped: {e}");
+                return;
+            }
+        }
+    }
+}
+
 criterion_group!(
     benches,
     bench_dram_read,
     bench_fma_ceiling,
     bench_amx_ceiling,
     bench_overlap_ceiling,
+    bench_wake,
     bench_gemm_bf16,
     bench_gemm_int8
 );

@@ -31,6 +31,13 @@
 //! scalar multiplies (a clock: 3 cycles each, whatever the vector units do), block by block;
 //! the time a round against each part alone says which part bounds it and at what clock. The
 //! AMX decode tier of the CPU paged attention (ispc-kernels) mixes exactly these.
+//!
+//! And [`wake_probe`]: what a burst of tile products costs after the core's tile unit has had
+//! nothing to do for a while. The core spins (`pause`) for a gap, then issues four products
+//! and 256 FMAs, timed by the TSC; against the same after no gap, the difference is the wait
+//! for an idle tile unit (on a 2-core AMX VM: none up to about 0.5 µs of idleness, about 250
+//! ns after it, about 500 ns after a few µs). The AMX decode tier keeps its tile unit awake
+//! for this (ispc-kernels, `TANDEM_CPU_DECODE_AMX_WARM`).
 
 use std::cell::RefCell;
 
@@ -394,12 +401,7 @@ unsafe fn overlap_rounds(mix: Overlap, rounds: usize) {
             cfg.set(t, 16, 64);
         }
         Hw::config(&cfg);
-        Hw::zero::<0>();
-        Hw::zero::<1>();
-        Hw::zero::<2>();
-        Hw::zero::<3>();
-        Hw::zero::<4>();
-        Hw::zero::<5>();
+        for_each_zero();
     }
     let (fb, mb) = (mix.fmas / 32, mix.chain / 32);
     let steps = fb.max(mix.products).max(mb);
@@ -429,6 +431,92 @@ unsafe fn overlap_rounds(mix: Overlap, rounds: usize) {
     if tiles {
         Hw::release();
     }
+}
+
+/// What [`wake_probe`] measured for one gap: the mean time of a burst (four `tdpbf16ps` and
+/// 256 FMAs) after the core spun idle for `gap_ns`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Wake {
+    pub gap_ns: f64,
+    pub burst_ns: f64,
+}
+
+/// Measures, on the calling thread, what a burst of tile products costs after `gap_ns` of the
+/// tile unit idle (see the module header), over `rounds` rounds; the TSC is converted to ns by
+/// the run's own wall clock. AMX hosts only.
+pub fn wake_probe(gap_ns: u64, rounds: usize) -> Result<Wake> {
+    if rounds == 0 {
+        return Err(Error::Shape("wake_probe: rounds must be at least 1".into()));
+    }
+    let caps = platform::cpu_caps();
+    if caps.best_tier() != platform::CpuTier::Amx || !caps.avx512f {
+        return Err(Error::Unsupported {
+            needed: "AMX",
+            have: caps.best_tier(),
+        });
+    }
+    // SAFETY: AMX and AVX-512F are usable (checked above); only the tile configuration and
+    // registers are touched.
+    unsafe { wake_rounds(gap_ns, rounds) }
+}
+
+/// # Safety
+/// AMX and AVX-512F are usable on this thread.
+#[target_feature(enable = "avx512f")]
+unsafe fn wake_rounds(gap_ns: u64, rounds: usize) -> Result<Wake> {
+    use std::arch::x86_64::{_mm512_setzero_ps, _mm_pause, _rdtsc};
+    let mut cfg = TileConfig::palette1();
+    for t in 0..8 {
+        cfg.set(t, 16, 64);
+    }
+    Hw::config(&cfg);
+    for_each_zero();
+    let z = _mm512_setzero_ps();
+    let mut acc = [z; FMA_ACC];
+    let burst = |acc: &mut [std::arch::x86_64::__m512; FMA_ACC]| {
+        dp::<Hw, false, 0, 4, 5>();
+        dp::<Hw, false, 1, 4, 5>();
+        dp::<Hw, false, 2, 4, 5>();
+        dp::<Hw, false, 3, 4, 5>();
+        for _ in 0..8 {
+            fma_block(acc, z);
+        }
+    };
+    // TSC ticks a ns, from this run's own clock.
+    let (t0, c0) = (std::time::Instant::now(), _rdtsc());
+    let spin = |ticks: u64| {
+        let g0 = _rdtsc();
+        while _rdtsc().wrapping_sub(g0) < ticks {
+            _mm_pause();
+        }
+    };
+    spin(2_000_000);
+    let per_ns = (_rdtsc() - c0) as f64 / t0.elapsed().as_nanos().max(1) as f64;
+    let gap = (gap_ns as f64 * per_ns) as u64;
+    let mut total = 0u64;
+    for _ in 0..rounds {
+        spin(gap);
+        let a = _rdtsc();
+        burst(&mut acc);
+        total += _rdtsc().wrapping_sub(a);
+    }
+    std::hint::black_box(acc);
+    Hw::release();
+    Ok(Wake {
+        gap_ns: gap_ns as f64,
+        burst_ns: total as f64 / per_ns / rounds as f64,
+    })
+}
+
+/// # Safety
+/// AMX is usable and a configuration with tiles 0–5 is loaded.
+unsafe fn for_each_zero() {
+    Hw::zero::<0>();
+    Hw::zero::<1>();
+    Hw::zero::<2>();
+    Hw::zero::<3>();
+    Hw::zero::<4>();
+    Hw::zero::<5>();
 }
 
 macro_rules! fma16 {
@@ -541,6 +629,20 @@ mod tests {
         ] {
             let e = overlap_ceiling(mix, 1).unwrap_err().to_string();
             assert!(e.contains("multiples of 32"), "{mix:?}: {e}");
+        }
+    }
+
+    /// The wake probe runs where AMX exists (a burst takes some time), and says what is missing
+    /// where it doesn't; no rounds is an error.
+    #[test]
+    fn wake_probe_runs_or_names_what_is_missing() {
+        assert!(wake_probe(0, 0).is_err());
+        match wake_probe(5_000, 200) {
+            Ok(w) => assert!(w.burst_ns > 0.0 && w.gap_ns == 5_000.0, "{w:?}"),
+            Err(Error::Unsupported { needed, .. }) => {
+                eprintln!("wake probe: skipped, this machine lacks {needed}");
+            }
+            Err(e) => panic!("{e}"),
         }
     }
 
