@@ -47,8 +47,11 @@
 //! than the ISPC build there on the GPU host and slower at fewer heads;
 //! `TANDEM_CPU_DECODE_AMX=1` or `0` forces it on or off at every group size, and
 //! `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 7, default 3) sets how many (block, KV head) items its
-//! tile products run ahead of the vector work and `TANDEM_CPU_DECODE_AMX_BURST` (1 to 4,
-//! default 1) how many items' products it issues together. `TANDEM_CPU_DECODE_AMX_PV=1` runs
+//! tile products run ahead of the vector work, `TANDEM_CPU_DECODE_AMX_BURST` (1 to 4,
+//! default 1) how many items' products it issues together, and `TANDEM_CPU_DECODE_AMX_WARM` (0 to
+//! 16, default 0: off) issues a keep-alive tile product every that many vector PV passes, so that
+//! the next item's products do not find the tile unit idle (asleep after about 0.5 µs, which
+//! costs the next burst some 250 ns). `TANDEM_CPU_DECODE_AMX_PV=1` runs
 //! PV on tiles too (up to 8 query heads per KV head; each block's weights rounded to bf16 for
 //! the products, which moves the output by at most 2⁻⁸ of Σp·|v| / Σp), leaving the vector
 //! units the softmax and one rescale-and-add per block. On the GPU host
@@ -470,7 +473,8 @@ enum Path {
     #[cfg(test)]
     AmxPvEmu,
     /// The AMX tier with its products in bursts of four items ([`amx::Schedule`]), four items
-    /// ahead on the hardware, three on the emulator.
+    /// ahead on the hardware, three on the emulator, and a keep-alive product at every vector PV
+    /// pass.
     #[cfg(test)]
     AmxBurst,
     #[cfg(test)]
@@ -591,13 +595,13 @@ impl Path {
             ),
             #[cfg(test)]
             Path::AmxBurst => (
-                Some(SegmentKernel::Rust(amx::segment_sched::<Hw, 4, 4>)),
+                Some(SegmentKernel::Rust(amx::segment_sched::<Hw, 4, 4, 1>)),
                 sys::ispc_paged_decode_merge_bf16,
             ),
             #[cfg(test)]
             Path::AmxBurstEmu => (
                 Some(SegmentKernel::Rust(
-                    amx::segment_sched::<amx_kernels::tile_ops::Emu, 3, 4>,
+                    amx::segment_sched::<amx_kernels::tile_ops::Emu, 3, 4, 1>,
                 )),
                 sys::ispc_paged_decode_merge_bf16,
             ),

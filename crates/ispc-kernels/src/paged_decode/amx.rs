@@ -33,7 +33,9 @@
 //!   sessions), so the tier gains by the vector QKᵀ it removes, not by overlap. Bursts put
 //!   several items' PV between two groups of products; a lead of a KV-head block or more reads
 //!   K before the prefetch one block ahead has brought it (docs/BENCHMARKS.md, twenty-sixth
-//!   session: on a 2-core AMX machine 1:3 beat 3:1 by 10 % at g = 8, and 4:4 did not).
+//!   session: on a 2-core AMX machine 1:3 beat 3:1 by 10 % at g = 8, and 4:4 did not). A tile
+//!   unit idle for about half a microsecond also makes the next burst wait some 250 ns, so a
+//!   keep-alive product every few PV passes ([`Warm`], `TANDEM_CPU_DECODE_AMX_WARM`) can pay.
 //! - The online softmax of all `gp` columns at once on the `gp` vectors of `Sᵀ` (lane `l` of
 //!   vector `j`: token `j·16/gp + l/gp`, head `l % gp`): max and sum over the vectors, then
 //!   across the lane groups by 128/256-bit swaps; the running max and sum are vectors in the same
@@ -435,12 +437,50 @@ impl Prefetch {
     }
 }
 
+/// Keeps the tile unit awake through the vector PV: a tile product (tmm7 += tmm2 · tmm4, into
+/// an Sᵀ tile, which holds nothing between two items' products) every `every` PV passes,
+/// counted across items; 0: never. A core whose tile unit has run no product for about half a
+/// microsecond makes the next burst wait 250–280 ns, 450–480 ns after 3–5 µs and more after
+/// longer (amx-kernels' `amx_wake` probe on a 2-core AMX VM), while one product among the FMAs
+/// costs them a few dozen cycles. An item of this tier reading from DRAM takes about a
+/// microsecond, so without these its products mostly start on an idle unit. Not in
+/// [`segment_pv`], whose PV products keep the unit busy (and whose tmm7 has other rows).
+struct Warm {
+    every: usize,
+    passes: usize,
+}
+
+impl Warm {
+    /// `TANDEM_CPU_DECODE_AMX_WARM` (0 to 16, read once; default [`Warm::DEFAULT`]).
+    const DEFAULT: usize = 0;
+
+    fn from_env() -> usize {
+        static W: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *W.get_or_init(|| {
+            platform::env::count("TANDEM_CPU_DECODE_AMX_WARM", 0..=16).unwrap_or(Self::DEFAULT)
+        })
+    }
+
+    /// Called at the start of every vector PV pass.
+    #[inline(always)]
+    unsafe fn pass<T: Tiles>(&mut self) {
+        if self.every == 0 {
+            return;
+        }
+        self.passes += 1;
+        if self.passes >= self.every {
+            self.passes = 0;
+            T::dp_bf16::<7, 2, 4>();
+        }
+    }
+}
+
 /// PV of `HG` heads over chunks `c0 .. c0 + CC` of every row (see the header): `acc` is the
 /// first head's O row (rows `d` apart), `p` its weights column in `[16][gp]`, `alpha` its
 /// rescale factor (heads consecutive in both).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pv_pass<const HG: usize, const CC: usize>(
+unsafe fn pv_pass<T: Tiles, const HG: usize, const CC: usize>(
     v: *const u16,
     d: usize,
     c0: usize,
@@ -450,7 +490,9 @@ unsafe fn pv_pass<const HG: usize, const CC: usize>(
     alpha: *const f32,
     acc: *mut f32,
     pf: &mut Prefetch,
+    warm: &mut Warm,
 ) {
+    warm.pass::<T>();
     let odd = _mm512_set1_epi32(0xffff_0000u32 as i32);
     let mut ae = [[_mm512_setzero_ps(); CC]; HG];
     let mut ao = [[_mm512_setzero_ps(); CC]; HG];
@@ -488,7 +530,7 @@ unsafe fn pv_pass<const HG: usize, const CC: usize>(
 /// All chunks of PV for `HG` heads: passes of `CC` chunks, then single chunks.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pv_heads<const HG: usize, const CC: usize>(
+unsafe fn pv_heads<T: Tiles, const HG: usize, const CC: usize>(
     v: *const u16,
     d: usize,
     valid: usize,
@@ -497,15 +539,16 @@ unsafe fn pv_heads<const HG: usize, const CC: usize>(
     alpha: *const f32,
     acc: *mut f32,
     pf: &mut Prefetch,
+    warm: &mut Warm,
 ) {
     let chunks = d / 32;
     let mut c0 = 0;
     while c0 + CC <= chunks {
-        pv_pass::<HG, CC>(v, d, c0, valid, p, gp, alpha, acc, pf);
+        pv_pass::<T, HG, CC>(v, d, c0, valid, p, gp, alpha, acc, pf, warm);
         c0 += CC;
     }
     while c0 < chunks {
-        pv_pass::<HG, 1>(v, d, c0, valid, p, gp, alpha, acc, pf);
+        pv_pass::<T, HG, 1>(v, d, c0, valid, p, gp, alpha, acc, pf, warm);
         c0 += 1;
     }
 }
@@ -518,21 +561,31 @@ unsafe fn pv_heads<const HG: usize, const CC: usize>(
 /// `nh·g·d ≤ 4096`, `d` a multiple of 32, every block id in range.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn segment<T: Tiles>(a: &SegArgs) {
-    with_scratch(|sc| unsafe { segment_with::<T, false>(a, sc, Schedule::from_env()) })
+    with_scratch(|sc| unsafe {
+        segment_with::<T, false>(a, sc, Schedule::from_env(), Warm::from_env())
+    })
 }
 
-/// [`segment`] with its products issued by a fixed [`Schedule`] (tests).
+/// [`segment`] with its products issued by a fixed [`Schedule`] and a keep-alive product every
+/// `WARM` vector PV passes ([`Warm`]; tests).
 ///
 /// # Safety
 /// As [`segment`].
 #[cfg(test)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn segment_sched<T: Tiles, const LEAD: usize, const BURST: usize>(a: &SegArgs) {
+pub(super) unsafe fn segment_sched<
+    T: Tiles,
+    const LEAD: usize,
+    const BURST: usize,
+    const WARM: usize,
+>(
+    a: &SegArgs,
+) {
     let sched = Schedule {
         lead: LEAD,
         burst: BURST,
     };
-    with_scratch(|sc| unsafe { segment_with::<T, false>(a, sc, sched) })
+    with_scratch(|sc| unsafe { segment_with::<T, false>(a, sc, sched, WARM) })
 }
 
 /// As [`segment`], with PV on tiles too where a KV head has at most 8 query heads: each full
@@ -548,7 +601,7 @@ pub(super) unsafe fn segment_sched<T: Tiles, const LEAD: usize, const BURST: usi
 /// As [`segment`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn segment_pv<T: Tiles>(a: &SegArgs) {
-    with_scratch(|sc| unsafe { segment_with::<T, true>(a, sc, Schedule::from_env()) })
+    with_scratch(|sc| unsafe { segment_with::<T, true>(a, sc, Schedule::from_env(), 0) })
 }
 
 fn with_scratch(f: impl FnOnce(&mut Scratch)) {
@@ -561,7 +614,12 @@ fn with_scratch(f: impl FnOnce(&mut Scratch)) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, sched: Schedule) {
+unsafe fn segment_with<T: Tiles, const PV: bool>(
+    a: &SegArgs,
+    sc: &mut Scratch,
+    sched: Schedule,
+    warm_every: usize,
+) {
     let (d, g, nh) = (a.d, a.g, a.nh);
     let gp = padded_group(g);
     let chunks = d / 32;
@@ -639,6 +697,10 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
     // The tile products run ahead of the softmax and PV, in bursts (see `Schedule`).
     let items = nblocks * nh;
     let sched = sched.fit(slots);
+    let mut warm = Warm {
+        every: if tiles_pv { 0 } else { warm_every },
+        passes: 0,
+    };
     let issue = |i: Option<usize>| {
         for j in sched.issued_at(i, items) {
             qk(j);
@@ -743,7 +805,7 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
             // One pass of kind `i` of PV_PLAN over heads h .. h + its head count.
             macro_rules! pass {
                 ($i:literal) => {{
-                    pv_heads::<{ PV_PLAN[$i].0 }, { PV_PLAN[$i].1 }>(
+                    pv_heads::<T, { PV_PLAN[$i].0 }, { PV_PLAN[$i].1 }>(
                         v,
                         d,
                         valid,
@@ -752,6 +814,7 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(a: &SegArgs, sc: &mut Scratch, 
                         al.add(h),
                         acc.add(h * d),
                         &mut pf,
+                        &mut warm,
                     );
                     h += PV_PLAN[$i].0;
                 }};
