@@ -8,7 +8,7 @@
 //! `cargo bench -p amx-kernels --bench gemm -- <filter>`; `TANDEM_CPU_TIER` picks a lower tier.
 //! `GEMM_SHAPES=llama3-8b.o,opt-30b.fc1` and `GEMM_MS=128,512` restrict the shapes and Ms
 //! built at all (packing every weight takes seconds, whatever the criterion filter), and
-//! `GEMM_GROUPS=dram,ceiling,bf16,int8` the groups set up. `GEMM_COLD=1` packs as many copies
+//! `GEMM_GROUPS=dram,ceiling,wake,bf16,int8` the groups set up. `GEMM_COLD=1` packs as many copies
 //! of each weight as fill 1 GiB (over three times the GPU host's 300 MB L3) and cycles through
 //! them call by call, so that the weight comes from DRAM as a model's layers do (groups
 //! `cpu_gemm_bf16_cold`, `cpu_gemm_int8_cold`); without it one weight is reused and whatever of
@@ -370,10 +370,10 @@ fn bench_overlap_ceiling(c: &mut Criterion) {
 /// What a burst of tile products costs after the core's tile unit sat idle
 /// (`amx_kernels::gemm::ceiling::wake_probe`), on the calling thread: one line a gap
 /// (`GEMM_WAKE_GAPS`, ns, default 0 to 20000), printed rather than timed by criterion, since
-/// the probe times each burst itself.
+/// the probe times each burst itself. Its own group: `GEMM_GROUPS=wake`.
 fn bench_wake(_c: &mut Criterion) {
     use amx_kernels::gemm::ceiling::wake_probe;
-    if !selected("GEMM_GROUPS", "ceiling") {
+    if !selected("GEMM_GROUPS", "wake") {
         return;
     }
     let spec = std::env::var("GEMM_WAKE_GAPS").unwrap_or_else(|_| {
