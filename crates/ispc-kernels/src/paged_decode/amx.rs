@@ -442,7 +442,7 @@ impl Prefetch {
 /// counted across items; 0: never. A core whose tile unit has run no product for about half a
 /// microsecond makes the next burst wait 250–280 ns, 450–480 ns after 3–5 µs and more after
 /// longer (amx-kernels' `amx_wake` probe on a 2-core AMX VM), while one product among the FMAs
-/// costs them a few dozen cycles. An item of this tier reading from DRAM takes about a
+/// costs them about a hundred cycles. An item of this tier reading from DRAM takes about a
 /// microsecond, so without these its products mostly start on an idle unit. Not in
 /// [`segment_pv`], whose PV products keep the unit busy (and whose tmm7 has other rows).
 struct Warm {
