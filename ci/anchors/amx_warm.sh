@@ -2,10 +2,10 @@
 # The tile unit asleep: amx-kernels' wake probe on one core (a burst of 4 tile products and 256
 # FMAs after the core sat idle 0–20 µs), then the paged decode's AMX tier with and without a
 # keep-alive product every WARM vector PV passes (TANDEM_CPU_DECODE_AMX_WARM), at schedules 3:1
-# (the default) and 1:3, beside the ISPC build and PV on tiles (1:3), at g = 8 and g = 4 on
-# the pool's threads, in PASSES alternated passes of paired rounds beside the plain read of the
-# same bytes (CASE, default b64_ctx4k: 1 GiB); then g = 8 on one thread. Run from the folder
-# ci/build-device.sh wrote; logs under $OUT/amx_warm, a table last.
+# (the earlier default) and 1:3 (the default), beside the ISPC build and PV on tiles (1:3), at g =
+# 8 and g = 4 on the pool's threads, in PASSES alternated passes of paired rounds beside the plain
+# read of the same bytes (CASE, default b64_ctx4k: 1 GiB); then g = 8 on one thread. Run from the
+# folder ci/build-device.sh wrote; logs under $OUT/amx_warm, a table last.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd); L=${OUT:-/tmp}/amx_warm; mkdir -p "$L"
 cd "$here"
@@ -36,4 +36,4 @@ done
 for w in 0 "$WARM"; do amx "g8_3_1_w${w}_t1" 3:1 "$w" TANDEM_THREADS=1 DECODE_G=8; done
 grep amx_wake "$L/wake.log"
 echo "tag case thr kernel read kv-order k/read k/order min..max"
-column -t "$L/table.txt"
+column -t "$L/table.txt" 2>/dev/null || cat "$L/table.txt"

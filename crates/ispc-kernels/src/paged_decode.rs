@@ -46,12 +46,12 @@
 //! instead (`paged_decode/amx.rs`: QKᵀ on tiles, softmax and PV on AVX-512), 10–30% faster
 //! than the ISPC build there on the GPU host and slower at fewer heads;
 //! `TANDEM_CPU_DECODE_AMX=1` or `0` forces it on or off at every group size, and
-//! `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 7, default 3) sets how many (block, KV head) items its
+//! `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 7, default 1) sets how many (block, KV head) items its
 //! tile products run ahead of the vector work, `TANDEM_CPU_DECODE_AMX_BURST` (1 to 4,
-//! default 1) how many items' products it issues together, and `TANDEM_CPU_DECODE_AMX_WARM` (0 to
-//! 16, default 0: off) issues a keep-alive tile product every that many vector PV passes, so that
-//! the next item's products do not find the tile unit idle (asleep after about 0.5 µs, which
-//! costs the next burst some 250 ns). `TANDEM_CPU_DECODE_AMX_PV=1` runs
+//! default 3) how many items' products it issues together, and `TANDEM_CPU_DECODE_AMX_WARM` (0
+//! to 16, default 0: off) issues a keep-alive tile product every that many vector PV passes, so
+//! that the next item's products do not find the tile unit idle (asleep after 0.3–0.5 µs, which
+//! costs the next burst some 250–290 ns). `TANDEM_CPU_DECODE_AMX_PV=1` runs
 //! PV on tiles too (up to 8 query heads per KV head; each block's weights rounded to bf16 for
 //! the products, which moves the output by at most 2⁻⁸ of Σp·|v| / Σp), leaving the vector
 //! units the softmax and one rescale-and-add per block. On the GPU host

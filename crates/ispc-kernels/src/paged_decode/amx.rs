@@ -22,10 +22,11 @@
 //!   `Sᵀ` garbage, which the softmax masks), and Q, packed once per segment into VNNI pairs
 //!   (`[16 dim pairs][gp][2]` per 32 dims, zero columns past `g`), the B tiles: `d / 32` products
 //!   into one of four accumulators, stored to one of eight score slots in memory. The products
-//!   run ahead of the vector work ([`Schedule`]: by default one (block, KV head) item's products
-//!   at a time, three items ahead, `TANDEM_CPU_DECODE_AMX_LEAD`, 0 to 7;
+//!   run ahead of the vector work ([`Schedule`]: by default three (block, KV head) items'
+//!   products at a time, one item ahead, `TANDEM_CPU_DECODE_AMX_LEAD`, 0 to 7;
 //!   `TANDEM_CPU_DECODE_AMX_BURST`, 1 to 4, issues that many items' products together), so that
-//!   a softmax reads scores stored long before (tile stores do not forward to later loads). The tile unit does not work beside PV
+//!   a softmax reads scores stored long before (tile stores do not forward to later loads). The
+//!   tile unit does not work beside PV
 //!   for free: on the GPU host a core running 512-bit FMAs at full rate slows to about half
 //!   speed while it also issues tile products, from a lower clock (2.35 → 1.77 GHz) and fewer
 //!   FMAs a cycle, unless some 4,000 FMAs or more separate the products (amx-kernels'
@@ -33,9 +34,11 @@
 //!   sessions), so the tier gains by the vector QKᵀ it removes, not by overlap. Bursts put
 //!   several items' PV between two groups of products; a lead of a KV-head block or more reads
 //!   K before the prefetch one block ahead has brought it (docs/BENCHMARKS.md, twenty-sixth
-//!   session: on a 2-core AMX machine 1:3 beat 3:1 by 10 % at g = 8, and 4:4 did not). A tile
-//!   unit idle for about half a microsecond also makes the next burst wait some 250 ns, so a
-//!   keep-alive product every few PV passes ([`Warm`], `TANDEM_CPU_DECODE_AMX_WARM`) can pay.
+//!   session: on a 2-core AMX machine 1:3 beat 3:1 by 10 % at g = 8, and 4:4 did not; on the
+//!   GPU host 1:3 beat it by 7 %, twenty-seventh session). A tile unit idle for 0.3–0.5 µs also
+//!   makes the next burst wait some 250–290 ns, which 1:3 pays once every three items; a
+//!   keep-alive product every few PV passes ([`Warm`], `TANDEM_CPU_DECODE_AMX_WARM`) pays it
+//!   never, at the FMAs' cost, and lost to 1:3 on the GPU host.
 //! - The online softmax of all `gp` columns at once on the `gp` vectors of `Sᵀ` (lane `l` of
 //!   vector `j`: token `j·16/gp + l/gp`, head `l % gp`): max and sum over the vectors, then
 //!   across the lane groups by 128/256-bit swaps; the running max and sum are vectors in the same
@@ -175,9 +178,12 @@ pub(super) struct Schedule {
 }
 
 impl Schedule {
-    /// On the GPU host, 3 items ahead against 1 gave 64.6–68.6% of the read against 64.3–67.2%
-    /// at 8 query heads per KV head, and 67.0–70.7% against 63.3–69.0% at 4.
-    const DEFAULT: Schedule = Schedule { lead: 3, burst: 1 };
+    /// 1:3. On an H100 host (twenty-seventh session, 16 threads, 8 query heads per KV head,
+    /// b64_ctx4k, 4 alternated runs each) it read 63.9–66.2 % of the plain read against
+    /// 59.3–61.6 % for 3:1, the earlier default (one item's products, three items ahead), and
+    /// 48.2 against 45.1 % on one thread; 0:4, 2:2 and 1:2 fell between them, and 3:1 with
+    /// keep-alive products ([`Warm`]) 63.6–64.0 %.
+    const DEFAULT: Schedule = Schedule { lead: 1, burst: 3 };
 
     /// `TANDEM_CPU_DECODE_AMX_LEAD` (0 to 7) and `TANDEM_CPU_DECODE_AMX_BURST` (1 to 4), read
     /// once; each unset one keeps [`Schedule::DEFAULT`]'s value.
@@ -439,12 +445,13 @@ impl Prefetch {
 
 /// Keeps the tile unit awake through the vector PV: a tile product (tmm7 += tmm2 · tmm4, into
 /// an Sᵀ tile, which holds nothing between two items' products) every `every` PV passes,
-/// counted across items; 0: never. A core whose tile unit has run no product for about half a
-/// microsecond makes the next burst wait 250–280 ns, 450–480 ns after 3–5 µs and more after
-/// longer (amx-kernels' `amx_wake` probe on a 2-core AMX VM), while one product among the FMAs
-/// costs them about a hundred cycles. An item of this tier reading from DRAM takes about a
-/// microsecond, so without these its products mostly start on an idle unit. Not in
-/// [`segment_pv`], whose PV products keep the unit busy (and whose tmm7 has other rows).
+/// counted across items; 0: never (the default). A core whose tile unit has run no product for
+/// 0.3–0.5 µs makes the next burst wait 250–290 ns, 350–570 ns after 3–5 µs and more after
+/// longer (amx-kernels' `amx_wake` probe: a 2-core AMX VM, and an H100 host, whose threshold
+/// was the shorter), while one product among the FMAs costs them about a hundred cycles. An
+/// item of this tier reading from DRAM takes a microsecond or more, so most bursts find the
+/// unit idle. On the GPU host, 1:3 without these beat 1:3 and 3:1 with one every two passes.
+/// Not in [`segment_pv`], whose PV products keep the unit busy (and whose tmm7 has other rows).
 struct Warm {
     every: usize,
     passes: usize,
