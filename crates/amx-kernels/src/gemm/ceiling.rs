@@ -36,8 +36,9 @@
 //! nothing to do for a while. The core spins (`pause`) for a gap, then issues four products
 //! and 256 FMAs, timed by the TSC; against the same after no gap, the difference is the wait
 //! for an idle tile unit (on a 2-core AMX VM: none up to about 0.5 µs of idleness, about 250
-//! ns after it, about 500 ns after a few µs). The AMX decode tier keeps its tile unit awake
-//! for this (ispc-kernels, `TANDEM_CPU_DECODE_AMX_WARM`).
+//! ns after it, about 500 ns after a few µs). The AMX decode tier's schedule issues its products
+//! in bursts for this (ispc-kernels, `TANDEM_CPU_DECODE_AMX_BURST`; `_WARM` adds keep-alive
+//! products, off by default).
 
 use std::cell::RefCell;
 
@@ -396,12 +397,7 @@ pub fn overlap_here(mix: Overlap, rounds: usize) -> Result<()> {
 unsafe fn overlap_rounds(mix: Overlap, rounds: usize) {
     let tiles = mix.products > 0;
     if tiles {
-        let mut cfg = TileConfig::palette1();
-        for t in 0..8 {
-            cfg.set(t, 16, 64);
-        }
-        Hw::config(&cfg);
-        for_each_zero();
+        resident_tiles();
     }
     let (fb, mb) = (mix.fmas / 32, mix.chain / 32);
     let steps = fb.max(mix.products).max(mb);
@@ -465,12 +461,7 @@ pub fn wake_probe(gap_ns: u64, rounds: usize) -> Result<Wake> {
 #[target_feature(enable = "avx512f")]
 unsafe fn wake_rounds(gap_ns: u64, rounds: usize) -> Result<Wake> {
     use std::arch::x86_64::{_mm512_setzero_ps, _mm_pause, _rdtsc};
-    let mut cfg = TileConfig::palette1();
-    for t in 0..8 {
-        cfg.set(t, 16, 64);
-    }
-    Hw::config(&cfg);
-    for_each_zero();
+    resident_tiles();
     let z = _mm512_setzero_ps();
     let mut acc = [z; FMA_ACC];
     let burst = |acc: &mut [std::arch::x86_64::__m512; FMA_ACC]| {
@@ -508,9 +499,17 @@ unsafe fn wake_rounds(gap_ns: u64, rounds: usize) -> Result<Wake> {
     })
 }
 
+/// Loads the probes' tile configuration (every tile 16 rows × 64 bytes) and zeroes tiles 0–5:
+/// four accumulators and the A and B tiles their products read.
+///
 /// # Safety
-/// AMX is usable and a configuration with tiles 0–5 is loaded.
-unsafe fn for_each_zero() {
+/// AMX is usable on this thread.
+unsafe fn resident_tiles() {
+    let mut cfg = TileConfig::palette1();
+    for t in 0..8 {
+        cfg.set(t, 16, 64);
+    }
+    Hw::config(&cfg);
     Hw::zero::<0>();
     Hw::zero::<1>();
     Hw::zero::<2>();

@@ -26,12 +26,12 @@
 //!   products at a time, one item ahead, `TANDEM_CPU_DECODE_AMX_LEAD`, 0 to 7;
 //!   `TANDEM_CPU_DECODE_AMX_BURST`, 1 to 4, issues that many items' products together), so that
 //!   a softmax reads scores stored long before (tile stores do not forward to later loads). The
-//!   tile unit does not work beside PV
-//!   for free: on the GPU host a core running 512-bit FMAs at full rate slows to about half
-//!   speed while it also issues tile products, from a lower clock (2.35 → 1.77 GHz) and fewer
-//!   FMAs a cycle, unless some 4,000 FMAs or more separate the products (amx-kernels'
-//!   `amx_fma_overlap` bench group; docs/BENCHMARKS.md, twenty-fourth and twenty-fifth
-//!   sessions), so the tier gains by the vector QKᵀ it removes, not by overlap. Bursts put
+//!   tile unit does not work beside PV for free: on the GPU host a core running 512-bit FMAs
+//!   at full rate slows to about half speed while it also issues tile products, from a lower
+//!   clock (2.35 → 1.77 GHz) and fewer FMAs a cycle, unless some 4,000 FMAs or more separate
+//!   the products (amx-kernels' `amx_fma_overlap` bench group; docs/BENCHMARKS.md,
+//!   twenty-fourth and twenty-fifth sessions), so the tier gains by the vector QKᵀ it removes,
+//!   not by overlap. Bursts put
 //!   several items' PV between two groups of products; a lead of a KV-head block or more reads
 //!   K before the prefetch one block ahead has brought it (docs/BENCHMARKS.md, twenty-sixth
 //!   session: on a 2-core AMX machine 1:3 beat 3:1 by 10 % at g = 8, and 4:4 did not; on the
@@ -683,15 +683,15 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(
     // bound the schedule: both use `S_SLOTS` slots in memory.
     let tiles_pv = PV && gp <= PV_MAX_GP;
     let tiles = if tiles_pv { 2 } else { 4 };
-    let slots = S_SLOTS;
     T::config(&if tiles_pv { config_pv(gp) } else { config(gp) });
-    // Sᵀ of item i (block i / nh, KV head i % nh) in tile i % tiles, stored to slot i % slots.
+    // Sᵀ of item i (block i / nh, KV head i % nh) in tile i % tiles, stored to slot
+    // i % S_SLOTS.
     let (s_base, qt_base) = (sc.s.as_mut_ptr(), sc.qt.as_ptr());
     let qk = |i: usize| {
         let (b, hh) = (i / nh, i % nh);
         let k = a.k_cache.add(block(b) + hh * head_step) as *const u8;
         let qt = qt_base.add(hh * chunks * 16 * gp * 2) as *const u8;
-        let s = s_base.add((i % slots) * 16 * MAX_GP) as *mut u8;
+        let s = s_base.add((i % S_SLOTS) * 16 * MAX_GP) as *mut u8;
         match (tiles_pv, i % tiles) {
             (true, 0) => qk_head::<T, 0, false>(k, d, qt, gp, s),
             (true, _) => qk_head::<T, 1, false>(k, d, qt, gp, s),
@@ -703,7 +703,7 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(
     };
     // The tile products run ahead of the softmax and PV, in bursts (see `Schedule`).
     let items = nblocks * nh;
-    let sched = sched.fit(slots);
+    let sched = sched.fit(S_SLOTS);
     let mut warm = Warm {
         every: if tiles_pv { 0 } else { warm_every },
         passes: 0,
@@ -737,7 +737,7 @@ unsafe fn segment_with<T: Tiles, const PV: bool>(
         let ahead = (a.pf_ahead > 0 && b + a.pf_ahead < nblocks).then(|| block(b + a.pf_ahead));
         {
             // Online softmax of the gp columns.
-            let s = s_base.add((i % slots) * 16 * MAX_GP);
+            let s = s_base.add((i % S_SLOTS) * 16 * MAX_GP);
             let scale = _mm512_set1_ps(a.scale);
             let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
             let mut x = [ninf; MAX_GP];
